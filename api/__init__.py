@@ -1,0 +1,1 @@
+"""normsearch api layer (built out by its own issue)."""

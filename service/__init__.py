@@ -1,0 +1,1 @@
+"""normsearch service layer (built out by its own issue)."""

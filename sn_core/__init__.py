@@ -1,0 +1,1 @@
+"""sn_core: a fast, exact Switchable Normalization library (pure PyTorch)."""

@@ -1,0 +1,360 @@
+"""Switchable Normalization layers: ``SwitchNorm1d``, ``SwitchNorm2d``, ``SwitchNorm3d``.
+
+Structure follows ``torch.nn.modules.batchnorm``: ``MixtureNorm`` owns the affine parameters, the
+running statistics (``nn.BatchNorm2d`` conventions exactly) and the forward through the fused
+kernel; ``SwitchNorm`` adds the learnable ratios; the 1d/2d/3d classes differ only in the input
+check. ``SelectedNorm`` (a fixed mean/variance pair) lives in ``sn_core.selected``.
+
+A choice that has become one-hot is *fixed*: it is kept in the ``mean_choice`` / ``var_choice``
+buffers (-1 while free) and mirrored in a Python attribute so that forward can leave the logits out
+of the graph without a host sync. Fixed logits then get no gradient at all (``grad`` stays None), so
+momentum and weight decay cannot move them. Nothing in forward mutates a parameter. Under
+DistributedDataParallel pass ``find_unused_parameters=True`` (fixed logits are unused).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .functional import NORMALIZERS, MixtureConfig, switch_norm
+from .sparsity import RATIO_FUNCTIONS, compute_ratios
+
+__all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
+
+VARIANCE_MODES = ("population", "reference")
+
+
+def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
+    """Validate a pool of normalizer names and return it as a tuple in the given order."""
+    if isinstance(pool, str):
+        pool = (pool,)
+    pool = tuple(str(kind).lower() for kind in pool)
+    if not pool:
+        raise ValueError("pool must name at least one normalizer")
+    unknown = [kind for kind in pool if kind not in NORMALIZERS]
+    if unknown:
+        raise ValueError(f"unknown normalizer(s) {unknown} in pool; choose from {NORMALIZERS}")
+    if len(set(pool)) != len(pool):
+        raise ValueError(f"pool {pool} names a normalizer twice")
+    return pool
+
+
+class MixtureNorm(nn.Module):
+    """Base of every layer computed by the SN kernel: affine parameters and running statistics.
+
+    Running statistics exist when ``track_running_stats`` and "bn" is among ``kinds``; they follow
+    ``nn.BatchNorm2d``: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
+    batch variance (``momentum=None``: cumulative average), ``running_var`` starting at 1. In
+    "reference" variance mode they follow the original SN code instead (SN_SPEC section 4).
+    """
+
+    _version = 1
+
+    def __init__(
+        self,
+        num_features: int,
+        kinds: Sequence[str],
+        *,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        groups: int = 32,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        variance: str = "population",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        kinds = normalize_pool(kinds)
+        if num_features <= 0:
+            raise ValueError(f"num_features must be positive, got {num_features}")
+        if "gn" in kinds and (groups <= 0 or num_features % groups):
+            raise ValueError(f"groups={groups} must divide num_features={num_features} for 'gn'")
+        if variance not in VARIANCE_MODES:
+            raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
+        self.num_features = num_features
+        self.eps = eps
+        self.momentum = momentum
+        self.groups = groups
+        self.affine = affine
+        self.variance = variance
+        self.track_running_stats = track_running_stats and "bn" in kinds
+        if affine:
+            self.weight = nn.Parameter(torch.empty(num_features, **factory))
+            self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(num_features, **factory))
+            self.register_buffer("running_var", torch.ones(num_features, **factory))
+            self.register_buffer(
+                "num_batches_tracked",
+                torch.tensor(0, dtype=torch.long, device=device),
+            )
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            # The original code starts its running variance at 0; torch's BatchNorm at 1.
+            self.running_var.fill_(0.0 if self.variance == "reference" else 1.0)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            nn.init.ones_(self.weight)
+            nn.init.zeros_(self.bias)
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2D input (N, C, ...), got {x.dim()}D")
+
+    def _mixture(self) -> tuple[tuple[str, ...], Tensor, Tensor]:
+        """The normalizers to compute now and their (mean, variance) ratios."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f"expected {self.num_features} channels, got input of shape {tuple(x.shape)}"
+            )
+        kinds, mean_ratios, var_ratios = self._mixture()
+        tracking = self.track_running_stats and "bn" in kinds
+        config = MixtureConfig(
+            kinds=kinds,
+            eps=self.eps,
+            groups=self.groups,
+            batch_bn=self.training or not tracking,
+            reference=self.variance == "reference",
+        )
+        use_running = not config.batch_bn  # saved for backward only when read
+        y, batch_mean, batch_var = switch_norm(
+            x, self.weight, self.bias, mean_ratios, var_ratios,
+            self.running_mean if use_running else None,
+            self.running_var if use_running else None,
+            config,
+        )  # fmt: skip
+        if self.training and tracking and batch_mean is not None:
+            self._update_running_stats(batch_mean, batch_var, x.numel() // x.shape[1])
+        return y
+
+    @torch.no_grad()
+    def _update_running_stats(self, batch_mean: Tensor, batch_var: Tensor, count: int) -> None:
+        self.num_batches_tracked.add_(1)
+        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
+            factor = 1.0 / float(self.num_batches_tracked)
+        else:
+            factor = self.momentum
+        if self.variance == "population":
+            batch_var = batch_var * (count / (count - 1) if count > 1 else 1.0)
+        self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(batch_var.to(self.running_var.dtype), factor)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, *args, **kwargs):
+        version = local_metadata.get("version", None)
+        key = prefix + "num_batches_tracked"
+        if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
+            state_dict[key] = torch.tensor(0, dtype=torch.long)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+
+
+class SwitchNorm(MixtureNorm):
+    """Switchable Normalization: learns softmax-like ratios over IN, LN, BN (and GN) statistics.
+
+    Args:
+        num_features: channels C of an (N, C, *) input.
+        eps, momentum: as ``nn.BatchNorm2d``.
+        pool: the normalizers to mix, in logit order; any non-empty subset of
+            {"in", "ln", "bn", "gn"}.
+        groups: groups of the "gn" normalizer.
+        tied: one logit vector for both mean and variance (the paper reports it is worse).
+        ratio_fn: "softmax", "sparsestmax" (uses ``self.radius``) or "temperature" (uses
+            ``self.temperature``); the radius and temperature are set by a schedule
+            (``sn_core.schedules.SparsityController``).
+        affine, track_running_stats: as ``nn.BatchNorm2d``.
+        variance: "population" (ours: one-hot layers equal torch's norm layers) or "reference"
+            (the original code's estimators, for ``sn_core.compat``).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        pool: Sequence[str] = ("in", "ln", "bn"),
+        groups: int = 32,
+        tied: bool = False,
+        ratio_fn: str = "softmax",
+        affine: bool = True,
+        track_running_stats: bool = True,
+        variance: str = "population",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__(
+            num_features,
+            pool,
+            eps=eps,
+            momentum=momentum,
+            groups=groups,
+            affine=affine,
+            track_running_stats=track_running_stats,
+            variance=variance,
+            device=device,
+            dtype=dtype,
+        )
+        if ratio_fn not in RATIO_FUNCTIONS:
+            raise ValueError(
+                f"unknown ratio_fn {ratio_fn!r}; choose one of {sorted(RATIO_FUNCTIONS)}"
+            )
+        self.pool = normalize_pool(pool)
+        self.tied = tied
+        self.ratio_fn = ratio_fn
+        self.radius = 0.0
+        self.temperature = 1.0
+        k = len(self.pool)
+        self.mean_weight = nn.Parameter(torch.ones(k, device=device, dtype=dtype))
+        if tied:
+            self.register_parameter("var_weight", None)
+        else:
+            self.var_weight = nn.Parameter(torch.ones(k, device=device, dtype=dtype))
+        self.register_buffer("mean_choice", torch.tensor(-1, dtype=torch.long, device=device))
+        self.register_buffer("var_choice", torch.tensor(-1, dtype=torch.long, device=device))
+        self._fixed: tuple[int | None, int | None] = (None, None)
+        self._onehot_cache: dict = {}
+        self.reset_parameters()
+
+    # ----------------------------------------------------------------------------- ratios
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.ones_(self.mean_weight)
+        if self.var_weight is not None:
+            nn.init.ones_(self.var_weight)
+        self.unfix()
+
+    @property
+    def var_logits(self) -> nn.Parameter:
+        return self.mean_weight if self.tied else self.var_weight
+
+    @property
+    def fixed(self) -> tuple[int | None, int | None]:
+        """Fixed (mean, variance) choice as pool indices, None where still free."""
+        return self._fixed
+
+    def soft_ratios(self) -> tuple[Tensor, Tensor]:
+        """Ratios from the logits under the current ratio function, ignoring fixed choices."""
+        kw = {"radius": self.radius, "temperature": self.temperature}
+        mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
+        var = mean if self.tied else compute_ratios(self.ratio_fn, self.var_weight, **kw)
+        return mean, var
+
+    def ratios(self) -> tuple[Tensor, Tensor]:
+        """(mean, variance) ratios over ``pool`` as used by forward: one-hot where fixed."""
+        mean_fixed, var_fixed = self._fixed
+        if mean_fixed is not None and var_fixed is not None:
+            return self._onehot(mean_fixed), self._onehot(var_fixed)
+        mean, var = self.soft_ratios()
+        if mean_fixed is not None:
+            mean = self._onehot(mean_fixed)
+        if var_fixed is not None:
+            var = self._onehot(var_fixed)
+        return mean, var
+
+    def _onehot(self, index: int, kinds: tuple[str, ...] | None = None) -> Tensor:
+        kinds = kinds or self.pool
+        target = self.pool[index]
+        key = (kinds, target, self.mean_weight.device, self.mean_weight.dtype)
+        cached = self._onehot_cache.get(key)
+        if cached is None:
+            values = [1.0 if kind == target else 0.0 for kind in kinds]
+            cached = torch.tensor(values, device=key[2], dtype=key[3])
+            self._onehot_cache[key] = cached
+        return cached
+
+    def _mixture(self) -> tuple[tuple[str, ...], Tensor, Tensor]:
+        mean_fixed, var_fixed = self._fixed
+        if mean_fixed is None or var_fixed is None:
+            mean, var = self.ratios()
+            return self.pool, mean, var
+        # Both fixed: compute only the statistics the choice needs.
+        kinds = tuple(dict.fromkeys((self.pool[mean_fixed], self.pool[var_fixed])))
+        return kinds, self._onehot(mean_fixed, kinds), self._onehot(var_fixed, kinds)
+
+    # ------------------------------------------------------------------------------ fixing
+    def _index(self, choice: int | str) -> int:
+        if isinstance(choice, str):
+            if choice not in self.pool:
+                raise ValueError(f"{choice!r} is not in this layer's pool {self.pool}")
+            return self.pool.index(choice)
+        if not 0 <= int(choice) < len(self.pool):
+            raise ValueError(f"choice index {choice} out of range for pool {self.pool}")
+        return int(choice)
+
+    @torch.no_grad()
+    def fix(self, mean: int | str | None = None, var: int | str | None = None) -> None:
+        """Fix the mean and/or variance choice (tied layers fix both together)."""
+        if self.tied:
+            choice = mean if mean is not None else var
+            mean = var = choice
+        mean_fixed, var_fixed = self._fixed
+        if mean is not None:
+            mean_fixed = self._index(mean)
+            self.mean_choice.fill_(mean_fixed)
+        if var is not None:
+            var_fixed = self._index(var)
+            self.var_choice.fill_(var_fixed)
+        self._fixed = (mean_fixed, var_fixed)
+
+    @torch.no_grad()
+    def unfix(self) -> None:
+        self.mean_choice.fill_(-1)
+        self.var_choice.fill_(-1)
+        self._fixed = (None, None)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        mean, var = int(self.mean_choice), int(self.var_choice)
+        self._fixed = (mean if mean >= 0 else None, var if var >= 0 else None)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, pool={self.pool}, "
+            f"ratio_fn={self.ratio_fn!r}, tied={self.tied}, affine={self.affine}, "
+            f"track_running_stats={self.track_running_stats}"
+            + (f", groups={self.groups}" if "gn" in self.pool else "")
+            + (f", variance={self.variance!r}" if self.variance != "population" else "")
+        )
+
+
+class SwitchNorm1d(SwitchNorm):
+    """SN over (N, C) or (N, C, L) inputs."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {x.dim()}D input)")
+
+
+class SwitchNorm2d(SwitchNorm):
+    """SN over (N, C, H, W) inputs."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(f"expected 4D input (got {x.dim()}D input)")
+
+
+class SwitchNorm3d(SwitchNorm):
+    """SN over (N, C, D, H, W) inputs."""
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() != 5:
+            raise ValueError(f"expected 5D input (got {x.dim()}D input)")

@@ -1,0 +1,1 @@
+"""normsearch worker layer (built out by its own issue)."""
