@@ -151,10 +151,9 @@ class MixtureNorm(nn.Module):
     @torch.no_grad()
     def _update_running_stats(self, batch_mean: Tensor, batch_var: Tensor, count: int) -> None:
         self.num_batches_tracked.add_(1)
-        if self.momentum is None:  # cumulative moving average, as nn.BatchNorm
-            factor = 1.0 / float(self.num_batches_tracked)
-        else:
-            factor = self.momentum
+        # momentum None: cumulative moving average, as nn.BatchNorm
+        momentum = self.momentum
+        factor = 1.0 / float(self.num_batches_tracked) if momentum is None else momentum
         if self.variance == "population":
             batch_var = batch_var * (count / (count - 1) if count > 1 else 1.0)
         self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), factor)

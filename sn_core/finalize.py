@@ -1,0 +1,293 @@
+"""From a trained SN network to plain torch layers (SN_SPEC section 6).
+
+* ``concrete_norm``: the layer of one (mean, variance) choice: ``nn.BatchNorm*d`` (bn, bn),
+  ``nn.InstanceNorm*d(affine=True)`` (in, in), ``nn.GroupNorm(1, C)`` (ln, ln),
+  ``nn.GroupNorm(G, C)`` (gn, gn), else a ``SelectedNorm``.
+* ``finalize``: every ``SwitchNorm`` becomes its concrete layer, keeping the trained affine
+  parameters and running statistics; with one-hot ratios the output is unchanged.
+* ``apply_plan``: the same layer types, freshly initialised, in any model (e.g. a fresh BN zoo
+  model) - the skeleton into which a finalized checkpoint loads.
+* ``fold_batchnorm``: eval-mode BatchNorms that directly follow a convolution are folded into it.
+
+All of them return a deep copy and leave the given model untouched; module names never change.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import fx, nn
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+
+from .layers import MixtureNorm, SwitchNorm
+from .plan import LayerChoice, NormalizerPlan, plan_from_model, sn_dims
+from .selected import SelectedNorm
+
+__all__ = ["apply_plan", "concrete_norm", "finalize", "fold_batchnorm"]
+
+_BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+_INSTANCE_NORMS = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def concrete_norm(
+    choice_mean: str,
+    choice_var: str,
+    num_features: int,
+    *,
+    dims: int | None = 2,
+    groups: int = 32,
+    eps: float = 1e-5,
+    momentum: float | None = 0.1,
+    affine: bool = True,
+    track_running_stats: bool = True,
+    variance: str = "population",
+    device=None,
+    dtype=None,
+) -> nn.Module:
+    """A freshly initialised layer computing the (``choice_mean``, ``choice_var``) normalizer.
+
+    ``dims`` is the input dimensionality of the SN class it replaces (1, 2, 3, or None when
+    unknown: BatchNorm and InstanceNorm then become a ``SelectedNorm``, which takes any input).
+    Any mixed pair, (in, in) in 1d (``nn.InstanceNorm1d`` misreads (N, C) input), and every pair
+    under ``variance != "population"`` give a ``SelectedNorm``.
+    """
+    if dims not in (None, 1, 2, 3):
+        raise ValueError(f"dims must be 1, 2, 3 or None, got {dims!r}")
+    factory = {"device": device, "dtype": dtype}
+    if choice_mean == choice_var and variance == "population":
+        kind = choice_mean
+        if kind == "bn" and dims is not None:
+            return _BATCH_NORMS[dims](
+                num_features, eps, momentum, affine, track_running_stats, **factory
+            )
+        if kind == "in" and dims in (2, 3):
+            return _INSTANCE_NORMS[dims](
+                num_features, eps, momentum, affine, track_running_stats=False, **factory
+            )
+        if kind == "ln":
+            return nn.GroupNorm(1, num_features, eps, affine, **factory)
+        if kind == "gn":
+            if groups <= 0 or num_features % groups:
+                raise ValueError(f"groups={groups} must divide num_features={num_features}")
+            return nn.GroupNorm(groups, num_features, eps, affine, **factory)
+    return SelectedNorm(
+        num_features,
+        choice_mean,
+        choice_var,
+        eps=eps,
+        momentum=momentum,
+        groups=groups,
+        affine=affine,
+        track_running_stats=track_running_stats,
+        variance=variance,
+        **factory,
+    )
+
+
+# ------------------------------------------------------------------------------- helpers
+def _replace(root: nn.Module, name: str, module: nn.Module) -> nn.Module:
+    """Put ``module`` at qualified ``name`` inside ``root``; returns the (possibly new) root."""
+    if name == "":
+        return module
+    root.set_submodule(name, module)
+    return root
+
+
+def _factory(module: nn.Module) -> dict:
+    for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+        if tensor.is_floating_point():
+            return {"device": tensor.device, "dtype": tensor.dtype}
+    return {"device": None, "dtype": None}
+
+
+def _dims(module: nn.Module) -> int | None:
+    if isinstance(module, SwitchNorm):
+        return sn_dims(module)
+    for table in (_BATCH_NORMS, _INSTANCE_NORMS):
+        for dims, cls in table.items():
+            if isinstance(module, cls):
+                return dims
+    return None
+
+
+def _channels(module: nn.Module) -> int | None:
+    return getattr(module, "num_features", getattr(module, "num_channels", None))
+
+
+def _check_names(plan: NormalizerPlan, modules: dict[str, nn.Module]) -> None:
+    unknown = [name for name in plan.names if name not in modules]
+    if unknown:
+        raise ValueError(f"plan names module(s) not found in the model: {unknown}")
+
+
+def _check_channels(layer: LayerChoice, module: nn.Module) -> None:
+    channels = _channels(module)
+    if channels != layer.num_features:
+        raise ValueError(
+            f"plan layer {layer.name!r} has num_features={layer.num_features}, but the model's "
+            f"{type(module).__name__} there has {channels} channels"
+        )
+
+
+# ----------------------------------------------------------------------------- apply_plan
+def apply_plan(model: nn.Module, plan: NormalizerPlan) -> nn.Module:
+    """Deep copy of ``model`` with each plan layer replaced by a freshly initialised concrete one.
+
+    The module at each plan name may be a ``SwitchNorm``/``SelectedNorm`` or any torch norm
+    layer (BatchNorm, InstanceNorm, GroupNorm). num_features and groups come from the plan; eps
+    and dims from the plan where given, else from the existing module, as do momentum, affine,
+    variance, device and dtype.
+    """
+    model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    _check_names(plan, modules)
+    for layer in plan:
+        existing = modules[layer.name]
+        if not isinstance(existing, MixtureNorm | _NormBase | nn.GroupNorm):
+            raise ValueError(
+                f"plan layer {layer.name!r} is a {type(existing).__name__}, not a norm layer"
+            )
+        _check_channels(layer, existing)
+        tracks = isinstance(existing, MixtureNorm | _BatchNorm)
+        new = concrete_norm(
+            layer.mean,
+            layer.var,
+            layer.num_features,
+            dims=layer.dims if layer.dims is not None else _dims(existing),
+            groups=layer.groups,
+            eps=layer.eps if layer.eps is not None else existing.eps,
+            momentum=getattr(existing, "momentum", 0.1),
+            affine=getattr(existing, "affine", True),
+            track_running_stats=existing.track_running_stats if tracks else True,
+            variance=getattr(existing, "variance", "population"),
+            **_factory(existing),
+        )
+        new.train(existing.training)
+        model = _replace(model, layer.name, new)
+    return model
+
+
+# ------------------------------------------------------------------------------- finalize
+def finalize(model: nn.Module, plan: NormalizerPlan | None = None) -> nn.Module:
+    """Deep copy of ``model`` with every ``SwitchNorm`` replaced by its concrete layer.
+
+    The trained weight, bias and running statistics are kept, so with one-hot (fixed) ratios the
+    output in eval mode is unchanged. ``plan`` defaults to ``plan_from_model(model)``; it must
+    name every SwitchNorm of the model and nothing else.
+    """
+    if plan is None:
+        plan = plan_from_model(model)
+    model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    _check_names(plan, modules)
+    not_sn = [name for name in plan.names if not isinstance(modules[name], SwitchNorm)]
+    if not_sn:
+        raise ValueError(f"plan layer(s) {not_sn} are not SwitchNorm modules in the model")
+    uncovered = [n for n, m in modules.items() if isinstance(m, SwitchNorm) and n not in plan.names]
+    if uncovered:
+        raise ValueError(f"plan has no choice for SwitchNorm layer(s) {uncovered}")
+    for layer in plan:
+        sn = modules[layer.name]
+        _check_channels(layer, sn)
+        new = concrete_norm(
+            layer.mean,
+            layer.var,
+            sn.num_features,
+            dims=sn_dims(sn),
+            groups=sn.groups,
+            eps=sn.eps,
+            momentum=sn.momentum,
+            affine=sn.affine,
+            track_running_stats=sn.track_running_stats,
+            variance=sn.variance,
+            **_factory(sn),
+        )
+        with torch.no_grad():
+            for key in _STATE:
+                source, target = getattr(sn, key, None), getattr(new, key, None)
+                if source is not None and target is not None:
+                    target.copy_(source)
+                    if isinstance(target, nn.Parameter):
+                        target.requires_grad_(source.requires_grad)
+        new.train(sn.training)
+        model = _replace(model, layer.name, new)
+    return model
+
+
+# ------------------------------------------------------------------------- fold_batchnorm
+class _NormLeafTracer(fx.Tracer):
+    """Treats every SN-kernel layer as a leaf: its forward has Python control flow on shapes."""
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        return isinstance(module, MixtureNorm) or super().is_leaf_module(module, qualified_name)
+
+
+def _conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
+    try:
+        graph = _NormLeafTracer().trace(model)
+    except Exception as exc:
+        raise ValueError(
+            f"fold_batchnorm: torch.fx cannot trace {type(model).__name__} "
+            f"({type(exc).__name__}: {exc}); fold its BatchNorms by hand"
+        ) from exc
+    calls: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op == "call_module":
+            calls[node.target] = calls.get(node.target, 0) + 1
+    pairs = []
+    for node in graph.nodes:
+        if node.op != "call_module" or node.kwargs or len(node.args) != 1:
+            continue
+        bn = model.get_submodule(node.target)
+        source = node.args[0]
+        if not (
+            isinstance(bn, _BatchNorm)
+            and not bn.training
+            and bn.running_mean is not None
+            and isinstance(source, fx.Node)
+            and source.op == "call_module"
+            and len(source.users) == 1
+            and calls[node.target] == 1
+            and calls[source.target] == 1
+        ):
+            continue
+        conv = model.get_submodule(source.target)
+        if isinstance(conv, _CONVS) and conv.out_channels == bn.num_features:
+            pairs.append((source.target, node.target))
+    return pairs
+
+
+@torch.no_grad()
+def _fold(conv: nn.Module, bn: _BatchNorm) -> None:
+    weight = conv.weight.detach().double()
+    scale = torch.rsqrt(bn.running_var.double() + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.double()
+    shift = -bn.running_mean.double() * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.double()
+    bias = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(shift)
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    dtype = conv.weight.dtype
+    requires_grad = conv.weight.requires_grad
+    conv.weight = nn.Parameter((weight * scale.view(shape)).to(dtype), requires_grad)
+    conv.bias = nn.Parameter((bias * scale + shift).to(dtype), requires_grad)
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Deep copy of ``model`` with every eval-mode BatchNorm that directly follows a conv folded.
+
+    A (Conv1d/2d/3d, BatchNorm) pair is folded when the BatchNorm is in eval mode with running
+    statistics, its only input is the conv's output, that output has no other user, and each
+    module is called once. The conv gets the folded weight and a bias; the BatchNorm becomes
+    ``nn.Identity``. Pairs are found by ``torch.fx`` symbolic tracing; a model that cannot be
+    traced raises ValueError.
+    """
+    model = copy.deepcopy(model)
+    for conv_name, bn_name in _conv_bn_pairs(model):
+        _fold(model.get_submodule(conv_name), model.get_submodule(bn_name))
+        model = _replace(model, bn_name, nn.Identity())
+    return model

@@ -1,0 +1,232 @@
+"""Model surgery: turn the norm layers of an existing network into Switchable Normalization.
+
+``convert_to_switchnorm`` works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: it takes a
+module, replaces its BatchNorm / GroupNorm / InstanceNorm layers in place (recursing over
+``named_children()``), copies their parameters under ``no_grad`` and returns the module.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
+
+__all__ = ["SOURCE_NORM_TYPES", "convert_to_switchnorm"]
+
+SkipSpec = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
+
+_SWITCH_NORMS: dict[int, type[SwitchNorm]] = {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d}
+
+# Source class -> dims (None: the class does not say; GroupNorm and SyncBatchNorm).
+_CLASS_DIMS: tuple[tuple[type[nn.Module], int | None], ...] = (
+    (nn.BatchNorm1d, 1),
+    (nn.BatchNorm2d, 2),
+    (nn.BatchNorm3d, 3),
+    (nn.SyncBatchNorm, None),
+    (nn.InstanceNorm1d, 1),
+    (nn.InstanceNorm2d, 2),
+    (nn.InstanceNorm3d, 3),
+    (nn.GroupNorm, None),
+)
+
+#: The layer types that ``convert_to_switchnorm`` replaces (subclasses included).
+SOURCE_NORM_TYPES: tuple[type[nn.Module], ...] = tuple(cls for cls, _ in _CLASS_DIMS)
+
+_GROUP_CHOICES = (32, 16, 8, 4, 2, 1)
+_DEFAULT_DIMS = 2
+
+
+def _class_dims(module: nn.Module) -> tuple[bool, int | None]:
+    """(is a source layer, dims its class implies)."""
+    if isinstance(module, SwitchNorm):  # never convert twice
+        return False, None
+    for cls, dims in _CLASS_DIMS:
+        if isinstance(module, cls):
+            return True, dims
+    return False, None
+
+
+def _skip_predicate(skip: SkipSpec) -> Callable[[str, nn.Module], bool]:
+    if skip is None:
+        return lambda name, module: False
+    if callable(skip):
+        return skip
+    patterns = (skip,) if isinstance(skip, str) else tuple(skip)
+    for pattern in patterns:
+        if not isinstance(pattern, str):
+            raise TypeError(f"skip patterns must be strings, got {pattern!r}")
+    return lambda name, module: any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _num_features(module: nn.Module) -> int:
+    return module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
+
+
+def _fit_groups(channels: int, requested: int) -> int:
+    """``requested`` if it divides ``channels``, else the largest of 32/16/8/4/2/1 that does
+    (and is not above ``requested``)."""
+    if requested > 0 and channels % requested == 0:
+        return requested
+    return next(g for g in _GROUP_CHOICES if g <= max(requested, 1) and channels % g == 0)
+
+
+def _factory(module: nn.Module, observed: dict | None) -> dict[str, Any]:
+    """device/dtype of the source layer (its tensors, else the input it was seen with)."""
+    for tensor in (*module.parameters(recurse=False), *module.buffers(recurse=False)):
+        if tensor.is_floating_point():
+            return {"device": tensor.device, "dtype": tensor.dtype}
+    if observed is not None:
+        return {"device": observed["device"], "dtype": observed["dtype"]}
+    return {"device": None, "dtype": None}
+
+
+def _record_shapes(model: nn.Module, example_input: Any) -> dict[int, dict]:
+    """One eval-mode, no-grad forward; per source layer (by id) its input shapes, dtype, device."""
+    seen: dict[int, dict] = {}
+
+    def hook(module: nn.Module, args: tuple, output: Any) -> None:
+        if not args or not isinstance(args[0], torch.Tensor):
+            return
+        x = args[0]
+        entry = seen.setdefault(id(module), {"shapes": [], "dtype": x.dtype, "device": x.device})
+        entry["shapes"].append(tuple(x.shape))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if _class_dims(m)[0]]
+    flags = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        with torch.no_grad():
+            if isinstance(example_input, dict):
+                model(**example_input)
+            elif isinstance(example_input, tuple | list):
+                model(*example_input)
+            else:
+                model(example_input)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for m, training in flags.items():
+            m.training = training
+    return seen
+
+
+def _convert_one(
+    module: nn.Module, dims: int, observed: dict | None, layer_kwargs: dict[str, Any]
+) -> SwitchNorm:
+    channels = _num_features(module)
+    kwargs: dict[str, Any] = {"eps": module.eps}
+    is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+    if is_bn:
+        kwargs["momentum"] = module.momentum
+        kwargs["track_running_stats"] = module.track_running_stats
+    if isinstance(module, nn.GroupNorm):
+        kwargs["groups"] = module.num_groups
+    kwargs.update(layer_kwargs)  # explicit keyword arguments win over the source's settings
+    pool = kwargs.get("pool", ("in", "ln", "bn"))
+    pool = (pool,) if isinstance(pool, str) else tuple(pool)
+    if "gn" in [str(p).lower() for p in pool]:
+        kwargs["groups"] = _fit_groups(channels, int(kwargs.get("groups", 32)))
+    kwargs.update(_factory(module, observed))
+    new = _SWITCH_NORMS[dims](channels, **kwargs)
+
+    with torch.no_grad():
+        if new.affine and getattr(module, "weight", None) is not None:
+            new.weight.copy_(module.weight)
+            new.bias.copy_(module.bias)
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
+        if (
+            is_bn
+            and new.track_running_stats
+            and module.track_running_stats
+            and module.running_mean is not None
+        ):
+            new.running_mean.copy_(module.running_mean)
+            new.running_var.copy_(module.running_var)
+            new.num_batches_tracked.copy_(module.num_batches_tracked)
+    new.train(module.training)
+    return new
+
+
+def convert_to_switchnorm(
+    model: nn.Module,
+    pool: Iterable[str] = ("in", "ln", "bn"),
+    skip: SkipSpec = (),
+    example_input: Any = None,
+    **layer_kwargs: Any,
+) -> nn.Module:
+    """Replace every BatchNorm, GroupNorm and InstanceNorm layer of ``model`` by a SwitchNorm.
+
+    The model is changed in place and returned (a norm layer passed as ``model`` itself is returned
+    converted). Each new ``SwitchNorm{1,2,3}d`` takes from its source, under ``no_grad``:
+
+    * ``weight``/``bias`` when the source is affine (a non-affine source, e.g. the default
+      ``nn.InstanceNorm2d``, leaves the SN's weight 1 and bias 0);
+    * ``running_mean``/``running_var``/``num_batches_tracked`` from a BatchNorm that tracks them,
+      when the SN tracks them too ("bn" in ``pool``);
+    * ``eps``; from a BatchNorm also ``momentum`` and ``track_running_stats``; from a GroupNorm
+      its ``num_groups`` as ``groups``;
+    * the source's device and dtype, and its train/eval flag.
+
+    Keyword arguments in ``layer_kwargs`` (``tied``, ``ratio_fn``, ``groups``, ``momentum``, ...)
+    go to every new layer and win over the values taken from the source. If "gn" is in ``pool``
+    and ``groups`` (default 32) does not divide a layer's channel count, the largest of
+    32/16/8/4/2/1 (not above ``groups``) that divides it is used instead.
+
+    Dimensions: a BatchNorm{d}d / InstanceNorm{d}d source gives a SwitchNorm{d}d. GroupNorm (and
+    SyncBatchNorm) do not say: with ``example_input`` the observed input rank decides ((N, C) or
+    (N, C, L) -> 1d, 4D -> 2d, 5D -> 3d), otherwise (or for a layer the example forward did not
+    reach) it is **2d**; pass ``example_input`` for GroupNorm models on 1d or 3d data.
+
+    Args:
+        model: the network (or a single norm layer).
+        pool: the normalizers every new layer mixes.
+        skip: layers to leave alone: a qualified module name or fnmatch pattern (``"layer1.*"``),
+            an iterable of them, or a callable ``(name, module) -> bool``. A skipped container is
+            not descended into, so ``skip="head"`` keeps every norm inside ``head``.
+        example_input: optional input for one forward pass (a tensor, a tuple of positional
+            arguments or a dict of keyword arguments). It runs in eval mode under ``no_grad``
+            (the training flags are restored afterwards) and records each norm layer's input.
+            A layer whose per-channel spatial size ``prod(shape[2:])`` is 1 -- 1x1 feature maps or
+            (N, C) inputs, e.g. after global pooling -- is **left alone**: IN there normalizes a
+            single value and LN becomes a per-sample normalization over channels, which the
+            paper advises against (SN_SPEC section 4). Without ``example_input`` nothing is known
+            about the inputs and every source layer is converted.
+        **layer_kwargs: further ``SwitchNorm`` constructor arguments.
+    """
+    layer_kwargs = {**layer_kwargs, "pool": tuple(pool) if not isinstance(pool, str) else pool}
+    should_skip = _skip_predicate(skip)
+    observed = _record_shapes(model, example_input) if example_input is not None else {}
+    converted: dict[int, nn.Module] = {}  # shared layers stay shared
+
+    def convert(module: nn.Module, name: str) -> nn.Module:
+        if should_skip(name, module):
+            return module
+        if id(module) in converted:
+            return converted[id(module)]
+        is_source, dims = _class_dims(module)
+        if is_source:
+            seen = observed.get(id(module))
+            if seen is not None and any(math.prod(s[2:]) == 1 for s in seen["shapes"]):
+                result = module  # after global pooling: leave alone
+            else:
+                if dims is None:
+                    ndim = len(seen["shapes"][0]) if seen is not None else _DEFAULT_DIMS + 2
+                    dims = min(max(ndim - 2, 1), 3)
+                result = _convert_one(module, dims, seen, layer_kwargs)
+            converted[id(module)] = result
+            return result
+        for child_name, child in module.named_children():
+            new_child = convert(child, f"{name}.{child_name}" if name else child_name)
+            if new_child is not child:
+                setattr(module, child_name, new_child)
+        converted[id(module)] = module
+        return module
+
+    return convert(model, "")
