@@ -13,169 +13,24 @@ graph would cost more than the passes over x. Only x and the O(N * C) moments ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["NORMALIZERS", "MixtureConfig", "mixture_statistics", "switch_norm"]
+from .mixture import NORMALIZERS, Mixture, MixtureConfig
 
-NORMALIZERS = ("in", "ln", "bn", "gn")
-
-
-@dataclass(frozen=True)
-class MixtureConfig:
-    """What a layer's forward mixes. Hashable, so it can ride on the autograd context.
-
-    ``batch_bn``: the BN term comes from the batch (training, or no running statistics) instead of
-    the running estimates. ``reference``: the original code's variance conventions (SN_SPEC 4).
-    """
-
-    kinds: tuple[str, ...]
-    eps: float
-    groups: int = 1
-    batch_bn: bool = True
-    reference: bool = False
-
-    @property
-    def needs_moments(self) -> bool:
-        return self.batch_bn or any(kind != "bn" for kind in self.kinds)
-
-
-def _unbias(count: int) -> float:
-    return count / (count - 1) if count > 1 else 1.0
-
-
-# Reduction layout of each sample-based normalizer over an (N, C) grid of cells:
-# (view of the grid, dimension to aggregate over).
-def _grid(kind: str, shape: tuple[int, int], groups: int) -> tuple[tuple[int, ...], int]:
-    n, c = shape
-    if kind == "ln":
-        return (n, c), 1
-    if kind == "bn":
-        return (n, c), 0
-    return (n, groups, c // groups), 2  # gn
-
-
-class _Mixture:
-    """The O(N * C) part of SN: per-normalizer statistics, their mixture, scale and shift.
-
-    Built from the per-(n, c) moments in the forward; ``backward`` maps the gradients of
-    (scale, centred shift) back to the moments, the affine parameters and the ratios.
-    """
-
-    def __init__(self, mean, var, length, weight, bias, mean_ratios, var_ratios, rm, rv, config):
-        self.config, self.length = config, length
-        self.mean, self.weight = mean, weight
-        self.var_factor = _unbias(length) if config.reference and length > 1 else 1.0
-        var_eff = var * self.var_factor if self.var_factor != 1.0 else var
-        self.mean_ratios, self.var_ratios = mean_ratios.unbind(), var_ratios.unbind()
-        self.stats: list[tuple[Tensor, Tensor, float]] = []  # (mu, sigma, flat unbias factor)
-        self.batch_mean = self.batch_var = None
-        mixed_mean = mixed_var = None
-        for k, kind in enumerate(config.kinds):
-            mu, sigma, factor = self._statistics(kind, mean, var_eff, rm, rv)
-            self.stats.append((mu, sigma, factor))
-            if kind == "bn" and config.batch_bn:
-                self.batch_mean, self.batch_var = mu.view(-1), sigma.view(-1)
-            if mixed_mean is None:
-                mixed_mean, mixed_var = self.mean_ratios[k] * mu, self.var_ratios[k] * sigma
-            else:
-                mixed_mean = torch.addcmul(mixed_mean, self.mean_ratios[k], mu)
-                mixed_var = torch.addcmul(mixed_var, self.var_ratios[k], sigma)
-        self.mixed_mean = mixed_mean.expand_as(mean)
-        self.rstd = torch.rsqrt(mixed_var + config.eps).expand_as(mean)
-        self.scale = self.rstd * weight if weight is not None else self.rstd
-        shift = -self.mixed_mean * self.scale
-        self.shift = shift + bias if bias is not None else shift
-
-    def _statistics(self, kind, mean, var, running_mean, running_var):
-        """(mean, variance, unbias factor) of one normalizer, broadcastable to (N, C)."""
-        if kind == "in":
-            return mean, var, 1.0
-        if kind == "bn" and not self.config.batch_bn:
-            return running_mean.view(1, -1), running_var.view(1, -1), 1.0
-        shape, dim = _grid(kind, mean.shape, self.config.groups)
-        cells_mean, cells_var = mean.view(shape), var.view(shape)
-        mu = cells_mean.mean(dim, keepdim=True)
-        sigma = cells_var.mean(dim, keepdim=True) + (cells_mean - mu).square().mean(dim, True)
-        # Reference mode on (N, C) inputs: the original's unbiased estimator over the cells.
-        factor = _unbias(shape[dim]) if self.config.reference and self.length == 1 else 1.0
-        if factor != 1.0:
-            sigma = sigma * factor
-        if kind == "gn":
-            mu, sigma = (
-                mu.expand(shape).reshape(mean.shape),
-                sigma.expand(shape).reshape(mean.shape),
-            )
-        return mu, sigma, factor
-
-    def backward(self, sum_dy, sum_dy_xc, want_moments, want_weight, want_bias, want_ratios):
-        """Gradients from d/d(scale) = sum(dy * (x - m)) and d/d(centred_shift) = sum(dy).
-
-        Returns (grad_mean, grad_var, grad_weight, grad_bias, grad_mean_ratios, grad_var_ratios)
-        with None where not wanted.
-        """
-        config, mean = self.config, self.mean
-        # y = scale * (x - m) + shift + scale * m: the centred form keeps float32 accurate.
-        grad_scale = sum_dy_xc - (self.mixed_mean - mean) * sum_dy
-        grad_mixed_mean = -self.scale * sum_dy
-        grad_bias = sum_dy.sum(0) if want_bias else None
-        grad_weight = (grad_scale * self.rstd).sum(0) if want_weight else None
-        grad_rstd = grad_scale * self.weight if self.weight is not None else grad_scale
-        grad_mixed_var = -0.5 * grad_rstd * self.rstd.pow(3)
-
-        grad_ratios = (None, None)
-        if want_ratios:
-            grad_ratios = (
-                torch.stack([(grad_mixed_mean * mu).sum() for mu, _, _ in self.stats]),
-                torch.stack([(grad_mixed_var * sigma).sum() for _, sigma, _ in self.stats]),
-            )
-        grad_mean = grad_var = None
-        if want_moments:
-            grad_mean, grad_var = torch.zeros_like(mean), torch.zeros_like(mean)
-            for k, kind in enumerate(config.kinds):
-                g_mu = self.mean_ratios[k] * grad_mixed_mean
-                g_sigma = self.var_ratios[k] * grad_mixed_var
-                if kind == "in":
-                    grad_mean += g_mu
-                    grad_var += g_sigma
-                elif kind != "bn" or config.batch_bn:
-                    self._aggregate_backward(kind, k, g_mu, g_sigma, grad_mean, grad_var)
-            if self.var_factor != 1.0:
-                grad_var *= self.var_factor
-        return grad_mean, grad_var, grad_weight, grad_bias, *grad_ratios
-
-    def _aggregate_backward(self, kind, k, g_mu, g_sigma, grad_mean, grad_var):
-        """Accumulate the moments' gradients of one aggregated normalizer (LN, BN or GN)."""
-        mu, _, factor = self.stats[k]
-        shape, dim = _grid(kind, grad_mean.shape, self.config.groups)
-        count = shape[dim]
-        g_mu_total = g_mu.view(shape).sum(dim, keepdim=True)
-        g_sigma_total = g_sigma.view(shape).sum(dim, keepdim=True)
-        if factor != 1.0:
-            g_sigma_total = g_sigma_total * factor
-        cells_mean = self.mean.view(shape)
-        if kind == "gn":  # stored expanded to (N, C); one value per group suffices
-            mu = mu.view(shape)[..., :1]
-        # mu = mean(m); sigma = mean(v) + mean((m - mu)^2): the mu path of the second term
-        # vanishes because the deviations sum to zero.
-        grad_mean.view(shape).add_(
-            g_mu_total / count + g_sigma_total * (2.0 / count) * (cells_mean - mu)
-        )
-        grad_var.view(shape).add_(g_sigma_total / count)
-
-
-def mixture_statistics(mean, var, length, weight, bias, mean_ratios, var_ratios, rm, rv, config):
-    """Per-(n, c) (scale, shift) and batch BN (mean, var) from per-(n, c) moments (differentiable
-    with plain autograd; used by tests and the reference path)."""
-    mix = _Mixture(mean, var, length, weight, bias, mean_ratios, var_ratios, rm, rv, config)
-    return mix.scale, mix.shift, mix.batch_mean, mix.batch_var
+__all__ = ["NORMALIZERS", "MixtureConfig", "switch_norm"]
 
 
 # ---------------------------------------------------------------------------- memory passes
 # The full passes over x. On CPU they run through ATen's batch-norm and group-norm kernels
 # (vectorized, multi-threaded, no full-size temporaries); elsewhere through generic tensor ops.
+
+
+def _cpu_kernels(t: Tensor) -> bool:
+    """Whether the CPU fast paths apply (tests switch them off to cover the generic paths)."""
+    return t.device.type == "cpu"
+
 
 _MOMENT_CHUNK = 1 << 19  # elements per group-norm call: its (discarded) output stays in cache
 _CONSTANTS: dict = {}
@@ -201,7 +56,7 @@ def _moments(x: Tensor) -> tuple[Tensor, Tensor]:
     normalized output we do not need, so rows are processed in cache-sized chunks.
     """
     n, c, length = x.shape
-    if x.device.type != "cpu":
+    if not _cpu_kernels(x):
         var, mean = torch.var_mean(x, dim=2, correction=0)
         return mean, var
     rows = x.view(n * c, 1, length)
@@ -228,7 +83,7 @@ def _row_affine(x: Tensor, centre: Tensor | None, scale: Tensor, shift: Tensor |
     """
     n, c, length = x.shape
     flat = n * c
-    if x.device.type != "cpu":
+    if not _cpu_kernels(x):
         if centre is not None:
             shift = -centre * scale if shift is None else shift - centre * scale
         if shift is None:
@@ -250,7 +105,7 @@ def _row_affine(x: Tensor, centre: Tensor | None, scale: Tensor, shift: Tensor |
 def _grad_sums(grad_y: Tensor, x: Tensor, centre: Tensor) -> tuple[Tensor, Tensor]:
     """Per-(n, c) sums of dy and of dy * (x - centre), in one pass."""
     n, c, length = x.shape
-    if x.device.type != "cpu":
+    if not _cpu_kernels(x):
         sum_dy = grad_y.sum(2)
         return sum_dy, torch.linalg.vecdot(grad_y, x, dim=2) - centre * sum_dy
     flat = n * c
@@ -262,15 +117,43 @@ def _grad_sums(grad_y: Tensor, x: Tensor, centre: Tensor) -> tuple[Tensor, Tenso
     return sum_dy.view(n, c), sum_dy_xc.view(n, c)
 
 
+_NUMPY_DTYPES = (torch.float32, torch.float64)
+
+
+def _as_array(t: Tensor | None):
+    return None if t is None else t.detach().numpy()
+
+
+def _as_tensor(a) -> Tensor | None:
+    if a is None or isinstance(a, Tensor):
+        return a
+    if not (a.flags.writeable and a.flags.c_contiguous):  # broadcast views are read-only
+        a = np.array(a)
+    return torch.from_numpy(a)
+
+
+def _mixture(mean, var, length, weight, bias, mean_ratios, var_ratios, rm, rv, config) -> Mixture:
+    """The O(N*C) mixture on NumPy views for CPU tensors (lower per-op overhead), else torch."""
+    if _cpu_kernels(mean) and mean.dtype in _NUMPY_DTYPES:
+        args = [_as_array(t) for t in (mean, var, weight, bias, mean_ratios, var_ratios, rm, rv)]
+        mean, var, weight, bias, mean_ratios, var_ratios, rm, rv = args
+        return Mixture(np, mean, var, length, weight, bias, list(mean_ratios), list(var_ratios),
+                       rm, rv, config)  # fmt: skip
+    return Mixture(torch, mean, var, length, weight, bias, mean_ratios.unbind(),
+                   var_ratios.unbind(), rm, rv, config)  # fmt: skip
+
+
 def _forward(x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config):
+    """(y, mixture, per-(n, c) mean as a tensor) for x of shape (N, C, L)."""
     length = x.shape[2]
     if config.needs_moments:
         mean, var = _moments(x)
     else:  # evaluation of a pure-BN mixture: the running estimates are all we need
         mean = var = _filled(0.0, x.shape[0] * x.shape[1], x).view(x.shape[:2])
-    mix = _Mixture(mean, var, length, weight, bias, mean_ratios, var_ratios,
+    mix = _mixture(mean, var, length, weight, bias, mean_ratios, var_ratios,
                    running_mean, running_var, config)  # fmt: skip
-    return _row_affine(x, None, mix.scale, mix.shift), mix, var
+    y = _row_affine(x, None, _as_tensor(mix.scale), _as_tensor(mix.shift))
+    return y, mix, mean
 
 
 class _SwitchNormFunction(torch.autograd.Function):
@@ -279,39 +162,41 @@ class _SwitchNormFunction(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config):
-        y, mix, var = _forward(
+        y, mix, mean = _forward(
             x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config
         )
-        ctx.mix = mix
+        ctx.mix, ctx.mean = mix, mean
         ctx.save_for_backward(x, running_mean, running_var)
         if mix.batch_mean is None:
             return y, None, None
-        ctx.mark_non_differentiable(mix.batch_mean, mix.batch_var)
-        return y, mix.batch_mean, mix.batch_var
+        batch_mean, batch_var = _as_tensor(mix.batch_mean), _as_tensor(mix.batch_var)
+        ctx.mark_non_differentiable(batch_mean, batch_var)
+        return y, batch_mean, batch_var
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_y, _grad_batch_mean, _grad_batch_var):
         x, _, _ = ctx.saved_tensors  # running stats: saved only to detect in-place updates
-        mix = ctx.mix
-        needs = ctx.needs_input_grad
+        mix, mean, needs = ctx.mix, ctx.mean, ctx.needs_input_grad
         grad_y = grad_y.contiguous().view(x.shape)
-        sum_dy, sum_dy_xc = _grad_sums(grad_y, x, mix.mean)
+        sum_dy, sum_dy_xc = _grad_sums(grad_y, x, mean)
+        if mix.xp is np:
+            sum_dy, sum_dy_xc = sum_dy.numpy(), sum_dy_xc.numpy()
         want_moments = needs[0] and mix.config.needs_moments
-        grad_mean, grad_var, grad_weight, grad_bias, grad_mr, grad_vr = mix.backward(
+        grads = mix.backward(
             sum_dy, sum_dy_xc, want_moments, needs[1], needs[2], needs[3] or needs[4]
         )
+        grad_mean, grad_var, grad_weight, grad_bias, grad_mr, grad_vr = map(_as_tensor, grads)
         grad_x = None
         if needs[0]:
+            scale = _as_tensor(mix.scale)
             if grad_mean is None:  # BN from running statistics only: a fixed affine map
-                grad_x = _row_affine(grad_y, None, mix.scale, None)
+                grad_x = _row_affine(grad_y, None, scale, None)
             else:
                 # dx = scale * dy + (2 / L) * dvar * (x - m) + dmean / L
-                grad_x = _row_affine(
-                    x, mix.mean, grad_var * (2.0 / mix.length), grad_mean / mix.length
-                )
-                grad_x = grad_x.view(x.shape).addcmul_(grad_y, mix.scale.unsqueeze(2))
+                grad_x = _row_affine(x, mean, grad_var * (2.0 / mix.length), grad_mean / mix.length)
+                grad_x = grad_x.view(x.shape).addcmul_(grad_y, scale.unsqueeze(2))
             grad_x = grad_x.view(x.shape)
         return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None, None
 
@@ -340,5 +225,5 @@ def switch_norm(
         y, batch_mean, batch_var = _SwitchNormFunction.apply(*inputs, config)
     else:  # inference: no autograd bookkeeping
         y, mix, _ = _forward(*inputs, config)
-        batch_mean, batch_var = mix.batch_mean, mix.batch_var
+        batch_mean, batch_var = _as_tensor(mix.batch_mean), _as_tensor(mix.batch_var)
     return y.view(x.shape), batch_mean, batch_var

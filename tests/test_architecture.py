@@ -1,0 +1,55 @@
+"""Layering rules from ARCHITECTURE.md: imports point down only."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT_PACKAGES = {"sn_core", "service", "worker", "api"}
+# sn_core's only third-party imports; safetensors and yaml only inside the functions that use them.
+SN_CORE_ALLOWED = {"sn_core", "torch", "numpy", "safetensors", "yaml"}
+SN_CORE_LAZY = {"safetensors", "yaml"}
+
+
+def top_level_imports(path: Path, *, module_level_only: bool) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    names: set[str] = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_sn_core_imports_only_torch_numpy_and_stdlib():
+    stdlib = set(sys.stdlib_module_names)
+    for path in (ROOT / "sn_core").rglob("*.py"):
+        imported = top_level_imports(path, module_level_only=False) - stdlib
+        assert imported <= SN_CORE_ALLOWED, f"{path.relative_to(ROOT)} imports {imported}"
+        eager = top_level_imports(path, module_level_only=True) & SN_CORE_LAZY
+        assert not eager, f"{path.relative_to(ROOT)} imports {eager} at module level"
+
+
+def test_importing_sn_core_loads_no_other_layer_or_optional_format_library():
+    code = (
+        "import sys, sn_core; bad = {'service', 'worker', 'api', 'yaml', 'safetensors', "
+        "'sklearn'} & {m.split('.')[0] for m in sys.modules}; print(sorted(bad))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_api_never_imports_worker_at_module_level():
+    for path in (ROOT / "api").rglob("*.py"):
+        assert "worker" not in top_level_imports(path, module_level_only=True), path
+
+
+def test_sn_core_never_reads_environment_variables():
+    for path in (ROOT / "sn_core").rglob("*.py"):
+        text = path.read_text()
+        assert "os.environ" not in text and "getenv" not in text, path
