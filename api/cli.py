@@ -6,6 +6,7 @@ shares this package) never loads training code at import time.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Annotated
@@ -19,7 +20,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+# Wide enough for the ratio table when the output is a pipe or a log file.
+console = Console(width=None if sys.stdout.isatty() else 110)
 
 
 @app.callback()

@@ -77,6 +77,7 @@ class MixtureNorm(nn.Module):
         if variance not in VARIANCE_MODES:
             raise ValueError(f"variance must be one of {VARIANCE_MODES}, got {variance!r}")
         self.num_features = num_features
+        self.kinds = kinds  # every normalizer this layer can compute
         self.eps = eps
         self.momentum = momentum
         self.groups = groups
@@ -113,6 +114,15 @@ class MixtureNorm(nn.Module):
         if self.affine:
             nn.init.ones_(self.weight)
             nn.init.zeros_(self.bias)
+
+    def _repr(self, choice: str) -> str:
+        """extra_repr text: the channels, ``choice`` (what the subclass mixes), then settings."""
+        return (
+            f"{self.num_features}, {choice}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+            + (f", groups={self.groups}" if "gn" in self.kinds else "")
+            + (f", variance={self.variance!r}" if self.variance != "population" else "")
+        )
 
     def _check_input_dim(self, x: Tensor) -> None:
         if x.dim() < 2:
@@ -216,7 +226,7 @@ class SwitchNorm(MixtureNorm):
             raise ValueError(
                 f"unknown ratio_fn {ratio_fn!r}; choose one of {sorted(RATIO_FUNCTIONS)}"
             )
-        self.pool = normalize_pool(pool)
+        self.pool = self.kinds  # logit order
         self.tied = tied
         self.ratio_fn = ratio_fn
         self.radius = 0.0
@@ -326,13 +336,7 @@ class SwitchNorm(MixtureNorm):
         self._fixed = (mean if mean >= 0 else None, var if var >= 0 else None)
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, pool={self.pool}, "
-            f"ratio_fn={self.ratio_fn!r}, tied={self.tied}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-            + (f", groups={self.groups}" if "gn" in self.pool else "")
-            + (f", variance={self.variance!r}" if self.variance != "population" else "")
-        )
+        return self._repr(f"pool={self.pool}, ratio_fn={self.ratio_fn!r}, tied={self.tied}")
 
 
 class SwitchNorm1d(SwitchNorm):

@@ -13,15 +13,18 @@ import torch
 from torch import Tensor
 
 from .functional import NORMALIZERS
-from .layers import MixtureNorm
+from .layers import MixtureNorm, normalize_pool
 
 __all__ = ["SelectedNorm"]
 
 
 def _check_kind(role: str, kind: str) -> str:
-    if not isinstance(kind, str) or kind.lower() not in NORMALIZERS:
+    if not isinstance(kind, str):
         raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {NORMALIZERS}")
-    return kind.lower()
+    try:
+        return normalize_pool((kind,))[0]
+    except ValueError:
+        raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {NORMALIZERS}") from None
 
 
 class SelectedNorm(MixtureNorm):
@@ -70,7 +73,6 @@ class SelectedNorm(MixtureNorm):
         )
         self.mean = mean
         self.var = var
-        self.kinds = kinds
         factory = {"device": device, "dtype": dtype}
         mean_ratios = torch.tensor([float(k == mean) for k in kinds], **factory)
         var_ratios = torch.tensor([float(k == var) for k in kinds], **factory)
@@ -87,10 +89,4 @@ class SelectedNorm(MixtureNorm):
         return self.kinds, self.mean_ratios, self.var_ratios
 
     def extra_repr(self) -> str:
-        return (
-            f"{self.num_features}, mean={self.mean!r}, var={self.var!r}, eps={self.eps}, "
-            f"momentum={self.momentum}, affine={self.affine}, "
-            f"track_running_stats={self.track_running_stats}"
-            + (f", groups={self.groups}" if "gn" in self.kinds else "")
-            + (f", variance={self.variance!r}" if self.variance != "population" else "")
-        )
+        return self._repr(f"mean={self.mean!r}, var={self.var!r}")
