@@ -73,7 +73,7 @@ class Mixture:
         self, xp, mean, var, length, weight, bias, mean_ratios, var_ratios, rm, rv, config
     ):
         self.xp, self.config, self.length = xp, config, length
-        self.mean, self.weight = mean, weight
+        self.mean, self.weight, self.bias = mean, weight, bias
         self.mean_ratios, self.var_ratios = mean_ratios, var_ratios
         self.var_factor = _unbias(length) if config.reference and length > 1 else 1.0
         var_eff = var * self.var_factor if self.var_factor != 1.0 else var
@@ -96,6 +96,12 @@ class Mixture:
             if bias is not None
             else (-self.mixed_mean * self.scale)
         )
+
+    @property
+    def centred_shift(self):
+        """shift + scale * m: ``y = scale * (x - m) + centred_shift`` avoids cancelling terms."""
+        shift = -(self.mixed_mean - self.mean) * self.scale
+        return shift + self.bias if self.bias is not None else shift
 
     def _statistics(self, kind, mean, var, running_mean, running_var):
         """(mean, variance, unbias factor) of one normalizer, broadcastable to (N, C)."""
