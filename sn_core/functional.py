@@ -1,4 +1,4 @@
-"""The Switchable Normalization kernel: statistics, mixture and a hand-written backward.
+"""The Switchable Normalization kernel: two passes over x forward, three backward.
 
 Normalization with mixed statistics is a per-(n, c) affine map (SN_SPEC section 7)::
 
@@ -6,9 +6,10 @@ Normalization with mixed statistics is a per-(n, c) affine map (SN_SPEC section 
 
 so the forward is one moments pass over x plus one fused affine pass, and the backward needs only
 the per-(n, c) sums of dy and dy * (x - m), then ``dx = scale * dy + P * (x - m) + Q``. Everything
-between the per-(n, c) moments and (scale, shift) is O(N * C) work, written out by hand in both
-directions (``_Mixture``) because at small feature maps the per-op overhead of a generic autograd
-graph would cost more than the passes over x. Only x and the O(N * C) moments are saved.
+between the per-(n, c) moments and (scale, shift) is O(N * C) work done by
+``sn_core.mixture.Mixture``, by hand in both directions, because at small feature maps the per-op
+overhead of a generic autograd graph would cost more than the passes over x. Only x and the
+O(N * C) moments are saved for backward.
 """
 
 from __future__ import annotations
@@ -180,7 +181,7 @@ def _forward(x, weight, bias, mean_ratios, var_ratios, running_mean, running_var
 
 
 class _SwitchNormFunction(torch.autograd.Function):
-    """y = x * scale + shift with scale, shift from ``_Mixture``; x has shape (N, C, L)."""
+    """y = x * scale + shift with scale, shift from ``Mixture``; x has shape (N, C, L)."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
