@@ -19,7 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/normsearch demo
+	$(BIN)/normsearch run examples/digits.yaml --out out/digits
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -93,3 +93,113 @@ def demo(
 
 if __name__ == "__main__":
     app()
+
+
+def load_spec_file(path: Path):
+    """Parse a YAML or JSON job spec; exits with one line per problem on bad input."""
+    import yaml
+    from pydantic import ValidationError
+
+    from service.spec import JobSpec, format_validation_error
+
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise typer.BadParameter(f"spec file {path} does not exist") from None
+    except yaml.YAMLError as error:
+        raise typer.BadParameter(f"{path} is not valid YAML/JSON: {error}") from None
+    if not isinstance(raw, dict):
+        raise typer.BadParameter(f"{path} must hold a mapping with at least model and dataset")
+    try:
+        return JobSpec.model_validate(raw)
+    except ValidationError as error:
+        for line in format_validation_error(error):
+            console.print(f"[red]spec error[/red] {line}")
+        raise typer.Exit(code=2) from None
+
+
+@app.command()
+def run(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON).")],
+    out: Annotated[Path, typer.Option(help="Output directory (plan, checkpoint, report).")] = Path(
+        "out"
+    ),
+    work_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Search state (Ray Tune experiments); default OUT/state. Re-running "
+            "with the same directory resumes an interrupted search."
+        ),
+    ] = None,
+) -> None:
+    """Run a whole normalization search on this machine (or the Ray cluster at RAY_ADDRESS)."""
+    from service.settings import get_settings
+    from worker.datasets import DatasetError
+    from worker.job import JobStateError, run_job
+    from worker.recorder import JsonlRecorder, TeeRecorder
+    from worker.report import write_report
+
+    spec = load_spec_file(spec_file)
+    settings = get_settings()
+    out.mkdir(parents=True, exist_ok=True)
+    work_dir = work_dir or out / "state"
+    started = time.perf_counter()
+    console.print(
+        f"[bold]normsearch run[/bold] {spec.model.arch} on {spec.dataset.kind}: "
+        f"{len(spec.search.trials.seeds) * len(spec.batch_sizes) * len(spec.lrs)} search trial(s), "
+        f"{spec.training.epochs} epochs each"
+    )
+    from api.progress import LiveTrialsView
+
+    history = JsonlRecorder(work_dir / "trials.jsonl")
+    try:
+        with LiveTrialsView(console) as view:
+            result = run_job(
+                spec,
+                data_roots=settings.resolved_data_roots(),
+                work_dir=work_dir,
+                recorder=TeeRecorder(history, view),
+                out_dir=out,
+                ray_address=settings.ray_address,
+                ray_num_cpus=settings.ray_num_cpus,
+            )
+    except (DatasetError, JobStateError) as error:
+        console.print(f"[red]error[/red] {error}")
+        raise typer.Exit(code=2) from None
+    files = write_report(
+        out,
+        spec=spec.model_dump(mode="json"),
+        recommendation=result.recommendation,
+        outcomes=result.outcomes,
+        verification=result.verification,
+        extra={"dataset": result.dataset, "wall_seconds": time.perf_counter() - started},
+    )
+    console.print()
+    console.print(recommendation_table(result.recommendation))
+    if result.verification:
+        console.print(verification_table(result.verification))
+    console.print(f"wrote {', '.join(str(p) for p in files.values())} and {result.checkpoint_dir}/")
+
+
+def recommendation_table(recommendation) -> Table:
+    table = Table(title=f"Recommendation (batch size {recommendation.target_batch_size})")
+    for column in ("layer", "mean", "var", "confidence"):
+        table.add_column(column, no_wrap=column == "layer")
+    for layer in recommendation.plan.layers:
+        table.add_row(layer.name, layer.mean, layer.var, f"{layer.confidence:.2f}")
+    return table
+
+
+def verification_table(verification: dict) -> Table:
+    table = Table(
+        title=f"Verification: {verification['epochs']} epochs, batch {verification['batch_size']}, "
+        f"seeds {verification['seeds']}"
+    )
+    for column in ("model", "val accuracy", "std"):
+        table.add_column(column)
+    for row in verification["results"].values():
+        accuracy = row["val_accuracy"]
+        table.add_row(
+            row["label"], "-" if accuracy is None else f"{accuracy:.3f}", f"{row['std']:.3f}"
+        )
+    return table

@@ -1,0 +1,52 @@
+"""Settings from environment variables (pydantic-settings), read at entry points only.
+
+Libraries below the entry points take these values as arguments; nothing else reads the
+environment. ``get_settings()`` is cached; tests build ``Settings(...)`` directly.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NORMSEARCH_", extra="ignore")
+
+    data_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("data")],
+        description="Directories dataset paths must lie in (NORMSEARCH_DATA_ROOTS, "
+        "separated by ':' or ',').",
+    )
+    runs_dir: Path = Field(
+        default=Path("runs"), description="Where searches keep Ray Tune state and checkpoints."
+    )
+    ray_address: str | None = Field(
+        default=None,
+        validation_alias="RAY_ADDRESS",
+        description="Ray cluster to join (RAY_ADDRESS); unset: start a local Ray.",
+    )
+    ray_num_cpus: int | None = Field(
+        default=None, ge=1, description="CPUs of a local Ray (default: all)."
+    )
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value):
+        if isinstance(value, str):
+            parts = [p for chunk in value.split(",") for p in chunk.split(os.pathsep)]
+            return [Path(p.strip()) for p in parts if p.strip()]
+        return value
+
+    def resolved_data_roots(self) -> list[Path]:
+        return [root.expanduser().resolve() for root in self.data_roots]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

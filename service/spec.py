@@ -1,0 +1,239 @@
+"""The job spec: what a user submits (versioned, shared by the API and the worker).
+
+Pure pydantic; no torch. A spec with only ``model`` and ``dataset`` is complete: every other field
+has a default that runs a sensible search. ``JobSpec.model_json_schema()`` is the schema the UI
+and the docs use (``job_spec_schema()``).
+"""
+
+from __future__ import annotations
+
+import math
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SPEC_VERSION = 1
+
+# The model zoo's built-in architectures (sn_core.zoo; a test keeps the two in sync). Plug-ins
+# registered under the ``normsearch.models`` entry-point group are accepted too: their names are
+# read from package metadata, without importing torch.
+BUILTIN_ARCHS = (
+    "mlp",
+    "mobilenetv2",
+    "resnet18",
+    "resnet20",
+    "resnet32",
+    "resnet34",
+    "resnet50",
+    "resnet56",
+    "vgg11",
+    "vgg_small",
+)
+NORMALIZERS = ("in", "ln", "bn", "gn")
+DATASET_KINDS = ("digits", "synthetic", "image_folder", "cifar", "npz")
+FILE_DATASETS = ("image_folder", "cifar", "npz")
+
+
+def known_archs() -> tuple[str, ...]:
+    plugins = {ep.name for ep in entry_points(group="normsearch.models")}
+    return tuple(sorted(set(BUILTIN_ARCHS) | plugins))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(_Strict):
+    arch: str = Field(description="Model zoo architecture, e.g. resnet20.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
+    num_classes: int | None = Field(
+        default=None, ge=2, description="Output classes; default: from the dataset."
+    )
+    in_channels: int | None = Field(
+        default=None, ge=1, description="Input channels; default: from the dataset."
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        arch = arch.strip().lower()
+        known = known_archs()
+        if arch not in known:
+            raise ValueError(f"unknown arch {arch!r}; known: {', '.join(known)}")
+        return arch
+
+    @field_validator("kwargs")
+    @classmethod
+    def _no_reserved_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"num_classes", "in_channels", "norm_layer"} & set(kwargs)
+        if reserved:
+            raise ValueError(f"{sorted(reserved)} are set by the service, not in kwargs")
+        return kwargs
+
+
+class DatasetSpec(_Strict):
+    kind: Literal["digits", "synthetic", "image_folder", "cifar", "npz"]
+    path: str | None = Field(
+        default=None, description="For image_folder, cifar and npz: inside a configured data root."
+    )
+    image_size: int | None = Field(
+        default=None, ge=4, le=1024, description="Resize images to this side (file datasets)."
+    )
+    val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
+    seed: int = Field(default=0, ge=0, description="Seed of the train/validation split.")
+    num_samples: int = Field(default=2000, ge=20, description="synthetic: number of images.")
+    num_classes: int = Field(default=10, ge=2, le=1000, description="synthetic: classes.")
+
+    @model_validator(mode="after")
+    def _path_matches_kind(self) -> DatasetSpec:
+        if self.kind in FILE_DATASETS and not self.path:
+            raise ValueError(f"dataset kind {self.kind!r} needs a path")
+        if self.kind not in FILE_DATASETS and self.path:
+            raise ValueError(f"dataset kind {self.kind!r} takes no path")
+        return self
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(default=12, ge=1, le=10_000, description="Budget per trial.")
+    batch_size: int = Field(default=32, ge=1, le=65_536)
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = Field(default=0.1, gt=0.0, le=10.0)
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
+    lr_schedule: Literal["cosine", "onecycle", "step", "constant"] = "onecycle"
+    amp: bool = Field(default=False, description="Mixed precision (CUDA only; ignored on CPU).")
+    ratio_lr_mult: float = Field(default=1.0, gt=0.0, le=100.0)
+    ratio_weight_decay: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Weight decay on SN logits (papers: 0)."
+    )
+    grad_clip: float | None = Field(
+        default=1.0, gt=0.0, description="Gradient-norm clip of the SN logits (SSN: 1)."
+    )
+
+
+class SparsitySpec(_Strict):
+    method: Literal["sparsestmax", "temperature", "none"] = "sparsestmax"
+    start: float = Field(default=0.0, ge=0.0, le=1.0, description="Fraction of the budget.")
+    end: float = Field(default=0.6, gt=0.0, le=1.0, description="All layers one-hot by then.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SparsitySpec:
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        return self
+
+
+class StopWhenStable(_Strict):
+    enabled: bool = True
+    patience: int = Field(
+        default=2, ge=1, description="Evaluations with every layer fixed and unchanged."
+    )
+
+
+class TrialsSpec(_Strict):
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=64)
+    batch_sizes: list[int] | None = Field(
+        default=None, min_length=1, description="Default: [training.batch_size]."
+    )
+    lrs: list[float] | None = Field(
+        default=None, min_length=1, description="Default: [training.lr]."
+    )
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive_batches(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and any(v < 1 for v in values):
+            raise ValueError("batch sizes must be >= 1")
+        return values
+
+    @field_validator("lrs")
+    @classmethod
+    def _positive_lrs(cls, values: list[float] | None) -> list[float] | None:
+        if values is not None and any(not (v > 0 and math.isfinite(v)) for v in values):
+            raise ValueError("learning rates must be finite and > 0")
+        return values
+
+
+class SearchSpec(_Strict):
+    pool: list[Literal["in", "ln", "bn", "gn"]] = Field(
+        default_factory=lambda: ["in", "ln", "bn"], min_length=1
+    )
+    tied: bool = False
+    sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
+    stop_when_stable: StopWhenStable = Field(default_factory=StopWhenStable)
+    trials: TrialsSpec = Field(default_factory=TrialsSpec)
+    scheduler: Literal["none", "asha"] = "none"
+    target_batch_size: int | None = Field(
+        default=None, ge=1, description="Batch size the recommendation is for (default: largest)."
+    )
+
+    @field_validator("pool")
+    @classmethod
+    def _unique_pool(cls, pool: list[str]) -> list[str]:
+        if len(set(pool)) != len(pool):
+            raise ValueError(f"pool {pool} names a normalizer twice")
+        return pool
+
+
+class VerifySpec(_Strict):
+    enabled: bool = True
+    epochs: int | None = Field(default=None, ge=1, description="Default: training.epochs.")
+    baselines: list[Literal["bn", "gn", "ln", "in"]] = Field(default_factory=lambda: ["bn", "gn"])
+
+
+class ResourcesSpec(_Strict):
+    cpus_per_trial: float = Field(default=1.0, gt=0.0, le=256)
+    gpus_per_trial: float = Field(default=0.0, ge=0.0, le=16)
+
+
+class JobSpec(_Strict):
+    """A normalization-search job."""
+
+    version: Literal[1] = SPEC_VERSION
+    model: ModelSpec
+    dataset: DatasetSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="after")
+    def _target_batch_in_trials(self) -> JobSpec:
+        target = self.search.target_batch_size
+        if target is not None and target not in self.batch_sizes:
+            raise ValueError(
+                f"search.target_batch_size {target} is not among the trial batch sizes "
+                f"{self.batch_sizes}"
+            )
+        return self
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return list(self.search.trials.batch_sizes or [self.training.batch_size])
+
+    @property
+    def lrs(self) -> list[float]:
+        return list(self.search.trials.lrs or [self.training.lr])
+
+    @property
+    def target_batch_size(self) -> int:
+        return self.search.target_batch_size or max(self.batch_sizes)
+
+    @property
+    def verify_epochs(self) -> int:
+        return self.verify.epochs or self.training.epochs
+
+
+def job_spec_schema() -> dict[str, Any]:
+    """JSON Schema of the job spec (for the UI's form and the docs)."""
+    return JobSpec.model_json_schema()
+
+
+def format_validation_error(error) -> list[str]:
+    """One line per problem of a pydantic ValidationError: ``field.path: reason``."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(spec)"
+        lines.append(f"{where}: {item['msg']}")
+    return lines

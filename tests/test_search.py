@@ -1,0 +1,188 @@
+"""The search engine on a real local Ray (2 CPUs): end to end, crash recovery, early stopping."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+import yaml
+
+import sn_core
+from service.spec import JobSpec
+from worker.datasets import load_dataset
+from worker.job import JobStateError, run_job
+from worker.recorder import JsonlRecorder, MemoryRecorder
+from worker.report import write_report
+from worker.search import run_trials, trial_grid
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def tiny_spec(**overrides) -> JobSpec:
+    payload = {
+        "model": {"arch": "resnet20"},
+        "dataset": {"kind": "digits"},
+        "training": {"epochs": 3, "batch_size": 64, "lr": 0.1},
+        "search": {
+            "sparsity": {"end": 0.5},
+            "stop_when_stable": {"enabled": False},
+            "trials": {"seeds": [0, 1]},
+        },
+        "verify": {"enabled": True, "epochs": 1, "baselines": ["bn"]},
+    }
+    for key, value in overrides.items():
+        payload[key] = {**payload.get(key, {}), **value}
+    return JobSpec.model_validate(payload)
+
+
+def test_digits_search_end_to_end_writes_every_output(tmp_path):
+    spec = tiny_spec()
+    out = tmp_path / "out"
+    recorder = JsonlRecorder(tmp_path / "state" / "trials.jsonl")
+    result = run_job(
+        spec, data_roots=[tmp_path], work_dir=tmp_path / "state", recorder=recorder, out_dir=out
+    )
+    files = write_report(
+        out,
+        spec=spec.model_dump(mode="json"),
+        recommendation=result.recommendation,
+        outcomes=result.outcomes,
+        verification=result.verification,
+    )
+    search = [o for o in result.outcomes if o.variant == "sn"]
+    assert len(search) == 2 and all(o.status == "TERMINATED" for o in search)
+    assert all([r["epoch"] for r in o.history] == [1, 2, 3] for o in search)
+    assert all(o.val_accuracy > 0.3 for o in search)  # chance is 0.1
+
+    # plan.json / plan.yaml: one entry per SN layer of resnet20, every choice from the pool.
+    plan = sn_core.NormalizerPlan.load(files["plan_json"])
+    assert plan == sn_core.NormalizerPlan.load(files["plan_yaml"]) == result.recommendation.plan
+    layers = sn_core.switch_layers(sn_core.convert_to_switchnorm(sn_core.build_model("resnet20")))
+    assert list(plan.names) == [name for name, _ in layers]
+    assert all(
+        entry.mean in ("in", "ln", "bn") and entry.var in ("in", "ln", "bn") for entry in plan
+    )
+
+    # The finalized checkpoint loads without pickle and classifies digits like the SN model did.
+    model, ckpt_plan, model_spec = sn_core.load_finalized(result.checkpoint_dir)
+    assert model_spec["arch"] == "resnet20" and model_spec["in_channels"] == 1
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    with torch.no_grad():
+        accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    best = next(o for o in search if o.trial_id == result.recommendation.best_trial)
+    assert accuracy == pytest.approx(best.val_accuracy, abs=1e-6)
+    assert not any(isinstance(m, sn_core.SwitchNorm) for m in model.modules())
+
+    report = json.loads(files["report_json"].read_text())
+    assert report["verification"]["results"]["plan"]["val_accuracy"] is not None
+    assert report["verification"]["results"]["bn"]["val_accuracy"] is not None
+    assert report["verification"]["results"]["sn"]["val_accuracy"] is not None
+    rows = files["ratios_csv"].read_text().strip().splitlines()
+    assert len(rows) - 1 >= 2 * 3 * len(layers)  # trials x epochs x layers (plus verification)
+    assert files["ratios_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # The JSONL history is complete: every epoch of every trial once.
+    recorded = JsonlRecorder(tmp_path / "state" / "trials.jsonl").trials()
+    for outcome in search:
+        assert [r["epoch"] for r in recorded[outcome.trial_id]["history"]] == [1, 2, 3]
+
+
+def test_rerunning_a_finished_job_resumes_without_retraining(tmp_path):
+    spec = tiny_spec(verify={"enabled": False}, search={"trials": {"seeds": [0]}})
+    recorder = MemoryRecorder()
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    first = run_trials(
+        spec, data, name="s", storage_dir=tmp_path, recorder=recorder, grid=trial_grid(spec)
+    )
+    again = run_trials(
+        spec, data, name="s", storage_dir=tmp_path, recorder=recorder, grid=trial_grid(spec)
+    )
+    assert [o.trial_id for o in again.outcomes] == [o.trial_id for o in first.outcomes]
+    history = recorder.trials()[first.outcomes[0].trial_id]["history"]
+    assert [r["epoch"] for r in history] == [1, 2, 3]
+
+
+def test_work_dir_of_another_spec_is_refused(tmp_path):
+    recorder = MemoryRecorder()
+    spec = tiny_spec(verify={"enabled": False}, search={"trials": {"seeds": [0]}})
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "spec.json").write_text(json.dumps({"fingerprint": "other"}))
+    with pytest.raises(JobStateError, match="different search"):
+        run_job(spec, data_roots=[tmp_path], work_dir=tmp_path / "state", recorder=recorder)
+
+
+def test_killed_trial_resumes_from_its_checkpoint_with_complete_history(tmp_path):
+    spec = tiny_spec(
+        training={"epochs": 6, "batch_size": 128},
+        search={"trials": {"seeds": [0]}},
+        verify={"enabled": False},
+    )
+    recorder = JsonlRecorder(tmp_path / "trials.jsonl")
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    killed = {}
+
+    def kill_after_second_epoch():
+        deadline = time.time() + 240
+        while time.time() < deadline and not killed:
+            for trial in recorder.trials().values():
+                history = trial["history"]
+                if len(history) >= 2:
+                    killed["pid"], killed["epoch"] = history[-1]["pid"], history[-1]["epoch"]
+                    os.kill(killed["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=kill_after_second_epoch, daemon=True)
+    watcher.start()
+    run = run_trials(
+        spec, data, name="crash", storage_dir=tmp_path, recorder=recorder, grid=trial_grid(spec)
+    )
+    watcher.join(timeout=5)
+    assert killed, "the trial finished before it could be killed"
+    (outcome,) = run.outcomes
+    assert outcome.status == "TERMINATED"
+    epochs = [r["epoch"] for r in outcome.history]
+    assert epochs == [1, 2, 3, 4, 5, 6]  # no gap, no duplicate
+    pids = {r["pid"] for r in outcome.history}
+    assert killed["pid"] in pids and len(pids) == 2  # a new worker took over after the crash
+    lines = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
+    assert sorted(e["record"]["epoch"] for e in lines if e["event"] == "result") == epochs
+
+
+def test_search_stops_early_once_choices_are_stable(tmp_path):
+    spec = tiny_spec(
+        training={"epochs": 12, "batch_size": 128},
+        search={
+            "sparsity": {"end": 0.25},
+            "stop_when_stable": {"enabled": True, "patience": 2},
+            "trials": {"seeds": [0]},
+        },
+        verify={"enabled": False},
+    )
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    run = run_trials(
+        spec, data, name="early", storage_dir=tmp_path, recorder=MemoryRecorder(),
+        grid=trial_grid(spec),
+    )  # fmt: skip
+    (outcome,) = run.outcomes
+    assert outcome.epochs_budget == 12
+    assert outcome.epochs_used < 12
+    last = outcome.history[-1]
+    assert last["done"] and last["all_fixed"] and last["stable_evals"] >= 2
+
+
+def test_example_specs_validate():
+    for path in Path(__file__).resolve().parents[1].joinpath("examples").glob("*.yaml"):
+        JobSpec.model_validate(yaml.safe_load(path.read_text()))

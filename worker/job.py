@@ -1,0 +1,195 @@
+"""One whole normalization search: search -> recommend -> finalize -> verify.
+
+``run_job`` is what both the standalone CLI (``normsearch run``) and the service's Celery task
+call. All state lives under ``work_dir`` (Ray Tune experiments with their checkpoints), so running
+the same job again with the same ``work_dir`` resumes it instead of starting over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import sn_core
+from service.spec import JobSpec
+
+from .datasets import LoadedDataset, load_dataset
+from .models import PLAN_VARIANT, SN_VARIANT, build_variant, model_spec
+from .recommend import Recommendation, recommend
+from .recorder import Recorder
+from .results import TrialOutcome
+from .search import ensure_ray, run_trials, trial_grid
+from .trainable import load_checkpoint_state
+
+log = logging.getLogger(__name__)
+SPEC_FILE = "spec.json"
+
+
+class JobStateError(ValueError):
+    """The work directory belongs to a different job spec."""
+
+
+@dataclass
+class JobResult:
+    spec: JobSpec
+    dataset: dict[str, Any]
+    outcomes: list[TrialOutcome]
+    recommendation: Recommendation
+    verification: dict[str, Any] | None
+    checkpoint_dir: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def spec_fingerprint(spec: JobSpec) -> str:
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+
+
+def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
+    """Record which spec owns ``work_dir``; refuse to resume a different one."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    marker = work_dir / SPEC_FILE
+    fingerprint = spec_fingerprint(spec)
+    if marker.exists():
+        owner = json.loads(marker.read_text()).get("fingerprint")
+        if owner != fingerprint:
+            raise JobStateError(
+                f"{work_dir} holds the state of a different search; use another directory"
+            )
+        return
+    marker.write_text(
+        json.dumps({"fingerprint": fingerprint, "spec": spec.model_dump(mode="json")})
+    )
+
+
+def run_job(
+    spec: JobSpec,
+    *,
+    data_roots: list[Path],
+    work_dir: Path,
+    recorder: Recorder,
+    out_dir: Path | None = None,
+    ray_address: str | None = None,
+    ray_num_cpus: int | None = None,
+) -> JobResult:
+    """Run (or resume) the job; the finalized checkpoint goes to ``out_dir/checkpoint``."""
+    work_dir = Path(work_dir).resolve()
+    claim_work_dir(spec, work_dir)
+    data = load_dataset(spec.dataset, data_roots=data_roots)
+    ensure_ray(ray_address, ray_num_cpus)
+
+    search = run_trials(
+        spec, data, name="search", storage_dir=work_dir, recorder=recorder, grid=trial_grid(spec)
+    )
+    failed = [o for o in search.outcomes if o.status != "TERMINATED"]
+    for outcome in failed:
+        log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
+    recommendation = recommend(search.outcomes, target_batch_size=spec.target_batch_size)
+
+    checkpoint_dir = None
+    if out_dir is not None:
+        checkpoint_dir = finalize_best(spec, data, recommendation, search.outcomes, out_dir)
+
+    verification = None
+    if spec.verify.enabled:
+        verification = verify(spec, data, recommendation, search.outcomes, work_dir, recorder)
+    return JobResult(
+        spec=spec,
+        dataset=data.summary(),
+        outcomes=search.outcomes,
+        recommendation=recommendation,
+        verification=verification,
+        checkpoint_dir=checkpoint_dir,
+    )
+
+
+def finalize_best(
+    spec: JobSpec,
+    data: LoadedDataset,
+    recommendation: Recommendation,
+    outcomes: list[TrialOutcome],
+    out_dir: Path,
+) -> Path:
+    """Rebuild the best trial's SN model from its last checkpoint, finalize it to plain torch
+    layers with its own one-hot choices and save it (safetensors + plan + model spec)."""
+    best = next(o for o in outcomes if o.trial_id == recommendation.best_trial)
+    model = build_variant(
+        spec,
+        SN_VARIANT,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        example_input=data.x_train[: min(8, len(data.x_train))],
+    )
+    state, _ = load_checkpoint_state(Path(best.checkpoint_dir))
+    model.load_state_dict(state["model"])
+    model.eval()
+    plan = sn_core.plan_from_model(model)
+    finalized = sn_core.finalize(model, plan)
+    target = Path(out_dir) / "checkpoint"
+    spec_dict = model_spec(spec, num_classes=data.num_classes, in_channels=data.in_channels)
+    sn_core.save_finalized(finalized, plan, spec_dict, target)
+    return target
+
+
+def verify(
+    spec: JobSpec,
+    data: LoadedDataset,
+    recommendation: Recommendation,
+    outcomes: list[TrialOutcome],
+    work_dir: Path,
+    recorder: Recorder,
+) -> dict[str, Any]:
+    """Train the recommended plan and the baselines from scratch with the same budget and seeds;
+    report their validation accuracies beside the SN model's."""
+    seeds = spec.search.trials.seeds
+    batch, lr = spec.target_batch_size, spec.lrs[0]
+    variants = [PLAN_VARIANT, *spec.verify.baselines]
+    grid = [
+        {"seed": seed, "batch_size": batch, "lr": lr, "variant": variant}
+        for variant in variants
+        for seed in seeds
+    ]
+    run = run_trials(
+        spec,
+        data,
+        name="verify",
+        storage_dir=work_dir,
+        recorder=recorder,
+        grid=grid,
+        variant=PLAN_VARIANT,
+        epochs=spec.verify_epochs,
+        plan=recommendation.plan.to_dict(),
+        use_scheduler=False,
+    )
+    by_variant: dict[str, list[float]] = {v: [] for v in variants}
+    for outcome in run.outcomes:
+        if outcome.val_accuracy is not None and outcome.status == "TERMINATED":
+            by_variant[outcome.variant].append(outcome.val_accuracy)
+    sn_accuracies = [
+        o.val_accuracy
+        for o in outcomes
+        if o.batch_size == batch and o.status == "TERMINATED" and o.val_accuracy is not None
+    ]
+    rows = {"sn": _accuracy_row(sn_accuracies, "SN model (search, annealed)")}
+    for variant in variants:
+        label = "recommended plan" if variant == PLAN_VARIANT else f"all-{variant.upper()}"
+        rows[variant] = _accuracy_row(by_variant[variant], label)
+    return {
+        "epochs": spec.verify_epochs,
+        "batch_size": batch,
+        "seeds": list(seeds),
+        "results": rows,
+    }
+
+
+def _accuracy_row(values: list[float], label: str) -> dict[str, Any]:
+    return {
+        "label": label,
+        "val_accuracy": statistics.fmean(values) if values else None,
+        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
+        "per_seed": values,
+    }

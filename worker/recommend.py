@@ -1,0 +1,259 @@
+"""From the trials of a search to one per-layer normalizer recommendation.
+
+Each successful trial (status ``"TERMINATED"`` with a plan) voted, per layer, for a mean and a
+variance normalizer (its plan entry: the fixed choice, else the argmax of its ratios). The
+recommendation takes, per layer and separately for mean and variance, the majority over the trials
+of the target batch size; ties go to the higher summed final ratio over those trials, then to pool
+order. ``confidence`` is the agreement (share of trials whose choice equals the majority, the
+smaller of mean and variance) times the mean over trials of the final-ratio margin (top ratio minus
+the second, the smaller of mean and variance; 1.0 for one-hot ratios). With one trial it is that
+trial's own ``plan_from_model`` confidence.
+
+Final ratios come from the trial's last epoch record (``history[-1]["ratios"]``) and fall back
+to the ratios stored in its plan when that record lacks the layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sn_core import NORMALIZERS, LayerChoice, NormalizerPlan
+
+from .results import TrialOutcome
+
+__all__ = ["Recommendation", "recommend", "successful", "symmetric_kl"]
+
+_RATIO_EPS = 1e-8  # the clamp of sn_core.switch_ratios' divergence
+
+
+def successful(outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
+    """The trials a recommendation may use: finished normally and with a plan."""
+    return [o for o in outcomes if o.status == "TERMINATED" and o.plan is not None]
+
+
+def symmetric_kl(p: dict[str, float], q: dict[str, float]) -> float:
+    """KL(p||q) + KL(q||p) over the union of keys, both clamped to at least 1e-8."""
+    total = 0.0
+    for kind in set(p) | set(q):
+        a = max(float(p.get(kind, 0.0)), _RATIO_EPS)
+        b = max(float(q.get(kind, 0.0)), _RATIO_EPS)
+        total += (a - b) * (math.log(a) - math.log(b))
+    return total
+
+
+def _margin(ratios: dict[str, float]) -> float:
+    values = sorted(ratios.values(), reverse=True)
+    if len(values) < 2:
+        return 1.0
+    return min(1.0, max(0.0, values[0] - values[1]))
+
+
+@dataclass
+class _Vote:
+    """One trial's view of one layer."""
+
+    entry: dict[str, Any]  # its plan layer entry
+    mean_ratios: dict[str, float]
+    var_ratios: dict[str, float]
+
+
+def _votes(trial: TrialOutcome) -> dict[str, _Vote]:
+    assert trial.plan is not None
+    final = trial.final_ratios
+    votes: dict[str, _Vote] = {}
+    for entry in trial.plan["layers"]:
+        name = entry["name"]
+        pool = tuple(entry["pool"])
+        record = final.get(name) or {}
+        mean = record.get("mean") or entry["mean_ratios"]
+        var = record.get("var") or entry["var_ratios"]
+        votes[name] = _Vote(
+            entry=entry,
+            mean_ratios={k: float(mean.get(k, 0.0)) for k in pool},
+            var_ratios={k: float(var.get(k, 0.0)) for k in pool},
+        )
+    return votes
+
+
+def _majority(choices: list[str], ratios: list[dict[str, float]], pool: tuple[str, ...]) -> str:
+    counts = Counter(choices)
+    summed = {k: sum(r.get(k, 0.0) for r in ratios) for k in pool}
+    # most votes, then higher summed final ratio, then pool order
+    return min(counts, key=lambda k: (-counts[k], -summed.get(k, 0.0), pool.index(k)))
+
+
+def _aggregate(trials: list[TrialOutcome]) -> list[LayerChoice]:
+    """One LayerChoice per layer (network order) from trials of the same model."""
+    votes = [_votes(t) for t in trials]
+    names = [entry["name"] for entry in trials[0].plan["layers"]]  # type: ignore[index]
+    for trial, trial_votes in zip(trials, votes, strict=True):
+        if list(trial_votes) != names:
+            raise ValueError(
+                f"trial {trial.trial_id!r} has different norm layers than trial "
+                f"{trials[0].trial_id!r}; cannot combine plans of different models"
+            )
+    n = len(trials)
+    layers = []
+    for name in names:
+        layer_votes = [v[name] for v in votes]
+        first = layer_votes[0].entry
+        pool = tuple(first["pool"])
+        for trial, vote in zip(trials, layer_votes, strict=True):
+            for key in ("pool", "num_features", "groups"):
+                if vote.entry[key] != first[key]:
+                    raise ValueError(
+                        f"layer {name!r}: trial {trial.trial_id!r} has {key}={vote.entry[key]!r}, "
+                        f"trial {trials[0].trial_id!r} has {first[key]!r}"
+                    )
+        mean_choices = [v.entry["mean"] for v in layer_votes]
+        var_choices = [v.entry["var"] for v in layer_votes]
+        mean = _majority(mean_choices, [v.mean_ratios for v in layer_votes], pool)
+        var = _majority(var_choices, [v.var_ratios for v in layer_votes], pool)
+        agreement = min(mean_choices.count(mean), var_choices.count(var)) / n
+        margin = sum(min(_margin(v.mean_ratios), _margin(v.var_ratios)) for v in layer_votes) / n
+        layers.append(
+            LayerChoice(
+                name=name,
+                mean=mean,
+                var=var,
+                num_features=first["num_features"],
+                mean_ratios={k: sum(v.mean_ratios[k] for v in layer_votes) / n for k in pool},
+                var_ratios={k: sum(v.var_ratios[k] for v in layer_votes) / n for k in pool},
+                confidence=min(1.0, max(0.0, agreement * margin)),
+                pool=pool,
+                groups=first["groups"],
+                dims=first.get("dims"),
+                eps=first.get("eps"),
+            )
+        )
+    return layers
+
+
+def _final_accuracy(trial: TrialOutcome) -> float:
+    acc = trial.val_accuracy
+    if acc is None and trial.history:
+        acc = trial.history[-1].get("val_accuracy")
+    return float(acc) if acc is not None and math.isfinite(acc) else -math.inf
+
+
+def _kinds(layers: list[LayerChoice]) -> list[str]:
+    """The normalizers of any layer's pool, in the canonical order."""
+    present = {k for layer in layers for k in layer.pool}
+    return [k for k in NORMALIZERS if k in present]
+
+
+def _average_ratio(layers: list[LayerChoice], role: str) -> dict[str, float]:
+    """Per normalizer, its ratio averaged over the layers whose pool has it."""
+    out = {}
+    for kind in _kinds(layers):
+        values = [getattr(layer, f"{role}_ratios")[kind] for layer in layers if kind in layer.pool]
+        out[kind] = sum(values) / len(values)
+    return out
+
+
+def _summary(layers: list[LayerChoice], plan: NormalizerPlan) -> dict[str, Any]:
+    kinds = _kinds(layers)
+    divergence = {layer.name: symmetric_kl(layer.mean_ratios, layer.var_ratios) for layer in layers}
+    last = max(len(layers) - 1, 1)
+    return {
+        "layers": len(layers),
+        "choices": plan.counts(),
+        "mean_counts": {k: sum(layer.mean == k for layer in layers) for k in kinds},
+        "var_counts": {k: sum(layer.var == k for layer in layers) for k in kinds},
+        "mixed_layers": sum(layer.mean != layer.var for layer in layers),
+        "by_depth": [
+            {"layer": layer.name, "depth_fraction": i / last, "mean": layer.mean, "var": layer.var}
+            for i, layer in enumerate(layers)
+        ],
+        "confidence": {layer.name: layer.confidence for layer in layers},
+        "mean_confidence": sum(layer.confidence for layer in layers) / max(len(layers), 1),
+        "divergence": divergence,
+        "mean_divergence": sum(divergence.values()) / max(len(divergence), 1),
+        "max_divergence": max(divergence.values(), default=0.0),
+    }
+
+
+@dataclass
+class Recommendation:
+    """The recommended plan and how it was reached.
+
+    ``best_trial`` is the id of the used trial with the highest final validation accuracy (ties:
+    fewer epochs, then input order). ``by_batch_size`` (keyed by batch size, empty when the
+    successful trials share one batch size) has per batch size: the trials, the per-normalizer
+    ratio averaged over layers for mean and variance, and the per-layer majority choices.
+    """
+
+    plan: NormalizerPlan
+    target_batch_size: int
+    trial_ids: list[str]
+    best_trial: str
+    summary: dict[str, Any]
+    by_batch_size: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plan": self.plan.to_dict(),
+            "target_batch_size": self.target_batch_size,
+            "trial_ids": list(self.trial_ids),
+            "best_trial": self.best_trial,
+            "summary": self.summary,
+            "by_batch_size": {str(bs): entry for bs, entry in sorted(self.by_batch_size.items())},
+        }
+
+
+def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recommendation:
+    """Combine the successful trials of ``target_batch_size`` into one ``Recommendation``.
+
+    Raises ValueError when no trial of that batch size succeeded, or when the trials' plans
+    describe different models.
+    """
+    ok = successful(outcomes)
+    trials = [t for t in ok if t.batch_size == target_batch_size]
+    if not trials:
+        seen = sorted({t.batch_size for t in ok})
+        raise ValueError(
+            f"no successful trial (status TERMINATED with a plan) at batch size "
+            f"{target_batch_size}: {len(outcomes)} trial(s), successful batch sizes {seen}"
+        )
+    layers = _aggregate(trials)
+    metadata = {
+        "target_batch_size": target_batch_size,
+        "trials": len(trials),
+        "seeds": [t.seed for t in trials],
+    }
+    plan = NormalizerPlan(layers=tuple(layers), metadata=metadata)
+    best = min(
+        enumerate(trials), key=lambda it: (-_final_accuracy(it[1]), it[1].epochs_used, it[0])
+    )[1]
+    summary = _summary(layers, plan)
+    summary["best_trial"] = {
+        "trial_id": best.trial_id,
+        "seed": best.seed,
+        "val_accuracy": best.val_accuracy,
+        "epochs_used": best.epochs_used,
+    }
+
+    by_batch_size: dict[int, dict[str, Any]] = {}
+    batch_sizes = sorted({t.batch_size for t in ok})
+    if len(batch_sizes) > 1:
+        for bs in batch_sizes:
+            group = [t for t in ok if t.batch_size == bs]
+            group_layers = layers if bs == target_batch_size else _aggregate(group)
+            by_batch_size[bs] = {
+                "trials": len(group),
+                "trial_ids": [t.trial_id for t in group],
+                "mean_ratio": _average_ratio(group_layers, "mean"),
+                "var_ratio": _average_ratio(group_layers, "var"),
+                "choices": {layer.name: layer.choice for layer in group_layers},
+            }
+    return Recommendation(
+        plan=plan,
+        target_batch_size=target_batch_size,
+        trial_ids=[t.trial_id for t in trials],
+        best_trial=best.trial_id,
+        summary=summary,
+        by_batch_size=by_batch_size,
+    )

@@ -1,0 +1,201 @@
+"""The search driver: run trials on Ray Tune, stream results to a recorder, collect outcomes.
+
+``run_trials`` runs one Tune experiment over a grid of (seed, batch size, learning rate) for one
+model variant; the SN search and the verification runs both use it. It joins the Ray cluster at
+``ray_address`` (production) or starts a local Ray, gives each trial its CPUs/GPUs, retries crashed
+trials from their last checkpoint, and restores an interrupted experiment from ``storage_dir``
+(e.g. after the process running the driver was killed). A driver-side callback is the only writer
+of results, through a ``Recorder``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from service.spec import JobSpec
+
+from .datasets import LoadedDataset
+from .recorder import Recorder
+from .results import TrialOutcome, epoch_record
+from .trainable import PLAN_FILE, train_trial
+
+log = logging.getLogger(__name__)
+
+MAX_TRIAL_FAILURES = 3
+# Live recorders by experiment path: the Tune callback is pickled into the experiment state, so it
+# carries only that key, and a restored experiment finds the recorder its new driver registered.
+_RECORDERS: dict[str, Recorder] = {}
+
+
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
+    """Join the cluster at ``address`` or start a local Ray (no dashboard)."""
+    import ray
+
+    # Checkpointing every epoch is deliberate (crash recovery); Tune's warning about frequent
+    # experiment snapshots would otherwise repeat on every short epoch.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+
+
+class RecorderCallback(tune.Callback):
+    """Streams every trial event to the recorder registered under ``key`` (driver side).
+
+    Defined at module level so that the experiment state pickles it by reference, with only
+    its key.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    @property
+    def recorder(self) -> Recorder:
+        return _RECORDERS[self.key]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = {k: v for k, v in trial.config.items() if k not in ("spec", "plan")}
+        self.recorder.trial_started(trial.trial_id, config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self.recorder.trial_result(trial.trial_id, epoch_record(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.recorder.trial_finished(trial.trial_id, "TERMINATED")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = getattr(trial, "error_file", None) or "trial failed"
+        self.recorder.trial_finished(trial.trial_id, "ERROR", str(error))
+
+
+@dataclass
+class TrialsRun:
+    experiment_path: str
+    outcomes: list[TrialOutcome]
+
+
+def trial_grid(spec: JobSpec) -> list[dict[str, Any]]:
+    """The search's trials: seeds x batch sizes x learning rates."""
+    return [
+        {"seed": seed, "batch_size": batch, "lr": lr}
+        for seed, batch, lr in itertools.product(
+            spec.search.trials.seeds, spec.batch_sizes, spec.lrs
+        )
+    ]
+
+
+def run_trials(
+    spec: JobSpec,
+    data: LoadedDataset,
+    *,
+    name: str,
+    storage_dir: Path,
+    recorder: Recorder,
+    grid: list[dict[str, Any]],
+    variant: str = "sn",
+    epochs: int | None = None,
+    plan: dict[str, Any] | None = None,
+    use_scheduler: bool = True,
+) -> TrialsRun:
+    """Run (or resume) the experiment ``name`` under ``storage_dir`` and collect its outcomes."""
+    epochs = epochs or spec.training.epochs
+    storage_dir = Path(storage_dir).resolve()
+    experiment_path = storage_dir / name
+    key = str(experiment_path)  # stable, so a restored experiment's callback finds this recorder
+    _RECORDERS[key] = recorder
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, data=data),
+        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+    )
+    try:
+        if tune.Tuner.can_restore(str(experiment_path)):
+            log.info("resuming experiment %s", experiment_path)
+            tuner = tune.Tuner.restore(
+                str(experiment_path), trainable=trainable, resume_errored=True
+            )
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space={
+                    "spec": spec.model_dump(mode="json"),
+                    "variant": variant,
+                    "plan": plan,
+                    "epochs": epochs,
+                    "trial": tune.grid_search(grid),
+                },
+                tune_config=_tune_config(spec, epochs, use_scheduler),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=str(storage_dir),
+                    callbacks=[RecorderCallback(key)],
+                    failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    verbose=0,
+                ),
+            )
+        results = tuner.fit()
+    finally:
+        _RECORDERS.pop(key, None)
+    return TrialsRun(str(experiment_path), _collect(results, recorder))
+
+
+def _tune_config(spec: JobSpec, epochs: int, use_scheduler: bool):
+    from ray.tune.schedulers import ASHAScheduler
+
+    scheduler = None
+    if use_scheduler and spec.search.scheduler == "asha":
+        scheduler = ASHAScheduler(
+            time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=2
+        )
+    return tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=scheduler)
+
+
+def _collect(results, recorder: Recorder) -> list[TrialOutcome]:
+    recorded = recorder.trials()
+    outcomes = []
+    for result in results:
+        config = result.config or {}
+        trial = config.get("trial", {})
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
+        history = recorded.get(trial_id, {}).get("history", [])
+        checkpoint_dir = result.checkpoint.path if result.checkpoint is not None else None
+        plan = None
+        if checkpoint_dir and (Path(checkpoint_dir) / PLAN_FILE).exists():
+            plan = json.loads((Path(checkpoint_dir) / PLAN_FILE).read_text())
+        last = history[-1] if history else {}
+        outcomes.append(
+            TrialOutcome(
+                trial_id=trial_id,
+                seed=int(trial.get("seed", 0)),
+                batch_size=int(trial.get("batch_size", spec_default(config, "batch_size"))),
+                lr=float(trial.get("lr", spec_default(config, "lr"))),
+                status="ERROR" if result.error is not None else "TERMINATED",
+                epochs_used=int(last.get("epoch", 0)),
+                epochs_budget=int(config.get("epochs", 0)),
+                val_accuracy=last.get("val_accuracy"),
+                history=history,
+                variant=str(trial.get("variant", config.get("variant", "sn"))),
+                plan=plan,
+                checkpoint_dir=checkpoint_dir,
+                error=None
+                if result.error is None
+                else f"{type(result.error).__name__}: {result.error}",
+            )
+        )
+    return sorted(outcomes, key=lambda o: (o.batch_size, o.lr, o.seed))
+
+
+def spec_default(config: dict[str, Any], key: str):
+    return (config.get("spec") or {}).get("training", {}).get(key, 0)

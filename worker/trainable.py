@@ -1,0 +1,238 @@
+"""The Ray Tune function trainable: train one variant, anneal SN ratios, report every epoch.
+
+A trial is fully described by its config: the job spec (as a dict), the variant ("sn" for the
+search, "plan" or a baseline norm for verification), seed, batch size, learning rate and budget.
+Every epoch it evaluates, reports metrics with a checkpoint (model, optimizer, schedule and RNG
+state), and on restart resumes from the last checkpoint, so a crashed trial continues with no gap
+and no repeated epoch. Trials never write to a database: the driver's callback records results.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import sn_core
+from service.spec import JobSpec
+
+from .datasets import LoadedDataset
+from .models import SN_VARIANT, build_variant
+
+STATE_FILE = "state.pt"
+PLAN_FILE = "plan.json"
+META_FILE = "meta.json"
+
+
+def _device(spec: JobSpec) -> torch.device:
+    if spec.resources.gpus_per_trial > 0 and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _optimizer(model: nn.Module, spec: JobSpec, lr: float) -> torch.optim.Optimizer:
+    training = spec.training
+    groups = sn_core.param_groups(
+        model,
+        lr=lr,
+        weight_decay=training.weight_decay,
+        ratio_lr_mult=training.ratio_lr_mult,
+        ratio_weight_decay=training.ratio_weight_decay,
+    )
+    if training.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=lr)
+    return torch.optim.SGD(
+        groups, lr=lr, momentum=training.momentum, nesterov=training.momentum > 0
+    )
+
+
+def _lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate after ``step`` of ``total`` optimizer steps."""
+    progress = min(step / max(total, 1), 1.0)
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    if schedule == "onecycle":  # linear warm-up over 20%, then cosine down to 0
+        warm = 0.2
+        if progress < warm:
+            return 0.1 + 0.9 * progress / warm
+        return 0.5 * (1 + math.cos(math.pi * (progress - warm) / (1 - warm)))
+    if schedule == "step":
+        return 0.1 ** int(progress * 3 - 1e-9) if progress > 0 else 1.0
+    return 1.0
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
+    for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+        group["lr"] = base * factor
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_size=512):
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y)."""
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
+        logits = model(xb).float()
+        loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(1) == yb).sum())
+    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+
+
+def _ratio_snapshot(model: nn.Module) -> dict[str, Any]:
+    return {
+        name: {"mean": info["mean"], "var": info["var"], "fixed": info["fixed"]}
+        for name, info in sn_core.switch_ratios(model).items()
+    }
+
+
+def _choices(ratios: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return {
+        name: (max(info["mean"], key=info["mean"].get), max(info["var"], key=info["var"].get))
+        for name, info in ratios.items()
+    }
+
+
+def _save_checkpoint(directory: Path, model, optimizer, controller, meta: dict) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "controller": controller.state_dict() if controller is not None else None,
+        "rng": torch.get_rng_state(),
+    }
+    torch.save(state, directory / STATE_FILE)
+    if sn_core.switch_layers(model):
+        sn_core.plan_from_model(model).save(directory / PLAN_FILE)
+    (directory / META_FILE).write_text(json.dumps(meta))
+
+
+def load_checkpoint_state(directory: Path, device="cpu") -> tuple[dict, dict]:
+    """(state dict bundle, meta) of a trial checkpoint; tensors only, no code (weights_only)."""
+    state = torch.load(Path(directory) / STATE_FILE, map_location=device, weights_only=True)
+    meta = json.loads((Path(directory) / META_FILE).read_text())
+    return state, meta
+
+
+def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
+    """Ray Tune function trainable (``tune.with_parameters(train_trial, data=...)``)."""
+    from ray import tune
+
+    spec = JobSpec.model_validate(config["spec"])
+    trial = config["trial"]  # one grid point: seed, batch_size, lr (and optionally variant)
+    variant = trial.get("variant", config.get("variant", SN_VARIANT))
+    seed, batch_size, lr = int(trial["seed"]), int(trial["batch_size"]), float(trial["lr"])
+    epochs = int(config["epochs"])
+    torch.manual_seed(seed)
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
+    device = _device(spec)
+
+    model = build_variant(
+        spec,
+        variant,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        example_input=data.x_train[: min(8, len(data.x_train))],
+        plan=config.get("plan"),
+    ).to(device)
+    optimizer = _optimizer(model, spec, lr)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    searching = variant == SN_VARIANT and spec.search.sparsity.method != "none"
+    controller = (
+        sn_core.SparsityController(
+            model,
+            method=spec.search.sparsity.method,
+            start=spec.search.sparsity.start,
+            end=spec.search.sparsity.end,
+        )
+        if variant == SN_VARIANT
+        else None
+    )
+    use_amp = spec.training.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
+    total_steps = epochs * steps_per_epoch
+
+    start_epoch, stable_evals, previous_choices = 0, 0, None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state, meta = load_checkpoint_state(Path(directory), device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if controller is not None and state["controller"] is not None:
+            controller.load_state_dict(state["controller"])
+        torch.set_rng_state(state["rng"])
+        start_epoch, stable_evals = meta["epoch"], meta["stable_evals"]
+        previous_choices = {k: tuple(v) for k, v in meta["choices"].items()}
+
+    loss_fn = nn.CrossEntropyLoss()
+    x_train, y_train = data.x_train, data.y_train
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        order = torch.randperm(
+            len(x_train), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
+        )
+        loss_sum = 0.0
+        for i, start in enumerate(range(0, len(x_train), batch_size)):
+            step = epoch * steps_per_epoch + i
+            _set_lr(optimizer, base_lrs, _lr_factor(spec.training.lr_schedule, step, total_steps))
+            idx = order[start : start + batch_size]
+            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(device.type, enabled=use_amp):
+                loss = loss_fn(model(xb), yb)
+            scaler.scale(loss).backward()
+            if spec.training.grad_clip is not None:
+                scaler.unscale_(optimizer)
+                sn_core.clip_ratio_grad_norm(model, spec.training.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if controller is not None:
+                controller.step((step + 1) / total_steps)
+            loss_sum += loss.item() * len(idx)
+
+        val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val, device)
+        ratios = _ratio_snapshot(model)
+        fraction_fixed = sn_core.fraction_fixed(model)
+        all_fixed = bool(ratios) and fraction_fixed == 1.0
+        choices = _choices(ratios)
+        stable_evals = stable_evals + 1 if all_fixed and choices == previous_choices else 0
+        previous_choices = choices
+        stop_early = (
+            searching
+            and spec.search.stop_when_stable.enabled
+            and all_fixed
+            and stable_evals >= spec.search.stop_when_stable.patience
+        )
+        done = stop_early or epoch + 1 == epochs
+        metrics = {
+            "epoch": epoch + 1,
+            "epochs_budget": epochs,
+            "train_loss": loss_sum / len(x_train),
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "fraction_fixed": fraction_fixed,
+            "all_fixed": all_fixed,
+            "stable_evals": stable_evals,
+            "progress": (epoch + 1) / epochs,
+            "ratios": ratios,
+            "done": done,
+            "pid": os.getpid(),
+        }
+        meta = {
+            "epoch": epoch + 1,
+            "stable_evals": stable_evals,
+            "choices": {k: list(v) for k, v in choices.items()},
+            "variant": variant,
+        }
+        with tempfile.TemporaryDirectory() as directory:
+            _save_checkpoint(Path(directory), model, optimizer, controller, meta)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        if done:
+            return
