@@ -12,7 +12,8 @@ from typing import Any
 
 # Keys of the per-epoch result a trial reports (besides Ray's own bookkeeping keys):
 #   epoch, epochs_budget, train_loss, val_loss, val_accuracy, fraction_fixed, all_fixed,
-#   stable_evals, progress, ratios, done, pid (the worker process that ran the epoch)
+#   stable_evals, progress, ratios, done, pid (the worker process that ran the epoch),
+#   train_seconds (wall time of the epoch's training steps)
 # ``ratios`` is sn_core.switch_ratios(model) restricted to {"mean", "var", "fixed"} per layer:
 #   {layer: {"mean": {norm: float}, "var": {norm: float}, "fixed": {"mean": bool, "var": bool}}}
 EPOCH_KEYS = (
@@ -28,6 +29,7 @@ EPOCH_KEYS = (
     "ratios",
     "done",
     "pid",
+    "train_seconds",
 )
 
 

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -174,6 +175,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     loss_fn = nn.CrossEntropyLoss()
     x_train, y_train = data.x_train, data.y_train
     for epoch in range(start_epoch, epochs):
+        epoch_started = time.perf_counter()
         model.train()
         order = torch.randperm(
             len(x_train), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
@@ -197,6 +199,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
                 controller.step((step + 1) / total_steps)
             loss_sum += loss.item() * len(idx)
 
+        train_seconds = time.perf_counter() - epoch_started
         val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val, device)
         ratios = _ratio_snapshot(model)
         fraction_fixed = sn_core.fraction_fixed(model)
@@ -224,6 +227,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
             "ratios": ratios,
             "done": done,
             "pid": os.getpid(),
+            "train_seconds": train_seconds,
         }
         meta = {
             "epoch": epoch + 1,
