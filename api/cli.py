@@ -134,7 +134,7 @@ def run(
 ) -> None:
     """Run a whole normalization search on this machine (or the Ray cluster at RAY_ADDRESS)."""
     from service.settings import get_settings
-    from worker.datasets import DatasetError
+    from worker.datasets import DatasetError, load_dataset
     from worker.job import JobStateError, run_job
     from worker.recorder import JsonlRecorder, TeeRecorder
     from worker.report import write_report
@@ -153,6 +153,8 @@ def run(
 
     history = JsonlRecorder(work_dir / "trials.jsonl")
     try:
+        data = load_dataset(spec.dataset, data_roots=settings.resolved_data_roots())
+        console.print(f"dataset: {data.summary()}")
         with LiveTrialsView(console) as view:
             result = run_job(
                 spec,
@@ -162,6 +164,7 @@ def run(
                 out_dir=out,
                 ray_address=settings.ray_address,
                 ray_num_cpus=settings.ray_num_cpus,
+                data=data,
             )
     except (DatasetError, JobStateError) as error:
         console.print(f"[red]error[/red] {error}")
@@ -179,6 +182,16 @@ def run(
     if result.verification:
         console.print(verification_table(result.verification))
     console.print(f"wrote {', '.join(str(p) for p in files.values())} and {result.checkpoint_dir}/")
+
+
+@app.command()
+def schema() -> None:
+    """Print the job spec's JSON Schema (what the UI's form and the docs are built from)."""
+    import json
+
+    from service.spec import job_spec_schema
+
+    typer.echo(json.dumps(job_spec_schema(), indent=2))
 
 
 def recommendation_table(recommendation) -> Table:

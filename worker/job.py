@@ -75,11 +75,14 @@ def run_job(
     out_dir: Path | None = None,
     ray_address: str | None = None,
     ray_num_cpus: int | None = None,
+    data: LoadedDataset | None = None,
 ) -> JobResult:
-    """Run (or resume) the job; the finalized checkpoint goes to ``out_dir/checkpoint``."""
+    """Run (or resume) the job; the finalized checkpoint goes to ``out_dir/checkpoint``.
+    ``data``: the spec's dataset when the caller has already loaded it."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
-    data = load_dataset(spec.dataset, data_roots=data_roots)
+    if data is None:
+        data = load_dataset(spec.dataset, data_roots=data_roots)
     ensure_ray(ray_address, ray_num_cpus)
 
     search = run_trials(

@@ -1,0 +1,51 @@
+"""The command line names problems instead of printing tracebacks."""
+
+from __future__ import annotations
+
+import json
+
+from typer.testing import CliRunner
+
+from api.cli import app
+
+runner = CliRunner(env={"COLUMNS": "400"})  # no wrapping inside error boxes
+
+
+def test_invalid_spec_names_each_field(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text("model: {arch: resnet99}\ndataset: {kind: digits}\ntraining: {epochs: -3}\n")
+    result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "model.arch" in result.output and "unknown arch" in result.output
+    assert "training.epochs" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_dataset_outside_data_roots_is_refused(tmp_path, monkeypatch):
+    from service.settings import get_settings
+
+    monkeypatch.setenv("NORMSEARCH_DATA_ROOTS", str(tmp_path / "data"))
+    get_settings.cache_clear()
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("model: {arch: resnet20}\ndataset: {kind: npz, path: ../../etc/passwd}\n")
+    try:
+        result = runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "out")])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 2
+    assert "outside the configured data roots" in result.output
+
+
+def test_missing_and_malformed_spec_files(tmp_path):
+    result = runner.invoke(app, ["run", str(tmp_path / "nope.yaml")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [unclosed\n")
+    result = runner.invoke(app, ["run", str(broken)])
+    assert result.exit_code == 2 and "not valid YAML" in result.output
+
+
+def test_schema_command_prints_the_json_schema():
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert set(json.loads(result.output)["required"]) == {"model", "dataset"}
