@@ -186,3 +186,18 @@ def test_search_stops_early_once_choices_are_stable(tmp_path):
 def test_example_specs_validate():
     for path in Path(__file__).resolve().parents[1].joinpath("examples").glob("*.yaml"):
         JobSpec.model_validate(yaml.safe_load(path.read_text()))
+
+
+def test_asha_scheduler_runs_and_reports_every_trial(tmp_path):
+    spec = tiny_spec(
+        training={"epochs": 4, "batch_size": 128},
+        search={"scheduler": "asha", "trials": {"seeds": [0, 1]}},
+        verify={"enabled": False},
+    )
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    run = run_trials(
+        spec, data, name="asha", storage_dir=tmp_path, recorder=MemoryRecorder(),
+        grid=trial_grid(spec),
+    )  # fmt: skip
+    assert len(run.outcomes) == 2
+    assert all(o.status == "TERMINATED" and 1 <= o.epochs_used <= 4 for o in run.outcomes)
