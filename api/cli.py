@@ -179,6 +179,8 @@ def run(
     )
     console.print()
     console.print(recommendation_table(result.recommendation))
+    if result.recommendation.by_batch_size:
+        console.print(batch_size_table(result.recommendation.by_batch_size))
     if result.verification:
         console.print(verification_table(result.verification))
     console.print(f"wrote {', '.join(str(p) for p in files.values())} and {result.checkpoint_dir}/")
@@ -200,6 +202,25 @@ def recommendation_table(recommendation) -> Table:
         table.add_column(column, no_wrap=column == "layer")
     for layer in recommendation.plan.layers:
         table.add_row(layer.name, layer.mean, layer.var, f"{layer.confidence:.2f}")
+    return table
+
+
+def batch_size_table(by_batch_size: dict) -> Table:
+    """Average ratio of each normalizer over the layers, per batch size (SN paper: the BN share
+    grows with batch size)."""
+    norms = sorted({k for row in by_batch_size.values() for k in row["mean_ratio"]})
+    table = Table(title="How the choices move with batch size (average ratio over layers)")
+    table.add_column("batch size")
+    for part in ("mean", "var"):
+        for norm in norms:
+            table.add_column(f"{part} {norm.upper()}", justify="right")
+    for batch, row in sorted(by_batch_size.items(), key=lambda item: int(item[0])):
+        cells = [
+            f"{row[f'{part}_ratio'].get(norm, 0.0):.2f}"
+            for part in ("mean", "var")
+            for norm in norms
+        ]
+        table.add_row(str(batch), *cells)
     return table
 
 

@@ -184,7 +184,12 @@ class VerifySpec(_Strict):
 
 class ResourcesSpec(_Strict):
     cpus_per_trial: float = Field(default=1.0, gt=0.0, le=256)
-    gpus_per_trial: float = Field(default=0.0, ge=0.0, le=16)
+    gpus_per_trial: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=16,
+        description="GPUs per trial; default: 1 when the Ray cluster has GPUs, else 0.",
+    )
 
 
 class JobSpec(_Strict):

@@ -49,3 +49,19 @@ def test_schema_command_prints_the_json_schema():
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
     assert set(json.loads(result.output)["required"]) == {"model", "dataset"}
+
+
+def test_batch_size_table_lists_each_batch_size_in_order():
+    from rich.console import Console
+
+    from api.cli import batch_size_table
+
+    rows = {
+        "64": {"mean_ratio": {"in": 0.1, "bn": 0.9}, "var_ratio": {"in": 0.2, "bn": 0.8}},
+        "4": {"mean_ratio": {"in": 0.7, "bn": 0.3}, "var_ratio": {"in": 0.6, "bn": 0.4}},
+    }
+    console = Console(record=True, width=200)
+    console.print(batch_size_table(rows))
+    text = console.export_text()
+    assert text.index(" 4 ") < text.index(" 64 ")
+    assert "0.90" in text and "0.70" in text

@@ -80,6 +80,15 @@ class RecorderCallback(tune.Callback):
         self.recorder.trial_finished(trial.trial_id, "ERROR", str(error))
 
 
+def gpus_per_trial(spec: JobSpec) -> float:
+    """The spec's GPUs per trial, or by default one GPU per trial when the cluster has any."""
+    import ray
+
+    if spec.resources.gpus_per_trial is not None:
+        return spec.resources.gpus_per_trial
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
 @dataclass
 class TrialsRun:
     experiment_path: str
@@ -117,7 +126,7 @@ def run_trials(
     _RECORDERS[key] = recorder
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": spec.resources.gpus_per_trial},
+        {"cpu": spec.resources.cpus_per_trial, "gpu": gpus_per_trial(spec)},
     )
     try:
         if tune.Tuner.can_restore(str(experiment_path)):

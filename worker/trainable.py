@@ -31,10 +31,9 @@ PLAN_FILE = "plan.json"
 META_FILE = "meta.json"
 
 
-def _device(spec: JobSpec) -> torch.device:
-    if spec.resources.gpus_per_trial > 0 and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
+def _device() -> torch.device:
+    """The trial's GPU when Ray assigned it one (CUDA_VISIBLE_DEVICES), else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
 def _optimizer(model: nn.Module, spec: JobSpec, lr: float) -> torch.optim.Optimizer:
@@ -131,7 +130,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     epochs = int(config["epochs"])
     torch.manual_seed(seed)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
-    device = _device(spec)
+    device = _device()
 
     model = build_variant(
         spec,
