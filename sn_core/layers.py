@@ -263,19 +263,28 @@ class SwitchNorm(MixtureNorm):
     def soft_ratios(self) -> tuple[Tensor, Tensor]:
         """Ratios from the logits under the current ratio function, ignoring fixed choices."""
         kw = {"radius": self.radius, "temperature": self.temperature}
-        mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
-        var = mean if self.tied else compute_ratios(self.ratio_fn, self.var_weight, **kw)
-        return mean, var
+        if self.tied:
+            mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
+            return mean, mean
+        # One call for both vectors: the ratio functions work row-wise, and sparsestmax's fixed
+        # per-call cost dominates for K <= 4.
+        both = compute_ratios(self.ratio_fn, torch.stack((self.mean_weight, self.var_weight)), **kw)
+        return both[0], both[1]
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """(mean, variance) ratios over ``pool`` as used by forward: one-hot where fixed."""
         mean_fixed, var_fixed = self._fixed
-        if mean_fixed is not None and var_fixed is not None:
-            return self._onehot(mean_fixed), self._onehot(var_fixed)
-        mean, var = self.soft_ratios()
-        if mean_fixed is not None:
+        if mean_fixed is None and var_fixed is None:
+            return self.soft_ratios()
+        # A fixed vector's logits must stay out of the graph (no gradient, not even zeros).
+        kw = {"radius": self.radius, "temperature": self.temperature}
+        if mean_fixed is None:
+            mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
+        else:
             mean = self._onehot(mean_fixed)
-        if var_fixed is not None:
+        if var_fixed is None:
+            var = compute_ratios(self.ratio_fn, self.var_logits, **kw)
+        else:
             var = self._onehot(var_fixed)
         return mean, var
 

@@ -13,6 +13,7 @@ runs on torch tensors. Only operators and functions the two share are used.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 __all__ = ["NORMALIZERS", "Mixture", "MixtureConfig"]
 
@@ -38,7 +39,7 @@ class MixtureConfig:
         if unknown:
             raise ValueError(f"unknown normalizer(s) {unknown}; choose from {NORMALIZERS}")
 
-    @property
+    @cached_property
     def needs_moments(self) -> bool:
         return self.batch_bn or any(kind != "bn" for kind in self.kinds)
 

@@ -180,7 +180,10 @@ def test_search_stops_early_once_choices_are_stable(tmp_path):
     assert outcome.epochs_budget == 12
     assert outcome.epochs_used < 12
     last = outcome.history[-1]
-    assert last["done"] and last["all_fixed"] and last["stable_evals"] >= 2
+    assert last["done"] and last["all_fixed"] and last["stable_evals"] == 2
+    # It trained `patience` full epochs with every choice fixed before stopping.
+    first_fixed = next(r["epoch"] for r in outcome.history if r["all_fixed"])
+    assert outcome.epochs_used == first_fixed + 2
 
 
 def test_example_specs_validate():

@@ -42,6 +42,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     # Checkpointing every epoch is deliberate (crash recovery); Tune's warning about frequent
     # experiment snapshots would otherwise repeat on every short epoch.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's console reporter ignores verbose=0 in its new output engine; progress is the
+    # recorder's job, so use the legacy reporter, which honours it.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
@@ -119,7 +122,9 @@ def run_trials(
     use_scheduler: bool = True,
 ) -> TrialsRun:
     """Run (or resume) the experiment ``name`` under ``storage_dir`` and collect its outcomes."""
-    epochs = epochs or spec.training.epochs
+    epochs = spec.training.epochs if epochs is None else epochs
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
     storage_dir = Path(storage_dir).resolve()
     experiment_path = storage_dir / name
     key = str(experiment_path)  # stable, so a restored experiment's callback finds this recorder

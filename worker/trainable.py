@@ -157,8 +157,13 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
     total_steps = epochs * steps_per_epoch
+    # The schedule moves in ~200 steps over the budget (and at every epoch end): a few steps of
+    # delay in fixing a one-hot choice change nothing, a sparsestmax pass over every layer after
+    # every optimizer step costs ~20% of a step.
+    controller_every = max(1, total_steps // 200)
+    last_step = steps_per_epoch - 1
 
-    start_epoch, stable_evals, previous_choices = 0, 0, None
+    start_epoch, stable_evals, previous_choices, previous_all_fixed = 0, 0, None, False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
@@ -170,6 +175,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
         torch.set_rng_state(state["rng"])
         start_epoch, stable_evals = meta["epoch"], meta["stable_evals"]
         previous_choices = {k: tuple(v) for k, v in meta["choices"].items()}
+        previous_all_fixed = meta["all_fixed"]
 
     loss_fn = nn.CrossEntropyLoss()
     x_train, y_train = data.x_train, data.y_train
@@ -194,7 +200,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
                 sn_core.clip_ratio_grad_norm(model, spec.training.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            if controller is not None:
+            if controller is not None and ((step + 1) % controller_every == 0 or i == last_step):
                 controller.step((step + 1) / total_steps)
             loss_sum += loss.item() * len(idx)
 
@@ -204,8 +210,12 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
         fraction_fixed = sn_core.fraction_fixed(model)
         all_fixed = bool(ratios) and fraction_fixed == 1.0
         choices = _choices(ratios)
-        stable_evals = stable_evals + 1 if all_fixed and choices == previous_choices else 0
-        previous_choices = choices
+        # Epochs completed with every choice already fixed at the previous evaluation: the network
+        # has trained with its hard choices for that long (the epoch that fixed the last layer
+        # does not count).
+        unchanged = all_fixed and previous_all_fixed and choices == previous_choices
+        stable_evals = stable_evals + 1 if unchanged else 0
+        previous_choices, previous_all_fixed = choices, all_fixed
         stop_early = (
             searching
             and spec.search.stop_when_stable.enabled
@@ -232,6 +242,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
             "epoch": epoch + 1,
             "stable_evals": stable_evals,
             "choices": {k: list(v) for k, v in choices.items()},
+            "all_fixed": all_fixed,
             "variant": variant,
         }
         with tempfile.TemporaryDirectory() as directory:
