@@ -31,6 +31,7 @@ test: lint
 bench: $(STAMP)
 	$(BIN)/python bench/sn_layer.py
 	$(BIN)/python bench/sn_network.py
+	$(BIN)/python bench/search_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

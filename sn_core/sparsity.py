@@ -52,7 +52,7 @@ def sparsestmax(logits: Tensor, radius: float | Tensor) -> Tensor:
     w = sparsemax(logits)
     centre = None
     settled = torch.zeros(logits.shape[:-1] + (1,), dtype=torch.bool, device=device)
-    for _ in range(k):
+    for _ in range(k - 1):  # each recursion shrinks the support; K - 1 suffice
         support = w > 0
         size = support.sum(-1, keepdim=True)
         u = support.to(dtype) / size.to(dtype)
