@@ -266,10 +266,14 @@ class SwitchNorm(MixtureNorm):
         if self.tied:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
             return mean, mean
-        # One call for both vectors: the ratio functions work row-wise, and sparsestmax's fixed
-        # per-call cost dominates for K <= 4.
-        both = compute_ratios(self.ratio_fn, torch.stack((self.mean_weight, self.var_weight)), **kw)
-        return both[0], both[1]
+        if self.ratio_fn == "sparsestmax":
+            # One call for both vectors: it works row-wise, and its fixed per-call cost (a few
+            # dozen small ops) dominates for K <= 4. A softmax is cheaper called twice.
+            logits = torch.stack((self.mean_weight, self.var_weight))
+            both = compute_ratios(self.ratio_fn, logits, **kw)
+            return both[0], both[1]
+        mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
+        return mean, compute_ratios(self.ratio_fn, self.var_weight, **kw)
 
     def ratios(self) -> tuple[Tensor, Tensor]:
         """(mean, variance) ratios over ``pool`` as used by forward: one-hot where fixed."""
