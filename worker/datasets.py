@@ -5,28 +5,5 @@ data (missing file, path outside the data roots, malformed arrays, unsafe pickle
 :class:`DatasetError`, a ``ValueError`` whose message names the problem and the path or field.
 """
 
-from .data import (
-    MAX_ELEMENTS,
-    DatasetError,
-    LoadedDataset,
-    RestrictedUnpickler,
-    ensure_inside,
-    load_dataset,
-    resize_images,
-    resolve_data_path,
-    restricted_load,
-    split_indices,
-)
-
-__all__ = [
-    "MAX_ELEMENTS",
-    "DatasetError",
-    "LoadedDataset",
-    "RestrictedUnpickler",
-    "ensure_inside",
-    "load_dataset",
-    "resize_images",
-    "resolve_data_path",
-    "restricted_load",
-    "split_indices",
-]
+from .data import *  # noqa: F403  (the package's public names, listed in its __all__)
+from .data import __all__  # noqa: F401

@@ -19,7 +19,7 @@ import sn_core
 from service.spec import JobSpec
 
 from .datasets import LoadedDataset, load_dataset
-from .models import PLAN_VARIANT, SN_VARIANT, build_variant, model_spec
+from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
 from .recommend import Recommendation, recommend
 from .recorder import Recorder
 from .results import TrialOutcome
@@ -120,13 +120,7 @@ def finalize_best(
     """Rebuild the best trial's SN model from its last checkpoint, finalize it to plain torch
     layers with its own one-hot choices and save it (safetensors + plan + model spec)."""
     best = next(o for o in outcomes if o.trial_id == recommendation.best_trial)
-    model = build_variant(
-        spec,
-        SN_VARIANT,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        example_input=data.x_train[: min(8, len(data.x_train))],
-    )
+    model = build_for_data(spec, SN_VARIANT, data)
     state, _ = load_checkpoint_state(Path(best.checkpoint_dir))
     model.load_state_dict(state["model"])
     model.eval()

@@ -55,6 +55,18 @@ def build_variant(
     return _zoo_model(spec, num_classes, in_channels, norm_layer=variant)
 
 
+def build_for_data(spec: JobSpec, variant: str, data, plan: dict[str, Any] | None = None):
+    """``build_variant`` for a loaded dataset (its classes, channels and a few example inputs)."""
+    return build_variant(
+        spec,
+        variant,
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        example_input=data.x_train[: min(8, len(data.x_train))],
+        plan=plan,
+    )
+
+
 def model_spec(spec: JobSpec, *, num_classes: int, in_channels: int) -> dict[str, Any]:
     """The zoo spec stored beside finalized checkpoints (``sn_core.load_finalized``)."""
     return {

@@ -24,7 +24,7 @@ import sn_core
 from service.spec import JobSpec
 
 from .datasets import LoadedDataset
-from .models import SN_VARIANT, build_variant
+from .models import SN_VARIANT, build_for_data
 
 STATE_FILE = "state.pt"
 PLAN_FILE = "plan.json"
@@ -132,14 +132,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
     device = _device()
 
-    model = build_variant(
-        spec,
-        variant,
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        example_input=data.x_train[: min(8, len(data.x_train))],
-        plan=config.get("plan"),
-    ).to(device)
+    model = build_for_data(spec, variant, data, plan=config.get("plan")).to(device)
     optimizer = _optimizer(model, spec, lr)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     searching = variant == SN_VARIANT and spec.search.sparsity.method != "none"
