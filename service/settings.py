@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs of a local Ray (default: all)."
     )
+    database_url: str = Field(
+        default="sqlite:///runs/normsearch.db",
+        description="SQLAlchemy URL of the service database (NORMSEARCH_DATABASE_URL), e.g. "
+        "postgresql+psycopg://user@host/db; default: a SQLite file under runs/.",
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod

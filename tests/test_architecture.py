@@ -53,3 +53,11 @@ def test_sn_core_never_reads_environment_variables():
     for path in (ROOT / "sn_core").rglob("*.py"):
         text = path.read_text()
         assert "os.environ" not in text and "getenv" not in text, path
+
+
+def test_service_imports_no_training_stack_and_no_upper_layer():
+    """The API process loads service/ (spec, settings, database): no torch, Ray or worker."""
+    forbidden = {"torch", "ray", "worker", "api", "sn_core"}
+    for path in (ROOT / "service").rglob("*.py"):
+        imported = top_level_imports(path, module_level_only=False)
+        assert not imported & forbidden, f"{path.relative_to(ROOT)} imports {imported & forbidden}"

@@ -1,0 +1,310 @@
+"""The service database: migrations agree with the models on Postgres and SQLite, constraints
+hold, deletes cascade, and ``normsearch db`` migrates."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, delete, func, inspect, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from typer.testing import CliRunner
+
+from api.cli import app
+from service.db import make_engine, make_session_factory, metadata
+from service.db.migrate import alembic_config, current, upgrade
+from service.db.models import (
+    ApiToken,
+    Artifact,
+    Job,
+    JobEvent,
+    Metric,
+    RatioSnapshot,
+    Trial,
+    User,
+)
+
+TABLES = {
+    "users",
+    "api_tokens",
+    "jobs",
+    "job_events",
+    "trials",
+    "ratio_snapshots",
+    "metrics",
+    "artifacts",
+}
+LAYERS = ("stem.bn", "layer1.0.bn1", "layer1.0.bn2")
+STEPS = (100, 200)
+
+
+# Factories: plain functions that add and flush.
+
+
+def make_user(session: Session, name: str = "alice") -> User:
+    user = User(name=name)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def make_job(session: Session, owner: User, **fields) -> Job:
+    job = Job(owner_id=owner.id, spec={"model": {"arch": "resnet20"}}, **fields)
+    session.add(job)
+    session.flush()
+    return job
+
+
+def make_trial(session: Session, job: Job, ray_trial_id: str = "t_00000") -> Trial:
+    trial = Trial(
+        job_id=job.id,
+        ray_trial_id=ray_trial_id,
+        config={"seed": 0},
+        status="running",
+        epochs_budget=10,
+    )
+    session.add(trial)
+    session.flush()
+    return trial
+
+
+def snapshot(trial: Trial, step: int, layer_index: int) -> RatioSnapshot:
+    return RatioSnapshot(
+        trial_id=trial.id,
+        layer_index=layer_index,
+        layer=LAYERS[layer_index],
+        epoch=step // 100,
+        step=step,
+        mean_in=0.2,
+        mean_ln=0.3,
+        mean_bn=0.5,
+        var_in=0.1,
+        var_ln=0.1,
+        var_bn=0.8,
+        mean_fixed=False,
+        var_fixed=step == STEPS[-1],
+    )
+
+
+def populate(session: Session) -> Job:
+    """A job with an event, a trial with snapshots and metrics, and an artifact."""
+    job = make_job(session, make_user(session))
+    session.add(JobEvent(job_id=job.id, from_status=None, to_status="queued"))
+    trial = make_trial(session, job)
+    for step in STEPS:
+        session.add_all(snapshot(trial, step, index) for index in range(len(LAYERS)))
+        session.add(Metric(trial_id=trial.id, epoch=step // 100, step=step, name="loss", value=1.0))
+    session.add(
+        Artifact(job_id=job.id, kind="plan", path="plan.json", sha256="0" * 64, size_bytes=123)
+    )
+    session.flush()
+    return job
+
+
+@contextmanager
+def rejected(session: Session, constraint: str) -> Iterator[None]:
+    """Expect the database to reject what the block flushes by ``constraint``; the savepoint is
+    rolled back, so the test's earlier rows stay usable."""
+    with pytest.raises(IntegrityError, match=constraint), session.begin_nested():
+        yield
+
+
+def count(session: Session, model, **where) -> int:
+    query = select(func.count()).select_from(model).filter_by(**where)
+    return session.execute(query).scalar_one()
+
+
+def assert_models_match_migrations(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []
+        assert set(inspect(connection).get_table_names()) == TABLES | {"alembic_version"}
+
+
+# Migrations.
+
+
+def test_postgres_is_migrated_to_head_and_matches_the_models(postgres_url, pg_engine):
+    assert pg_engine.dialect.name == "postgresql"
+    assert current(postgres_url) == "0001"
+    assert_models_match_migrations(pg_engine)
+
+
+def test_sqlite_is_migrated_to_head_and_matches_the_models(sqlite_url):
+    assert current(sqlite_url) == "0001"
+    engine = make_engine(sqlite_url)
+    try:
+        assert_models_match_migrations(engine)
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_downgrade_to_base_and_upgrade_again(sqlite_url):
+    command.downgrade(alembic_config(sqlite_url), "base")
+    assert current(sqlite_url) is None
+    upgrade(sqlite_url)
+    assert current(sqlite_url) == "0001"
+
+
+def test_url_with_percent_sign_reaches_alembic(tmp_path):
+    """Percent-encoded URLs (passwords with special characters) must survive Alembic's config."""
+    url = f"sqlite:///{tmp_path / 'a%20b.db'}"
+    upgrade(url)
+    assert current(url) == "0001"
+    assert (tmp_path / "a b.db").exists()  # '%20' survived configparser; SQLAlchemy decoded it
+
+
+# CRUD and constraints on Postgres.
+
+
+def test_crud_smoke(pg_session):
+    user = make_user(pg_session)
+    raw = secrets.token_urlsafe(32)
+    pg_session.add(
+        ApiToken(
+            user_id=user.id,
+            name="laptop",
+            prefix=raw[:8],
+            token_hash=hashlib.sha256(raw.encode()).hexdigest(),
+        )
+    )
+    job = make_job(pg_session, user, idempotency_key="k1")
+    job.events.append(JobEvent(from_status=None, to_status="queued"))
+    job.events.append(JobEvent(from_status="queued", to_status="running"))
+    trial = make_trial(pg_session, job)
+    for step in STEPS:
+        pg_session.add_all(snapshot(trial, step, index) for index in range(len(LAYERS)))
+        pg_session.add(
+            Metric(
+                trial_id=trial.id, epoch=1, step=step, name="val_accuracy", value=0.9 + step / 1e4
+            )
+        )
+    pg_session.commit()  # a savepoint: the outer transaction is rolled back after the test
+
+    assert len(job.id) == 32 and job.status == "queued" and job.progress == 0.0
+    assert job.attempts == 0 and job.created_at.tzinfo is not None
+    assert [event.to_status for event in job.events] == ["queued", "running"]
+    assert user.tokens[0].token_hash != raw and len(user.tokens[0].token_hash) == 64
+    rows = pg_session.scalars(
+        select(RatioSnapshot)
+        .where(RatioSnapshot.trial_id == trial.id, RatioSnapshot.step > STEPS[0])
+        .order_by(RatioSnapshot.step, RatioSnapshot.layer_index)
+    ).all()
+    assert [row.layer for row in rows] == list(LAYERS)
+    assert rows[0].mean_bn == pytest.approx(0.5) and rows[0].mean_gn is None
+    assert rows[0].var_fixed is True and rows[0].id > 0
+    assert count(pg_session, Metric, trial_id=trial.id) == len(STEPS)
+    assert pg_session.get(Job, job.id).spec == {"model": {"arch": "resnet20"}}
+
+
+def test_duplicate_snapshot_is_rejected(pg_session):
+    trial = make_trial(pg_session, make_job(pg_session, make_user(pg_session)))
+    pg_session.add(snapshot(trial, 100, 0))
+    pg_session.flush()
+    with rejected(pg_session, "uq_ratio_snapshots_trial_id_step_layer_index"):
+        pg_session.add(snapshot(trial, 100, 0))
+    # Another layer or another step is fine.
+    pg_session.add_all([snapshot(trial, 100, 1), snapshot(trial, 200, 0)])
+    pg_session.flush()
+    assert count(pg_session, RatioSnapshot, trial_id=trial.id) == 3
+
+
+def test_idempotency_key_is_unique_per_owner(pg_session):
+    alice, bob = make_user(pg_session, "alice"), make_user(pg_session, "bob")
+    make_job(pg_session, alice, idempotency_key="same")
+    make_job(pg_session, bob, idempotency_key="same")  # another owner: fine
+    make_job(pg_session, alice)
+    make_job(pg_session, alice)  # no key (NULL): any number
+    with rejected(pg_session, "uq_jobs_owner_id_idempotency_key"):
+        make_job(pg_session, alice, idempotency_key="same")
+    assert count(pg_session, Job, owner_id=alice.id) == 3
+
+
+def test_status_check_constraint_rejects_unknown_status(pg_session):
+    user = make_user(pg_session)
+    with rejected(pg_session, "ck_jobs_status"):
+        make_job(pg_session, user, status="bogus")
+    assert make_job(pg_session, user, status="cancelled").status == "cancelled"
+
+
+def test_deleting_a_job_cascades_on_postgres(pg_session):
+    job = populate(pg_session)
+    trial_ids = [trial.id for trial in job.trials]
+    assert count(pg_session, RatioSnapshot, trial_id=trial_ids[0]) == len(STEPS) * len(LAYERS)
+    pg_session.execute(delete(Job).where(Job.id == job.id))  # the database cascades, not the ORM
+    pg_session.expunge_all()
+    for model in (JobEvent, Trial, Artifact):
+        assert count(pg_session, model, job_id=job.id) == 0, model
+    for model in (RatioSnapshot, Metric):
+        assert count(pg_session, model, trial_id=trial_ids[0]) == 0, model
+
+
+def test_deleting_a_job_cascades_on_sqlite(sqlite_url):
+    engine = make_engine(sqlite_url)
+    try:
+        with engine.connect() as connection:
+            assert connection.execute(text("PRAGMA foreign_keys")).scalar_one() == 1
+            assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+        with make_session_factory(engine)() as session:
+            job = populate(session)
+            session.commit()
+            job_id, trial_id = job.id, job.trials[0].id
+            assert count(session, RatioSnapshot, trial_id=trial_id) == len(STEPS) * len(LAYERS)
+            session.execute(delete(Job).where(Job.id == job_id))
+            session.commit()
+            for model in (JobEvent, Trial, Artifact):
+                assert count(session, model, job_id=job_id) == 0, model
+            for model in (RatioSnapshot, Metric):
+                assert count(session, model, trial_id=trial_id) == 0, model
+    finally:
+        engine.dispose()
+
+
+# Each test runs in a transaction that is rolled back (the two tests run in this order).
+
+
+def test_isolation_insert(pg_session):
+    make_user(pg_session, "isolation-probe")
+    pg_session.commit()
+    assert count(pg_session, User, name="isolation-probe") == 1
+
+
+def test_isolation_previous_insert_is_gone(pg_session):
+    assert count(pg_session, User, name="isolation-probe") == 0
+    assert count(pg_session, User) == 0
+
+
+# The command line.
+
+
+def test_cli_db_upgrade_and_current(tmp_path):
+    path = tmp_path / "nested" / "dir" / "normsearch.db"
+    url = f"sqlite:///{path}"
+    runner = CliRunner()
+    result = runner.invoke(app, ["db", "upgrade", "--url", url])
+    assert result.exit_code == 0, result.output
+    assert "0001" in result.output and path.exists()
+    result = runner.invoke(app, ["db", "current", "--url", url])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == "0001"
+
+
+def test_cli_db_upgrade_defaults_to_settings(tmp_path, monkeypatch):
+    from service.settings import get_settings
+
+    url = f"sqlite:///{tmp_path / 'fromenv.db'}"
+    monkeypatch.setenv("NORMSEARCH_DATABASE_URL", url)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, ["db", "upgrade"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert current(url) == "0001"
