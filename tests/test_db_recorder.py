@@ -1,0 +1,198 @@
+"""DatabaseRecorder: the same events give the same ``trials()`` as MemoryRecorder, on Postgres and
+SQLite; replays (in one driver or after a restart) add nothing; writes are batched."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from service import repositories
+from service.db.models import Metric, RatioSnapshot, Trial, User
+from service.db.session import make_engine, make_session_factory
+from worker.db_recorder import DatabaseRecorder
+from worker.recorder import MemoryRecorder
+
+TRIALS, EPOCHS, LAYERS = 2, 5, 20
+POOLS = (("in", "ln", "bn"), ("in", "ln", "bn", "gn"))
+
+
+def ratio(rng: random.Random, pool) -> dict[str, float]:
+    # 4 significant digits at most: exact through Postgres' 4-byte REAL (float32 keeps 6).
+    raw = [rng.random() + 0.01 for _ in pool]
+    return {norm: round(value / sum(raw), 4) for norm, value in zip(pool, raw, strict=True)}
+
+
+def record(rng: random.Random, trial: int, epoch: int) -> dict:
+    pool = POOLS[trial % 2]
+    fixed_layers = LAYERS * epoch // EPOCHS
+    ratios = {
+        f"layer{i // 3}.{i % 3}.bn{i}": {
+            "mean": ratio(rng, pool),
+            "var": ratio(rng, pool),
+            "fixed": {"mean": i < fixed_layers, "var": i < fixed_layers - 1},
+        }
+        for i in range(LAYERS)
+    }
+    return {
+        "epoch": epoch,
+        "epochs_budget": EPOCHS,
+        "train_loss": rng.random() * 2,
+        "val_loss": rng.random() * 2,
+        "val_accuracy": rng.random(),
+        "fraction_fixed": fixed_layers / LAYERS,
+        "all_fixed": fixed_layers == LAYERS,
+        "stable_evals": max(0, epoch - 3),
+        "progress": epoch / EPOCHS,
+        "ratios": ratios,
+        "done": epoch == EPOCHS,
+        "pid": 4000 + trial,
+        "train_seconds": rng.random() * 10,
+    }
+
+
+def config(trial: int) -> dict:
+    return {
+        "variant": "sn",
+        "epochs": EPOCHS,
+        "trial": {"seed": trial, "batch_size": 32, "lr": 0.1, "variant": "sn"},
+    }
+
+
+def feed(recorder, *, replay_epoch: int = 3) -> None:
+    """2 trials x 5 epochs interleaved, epoch ``replay_epoch`` of each reported twice (the second
+    time with other values: the first report wins), one trial failing."""
+    rng = random.Random(0)
+    records = {(t, e): record(rng, t, e) for t in range(TRIALS) for e in range(1, EPOCHS + 1)}
+    for t in range(TRIALS):
+        recorder.trial_started(f"trial_{t}", config(t))
+    for e in range(1, EPOCHS + 1):
+        for t in range(TRIALS):
+            recorder.trial_result(f"trial_{t}", records[t, e])
+            if e == replay_epoch + 1:
+                replay = copy.deepcopy(records[t, replay_epoch])
+                replay["val_accuracy"] = 0.0
+                next(iter(replay["ratios"].values()))["mean"]["in"] = 0.5
+                recorder.trial_result(f"trial_{t}", replay)
+    recorder.trial_finished("trial_0", "TERMINATED")
+    recorder.trial_finished("trial_1", "ERROR", "error.txt")
+
+
+def expected() -> dict:
+    memory = MemoryRecorder()
+    feed(memory)
+    return memory.trials()
+
+
+def make_job(session: Session) -> str:
+    user = User(name="alice")
+    session.add(user)
+    session.flush()
+    return repositories.create_job(session, owner_id=user.id, spec={"model": {}}).id
+
+
+@pytest.fixture
+def pg_factory(pg_engine: Engine) -> Iterator[sessionmaker[Session]]:
+    """Sessions on one connection whose outer transaction is rolled back after the test; each
+    recorder flush commits a savepoint."""
+    with pg_engine.connect() as connection:
+        outer = connection.begin()
+        yield sessionmaker(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+        outer.rollback()
+
+
+@pytest.fixture
+def sqlite_factory(sqlite_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(sqlite_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(params=["pg", "sqlite"])
+def factory(request) -> sessionmaker[Session]:
+    return request.getfixturevalue(f"{request.param}_factory")
+
+
+def new_job(factory) -> str:
+    with factory() as session, session.begin():
+        return make_job(session)
+
+
+def count(factory, model) -> int:
+    with factory() as session:
+        return session.scalar(select(func.count()).select_from(model))
+
+
+def test_round_trip_equals_memory_recorder(factory):
+    job_id = new_job(factory)
+    recorder = DatabaseRecorder(factory, job_id=job_id, batch_size=150)
+    feed(recorder)
+    want = expected()
+    got = recorder.trials()
+    assert got == want
+    for trial in got.values():  # no gap, no duplicate
+        assert [r["epoch"] for r in trial["history"]] == list(range(1, EPOCHS + 1))
+    assert got["trial_1"]["error"] == "error.txt" and got["trial_0"]["status"] == "TERMINATED"
+    assert count(factory, RatioSnapshot) == TRIALS * EPOCHS * LAYERS
+    assert count(factory, Metric) == TRIALS * EPOCHS * 11  # the 11 scalar keys of a record
+    assert recorder.rows_written == TRIALS * EPOCHS * (LAYERS + 11)
+
+    with factory() as session:
+        trials = {t.ray_trial_id: t for t in session.scalars(select(Trial))}
+    assert {t.epochs_used for t in trials.values()} == {EPOCHS}
+    assert {t.epochs_budget for t in trials.values()} == {EPOCHS}
+    assert {t.variant for t in trials.values()} == {"sn"}
+    for ray_id, trial in trials.items():
+        history = want[ray_id]["history"]
+        best = max(history, key=lambda r: r["val_accuracy"])
+        assert trial.best_metrics["val_accuracy"] == best["val_accuracy"]
+        assert trial.best_metrics["epoch"] == best["epoch"]
+
+
+def test_a_restarted_driver_replaying_everything_adds_nothing(factory):
+    job_id = new_job(factory)
+    with DatabaseRecorder(factory, job_id=job_id) as first:
+        feed(first)
+    rows = count(factory, RatioSnapshot), count(factory, Metric)
+    second = DatabaseRecorder(factory, job_id=job_id, batch_size=7)
+    feed(second, replay_epoch=2)
+    assert second.rows_written == 0
+    assert (count(factory, RatioSnapshot), count(factory, Metric)) == rows
+    assert second.trials() == expected()
+
+
+def test_writes_are_batched_by_size_and_by_time(sqlite_factory):
+    job_id = new_job(sqlite_factory)
+    now = [0.0]
+    recorder = DatabaseRecorder(
+        sqlite_factory, job_id=job_id, batch_size=1000, flush_interval_s=5.0, clock=lambda: now[0]
+    )
+    recorder.trial_started("a", config(0))
+    rng = random.Random(1)
+    recorder.trial_result("a", record(rng, 0, 1))
+    assert count(sqlite_factory, RatioSnapshot) == 0  # buffered
+    now[0] = 6.0
+    recorder.trial_result("a", record(rng, 0, 2))  # interval passed: flushed
+    assert count(sqlite_factory, RatioSnapshot) == 2 * LAYERS
+    small = DatabaseRecorder(sqlite_factory, job_id=job_id, batch_size=LAYERS, clock=lambda: 0.0)
+    small.trial_result("b", record(rng, 0, 1))  # a trial never seen starting: PENDING
+    assert count(sqlite_factory, RatioSnapshot) == 3 * LAYERS  # size reached: flushed
+    b = small.trials()["b"]
+    assert (b["status"], b["config"], len(b["history"])) == ("PENDING", {}, 1)
+
+
+def test_result_without_ratios_and_with_none_values(sqlite_factory):
+    job_id = new_job(sqlite_factory)
+    recorder = DatabaseRecorder(sqlite_factory, job_id=job_id)
+    recorder.trial_started("bn", {"epochs": 2, "trial": {"variant": "bn"}})
+    recorder.trial_result("bn", {"epoch": 1, "train_loss": 0.5, "ratios": {}, "val_loss": None})
+    history = recorder.trials()["bn"]["history"]
+    assert history == [{"epoch": 1, "train_loss": 0.5, "ratios": {}}]  # None is not stored
+    with sqlite_factory() as session:
+        assert session.scalars(select(Trial.variant)).one() == "bn"

@@ -1,0 +1,281 @@
+"""A recorder that writes a search's results to the service database, in batches.
+
+Same interface as ``worker.recorder.MemoryRecorder`` (the driver-side Tune callback is its only
+caller; trials never touch the database). Mapping of one epoch record:
+
+- ``ratios`` -> one ``RatioSnapshot`` per layer: ``layer_index`` is the layer's position in the
+  ratios dict (network order), ``step`` is the epoch (one snapshot per evaluation, and a trial
+  evaluates once per epoch), ``mean_in`` .. ``var_gn`` from the ``mean``/``var`` dicts (None for
+  normalizers outside the pool), ``mean_fixed``/``var_fixed`` from ``fixed``. Ratios are stored
+  as 4-byte floats (``REAL``), so on Postgres they read back at float32 precision.
+- every other scalar key (train_loss, val_loss, val_accuracy, fraction_fixed, train_seconds, and
+  also progress, stable_evals, all_fixed, done, pid, epochs_budget) -> one ``Metric`` row, so that
+  ``trials()`` can rebuild the record as reported. Booleans and integers are stored as floats and
+  read back with their type (``_BOOL_KEYS``, ``_INT_KEYS``); ``None`` values are not stored.
+- the trial's ``epochs_used`` (the highest epoch seen) and ``best_metrics``
+  (``{"val_accuracy", "epoch"}`` of the best epoch).
+
+Writes are buffered and flushed when the buffer holds ``batch_size`` rows, when
+``flush_interval_s`` has passed since the last flush (checked on each event: there is no timer
+thread), and in ``trial_finished``, ``trials()`` and ``close()``. Each flush is one transaction of
+multi-row inserts that ignore rows already present, so a result replayed after a restart adds
+nothing. A failed flush keeps its rows buffered and raises; the next flush retries them.
+
+The ``trials`` table has no error column yet: a failed trial's error text is kept under
+``best_metrics["error"]``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from service import repositories
+
+NORMS = ("in", "ln", "bn", "gn")
+_BOOL_KEYS = frozenset({"all_fixed", "done"})
+_INT_KEYS = frozenset({"epochs_budget", "stable_evals", "pid"})
+
+
+class DatabaseRecorder:
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        *,
+        job_id: str,
+        batch_size: int = 2000,
+        flush_interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.session_factory = session_factory
+        self.job_id = job_id
+        self.batch_size = batch_size
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._trial_ids: dict[str, int] = {}  # ray trial id -> trials.id
+        self._summary: dict[int, dict[str, Any]] = {}  # trials.id -> epochs_used, best_metrics
+        self._dirty: set[int] = set()  # trials whose summary changed since the last flush
+        self._snapshots: list[dict[str, Any]] = []
+        self._metrics: list[dict[str, Any]] = []
+        self._last_flush = clock()
+        self.rows_written = 0  # new snapshot + metric rows (duplicates not counted)
+
+    # Recorder interface
+
+    def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
+        trial = config.get("trial") or {}
+        with self._lock:
+            self._upsert(
+                trial_id,
+                variant=str(trial.get("variant", config.get("variant", "sn"))),
+                config=config,
+                status="RUNNING",
+                epochs_budget=int(config.get("epochs", 0)),
+            )
+
+    def trial_result(self, trial_id: str, record: dict[str, Any]) -> None:
+        with self._lock:
+            db_id = self._trial_ids.get(trial_id)
+            if db_id is None:  # a result with no start seen (e.g. replayed after a restore)
+                db_id = self._existing_or_pending(trial_id, record)
+            epoch = int(record["epoch"])
+            self._snapshots.extend(snapshot_rows(db_id, epoch, record.get("ratios") or {}))
+            self._metrics.extend(metric_rows(db_id, epoch, record))
+            summary = self._summary[db_id]
+            summary["epochs_used"] = max(summary["epochs_used"], epoch)
+            accuracy = record.get("val_accuracy")
+            best = summary["best_metrics"]
+            if accuracy is not None and (
+                best.get("val_accuracy") is None or accuracy > best["val_accuracy"]
+            ):
+                best.update(val_accuracy=float(accuracy), epoch=epoch)
+            self._dirty.add(db_id)
+            if (
+                len(self._snapshots) + len(self._metrics) >= self.batch_size
+                or self._clock() - self._last_flush >= self.flush_interval_s
+            ):
+                self.flush()
+
+    def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
+        with self._lock:
+            self.flush()
+            db_id = self._trial_ids.get(trial_id)
+            if db_id is None:
+                db_id = self._existing_or_pending(trial_id, {})
+            best = self._summary[db_id]["best_metrics"]
+            if error is None:
+                best.pop("error", None)
+            else:
+                best["error"] = error
+            with self.session_factory() as session, session.begin():
+                repositories.update_trial(session, db_id, status=status, best_metrics=best)
+
+    def trials(self) -> dict[str, dict[str, Any]]:
+        """Everything recorded for the job, read back from the database, in the shape of
+        ``MemoryRecorder.trials()`` (histories sorted by epoch)."""
+        with self._lock:
+            self.flush()
+            with self.session_factory() as session:
+                return {
+                    trial.ray_trial_id: {
+                        "config": trial.config,
+                        "status": trial.status,
+                        "error": (trial.best_metrics or {}).get("error"),
+                        "history": _history(session, trial.id),
+                    }
+                    for trial in repositories.list_trials(session, job_id=self.job_id)
+                }
+
+    # Buffering
+
+    def flush(self) -> int:
+        """Write the buffered rows and trial summaries in one transaction; returns the number of
+        new rows."""
+        with self._lock:
+            self._last_flush = self._clock()
+            if not (self._snapshots or self._metrics or self._dirty):
+                return 0
+            snapshots, metrics, dirty = self._snapshots, self._metrics, self._dirty
+            with self.session_factory() as session, session.begin():
+                written = repositories.insert_snapshots(session, snapshots)
+                written += repositories.insert_metrics(session, metrics)
+                for db_id in sorted(dirty):
+                    summary = self._summary[db_id]
+                    repositories.update_trial(
+                        session,
+                        db_id,
+                        epochs_used=summary["epochs_used"],
+                        best_metrics=dict(summary["best_metrics"]),
+                    )
+            self._snapshots, self._metrics, self._dirty = [], [], set()
+            self.rows_written += written
+            return written
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> DatabaseRecorder:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # Internals (called with the lock held)
+
+    def _upsert(
+        self,
+        trial_id: str,
+        *,
+        variant: str,
+        config: dict[str, Any],
+        status: str,
+        epochs_budget: int,
+    ) -> int:
+        with self.session_factory() as session, session.begin():
+            trial = repositories.upsert_trial(
+                session,
+                job_id=self.job_id,
+                ray_trial_id=trial_id,
+                variant=variant,
+                config=config,
+                status=status,
+                epochs_budget=epochs_budget,
+            )
+            db_id = trial.id
+            self._remember(db_id, trial.epochs_used, trial.best_metrics)
+        self._trial_ids[trial_id] = db_id
+        return db_id
+
+    def _remember(self, db_id: int, epochs_used: int | None, best: dict[str, Any] | None) -> None:
+        if db_id not in self._summary:  # buffered progress of this process wins
+            self._summary[db_id] = {
+                "epochs_used": epochs_used or 0,
+                "best_metrics": dict(best or {}),
+            }
+
+    def _existing_or_pending(self, trial_id: str, record: dict[str, Any]) -> int:
+        """The trial recorded by an earlier driver, or a new PENDING one with no config (as
+        ``MemoryRecorder`` does for an event of a trial it has not seen start)."""
+        with self.session_factory() as session:
+            trial = repositories.get_trial(session, job_id=self.job_id, ray_trial_id=trial_id)
+            if trial is not None:
+                self._remember(trial.id, trial.epochs_used, trial.best_metrics)
+                self._trial_ids[trial_id] = trial.id
+                return trial.id
+        return self._upsert(
+            trial_id,
+            variant="sn",
+            config={},
+            status="PENDING",
+            epochs_budget=int(record.get("epochs_budget") or 0),
+        )
+
+
+def snapshot_rows(trial_id: int, epoch: int, ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``RatioSnapshot`` row (as a dict) per layer of an epoch's ``ratios``."""
+    rows = []
+    for layer_index, (layer, ratio) in enumerate(ratios.items()):
+        mean, var = ratio.get("mean") or {}, ratio.get("var") or {}
+        fixed = ratio.get("fixed") or {}
+        row: dict[str, Any] = {
+            "trial_id": trial_id,
+            "layer_index": layer_index,
+            "layer": layer,
+            "epoch": epoch,
+            "step": epoch,
+            "mean_fixed": bool(fixed.get("mean", False)),
+            "var_fixed": bool(fixed.get("var", False)),
+        }
+        for norm in NORMS:
+            row[f"mean_{norm}"] = _float_or_none(mean.get(norm))
+            row[f"var_{norm}"] = _float_or_none(var.get(norm))
+        rows.append(row)
+    return rows
+
+
+def metric_rows(trial_id: int, epoch: int, record: dict[str, Any]) -> list[dict[str, Any]]:
+    """One ``Metric`` row (as a dict) per scalar key of an epoch record (not ``epoch``)."""
+    return [
+        {"trial_id": trial_id, "epoch": epoch, "step": epoch, "name": name, "value": float(value)}
+        for name, value in record.items()
+        if name not in ("epoch", "ratios") and isinstance(value, int | float)
+    ]
+
+
+def _float_or_none(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _metric_value(name: str, value: float) -> Any:
+    if name in _BOOL_KEYS:
+        return bool(value)
+    if name in _INT_KEYS:
+        return int(value)
+    return value
+
+
+def _history(session: Session, trial_id: int) -> list[dict[str, Any]]:
+    records: dict[int, dict[str, Any]] = {}
+
+    def record(epoch: int) -> dict[str, Any]:
+        return records.setdefault(epoch, {"epoch": epoch, "ratios": {}})
+
+    for metric in repositories.metric_history(session, trial_id=trial_id):
+        record(metric.epoch)[metric.name] = _metric_value(metric.name, metric.value)
+    for snap in repositories.ratio_history(session, trial_id=trial_id):
+        record(snap.epoch)["ratios"][snap.layer] = {
+            "mean": _norms(snap, "mean"),
+            "var": _norms(snap, "var"),
+            "fixed": {"mean": snap.mean_fixed, "var": snap.var_fixed},
+        }
+    return [records[epoch] for epoch in sorted(records)]
+
+
+def _norms(snap: Any, kind: str) -> dict[str, float]:
+    values = {norm: getattr(snap, f"{kind}_{norm}") for norm in NORMS}
+    return {norm: value for norm, value in values.items() if value is not None}
