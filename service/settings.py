@@ -40,6 +40,21 @@ class Settings(BaseSettings):
         "postgresql+psycopg://user@host/db; default: a SQLite file under runs/.",
     )
 
+    broker_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Celery broker URL (NORMSEARCH_BROKER_URL).",
+    )
+    result_backend: str | None = Field(
+        default=None,
+        description="Celery result backend (NORMSEARCH_RESULT_BACKEND); unset: no results are "
+        "stored (job status lives in the database).",
+    )
+    task_time_limit_s: int = Field(
+        default=24 * 3600,
+        ge=60,
+        description="Hard time limit of one search task in seconds (NORMSEARCH_TASK_TIME_LIMIT_S).",
+    )
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value):

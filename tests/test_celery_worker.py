@@ -1,0 +1,242 @@
+"""The search task through a real Celery worker process (not eager mode): Redis broker, a fresh
+migrated Postgres database, the task sent by name after the job is committed.
+
+Redis (``NORMSEARCH_TEST_BROKER_URL``, default redis://127.0.0.1:6379/9, flushed before and after)
+and Postgres unreachable are failures, never skips.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+import sn_core
+from service import repositories
+from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
+from service.db import make_engine, make_session_factory
+from service.db.migrate import upgrade
+from service.db.models import Artifact, RatioSnapshot, User
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ADMIN_URL = os.environ.get(
+    "NORMSEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
+READY_TIMEOUT_S = 60
+JOB_TIMEOUT_S = 180
+EPOCHS = 2
+
+
+def tiny_payload(**overrides) -> dict:
+    payload = {
+        "model": {"arch": "resnet20"},
+        "dataset": {"kind": "digits"},
+        "training": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.1},
+        "search": {
+            "sparsity": {"end": 0.5},
+            "stop_when_stable": {"enabled": False},
+            "trials": {"seeds": [0]},
+        },
+        "verify": {"enabled": True, "epochs": 1, "baselines": ["bn"]},
+    }
+    payload.update(overrides)
+    return payload
+
+
+@pytest.fixture(scope="module")
+def database_url() -> Iterator[str]:
+    """A database of its own (jobs here are committed, unlike the rolled-back tests')."""
+    name = f"normsearch_celery_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(
+        ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
+    )
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as error:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL is required and not reachable: {error}", pytrace=False)
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :name AND pid <> pg_backend_pid()"
+                ),
+                {"name": name},
+            )
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        pytest.fail(f"Redis is required and not reachable at {BROKER_URL}: {error}", pytrace=False)
+    yield BROKER_URL
+    client.flushdb()
+    client.close()
+
+
+def _tail(path: Path, lines: int = 80) -> str:
+    if not path.exists():
+        return "(no worker log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture(scope="module")
+def worker(database_url, broker, tmp_path_factory):
+    """A Celery worker subprocess on the search queue; yields (app, session factory, log)."""
+    tmp = tmp_path_factory.mktemp("celery")
+    env = {
+        **os.environ,
+        "NORMSEARCH_DATABASE_URL": database_url,
+        "NORMSEARCH_BROKER_URL": broker,
+        "NORMSEARCH_RUNS_DIR": str(tmp / "runs"),
+        "NORMSEARCH_RAY_NUM_CPUS": "2",
+        "NORMSEARCH_DATA_ROOTS": str(tmp),
+    }
+    log_path = tmp / "worker.log"
+    command = [
+        sys.executable, "-m", "celery", "-A", "service.celery_app:celery_app", "worker",
+        "--pool=solo", "--concurrency=1", "-Q", SEARCH_QUEUE, "--loglevel=INFO",
+        "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    app = make_celery(Settings(broker_url=broker))
+    engine = make_engine(database_url)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not app.control.ping(timeout=1.0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the Celery worker did not start:\n{_tail(log_path)}", pytrace=False)
+        yield app, make_session_factory(engine), log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        engine.dispose()
+        app.close()
+
+
+def _submit(factory, payload: dict, app) -> str:
+    """Create a user and a queued job, commit, then send the task by name."""
+    with factory() as session, session.begin():
+        user = User(name=f"user-{uuid.uuid4().hex[:8]}")
+        session.add(user)
+        session.flush()
+        job_id = repositories.create_job(session, owner_id=user.id, spec=payload).id
+    app.send_task(SEARCH_TASK, args=[job_id])
+    return job_id
+
+
+def _wait_finished(factory, job_id: str, log_path: Path):
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with factory() as session:
+            job = repositories.get_job(session, job_id)
+            if job.status in ("succeeded", "failed", "cancelled"):
+                return job
+        time.sleep(0.5)
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s:\n{_tail(log_path)}")
+
+
+def _events(factory, job_id: str) -> list[tuple[str | None, str]]:
+    with factory() as session:
+        return [
+            (e.from_status, e.to_status) for e in repositories.list_events(session, job_id=job_id)
+        ]
+
+
+def test_search_job_runs_in_a_real_worker(worker):
+    app, factory, log_path = worker
+    job_id = _submit(factory, tiny_payload(), app)
+    job = _wait_finished(factory, job_id, log_path)
+    assert job.status == "succeeded", f"{job.error}\n{_tail(log_path)}"
+    assert job.progress == 1.0 and job.attempts == 1 and job.error is None
+    assert _events(factory, job_id) == [("queued", "running"), ("running", "succeeded")]
+
+    with factory() as session:
+        trials = repositories.list_trials(session, job_id=job_id)
+        search = [t for t in trials if t.variant == "sn"]
+        verify = [t for t in trials if t.variant != "sn"]
+        assert len(search) == 1 and sorted(t.variant for t in verify) == ["bn", "plan"]
+        assert all(t.status == "TERMINATED" for t in trials)
+        assert [t.epochs_used for t in search] == [EPOCHS]
+        assert all(t.epochs_used == 1 for t in verify)
+
+        layers = sn_core.switch_layers(
+            sn_core.convert_to_switchnorm(sn_core.build_model("resnet20"))
+        )
+        search_ids = [t.id for t in search]
+        total = session.scalar(select(func.count()).where(RatioSnapshot.trial_id.in_(search_ids)))
+        distinct = session.execute(
+            select(RatioSnapshot.trial_id, RatioSnapshot.step, RatioSnapshot.layer_index)
+            .where(RatioSnapshot.trial_id.in_(search_ids))
+            .distinct()
+        ).all()
+        assert total == len(distinct) == len(search) * EPOCHS * len(layers)
+        steps = session.scalars(
+            select(RatioSnapshot.step).where(RatioSnapshot.trial_id.in_(search_ids)).distinct()
+        ).all()
+        assert sorted(steps) == list(range(1, EPOCHS + 1))
+
+        artifacts = {
+            a.kind: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))
+        }
+    kinds = {"plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint"}
+    assert set(artifacts) == kinds
+    for artifact in artifacts.values():
+        path = Path(artifact.path)
+        assert path.exists() and artifact.size_bytes > 0, artifact.kind
+    plan_json = Path(artifacts["plan_json"].path)
+    assert artifacts["plan_json"].sha256 == hashlib.sha256(plan_json.read_bytes()).hexdigest()
+    assert artifacts["plan_json"].size_bytes == plan_json.stat().st_size
+    checkpoint = Path(artifacts["checkpoint"].path)
+    weights = (checkpoint / "model.safetensors").read_bytes()
+    assert artifacts["checkpoint"].sha256 == hashlib.sha256(weights).hexdigest()
+    assert artifacts["checkpoint"].size_bytes == sum(p.stat().st_size for p in checkpoint.iterdir())
+    model, plan, model_spec = sn_core.load_finalized(checkpoint)
+    assert model_spec["arch"] == "resnet20" and len(plan.names) == len(layers)
+    # The checkpoint carries the best trial's own choices; plan.json the aggregated ones.
+    assert list(plan.names) == list(sn_core.NormalizerPlan.load(plan_json).names)
+
+
+def test_dataset_outside_the_data_roots_fails_the_job_once(worker):
+    app, factory, log_path = worker
+    payload = tiny_payload(dataset={"kind": "npz", "path": "/etc/passwd"})
+    job_id = _submit(factory, payload, app)
+    job = _wait_finished(factory, job_id, log_path)
+    assert job.status == "failed", _tail(log_path)
+    assert job.error.startswith("DatasetError: ") and "data roots" in job.error
+    assert job.attempts == 1
+    assert _events(factory, job_id) == [("queued", "running"), ("running", "failed")]
+    # No retry loop: the message was acknowledged and the job stays failed.
+    time.sleep(2)
+    with factory() as session:
+        assert repositories.get_job(session, job_id).status == "failed"
+        assert repositories.list_trials(session, job_id=job_id) == []
+    assert redis.Redis.from_url(BROKER_URL).llen(SEARCH_QUEUE) == 0
