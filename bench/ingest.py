@@ -34,12 +34,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, func, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
 
 from service import repositories  # noqa: E402
 from service.db.migrate import upgrade  # noqa: E402
 from service.db.models import RatioSnapshot, User  # noqa: E402
+from service.db.scratch import scratch_database  # noqa: E402
 from service.db.session import make_engine, make_session_factory  # noqa: E402
 from worker.db_recorder import DatabaseRecorder, snapshot_rows  # noqa: E402
 
@@ -182,24 +182,8 @@ def main() -> None:
     )
 
     results: list[tuple[str, int, float]] = []
-    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    name = f"normsearch_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        url = make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    with scratch_database(args.admin_url, prefix="normsearch_bench") as url:
         results += run_backend("postgres", url, records, args)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
     with tempfile.TemporaryDirectory() as tmp:
         results += run_backend("sqlite", f"sqlite:///{Path(tmp) / 'bench.db'}", records, args)
 

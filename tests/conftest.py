@@ -9,15 +9,14 @@ suite silently left out.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from service.db.migrate import upgrade
+from service.db.scratch import DatabaseUnavailable, scratch_database
 from service.db.session import make_engine
 
 # The server's maintenance database; override for another server (CI service containers).
@@ -26,44 +25,29 @@ ADMIN_URL = os.environ.get(
 )
 
 
-def _admin_engine() -> Engine:
-    # AUTOCOMMIT: CREATE/DROP DATABASE cannot run inside a transaction.
-    return create_engine(
-        ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
-    )
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A scratch database migrated to head (fixture body); Postgres unreachable fails the test."""
+    try:
+        with scratch_database(ADMIN_URL, prefix=prefix) as url:
+            yield url
+    except DatabaseUnavailable as error:
+        pytest.fail(
+            f"PostgreSQL is required for the database tests: {error} "
+            "(set NORMSEARCH_TEST_POSTGRES_URL to use another server)",
+            pytrace=False,
+        )
 
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh database ``normsearch_test_<hex>`` migrated to head; dropped at the end."""
-    name = f"normsearch_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin_engine()
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:  # any failure to reach the server
-        admin.dispose()
-        shown = make_url(ADMIN_URL).render_as_string(hide_password=True)
-        pytest.fail(
-            f"PostgreSQL is required for the database tests and is not reachable at {shown} "
-            f"(set NORMSEARCH_TEST_POSTGRES_URL to use another server): {error}",
-            pytrace=False,
-        )
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    yield from postgres_database("normsearch_test")
+
+
+@pytest.fixture(scope="module")
+def module_postgres_url() -> Iterator[str]:
+    """A database of the test module's own, for tests whose code commits (e.g. a real worker)."""
+    yield from postgres_database("normsearch_module")
 
 
 @pytest.fixture(scope="session")

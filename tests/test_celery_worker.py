@@ -18,21 +18,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select
 
 import sn_core
 from service import repositories
 from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
 from service.db import make_engine, make_session_factory
-from service.db.migrate import upgrade
 from service.db.models import Artifact, RatioSnapshot, User
 from service.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-ADMIN_URL = os.environ.get(
-    "NORMSEARCH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-)
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 READY_TIMEOUT_S = 60
 JOB_TIMEOUT_S = 180
@@ -56,33 +51,9 @@ def tiny_payload(**overrides) -> dict:
 
 
 @pytest.fixture(scope="module")
-def database_url() -> Iterator[str]:
+def database_url(module_postgres_url: str) -> str:
     """A database of its own (jobs here are committed, unlike the rolled-back tests')."""
-    name = f"normsearch_celery_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(
-        ADMIN_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 5}
-    )
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as error:
-        admin.dispose()
-        pytest.fail(f"PostgreSQL is required and not reachable: {error}", pytrace=False)
-    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    try:
-        upgrade(url)
-        yield url
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"
-                ),
-                {"name": name},
-            )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+    return module_postgres_url
 
 
 @pytest.fixture(scope="module")
