@@ -131,9 +131,8 @@ def run(
     """Run a whole normalization search on this machine (or the Ray cluster at RAY_ADDRESS)."""
     from service.settings import get_settings
     from worker.datasets import DatasetError, load_dataset
-    from worker.job import JobStateError, run_job
+    from worker.job import JobStateError, run_job, write_job_report
     from worker.recorder import JsonlRecorder, TeeRecorder
-    from worker.report import write_report
 
     spec = load_spec_file(spec_file)
     settings = get_settings()
@@ -148,13 +147,14 @@ def run(
     from api.progress import LiveTrialsView
 
     history = JsonlRecorder(work_dir / "trials.jsonl")
+    data_roots = settings.resolved_data_roots()
     try:
-        data = load_dataset(spec.dataset, data_roots=settings.resolved_data_roots())
+        data = load_dataset(spec.dataset, data_roots=data_roots)
         console.print(f"dataset: {data.summary()}")
         with LiveTrialsView(console) as view:
             result = run_job(
                 spec,
-                data_roots=settings.resolved_data_roots(),
+                data_roots=data_roots,
                 work_dir=work_dir,
                 recorder=TeeRecorder(history, view),
                 out_dir=out,
@@ -165,14 +165,7 @@ def run(
     except (DatasetError, JobStateError) as error:
         console.print(f"[red]error[/red] {error}")
         raise typer.Exit(code=2) from None
-    files = write_report(
-        out,
-        spec=spec.model_dump(mode="json"),
-        recommendation=result.recommendation,
-        outcomes=result.outcomes,
-        verification=result.verification,
-        extra={"dataset": result.dataset, "wall_seconds": time.perf_counter() - started},
-    )
+    files = write_job_report(result, out, extra={"wall_seconds": time.perf_counter() - started})
     console.print()
     console.print(recommendation_table(result.recommendation))
     if result.recommendation.by_batch_size:

@@ -17,9 +17,8 @@ import yaml
 import sn_core
 from service.spec import JobSpec
 from worker.datasets import load_dataset
-from worker.job import JobStateError, run_job
+from worker.job import JobStateError, run_job, write_job_report
 from worker.recorder import JsonlRecorder, MemoryRecorder
-from worker.report import write_report
 from worker.search import run_trials, trial_grid
 
 
@@ -54,13 +53,7 @@ def test_digits_search_end_to_end_writes_every_output(tmp_path):
     result = run_job(
         spec, data_roots=[tmp_path], work_dir=tmp_path / "state", recorder=recorder, out_dir=out
     )
-    files = write_report(
-        out,
-        spec=spec.model_dump(mode="json"),
-        recommendation=result.recommendation,
-        outcomes=result.outcomes,
-        verification=result.verification,
-    )
+    files = write_job_report(result, out)
     search = [o for o in result.outcomes if o.variant == "sn"]
     assert len(search) == 2 and all(o.status == "TERMINATED" for o in search)
     assert all([r["epoch"] for r in o.history] == [1, 2, 3] for o in search)

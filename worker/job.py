@@ -22,6 +22,7 @@ from .datasets import LoadedDataset, load_dataset
 from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
 from .recommend import Recommendation, recommend
 from .recorder import Recorder
+from .report import write_report
 from .results import TrialOutcome
 from .search import ensure_ray, run_trials, trial_grid
 from .trainable import load_checkpoint_state
@@ -107,6 +108,20 @@ def run_job(
         recommendation=recommendation,
         verification=verification,
         checkpoint_dir=checkpoint_dir,
+    )
+
+
+def write_job_report(
+    result: JobResult, out_dir: Path, *, extra: dict[str, Any] | None = None
+) -> dict[str, Path]:
+    """Write a finished job's plan, report, ratio history and figure into ``out_dir``."""
+    return write_report(
+        Path(out_dir),
+        spec=result.spec.model_dump(mode="json"),
+        recommendation=result.recommendation,
+        outcomes=result.outcomes,
+        verification=result.verification,
+        extra={"dataset": result.dataset, **(extra or {})},
     )
 
 

@@ -21,8 +21,7 @@ from service.settings import get_settings
 from service.spec import JobSpec
 
 from .db_recorder import DatabaseRecorder
-from .job import run_job
-from .report import write_report
+from .job import run_job, write_job_report
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +65,7 @@ def run_search(self, job_id: str) -> None:
             ray_address=settings.ray_address,
             ray_num_cpus=settings.ray_num_cpus,
         )
-        paths = write_report(
-            out_dir,
-            spec=spec.model_dump(mode="json"),
-            recommendation=result.recommendation,
-            outcomes=result.outcomes,
-            verification=result.verification,
-        )
+        paths = write_job_report(result, out_dir)
         files = [jobs.ArtifactFile(kind, path) for kind, path in paths.items()]
         if result.checkpoint_dir is not None:
             ckpt = result.checkpoint_dir
