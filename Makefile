@@ -18,8 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The service on this machine (SQLite database, SQLite broker, local Ray): submits the digits
+# example over HTTP, follows it, prints the recommendation, then serves until Ctrl-C.
+# `make demo DEMO_FLAGS=--exit-when-done` stops once the job has finished.
+DEMO_FLAGS ?=
+
 demo: $(STAMP)
-	$(BIN)/normsearch run examples/digits.yaml --out out/digits
+	$(BIN)/normsearch up --submit examples/digits.yaml $(DEMO_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

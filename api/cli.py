@@ -279,5 +279,13 @@ def db_current(url: DatabaseUrlOption = None) -> None:
     typer.echo(current(_database_url(url)) or "none")
 
 
+# Command groups defined in their own modules: the server processes (serve, worker, up), API
+# token management, and the remote client commands (submit, ls, status, cancel, download).
+from api import cli_remote, cli_server, cli_tokens  # noqa: E402
+
+cli_server.register(app)
+cli_tokens.register(app)
+cli_remote.register(app)
+
 if __name__ == "__main__":
     app()

@@ -7,7 +7,9 @@ loads ``worker.tasks`` (``include``), which is where torch and Ray come in. Star
 
 Delivery is at-least-once: a task is acknowledged after it returns (``task_acks_late``) and a
 worker that dies mid-task leaves its message to be redelivered, so tasks must be idempotent (the
-search task resumes from its work directory and skips finished jobs).
+search task resumes from its work directory and skips finished jobs). The serverless broker of
+``normsearch up`` (kombu's SQLAlchemy transport) does not redeliver: see
+``broker_transport_options``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,33 @@ def soft_time_limit(settings: Settings) -> int:
     return max(hard - SOFT_LIMIT_MARGIN_S, hard // 2)
 
 
+def is_sqlalchemy_broker(url: str) -> bool:
+    """Whether ``url`` names kombu's SQLAlchemy transport (``sqla+URL`` or ``sqlalchemy+URL``)."""
+    scheme, plus, _ = url.partition("+")
+    return bool(plus) and scheme in ("sqla", "sqlalchemy")
+
+
+def broker_transport_options(settings: Settings) -> dict:
+    """Transport options for the broker in ``settings``.
+
+    Redis redelivers an unacknowledged message after the visibility timeout: it must outlast the
+    longest task, or a running search would be handed to a second worker. kombu's SQLAlchemy
+    transport (the embedded mode's serverless broker, ``sqla+sqlite:///runs/broker.sqlite``)
+    passes every transport option to ``create_engine``, so it gets engine arguments only: for a
+    SQLite file, a lock timeout longer than the driver's 5 s, as the API (publishing) and the
+    worker (polling once a second) write the same file. It has no visibility timeout: a message
+    a worker took stays in the table, invisible, even once acknowledged; a worker that shuts down
+    cleanly puts its unacknowledged message back, one killed outright loses it, and the reaper
+    (which requeues jobs whose heartbeat stopped) is what gets that search going again.
+    """
+    url = settings.broker_url
+    if is_sqlalchemy_broker(url):
+        if url.partition("+")[2].startswith("sqlite"):
+            return {"connect_args": {"timeout": 30}}
+        return {"pool_pre_ping": True}
+    return {"visibility_timeout": settings.visibility_timeout_s()}
+
+
 def make_celery(settings: Settings) -> Celery:
     """A Celery app for ``settings`` (broker, optional result backend, time limits)."""
     app = Celery("normsearch", include=["worker.tasks"])
@@ -48,9 +77,7 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_time_limit=settings.task_time_limit_s,
         task_soft_time_limit=soft_time_limit(settings),
-        # Redis redelivers an unacknowledged message after the visibility timeout: it must
-        # outlast the longest task, or a running search would be handed to a second worker.
-        broker_transport_options={"visibility_timeout": settings.task_time_limit_s + 3600},
+        broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
         # Keep the real stdout/stderr: Ray (started inside the task) calls
         # faulthandler.enable(), which needs a file descriptor, not Celery's logging proxy.

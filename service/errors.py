@@ -47,3 +47,30 @@ class InvalidTransition(Conflict):
 
     code = "invalid_transition"
     default_message = "invalid status transition"
+
+
+class InvalidInput(ServiceError):
+    """Input that parses but cannot be accepted (e.g. a dataset path outside the data roots);
+    ``field`` names the job-spec field at fault, ``path`` the offending path if any."""
+
+    status_code = 422
+    code = "invalid_input"
+    default_message = "invalid input"
+
+    def __init__(
+        self, message: str | None = None, *, field: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.field = field
+        self.path = path
+
+    def to_dict(self) -> dict:
+        """Shaped like a request validation error: the field first, and in ``errors``."""
+        if self.field is None:
+            return super().to_dict()
+        return {
+            "code": self.code,
+            "message": f"{self.field}: {self.message}",
+            "field": self.field,
+            "errors": [{"field": self.field, "message": self.message}],
+        }

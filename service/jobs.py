@@ -1,7 +1,15 @@
-"""Job service: start, finish and fail a job run (the search task's business rules).
+"""Job service: start, finish, fail, cancel and retry a job run, and the worker's heartbeat and
+progress (the business rules of the search task and of the job endpoints).
 
-Functions take the ``Session`` first and keyword-only arguments after; none commits (the task
-commits at its edge). Nothing here imports the training stack: the worker hands in plain paths.
+Functions take the ``Session`` first and keyword-only arguments after; none commits (the task or
+the request commits at its edge). Nothing here imports the training stack: the worker hands in
+plain paths.
+
+Runs and attempts: ``job.run`` numbers the user's runs of a job (a retry starts ``run + 1`` in a
+fresh work directory, its earlier trials deleted); ``job.attempts`` counts the starts of the
+current run (a requeue after a lost worker is the next attempt of the same run, which resumes
+from the run's work directory). A retry resets ``attempts``, so the limit on lost-worker
+requeues (``service.reaper``) applies to each run.
 """
 
 from __future__ import annotations
@@ -10,12 +18,16 @@ import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service import lifecycle, repositories
-from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job
+from service.db.base import now as utc_now
+from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job, Trial
+from service.errors import InvalidTransition, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +60,19 @@ def total_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def start_job(session: Session, *, job_id: str) -> Job | None:
+def start_job(
+    session: Session,
+    *,
+    job_id: str,
+    heartbeat_timeout_s: float | None = None,
+    now: datetime | None = None,
+) -> Job | None:
     """Lock the job and mark it running; None when there is nothing to run (no such job, or it
-    is finished: a redelivered message). A job already ``running`` belongs to a worker that was
+    is finished: a redelivered message).
+
+    A job already ``running`` whose last heartbeat is younger than ``heartbeat_timeout_s``
+    belongs to a live worker: this (duplicate) message is dropped (None). One whose heartbeat is
+    older (or any running job, when ``heartbeat_timeout_s`` is None) belongs to a worker that was
     lost (its message came back): it is requeued and started again, as the next attempt, and the
     run resumes from its work directory."""
     job = repositories.get_job(session, job_id, for_update=True)
@@ -61,10 +83,32 @@ def start_job(session: Session, *, job_id: str) -> Job | None:
         log.info("job %s is already %s; nothing to run", job_id, job.status)
         return None
     if job.status == "running":
+        age = heartbeat_age_s(job, now=now)
+        if heartbeat_timeout_s is not None and age is not None and age < heartbeat_timeout_s:
+            log.warning(
+                "job %s is running (attempt %s, heartbeat %.0f s ago): another worker has it; "
+                "dropping this duplicate message",
+                job_id,
+                job.attempts,
+                age,
+            )
+            return None
         log.warning("job %s was running (attempt %s): resuming", job_id, job.attempts)
         lifecycle.transition(session, job, "queued", message="redelivered after a lost worker")
     lifecycle.transition(session, job, "running")
     return job
+
+
+def heartbeat_age_s(job: Job, *, now: datetime | None = None) -> float | None:
+    """Seconds since the job's last heartbeat (None: it has none)."""
+    if job.heartbeat_at is None:
+        return None
+    return ((now or utc_now()) - as_utc(job.heartbeat_at)).total_seconds()
+
+
+def as_utc(at: datetime) -> datetime:
+    """``at`` as an aware UTC time (SQLite hands back naive times, which are stored in UTC)."""
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
 def finish_job(session: Session, *, job_id: str, files: list[ArtifactFile]) -> Job:
@@ -101,3 +145,89 @@ def fail_job(session: Session, *, job_id: str, error: str) -> Job | None:
         log.warning("job %s is %s; not marking it failed: %s", job_id, job.status, error)
         return job
     return lifecycle.transition(session, job, "failed", message=error)
+
+
+def cancel_job(session: Session, *, job_id: str) -> Job:
+    """Cancel a queued or running job (a running one's worker notices at its next heartbeat and
+    stops the trials). Raises ``NotFound``, or ``InvalidTransition`` when the job is finished."""
+    job = repositories.get_job(session, job_id, for_update=True)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    return lifecycle.transition(session, job, "cancelled", message="cancelled by user")
+
+
+def retry_job(session: Session, *, job_id: str) -> Job:
+    """Queue a failed or cancelled job again as a fresh run: ``run + 1`` (a new work directory),
+    ``attempts`` back to 0, its earlier trials (with their ratio history and metrics, by
+    cascade) and artifacts deleted, the error cleared. Raises ``NotFound``, or
+    ``InvalidTransition`` unless the job is failed or cancelled. The caller sends the search
+    task after its commit (``service.dispatch.send_search``)."""
+    job = repositories.get_job(session, job_id, for_update=True)
+    if job is None:
+        raise NotFound(f"job {job_id} does not exist")
+    if job.status not in ("failed", "cancelled"):  # running -> queued is a requeue, not a retry
+        raise InvalidTransition(
+            f"job {job_id} is {job.status}; only a failed or cancelled job can be retried"
+        )
+    previous_run = job.run or 1
+    lifecycle.transition(session, job, "queued", message=f"retried by user: run {previous_run + 1}")
+    job.run = previous_run + 1
+    job.attempts = 0
+    _delete_run_results(session, job_id=job_id)
+    session.flush()
+    session.expire(job, ["trials", "artifacts"])
+    return job
+
+
+def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None = None) -> str | None:
+    """Record that the worker running ``job_id`` is alive; returns the job's status, which tells
+    the worker whether to go on (``running``) or stop (anything else: cancelled, failed by the
+    reaper, requeued). None: the job no longer exists, or (with ``attempt``) another attempt of
+    it has taken over, so this worker must stop. Only a running job's heartbeat is written, and
+    ``updated_at`` is left as it is (a heartbeat is not a change of the job)."""
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(heartbeat_at=utc_now(), updated_at=Job.updated_at)
+        .returning(Job.attempts)
+    )
+    if attempt is not None:
+        statement = statement.where(Job.attempts == attempt)
+    touched = session.execute(statement, execution_options={"synchronize_session": False}).all()
+    if touched:
+        return "running"
+    row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one_or_none()
+    if row is None:
+        return None
+    status, attempts = row
+    if status == "running" and attempt is not None and attempts != attempt:
+        return None  # a later attempt (another worker) runs the job now
+    return status
+
+
+# Progress never reads as complete before the job has succeeded (lifecycle sets 1.0 then).
+MAX_RUNNING_PROGRESS = 0.99
+
+
+def set_progress(session: Session, *, job_id: str, progress: float) -> bool:
+    """Raise a running job's progress to ``progress`` (clamped to [0, 0.99]); progress never goes
+    down and a job in another state is left as it is. True when the value changed."""
+    value = min(max(float(progress), 0.0), MAX_RUNNING_PROGRESS)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.progress < value)
+        .values(progress=value),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount > 0
+
+
+# Queries of this module (to move into service/repositories.py with the other queries).
+
+
+def _delete_run_results(session: Session, *, job_id: str) -> None:
+    """Delete a job's trials (the database cascades to their snapshots and metrics) and
+    artifacts."""
+    options = {"synchronize_session": False}
+    session.execute(delete(Trial).where(Trial.job_id == job_id), execution_options=options)
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id), execution_options=options)

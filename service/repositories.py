@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, cast, func, select, update
+from sqlalchemy import Table, bindparam, cast, delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
@@ -36,13 +36,22 @@ METRIC_KEY = ("trial_id", "step", "name")
 def create_job(
     session: Session, *, owner_id: int, spec: dict[str, Any], idempotency_key: str | None = None
 ) -> Job:
-    """Insert a queued job. With an ``idempotency_key``, a second call for the same
-    (owner, key) returns the job the first one created (idempotent POST), also when two
-    requests race (the unique constraint decides, inside a savepoint)."""
+    """Insert a queued job (see ``create_job_once``), returning the job only."""
+    return create_job_once(session, owner_id=owner_id, spec=spec, idempotency_key=idempotency_key)[
+        0
+    ]
+
+
+def create_job_once(
+    session: Session, *, owner_id: int, spec: dict[str, Any], idempotency_key: str | None = None
+) -> tuple[Job, bool]:
+    """Insert a queued job: (job, created). With an ``idempotency_key``, a second call for the
+    same (owner, key) returns the job the first one created, with created False (idempotent
+    POST), also when two requests race (the unique constraint decides, inside a savepoint)."""
     if idempotency_key is not None:
         existing = _job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
         if existing is not None:
-            return existing
+            return existing, False
     job = Job(owner_id=owner_id, spec=spec, idempotency_key=idempotency_key, status="queued")
     try:
         with session.begin_nested():
@@ -53,8 +62,8 @@ def create_job(
         existing = _job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
         if existing is None:
             raise
-        return existing
-    return job
+        return existing, False
+    return job, True
 
 
 def _job_by_key(session: Session, *, owner_id: int, idempotency_key: str) -> Job | None:
@@ -72,6 +81,17 @@ def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job |
     return session.scalars(statement).one_or_none()
 
 
+JOB_SORT_KEYS = ("created_at", "updated_at", "status", "progress")
+
+
+def _owned_jobs(owner_id: int, status: str | Sequence[str] | None):
+    statement = select(Job).where(Job.owner_id == owner_id)
+    if status is not None:
+        statuses = [status] if isinstance(status, str) else list(status)
+        statement = statement.where(Job.status.in_(statuses))
+    return statement
+
+
 def list_jobs(
     session: Session,
     *,
@@ -80,18 +100,39 @@ def list_jobs(
     limit: int = 50,
     offset: int = 0,
     newest_first: bool = True,
+    sort: str = "created_at",
 ) -> list[Job]:
-    """One page of an owner's jobs by creation time (``id`` breaks ties), optionally only those
-    in ``status`` (one status or several)."""
-    statement = select(Job).where(Job.owner_id == owner_id)
-    if status is not None:
-        statuses = [status] if isinstance(status, str) else list(status)
-        statement = statement.where(Job.status.in_(statuses))
+    """One page of an owner's jobs ordered by ``sort`` (one of ``JOB_SORT_KEYS``; ``id`` breaks
+    ties), optionally only those in ``status`` (one status or several)."""
+    if sort not in JOB_SORT_KEYS:
+        raise ValueError(f"cannot sort jobs by {sort!r}")
+    column = getattr(Job, sort)
+    statement = _owned_jobs(owner_id, status)
     if newest_first:
-        statement = statement.order_by(Job.created_at.desc(), Job.id.desc())
+        statement = statement.order_by(column.desc(), Job.id.desc())
     else:
-        statement = statement.order_by(Job.created_at.asc(), Job.id.asc())
+        statement = statement.order_by(column.asc(), Job.id.asc())
     return list(session.scalars(statement.limit(limit).offset(offset)))
+
+
+def count_jobs(
+    session: Session, *, owner_id: int, status: str | Sequence[str] | None = None
+) -> int:
+    subquery = _owned_jobs(owner_id, status).with_only_columns(Job.id).subquery()
+    return session.scalar(select(func.count()).select_from(subquery)) or 0
+
+
+def count_jobs_by_status(session: Session) -> dict[str, int]:
+    """Jobs of every owner per status (the service's gauges)."""
+    rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
+    return {status: count for status, count in rows}
+
+
+def delete_job(session: Session, job: Job) -> None:
+    """Delete a job; its events, trials, history and artifacts go with it (ON DELETE CASCADE
+    in the database, so the history is never loaded)."""
+    session.execute(delete(Job).where(Job.id == job.id))
+    session.expunge(job)
 
 
 def add_event(
@@ -261,11 +302,65 @@ def ratio_history(
     return list(session.scalars(statement))
 
 
+def snapshot_steps(session: Session, *, trial_id: int, after_step: int | None = None) -> list[int]:
+    """The distinct steps a trial has snapshots for (after ``after_step``), ascending; served by
+    the (trial_id, step, layer_index) index."""
+    statement = select(RatioSnapshot.step).where(RatioSnapshot.trial_id == trial_id).distinct()
+    if after_step is not None:
+        statement = statement.where(RatioSnapshot.step > after_step)
+    return list(session.scalars(statement.order_by(RatioSnapshot.step)))
+
+
+def snapshots_at_steps(
+    session: Session,
+    *,
+    trial_id: int,
+    steps: Sequence[int],
+    layers: Iterable[str] | None = None,
+) -> list[RatioSnapshot]:
+    """A trial's snapshots at the given steps ordered by (step, layer_index), optionally only
+    the named ``layers``."""
+    if not steps:
+        return []
+    statement = select(RatioSnapshot).where(
+        RatioSnapshot.trial_id == trial_id, RatioSnapshot.step.in_(list(steps))
+    )
+    if layers is not None:
+        statement = statement.where(RatioSnapshot.layer.in_(list(layers)))
+    return list(session.scalars(statement.order_by(RatioSnapshot.step, RatioSnapshot.layer_index)))
+
+
+def latest_snapshot_steps(session: Session, *, job_id: str) -> dict[int, int]:
+    """The newest snapshot step of each of a job's trials (what a live view polls for)."""
+    rows = session.execute(
+        select(RatioSnapshot.trial_id, func.max(RatioSnapshot.step))
+        .join(Trial, Trial.id == RatioSnapshot.trial_id)
+        .where(Trial.job_id == job_id)
+        .group_by(RatioSnapshot.trial_id)
+    ).all()
+    return {trial_id: step for trial_id, step in rows}
+
+
 def metric_history(
-    session: Session, *, trial_id: int, after_step: int | None = None
+    session: Session,
+    *,
+    trial_id: int | Sequence[int],
+    after_step: int | None = None,
+    names: Iterable[str] | None = None,
 ) -> list[Metric]:
-    """A trial's metrics ordered by (step, name)."""
-    statement = select(Metric).where(Metric.trial_id == trial_id)
+    """Metrics of one trial or several, ordered by (trial, step, name)."""
+    trial_ids = [trial_id] if isinstance(trial_id, int) else list(trial_id)
+    statement = select(Metric).where(Metric.trial_id.in_(trial_ids))
     if after_step is not None:
         statement = statement.where(Metric.step > after_step)
-    return list(session.scalars(statement.order_by(Metric.step, Metric.name)))
+    if names is not None:
+        statement = statement.where(Metric.name.in_(list(names)))
+    return list(session.scalars(statement.order_by(Metric.trial_id, Metric.step, Metric.name)))
+
+
+def events_after(session: Session, *, job_id: str, after_id: int | None = None) -> list[JobEvent]:
+    """A job's events with ids above ``after_id`` (the Last-Event-ID of a reconnecting stream)."""
+    statement = select(JobEvent).where(JobEvent.job_id == job_id)
+    if after_id is not None:
+        statement = statement.where(JobEvent.id > after_id)
+    return list(session.scalars(statement.order_by(JobEvent.id)))

@@ -55,6 +55,55 @@ class Settings(BaseSettings):
         description="Hard time limit of one search task in seconds (NORMSEARCH_TASK_TIME_LIMIT_S).",
     )
 
+    broker_visibility_timeout_s: int | None = Field(
+        default=None,
+        ge=1,
+        description="Seconds before Redis redelivers an unacknowledged task "
+        "(NORMSEARCH_BROKER_VISIBILITY_TIMEOUT_S); default: the task time limit plus an hour.",
+    )
+
+    heartbeat_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="How often a running job's worker records that it is alive "
+        "(NORMSEARCH_HEARTBEAT_INTERVAL_S).",
+    )
+    heartbeat_timeout_s: float = Field(
+        default=120.0,
+        gt=0,
+        description="A running job whose last heartbeat is older than this belongs to a lost "
+        "worker: it is requeued (or failed after max_attempts) (NORMSEARCH_HEARTBEAT_TIMEOUT_S).",
+    )
+    reaper_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the API process looks for jobs of lost workers "
+        "(NORMSEARCH_REAPER_INTERVAL_S).",
+    )
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs a job may start before a lost worker fails it instead of requeueing "
+        "it (NORMSEARCH_MAX_ATTEMPTS).",
+    )
+
+    api_host: str = Field(
+        default="127.0.0.1", description="API bind address (NORMSEARCH_API_HOST)."
+    )
+    api_port: int = Field(
+        default=8000, ge=1, le=65535, description="API port (NORMSEARCH_API_PORT)."
+    )
+    public_url: str | None = Field(
+        default=None,
+        description="The address users reach the API and UI at (NORMSEARCH_PUBLIC_URL); "
+        "default: http://API_HOST:API_PORT.",
+    )
+    max_body_bytes: int = Field(
+        default=1 << 20,
+        ge=1024,
+        description="Largest request body the API accepts (NORMSEARCH_MAX_BODY_BYTES).",
+    )
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value):
@@ -65,6 +114,15 @@ class Settings(BaseSettings):
 
     def resolved_data_roots(self) -> list[Path]:
         return [root.expanduser().resolve() for root in self.data_roots]
+
+    def visibility_timeout_s(self) -> int:
+        """Redis redelivers an unacknowledged task after this many seconds."""
+        if self.broker_visibility_timeout_s is not None:
+            return self.broker_visibility_timeout_s
+        return self.task_time_limit_s + 3600
+
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.api_host}:{self.api_port}"
 
 
 @lru_cache(maxsize=1)

@@ -79,3 +79,49 @@ def sqlite_url(tmp_path) -> str:
     url = f"sqlite:///{tmp_path / 'normsearch.db'}"
     upgrade(url)
     return url
+
+
+# The API: an app on a module database and a Redis database of its own (no worker consumes it
+# unless a test starts one); the lifespan runs, the reaper thread does not.
+API_BROKER_URL = os.environ.get("NORMSEARCH_TEST_API_BROKER_URL", "redis://127.0.0.1:6379/11")
+
+
+@pytest.fixture(scope="module")
+def api_broker() -> Iterator[str]:
+    import redis
+
+    client = redis.Redis.from_url(API_BROKER_URL, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        pytest.fail(
+            f"Redis is required and not reachable at {API_BROKER_URL}: {error}", pytrace=False
+        )
+    yield API_BROKER_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def api_settings(module_postgres_url, api_broker, tmp_path_factory):
+    from service.settings import Settings
+
+    base = tmp_path_factory.mktemp("api")
+    (base / "data").mkdir()
+    return Settings(
+        database_url=module_postgres_url,
+        broker_url=api_broker,
+        runs_dir=base / "runs",
+        data_roots=[base / "data"],
+    )
+
+
+@pytest.fixture(scope="module")
+def api_client(api_settings):
+    """A TestClient of the real app (lifespan run) on the module's Postgres database."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    with TestClient(create_app(api_settings, run_reaper=False)) as client:
+        yield client

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import func, select
+from worker_process import start_worker, tail, worker_env
 
 import sn_core
 from service import repositories
@@ -27,9 +26,7 @@ from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, RatioSnapshot, User
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
-READY_TIMEOUT_S = 60
 JOB_TIMEOUT_S = 180
 EPOCHS = 2
 
@@ -68,47 +65,22 @@ def broker() -> Iterator[str]:
     client.close()
 
 
-def _tail(path: Path, lines: int = 80) -> str:
-    if not path.exists():
-        return "(no worker log)"
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="module")
 def worker(database_url, broker, tmp_path_factory):
     """A Celery worker subprocess on the search queue; yields (app, session factory, log)."""
     tmp = tmp_path_factory.mktemp("celery")
-    env = {
-        **os.environ,
-        "NORMSEARCH_DATABASE_URL": database_url,
-        "NORMSEARCH_BROKER_URL": broker,
-        "NORMSEARCH_RUNS_DIR": str(tmp / "runs"),
-        "NORMSEARCH_RAY_NUM_CPUS": "2",
-        "NORMSEARCH_DATA_ROOTS": str(tmp),
-    }
-    log_path = tmp / "worker.log"
-    command = [
-        sys.executable, "-m", "celery", "-A", "service.celery_app:celery_app", "worker",
-        "--pool=solo", "--concurrency=1", "-Q", SEARCH_QUEUE, "--loglevel=INFO",
-        "--hostname", f"test-{uuid.uuid4().hex[:8]}@%h", "--without-gossip", "--without-mingle",
-    ]  # fmt: skip
+    env = worker_env(
+        database_url=database_url, broker_url=broker, runs_dir=tmp / "runs", data_roots=tmp
+    )
     app = make_celery(Settings(broker_url=broker))
     engine = make_engine(database_url)
-    with log_path.open("w") as log:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    process = None
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not app.control.ping(timeout=1.0):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the Celery worker did not start:\n{_tail(log_path)}", pytrace=False)
-        yield app, make_session_factory(engine), log_path
+        process = start_worker(app, env, tmp / "worker.log")
+        yield app, make_session_factory(engine), process.log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None:
+            process.stop()
         engine.dispose()
         app.close()
 
@@ -132,7 +104,7 @@ def _wait_finished(factory, job_id: str, log_path: Path):
             if job.status in ("succeeded", "failed", "cancelled"):
                 return job
         time.sleep(0.5)
-    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s:\n{_tail(log_path)}")
+    pytest.fail(f"job {job_id} did not finish in {JOB_TIMEOUT_S}s:\n{tail(log_path)}")
 
 
 def _events(factory, job_id: str) -> list[tuple[str | None, str]]:
@@ -146,7 +118,7 @@ def test_search_job_runs_in_a_real_worker(worker):
     app, factory, log_path = worker
     job_id = _submit(factory, tiny_payload(), app)
     job = _wait_finished(factory, job_id, log_path)
-    assert job.status == "succeeded", f"{job.error}\n{_tail(log_path)}"
+    assert job.status == "succeeded", f"{job.error}\n{tail(log_path)}"
     assert job.progress == 1.0 and job.attempts == 1 and job.error is None
     assert _events(factory, job_id) == [("queued", "running"), ("running", "succeeded")]
 
@@ -201,7 +173,7 @@ def test_dataset_outside_the_data_roots_fails_the_job_once(worker):
     payload = tiny_payload(dataset={"kind": "npz", "path": "/etc/passwd"})
     job_id = _submit(factory, payload, app)
     job = _wait_finished(factory, job_id, log_path)
-    assert job.status == "failed", _tail(log_path)
+    assert job.status == "failed", tail(log_path)
     assert job.error.startswith("DatasetError: ") and "data roots" in job.error
     assert job.attempts == 1
     assert _events(factory, job_id) == [("queued", "running"), ("running", "failed")]

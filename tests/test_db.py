@@ -12,6 +12,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, delete, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -43,6 +44,9 @@ TABLES = {
 }
 LAYERS = ("stem.bn", "layer1.0.bn1", "layer1.0.bn2")
 STEPS = (100, 200)
+
+# The newest migration (the head every upgrade reaches).
+HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 # Factories: plain functions that add and flush.
@@ -133,12 +137,12 @@ def assert_models_match_migrations(engine: Engine) -> None:
 
 def test_postgres_is_migrated_to_head_and_matches_the_models(postgres_url, pg_engine):
     assert pg_engine.dialect.name == "postgresql"
-    assert current(postgres_url) == "0001"
+    assert current(postgres_url) == HEAD
     assert_models_match_migrations(pg_engine)
 
 
 def test_sqlite_is_migrated_to_head_and_matches_the_models(sqlite_url):
-    assert current(sqlite_url) == "0001"
+    assert current(sqlite_url) == HEAD
     engine = make_engine(sqlite_url)
     try:
         assert_models_match_migrations(engine)
@@ -150,14 +154,14 @@ def test_sqlite_downgrade_to_base_and_upgrade_again(sqlite_url):
     command.downgrade(alembic_config(sqlite_url), "base")
     assert current(sqlite_url) is None
     upgrade(sqlite_url)
-    assert current(sqlite_url) == "0001"
+    assert current(sqlite_url) == HEAD
 
 
 def test_url_with_percent_sign_reaches_alembic(tmp_path):
     """Percent-encoded URLs (passwords with special characters) must survive Alembic's config."""
     url = f"sqlite:///{tmp_path / 'a%20b.db'}"
     upgrade(url)
-    assert current(url) == "0001"
+    assert current(url) == HEAD
     assert (tmp_path / "a b.db").exists()  # '%20' survived configparser; SQLAlchemy decoded it
 
 
@@ -290,10 +294,10 @@ def test_cli_db_upgrade_and_current(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["db", "upgrade", "--url", url])
     assert result.exit_code == 0, result.output
-    assert "0001" in result.output and path.exists()
+    assert HEAD in result.output and path.exists()
     result = runner.invoke(app, ["db", "current", "--url", url])
     assert result.exit_code == 0, result.output
-    assert result.output.strip() == "0001"
+    assert result.output.strip() == HEAD
 
 
 def test_cli_db_upgrade_defaults_to_settings(tmp_path, monkeypatch):
@@ -307,4 +311,4 @@ def test_cli_db_upgrade_defaults_to_settings(tmp_path, monkeypatch):
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 0, result.output
-    assert current(url) == "0001"
+    assert current(url) == HEAD

@@ -13,16 +13,21 @@ caller; trials never touch the database). Mapping of one epoch record:
   ``trials()`` can rebuild the record as reported. Booleans and integers are stored as floats and
   read back with their type (``_BOOL_KEYS``, ``_INT_KEYS``); ``None`` values are not stored.
 - the trial's ``epochs_used`` (the highest epoch seen) and ``best_metrics``
-  (``{"val_accuracy", "epoch"}`` of the best epoch).
+  (``{"val_accuracy", "epoch"}`` of the best epoch); a failed trial's error text goes to
+  ``trials.error`` (cleared when the trial finishes without one).
+- with ``total_epochs`` (the job's epoch budget, ``worker.job.epoch_budget``), the job's
+  ``progress``: the epochs its trials have completed over that budget, raised on every flush
+  (``service.jobs.set_progress``: monotone, below 1.0 until the job succeeds).
 
 Writes are buffered and flushed when the buffer holds ``batch_size`` rows, when
 ``flush_interval_s`` has passed since the last flush (checked on each event: there is no timer
 thread), and in ``trial_finished``, ``trials()`` and ``close()``. Each flush is one transaction of
 multi-row inserts that ignore rows already present, so a result replayed after a restart adds
-nothing. A failed flush keeps its rows buffered and raises; the next flush retries them.
-
-The ``trials`` table has no error column yet: a failed trial's error text is kept under
-``best_metrics["error"]``.
+nothing. With ``run`` (the job run it records), no trial is added once the job has left that run
+(a retry started the next one). A failed flush keeps its rows buffered and raises; the next flush
+retries them. The service flushes every result (``flush_interval_s=0``): a driver killed after
+Tune checkpointed an epoch then cannot have left that epoch out of the database (a resumed trial
+continues after it).
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from service import repositories
+from service import jobs, repositories
+from service.db.models import Trial
 
 NORMS = ("in", "ln", "bn", "gn")
 _BOOL_KEYS = frozenset({"all_fixed", "done"})
@@ -50,9 +56,13 @@ class DatabaseRecorder:
         batch_size: int = 2000,
         flush_interval_s: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        total_epochs: int | None = None,
+        run: int | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.job_id = job_id
+        self.total_epochs = total_epochs
+        self.run = run
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self._clock = clock
@@ -83,6 +93,8 @@ class DatabaseRecorder:
             db_id = self._trial_ids.get(trial_id)
             if db_id is None:  # a result with no start seen (e.g. replayed after a restore)
                 db_id = self._existing_or_pending(trial_id, record)
+            if db_id is None:  # the job has moved on to another run
+                return
             epoch = int(record["epoch"])
             self._snapshots.extend(snapshot_rows(db_id, epoch, record.get("ratios") or {}))
             self._metrics.extend(metric_rows(db_id, epoch, record))
@@ -107,13 +119,14 @@ class DatabaseRecorder:
             db_id = self._trial_ids.get(trial_id)
             if db_id is None:
                 db_id = self._existing_or_pending(trial_id, {})
-            best = self._summary[db_id]["best_metrics"]
-            if error is None:
-                best.pop("error", None)
-            else:
-                best["error"] = error
+            if db_id is None:
+                return
+            best = dict(self._summary[db_id]["best_metrics"])
             with self.session_factory() as session, session.begin():
                 repositories.update_trial(session, db_id, status=status, best_metrics=best)
+                trial = session.get(Trial, db_id)
+                if trial is not None and trial.error != error:
+                    trial.error = error
 
     def trials(self) -> dict[str, dict[str, Any]]:
         """Everything recorded for the job, read back from the database, in the shape of
@@ -125,7 +138,7 @@ class DatabaseRecorder:
                     trial.ray_trial_id: {
                         "config": trial.config,
                         "status": trial.status,
-                        "error": (trial.best_metrics or {}).get("error"),
+                        "error": trial.error,
                         "history": _history(session, trial.id),
                     }
                     for trial in repositories.list_trials(session, job_id=self.job_id)
@@ -152,6 +165,8 @@ class DatabaseRecorder:
                         epochs_used=summary["epochs_used"],
                         best_metrics=dict(summary["best_metrics"]),
                     )
+                if self.total_epochs:
+                    self._record_progress(session)
             self._snapshots, self._metrics, self._dirty = [], [], set()
             self.rows_written += written
             return written
@@ -167,6 +182,13 @@ class DatabaseRecorder:
 
     # Internals (called with the lock held)
 
+    def _record_progress(self, session: Session) -> None:
+        """The job's progress: epochs its trials completed over its epoch budget."""
+        done = sum(
+            t.epochs_used or 0 for t in repositories.list_trials(session, job_id=self.job_id)
+        )
+        jobs.set_progress(session, job_id=self.job_id, progress=done / self.total_epochs)
+
     def _upsert(
         self,
         trial_id: str,
@@ -175,8 +197,14 @@ class DatabaseRecorder:
         config: dict[str, Any],
         status: str,
         epochs_budget: int,
-    ) -> int:
+    ) -> int | None:
+        """The trial's row id after inserting or updating it; None (nothing written) when the
+        recorder belongs to a ``run`` the job has left (a user retry deleted its trials)."""
         with self.session_factory() as session, session.begin():
+            if self.run is not None:
+                job = repositories.get_job(session, self.job_id, for_update=True)
+                if job is None or job.run != self.run:
+                    return None
             trial = repositories.upsert_trial(
                 session,
                 job_id=self.job_id,
@@ -198,7 +226,7 @@ class DatabaseRecorder:
                 "best_metrics": dict(best or {}),
             }
 
-    def _existing_or_pending(self, trial_id: str, record: dict[str, Any]) -> int:
+    def _existing_or_pending(self, trial_id: str, record: dict[str, Any]) -> int | None:
         """The trial recorded by an earlier driver, or a new PENDING one with no config (as
         ``MemoryRecorder`` does for an event of a trial it has not seen start)."""
         with self.session_factory() as session:

@@ -2,7 +2,9 @@
 
 ``run_job`` is what both the standalone CLI (``normsearch run``) and the service's Celery task
 call. All state lives under ``work_dir`` (Ray Tune experiments with their checkpoints), so running
-the same job again with the same ``work_dir`` resumes it instead of starting over.
+the same job again with the same ``work_dir`` resumes it instead of starting over. Once the
+optional ``stop_event`` is set (the job was cancelled), the running trials are stopped and
+``run_job`` raises ``JobCancelled`` instead of going on.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import hashlib
 import json
 import logging
 import statistics
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,8 @@ from typing import Any
 import sn_core
 from service.spec import JobSpec
 
+from .cancellation import JobCancelled as JobCancelled  # raised by run_job
+from .cancellation import raise_if_stopped
 from .datasets import LoadedDataset, load_dataset
 from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
 from .recommend import Recommendation, recommend
@@ -67,6 +72,26 @@ def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
     )
 
 
+def verification_grid(spec: JobSpec) -> list[dict[str, Any]]:
+    """The verification's trials: the recommended plan and each baseline, for every seed."""
+    batch, lr = spec.target_batch_size, spec.lrs[0]
+    variants = [PLAN_VARIANT, *spec.verify.baselines]
+    return [
+        {"seed": seed, "batch_size": batch, "lr": lr, "variant": variant}
+        for variant in variants
+        for seed in spec.search.trials.seeds
+    ]
+
+
+def epoch_budget(spec: JobSpec) -> int:
+    """Epochs the whole job trains at most: every search trial's budget plus every verification
+    trial's (the denominator of the job's progress; early stopping only makes it smaller)."""
+    total = len(trial_grid(spec)) * spec.training.epochs
+    if spec.verify.enabled:
+        total += len(verification_grid(spec)) * spec.verify_epochs
+    return total
+
+
 def run_job(
     spec: JobSpec,
     *,
@@ -77,18 +102,28 @@ def run_job(
     ray_address: str | None = None,
     ray_num_cpus: int | None = None,
     data: LoadedDataset | None = None,
+    stop_event: threading.Event | None = None,
 ) -> JobResult:
     """Run (or resume) the job; the finalized checkpoint goes to ``out_dir/checkpoint``.
-    ``data``: the spec's dataset when the caller has already loaded it."""
+    ``data``: the spec's dataset when the caller has already loaded it. Raises ``JobCancelled``
+    once ``stop_event`` is set (checked between the stages; the trials stop at once)."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
     ensure_ray(ray_address, ray_num_cpus)
+    raise_if_stopped(stop_event)
 
     search = run_trials(
-        spec, data, name="search", storage_dir=work_dir, recorder=recorder, grid=trial_grid(spec)
+        spec,
+        data,
+        name="search",
+        storage_dir=work_dir,
+        recorder=recorder,
+        grid=trial_grid(spec),
+        stop_event=stop_event,
     )
+    raise_if_stopped(stop_event)
     failed = [o for o in search.outcomes if o.status != "TERMINATED"]
     for outcome in failed:
         log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
@@ -100,7 +135,10 @@ def run_job(
 
     verification = None
     if spec.verify.enabled:
-        verification = verify(spec, data, recommendation, search.outcomes, work_dir, recorder)
+        verification = verify(
+            spec, data, recommendation, search.outcomes, work_dir, recorder, stop_event=stop_event
+        )
+        raise_if_stopped(stop_event)
     return JobResult(
         spec=spec,
         dataset=data.summary(),
@@ -154,17 +192,15 @@ def verify(
     outcomes: list[TrialOutcome],
     work_dir: Path,
     recorder: Recorder,
+    *,
+    stop_event: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train the recommended plan and the baselines from scratch with the same budget and seeds;
     report their validation accuracies beside the SN model's."""
     seeds = spec.search.trials.seeds
-    batch, lr = spec.target_batch_size, spec.lrs[0]
+    batch = spec.target_batch_size
     variants = [PLAN_VARIANT, *spec.verify.baselines]
-    grid = [
-        {"seed": seed, "batch_size": batch, "lr": lr, "variant": variant}
-        for variant in variants
-        for seed in seeds
-    ]
+    grid = verification_grid(spec)
     run = run_trials(
         spec,
         data,
@@ -176,6 +212,7 @@ def verify(
         epochs=spec.verify_epochs,
         plan=recommendation.plan.to_dict(),
         use_scheduler=False,
+        stop_event=stop_event,
     )
     by_variant: dict[str, list[float]] = {v: [] for v in variants}
     for outcome in run.outcomes:

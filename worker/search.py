@@ -5,7 +5,8 @@ model variant; the SN search and the verification runs both use it. It joins the
 ``ray_address`` (production) or starts a local Ray, gives each trial its CPUs/GPUs, retries crashed
 trials from their last checkpoint, and restores an interrupted experiment from ``storage_dir``
 (e.g. after the process running the driver was killed). A driver-side callback is the only writer
-of results, through a ``Recorder``.
+of results, through a ``Recorder``. A ``stop_event`` (set when the job is cancelled) stops every
+trial through ``worker.cancellation.CancellationStopper``.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import itertools
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from ray import tune
 
 from service.spec import JobSpec
 
+from . import cancellation
 from .datasets import LoadedDataset
 from .recorder import Recorder
 from .results import TrialOutcome, epoch_record
@@ -51,7 +54,9 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **quiet)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+        # "local": start a Ray of our own. With no address, ray.init would join any Ray it
+        # detects on this machine (another service's, or the leftovers of a killed worker's).
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
 
 
 class RecorderCallback(tune.Callback):
@@ -120,8 +125,11 @@ def run_trials(
     epochs: int | None = None,
     plan: dict[str, Any] | None = None,
     use_scheduler: bool = True,
+    stop_event: threading.Event | None = None,
 ) -> TrialsRun:
-    """Run (or resume) the experiment ``name`` under ``storage_dir`` and collect its outcomes."""
+    """Run (or resume) the experiment ``name`` under ``storage_dir`` and collect its outcomes.
+    Once ``stop_event`` is set, Tune stops every trial and the run returns what it has (the
+    caller checks the event: ``worker.cancellation.raise_if_stopped``)."""
     epochs = spec.training.epochs if epochs is None else epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -129,6 +137,7 @@ def run_trials(
     experiment_path = storage_dir / name
     key = str(experiment_path)  # stable, so a restored experiment's callback finds this recorder
     _RECORDERS[key] = recorder
+    cancellation.register(key, stop_event)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data),
         {"cpu": spec.resources.cpus_per_trial, "gpu": gpus_per_trial(spec)},
@@ -154,6 +163,7 @@ def run_trials(
                     name=name,
                     storage_path=str(storage_dir),
                     callbacks=[RecorderCallback(key)],
+                    stop=cancellation.combined_stopper(key),
                     failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
                     verbose=0,
@@ -162,6 +172,7 @@ def run_trials(
         results = tuner.fit()
     finally:
         _RECORDERS.pop(key, None)
+        cancellation.register(key, None)
     return TrialsRun(str(experiment_path), _collect(results, recorder))
 
 

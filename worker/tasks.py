@@ -1,15 +1,23 @@
 """Celery tasks (thin): take ids, load, delegate, record status.
 
-``run_search(job_id)`` marks the job running, runs the search (``worker.job.run_job``) with a
-``DatabaseRecorder``, writes the report, records the artifacts and marks the job succeeded; any
-error marks it failed with the error's text. Failures are not re-raised: the job row carries the
-outcome, and a re-raised error would only be retried against the same inputs.
+``run_search(job_id)`` marks the job running (``service.jobs.start_job``: a duplicate message of
+a job a live worker runs is dropped), runs the search (``worker.job.run_job``) in the run's work
+directory ``runs_dir/<job_id>/run-<run>/`` (``state`` and ``out``) with a ``DatabaseRecorder``
+and a heartbeat thread, writes the report, records the artifacts and marks the job succeeded;
+any error marks it failed with the error's text. Failures are not re-raised: the job row carries
+the outcome, and a re-raised error would only be retried against the same inputs.
+
+A cancelled job (or one taken from this worker by the reaper) is noticed by the heartbeat, which
+stops the trials; the task then returns and leaves the job as it is (no failure, no artifacts).
+A retry runs in a fresh ``run-<run+1>`` directory; a requeued or redelivered message of the same
+run resumes from the run's Ray Tune checkpoints.
 """
 
 from __future__ import annotations
 
 import logging
 from functools import lru_cache
+from pathlib import Path
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -17,11 +25,13 @@ import sn_core
 from service import jobs
 from service.celery_app import SEARCH_TASK, celery_app, soft_time_limit
 from service.db import make_engine, make_session_factory
-from service.settings import get_settings
+from service.settings import Settings, get_settings
 from service.spec import JobSpec
 
+from .cancellation import JobCancelled
 from .db_recorder import DatabaseRecorder
-from .job import run_job, write_job_report
+from .heartbeat import Heartbeat
+from .job import epoch_budget, run_job, write_job_report
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +45,11 @@ def session_factory() -> sessionmaker[Session]:
     return make_session_factory(make_engine(get_settings().database_url))
 
 
+def run_dir(settings: Settings, job_id: str, run: int) -> Path:
+    """The work directory of one run of a job."""
+    return settings.runs_dir.resolve() / job_id / f"run-{run}"
+
+
 @celery_app.task(
     name=SEARCH_TASK,
     bind=True,
@@ -46,24 +61,44 @@ def run_search(self, job_id: str) -> None:
     settings = get_settings()
     factory = session_factory()
     with factory() as session, session.begin():
-        job = jobs.start_job(session, job_id=job_id)
-        spec_payload = job.spec if job is not None else None
-    if spec_payload is None:
+        job = jobs.start_job(
+            session, job_id=job_id, heartbeat_timeout_s=settings.heartbeat_timeout_s
+        )
+        started = None if job is None else (job.spec, job.run, job.attempts)
+    if started is None:
         return
-    log.info("job %s: running (task %s)", job_id, self.request.id)
-    job_dir = settings.runs_dir.resolve() / job_id
-    out_dir = job_dir / "out"
-    recorder = DatabaseRecorder(factory, job_id=job_id)
+    spec_payload, run, attempt = started
+    log.info("job %s: running run %s attempt %s (task %s)", job_id, run, attempt, self.request.id)
+    heartbeat = Heartbeat(
+        factory, job_id=job_id, interval_s=settings.heartbeat_interval_s, attempt=attempt
+    )
+    with heartbeat:
+        _run(factory, settings, job_id, spec_payload, run, heartbeat)
+
+
+def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heartbeat) -> None:
+    """Run the job's search while ``heartbeat`` beats; record its outcome."""
+    work = run_dir(settings, job_id, run)
+    recorder = None
     try:
         spec = JobSpec.model_validate(spec_payload)
+        recorder = DatabaseRecorder(
+            factory,
+            job_id=job_id,
+            flush_interval_s=0.0,  # an epoch Tune checkpointed is in the database
+            total_epochs=epoch_budget(spec),
+            run=run,
+        )
+        out_dir = work / "out"
         result = run_job(
             spec,
             data_roots=settings.resolved_data_roots(),
-            work_dir=job_dir / "state",
+            work_dir=work / "state",
             recorder=recorder,
             out_dir=out_dir,
             ray_address=settings.ray_address,
             ray_num_cpus=settings.ray_num_cpus,
+            stop_event=heartbeat.stop,
         )
         paths = write_job_report(result, out_dir)
         files = [jobs.ArtifactFile(kind, path) for kind, path in paths.items()]
@@ -75,13 +110,19 @@ def run_search(self, job_id: str) -> None:
         with factory() as session, session.begin():
             jobs.finish_job(session, job_id=job_id, files=files)
         log.info("job %s: succeeded", job_id)
+    except JobCancelled:
+        log.info("job %s: stopped (%s); leaving it as it is", job_id, heartbeat.status)
     except Exception as error:  # user errors (bad data, bad spec) and crashes alike
+        if heartbeat.stop.is_set():  # e.g. a stage that failed because its trials were stopped
+            log.info("job %s: stopped (%s): %s", job_id, heartbeat.status, error)
+            return
         log.exception("job %s: failed", job_id)
         message = f"{type(error).__name__}: {error}"
         with factory() as session, session.begin():
             jobs.fail_job(session, job_id=job_id, error=message)
     finally:
-        try:
-            recorder.close()
-        except Exception:
-            log.exception("job %s: could not flush the recorder", job_id)
+        if recorder is not None:
+            try:
+                recorder.close()
+            except Exception:
+                log.exception("job %s: could not flush the recorder", job_id)

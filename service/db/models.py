@@ -87,6 +87,9 @@ class Job(Base):
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The run number: a user retry starts run + 1 in a fresh work directory; a requeue after a
+    # lost worker stays in the same run (and resumes it).
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     heartbeat_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
@@ -136,6 +139,7 @@ class Trial(Base):
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)
     status: Mapped[str] = mapped_column(String(16))
     best_metrics: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(Text)  # why a failed trial failed
     epochs_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     epochs_budget: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=now)

@@ -16,11 +16,22 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
         cursor.close()
 
 
+# Seconds a SQLite connection waits for another process's write lock before "database is
+# locked": the API and the worker of ``normsearch up`` write the same file (the driver's
+# default is 5 s).
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
 def make_engine(url: str, **kwargs) -> Engine:
     """An engine for ``url``: SQLite with foreign keys and WAL on every connection, usable from
-    several threads; other backends with ``pool_pre_ping`` (survives server restarts)."""
+    several threads and processes (a write waits up to ``SQLITE_BUSY_TIMEOUT_S`` for the lock);
+    other backends with ``pool_pre_ping`` (survives server restarts)."""
     if make_url(url).get_backend_name() == "sqlite":
-        connect_args = {"check_same_thread": False, **kwargs.pop("connect_args", {})}
+        connect_args = {
+            "check_same_thread": False,
+            "timeout": SQLITE_BUSY_TIMEOUT_S,
+            **kwargs.pop("connect_args", {}),
+        }
         engine = create_engine(url, connect_args=connect_args, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine

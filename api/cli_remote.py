@@ -1,0 +1,409 @@
+"""Remote commands: talk to a running normsearch server through its REST API (``api.client``).
+
+    normsearch submit SPEC.yaml [--wait] [--idempotency-key K]
+    normsearch ls [--status S] [--limit N]
+    normsearch status ID
+    normsearch cancel ID | retry ID
+    normsearch download ID --out DIR
+
+Every command takes ``--url`` (env ``NORMSEARCH_URL``, default http://127.0.0.1:8000) and
+``--token`` (env ``NORMSEARCH_TOKEN``; never printed). An error answer prints ``error: <message>``
+and exits 2 when the request was at fault (4xx) or 1 otherwise (server error, server unreachable);
+``submit --wait`` exits 0 when the job succeeded and 1 when it failed or was cancelled.
+
+The commands build their client with ``make_client`` (tests replace it to talk to an in-process
+app). This module imports ``api.cli`` lazily: ``api.cli`` imports it while being imported.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from api.client import ApiError, NormsearchClient, ServerUnreachable, WaitTimeout
+from api.schemas import JobDetail, JobSummary
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+_width = None if sys.stdout.isatty() else 110
+console = Console(width=_width)
+err_console = Console(stderr=True, width=_width)
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="NORMSEARCH_URL", help="The normsearch server.", show_envvar=True),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="NORMSEARCH_TOKEN",
+        help="API token (`normsearch token create`).",
+        show_default=False,
+        show_envvar=True,
+    ),
+]
+JobIdArgument = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
+
+STATUS_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+class JobState(StrEnum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+def make_client(url: str, token: str | None) -> NormsearchClient:
+    """The client every command uses (the seam tests replace)."""
+    return NormsearchClient(url, token)
+
+
+def _fail(message: str, *, code: int, field: str | None = None) -> typer.Exit:
+    err_console.print(f"[red]error:[/red] {escape(message)}")
+    if field:
+        err_console.print(f"  field: {escape(field)}")
+    return typer.Exit(code=code)
+
+
+def report_api_error(error: ApiError) -> typer.Exit:
+    """Print an API error (and each field at fault); the exit to raise: 2 for 4xx, else 1."""
+    err_console.print(f"[red]error:[/red] {escape(error.message)}")
+    fields = [e for e in error.errors if isinstance(e, dict) and e.get("field")]
+    if len(fields) > 1:
+        for item in fields:
+            err_console.print(f"  {escape(item['field'])}: {escape(str(item.get('message', '')))}")
+    elif error.field and error.field not in error.message:
+        err_console.print(f"  field: {escape(error.field)}")
+    if error.status == 401:
+        err_console.print(
+            "  (check --token / NORMSEARCH_TOKEN; `normsearch token create` makes one)"
+        )
+    return typer.Exit(code=2 if error.is_input_error else 1)
+
+
+@contextmanager
+def remote(url: str, token: str | None) -> Iterator[NormsearchClient]:
+    """A client for one command; API errors become a message and an exit code."""
+    if not token:
+        raise _fail(
+            "no API token: pass --token or set NORMSEARCH_TOKEN (`normsearch token create` on "
+            "the server makes one)",
+            code=2,
+        )
+    try:
+        client = make_client(url, token)
+    except ValueError as error:  # a malformed URL
+        raise _fail(str(error), code=2) from None
+    try:
+        with client:
+            yield client
+    except ServerUnreachable as error:
+        err_console.print(f"[red]error:[/red] {escape(error.message)}")
+        err_console.print("  (is the server running? set --url or NORMSEARCH_URL)")
+        raise typer.Exit(code=1) from None
+    except ApiError as error:
+        raise report_api_error(error) from None
+
+
+# --------------------------------------------------------------------------- rendering
+def _when(value: datetime | None, *, seconds: bool = True) -> str:
+    """A timestamp in local time."""
+    if value is None:
+        return "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def _status(status: str) -> str:
+    style = STATUS_STYLES.get(status, "white")
+    return f"[{style}]{status}[/{style}]"
+
+
+def jobs_table(items: list[JobSummary], *, title: str | None = None) -> Table:
+    notes = [job.error or (f"run {job.run}" if job.run > 1 else "") for job in items]
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    columns = ["id", "status", "done", "model", "dataset", "batch", "created"]
+    for column in columns + (["note"] if any(notes) else []):
+        table.add_column(
+            column,
+            no_wrap=column != "note",
+            justify="right" if column in ("done", "batch") else "left",
+            overflow="fold",
+        )
+    for job, note in zip(items, notes, strict=True):
+        cells = [
+            job.id,
+            _status(job.status),
+            f"{job.progress:.0%}",
+            escape(job.arch),
+            escape(job.dataset),
+            "-" if job.target_batch_size is None else str(job.target_batch_size),
+            _when(job.created_at, seconds=False),
+        ]
+        table.add_row(*cells, *([escape(note)] if any(notes) else []))
+    return table
+
+
+def job_summary_table(job: JobDetail) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("job", job.id),
+        ("status", _status(job.status)),
+        ("progress", f"{job.progress:.0%}"),
+        ("model", escape(job.arch)),
+        ("dataset", escape(job.dataset)),
+        ("batch size", "-" if job.target_batch_size is None else str(job.target_batch_size)),
+        ("run / attempts", f"{job.run} / {job.attempts}"),
+        ("created", _when(job.created_at)),
+        ("started", _when(job.started_at)),
+        ("finished", _when(job.finished_at)),
+    ]
+    if job.heartbeat_at is not None and job.status == "running":
+        rows.append(("heartbeat", _when(job.heartbeat_at)))
+    if job.idempotency_key:
+        rows.append(("idempotency key", escape(job.idempotency_key)))
+    if job.error:
+        rows.append(("error", f"[red]{escape(job.error)}[/red]"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def events_table(job: JobDetail) -> Table:
+    table = Table(title="events")
+    for column in ("at", "from", "to", "message"):
+        table.add_column(column, no_wrap=column == "at")
+    for event in job.events:
+        table.add_row(
+            _when(event.at),
+            event.from_status or "-",
+            _status(event.to_status),
+            escape(event.message or ""),
+        )
+    return table
+
+
+def artifacts_table(job: JobDetail) -> Table:
+    table = Table(title="outputs")
+    for column in ("kind", "size", "sha256"):
+        table.add_column(column, no_wrap=True)
+    for artifact in job.artifacts:
+        table.add_row(artifact.kind, _size(artifact.size_bytes), artifact.sha256[:16] + "…")
+    return table
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def recommendation_table_from_report(report: dict[str, Any]) -> Table | None:
+    """The per-layer recommendation of a report.json (None when it holds none)."""
+    recommendation = report.get("recommendation") or {}
+    layers = (recommendation.get("plan") or {}).get("layers") or []
+    if not layers:
+        return None
+    batch = recommendation.get("target_batch_size")
+    table = Table(title=f"Recommendation (batch size {batch})")
+    for column in ("layer", "mean", "var", "confidence"):
+        table.add_column(column, no_wrap=column == "layer")
+    for layer in layers:
+        confidence = layer.get("confidence")
+        table.add_row(
+            escape(str(layer.get("name", "?"))),
+            str(layer.get("mean", "?")),
+            str(layer.get("var", "?")),
+            "-" if confidence is None else f"{confidence:.2f}",
+        )
+    return table
+
+
+def print_report(report: dict[str, Any]) -> None:
+    from api.cli import batch_size_table, verification_table
+
+    table = recommendation_table_from_report(report)
+    if table is None:
+        console.print("the report holds no recommendation")
+        return
+    console.print(table)
+    recommendation = report.get("recommendation") or {}
+    try:
+        if recommendation.get("by_batch_size"):
+            console.print(batch_size_table(recommendation["by_batch_size"]))
+        if report.get("verification"):
+            console.print(verification_table(report["verification"]))
+    except (KeyError, TypeError, ValueError):  # an older or partial report: the table is enough
+        pass
+
+
+def follow_job(client: NormsearchClient, job_id: str, *, poll_s: float, timeout_s: float | None):
+    """Wait for the job with a live progress bar, printing each lifecycle event once."""
+    printed: set[int] = set()
+    with Progress(
+        TextColumn("[bold]{task.fields[job]}[/bold]"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task("job", total=1.0, job=job_id[:12], status="")
+
+        def on_update(job: JobDetail) -> None:
+            for event in job.events:
+                if event.id not in printed:
+                    printed.add(event.id)
+                    message = f": {escape(event.message)}" if event.message else ""
+                    progress.console.print(
+                        f"{_when(event.at)}  {_status(event.to_status)}{message}"
+                    )
+            progress.update(task, completed=job.progress, status=_status(job.status))
+
+        job = client.wait(job_id, poll_s=poll_s, timeout_s=timeout_s, on_update=on_update)
+        if job.status == "succeeded":
+            progress.update(task, completed=1.0)
+    return job
+
+
+# --------------------------------------------------------------------------- commands
+def submit(
+    spec_file: Annotated[Path, typer.Argument(help="Job spec (YAML or JSON).", show_default=False)],
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Follow the job until it finishes; show the result.")
+    ] = False,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="Submit safely again: the same key returns the first job."),
+    ] = None,
+    poll: Annotated[
+        float, typer.Option(min=0.1, help="With --wait: seconds between polls without events.")
+    ] = 2.0,
+    timeout: Annotated[
+        float | None, typer.Option(min=1, help="With --wait: give up after this many seconds.")
+    ] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Validate a job spec here, then queue it on the server (exit 1 with --wait when the job
+    fails or is cancelled)."""
+    from api.cli import load_spec_file
+
+    spec = load_spec_file(spec_file)
+    with remote(url, token) as client:
+        job = client.submit(spec, idempotency_key=idempotency_key)
+        console.print(f"job {job.id} {_status(job.status)}")
+        if not wait:
+            console.print(f"follow it with: normsearch status {job.id}")
+            return
+        try:
+            job = follow_job(client, job.id, poll_s=poll, timeout_s=timeout)
+        except KeyboardInterrupt:
+            err_console.print(
+                f"stopped waiting; job {job.id} goes on on the server "
+                f"(`normsearch cancel {job.id}` stops it)"
+            )
+            raise typer.Exit(code=130) from None
+        except WaitTimeout as error:
+            raise _fail(str(error), code=1) from None
+        if job.status != "succeeded":
+            reason = f": {job.error}" if job.error else ""
+            raise _fail(f"job {job.id} {job.status}{reason}", code=1)
+        print_report(client.report(job.id))
+        console.print(f"download the outputs with: normsearch download {job.id} --out DIR")
+
+
+def list_jobs(
+    status: Annotated[
+        list[JobState] | None,
+        typer.Option("--status", "-s", help="Only jobs in this status (repeatable)."),
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=200, help="At most.")] = 20,
+    offset: Annotated[int, typer.Option(min=0, help="Skip this many (paging).")] = 0,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """List your jobs, newest first."""
+    with remote(url, token) as client:
+        page = client.list_jobs([s.value for s in status or []] or None, limit=limit, offset=offset)
+    if not page.items:
+        console.print("no jobs" if page.total == 0 else f"no jobs past offset {offset}")
+        return
+    shown = f"{offset + 1}-{offset + len(page.items)} of {page.total}"
+    console.print(jobs_table(page.items, title=f"jobs ({shown})"))
+
+
+def status(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """A job's state, its lifecycle events and its outputs."""
+    with remote(url, token) as client:
+        job = client.get_job(job_id)
+    console.print(job_summary_table(job))
+    if job.events:
+        console.print(events_table(job))
+    if job.artifacts:
+        console.print(artifacts_table(job))
+
+
+def cancel(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Cancel a queued or running job (its trials are stopped)."""
+    with remote(url, token) as client:
+        job = client.cancel(job_id)
+    console.print(f"job {job.id} {_status(job.status)}")
+
+
+def retry(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    """Run a failed or cancelled job again, from the start."""
+    with remote(url, token) as client:
+        job = client.retry(job_id)
+    console.print(f"job {job.id} {_status(job.status)} (run {job.run})")
+
+
+def download(
+    job_id: JobIdArgument,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Directory to write into.", show_default=False)
+    ],
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Download a succeeded job's plan.json, plan.yaml, checkpoint.zip and report.json (each
+    checked against the server's SHA-256)."""
+    with remote(url, token) as client:
+        written = client.download_all(job_id, out)
+    for path in written.values():
+        console.print(f"wrote {escape(str(path))} ({_size(path.stat().st_size)})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the ``normsearch`` app."""
+    app.command("submit")(submit)
+    app.command("ls")(list_jobs)
+    app.command("status")(status)
+    app.command("cancel")(cancel)
+    app.command("retry")(retry)
+    app.command("download")(download)

@@ -1,0 +1,97 @@
+"""``normsearch token``: bootstrap API tokens straight in the service database (the first token
+cannot come from the API, which needs one). The raw token is printed once, to stdout only."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+token_app = typer.Typer(help="API tokens (written to the service database).", no_args_is_help=True)
+
+UrlOption = Annotated[
+    str | None,
+    typer.Option("--url", help="SQLAlchemy database URL (default: NORMSEARCH_DATABASE_URL)."),
+]
+
+
+def _session_factory(url: str | None):
+    from service.db import make_engine, make_session_factory
+    from service.db.migrate import current
+    from service.settings import get_settings
+
+    url = url or get_settings().database_url
+    if current(url) is None:
+        typer.echo(
+            "error: the database has no tables yet; run `normsearch db upgrade` first", err=True
+        )
+        raise typer.Exit(2)
+    return make_session_factory(make_engine(url))
+
+
+@token_app.command("create")
+def create(
+    user: Annotated[str, typer.Option("--user", help="User name (created if new).")],
+    name: Annotated[str, typer.Option("--name", help="A label for this token.")] = "cli",
+    url: UrlOption = None,
+) -> None:
+    """Create a user's API token and print it (shown once: store it now)."""
+    from service import auth
+
+    user = user.strip()
+    if not user or len(user) > 100:
+        typer.echo("error: --user must be 1 to 100 characters", err=True)
+        raise typer.Exit(2)
+    with _session_factory(url)() as session, session.begin():
+        owner = auth.get_or_create_user(session, name=user)
+        raw, _token = auth.create_token(session, user=owner, name=name)
+    typer.echo(raw)
+
+
+@token_app.command("list")
+def list_tokens(
+    user: Annotated[str, typer.Option("--user", help="User name.")], url: UrlOption = None
+) -> None:
+    """List a user's tokens (prefix only)."""
+    from sqlalchemy import select
+
+    from service import auth
+    from service.db.models import User
+
+    with _session_factory(url)() as session:
+        owner = session.scalars(select(User).where(User.name == user)).one_or_none()
+        if owner is None:
+            typer.echo(f"error: no user named {user!r}", err=True)
+            raise typer.Exit(2)
+        for token in auth.list_tokens(session, user_id=owner.id):
+            state = "revoked" if token.revoked_at else "active"
+            typer.echo(f"{token.id}\t{token.prefix}…\t{token.name}\t{state}")
+
+
+@token_app.command("revoke")
+def revoke(
+    token_id: Annotated[int, typer.Argument(help="Token id (from `token list`).")],
+    user: Annotated[str, typer.Option("--user", help="User name.")],
+    url: UrlOption = None,
+) -> None:
+    """Revoke a token."""
+    from sqlalchemy import select
+
+    from service import auth
+    from service.db.models import User
+    from service.errors import NotFound
+
+    with _session_factory(url)() as session, session.begin():
+        owner = session.scalars(select(User).where(User.name == user)).one_or_none()
+        try:
+            if owner is None:
+                raise NotFound(f"no user named {user!r}")
+            auth.revoke_token(session, user_id=owner.id, token_id=token_id)
+        except NotFound as error:
+            typer.echo(f"error: {error.message}", err=True)
+            raise typer.Exit(2) from None
+    typer.echo(f"revoked token {token_id}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(token_app, name="token")

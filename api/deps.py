@@ -1,0 +1,91 @@
+"""Request dependencies as ``Annotated`` aliases: settings, the database session (committed at
+the end of the request), the Celery app, and the authenticated user.
+
+State built once per app (engine, session factory, Celery app) lives on ``app.state`` and is set
+by ``api.app.create_app``; tests build an app with their own ``Settings``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from celery import Celery
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service import auth
+from service.db.models import User
+from service.errors import ServiceError
+from service.settings import Settings
+
+
+class Unauthorized(ServiceError):
+    status_code = 401
+    code = "unauthorized"
+    default_message = "a valid API token is required (Authorization: Bearer <token>)"
+    headers = {"WWW-Authenticate": "Bearer"}
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    code = "unsupported_media_type"
+    default_message = "the request body must be JSON (Content-Type: application/json)"
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; committed when the handler returns without error, rolled back
+    otherwise. Handlers that must act after the commit (sending a task) commit themselves."""
+    with request.app.state.session_factory() as session:
+        try:
+            yield session
+            session.commit()
+        except Exception:
+            session.rollback()
+            raise
+
+
+def get_celery(request: Request) -> Celery:
+    return request.app.state.celery
+
+
+_bearer = HTTPBearer(auto_error=False, description="An API token: `normsearch token create`.")
+
+
+def get_current_user(
+    session: Annotated[Session, Depends(get_session)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized()
+    user = auth.authenticate(session, credentials.credentials)
+    if user is None:
+        raise Unauthorized("the API token is unknown or revoked")
+    # Release the connection now (and record last use): a long response such as an event
+    # stream must not hold a pooled connection for its whole life.
+    session.commit()
+    return user
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON (before the body is parsed)."""
+    content_type = request.headers.get("content-type", "")
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"the request body must be JSON (Content-Type: application/json), not "
+            f"{media_type or 'unspecified'!r}"
+        )
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+CeleryDep = Annotated[Celery, Depends(get_celery)]
+CurrentUser = Annotated[User, Depends(get_current_user)]
+# After CurrentUser in a signature: dependencies are solved in order, so 401 comes before 415.
+JsonBody = Annotated[None, Depends(require_json)]

@@ -1,0 +1,71 @@
+"""ORM rows to response bodies (the only place that knows both)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from api.schemas import ArtifactOut, JobDetail, JobEventOut, JobSummary, TrialOut
+from service.db.models import Job, Trial
+
+
+def _target_batch_size(spec: dict[str, Any]) -> int | None:
+    search = spec.get("search") or {}
+    if search.get("target_batch_size"):
+        return int(search["target_batch_size"])
+    sizes = (search.get("trials") or {}).get("batch_sizes") or [
+        (spec.get("training") or {}).get("batch_size")
+    ]
+    sizes = [int(size) for size in sizes if size]
+    return max(sizes) if sizes else None
+
+
+def _dataset_label(spec: dict[str, Any]) -> str:
+    dataset = spec.get("dataset") or {}
+    kind = str(dataset.get("kind", "?"))
+    return f"{kind}:{dataset['path']}" if dataset.get("path") else kind
+
+
+def job_summary(job: Job) -> JobSummary:
+    spec = job.spec or {}
+    return JobSummary(
+        id=job.id,
+        status=job.status,
+        progress=min(max(job.progress or 0.0, 0.0), 1.0),
+        error=job.error,
+        attempts=job.attempts or 0,
+        run=getattr(job, "run", 1) or 1,
+        arch=str((spec.get("model") or {}).get("arch", "?")),
+        dataset=_dataset_label(spec),
+        target_batch_size=_target_batch_size(spec),
+        created_at=job.created_at,
+        updated_at=job.updated_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        heartbeat_at=job.heartbeat_at,
+    )
+
+
+def job_detail(job: Job, request: Request) -> JobDetail:
+    artifacts = [
+        ArtifactOut(
+            kind=a.kind,
+            sha256=a.sha256,
+            size_bytes=a.size_bytes,
+            created_at=a.created_at,
+            url=str(request.url_for("download_artifact", job_id=job.id, kind=a.kind)),
+        )
+        for a in sorted(job.artifacts, key=lambda a: a.kind)
+    ]
+    return JobDetail(
+        **job_summary(job).model_dump(),
+        spec=job.spec,
+        idempotency_key=job.idempotency_key,
+        events=[JobEventOut.model_validate(e) for e in job.events],
+        artifacts=artifacts,
+    )
+
+
+def trial_out(trial: Trial) -> TrialOut:
+    return TrialOut.model_validate(trial)

@@ -1,0 +1,171 @@
+"""Response and request bodies of the REST API (pydantic); the OpenAPI document is built from
+these. The job spec itself is ``service.spec.JobSpec``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class ErrorBody(BaseModel):
+    """Every error response: a stable machine-readable ``code``, a human-readable ``message``,
+    and for input errors the ``field`` at fault."""
+
+    code: str = Field(examples=["not_found"])
+    message: str = Field(examples=["job 5f0c... not found"])
+    field: str | None = Field(default=None, examples=["training.epochs"])
+
+
+class FieldError(BaseModel):
+    field: str = Field(examples=["training.epochs"])
+    message: str = Field(examples=["Input should be greater than or equal to 1"])
+
+
+class ValidationErrorBody(ErrorBody):
+    """422: the request did not validate; ``errors`` lists every problem by field."""
+
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class JobEventOut(_Out):
+    id: int
+    at: datetime
+    from_status: JobStatus | None
+    to_status: JobStatus
+    message: str | None
+
+
+class JobSummary(_Out):
+    """A job as listed: enough for a jobs table."""
+
+    id: str
+    status: JobStatus
+    progress: float = Field(ge=0, le=1)
+    error: str | None
+    attempts: int
+    run: int = 1
+    arch: str
+    dataset: str
+    target_batch_size: int | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    heartbeat_at: datetime | None
+
+
+class ArtifactOut(_Out):
+    kind: str
+    sha256: str
+    size_bytes: int
+    created_at: datetime
+    url: str
+
+
+class JobDetail(JobSummary):
+    """One job: its spec, status timeline and downloadable outputs."""
+
+    spec: dict[str, Any]
+    idempotency_key: str | None
+    events: list[JobEventOut]
+    artifacts: list[ArtifactOut]
+
+
+class JobPage(BaseModel):
+    items: list[JobSummary]
+    total: int
+    limit: int
+    offset: int
+
+
+class TrialOut(_Out):
+    id: int
+    ray_trial_id: str
+    variant: str
+    status: str
+    config: dict[str, Any]
+    best_metrics: dict[str, Any] | None
+    error: str | None = None
+    epochs_used: int
+    epochs_budget: int
+    created_at: datetime
+    updated_at: datetime
+
+
+class RatioPoint(BaseModel):
+    """One layer's switch ratios at one step (per normalizer of the pool; None outside it)."""
+
+    step: int
+    epoch: int
+    layer_index: int
+    layer: str
+    mean: dict[str, float | None]
+    var: dict[str, float | None]
+    mean_fixed: bool
+    var_fixed: bool
+
+
+class TrialRatios(BaseModel):
+    trial_id: int
+    ray_trial_id: str
+    variant: str
+    steps_total: int = Field(description="Steps after the cursor before downsampling.")
+    downsampled: bool
+    last_step: int | None = Field(description="The cursor for the next incremental read.")
+    points: list[RatioPoint]
+
+
+class RatioHistory(BaseModel):
+    job_id: str
+    trials: list[TrialRatios]
+
+
+class MetricPoint(BaseModel):
+    trial_id: int
+    step: int
+    epoch: int
+    name: str
+    value: float
+
+
+class MetricHistory(BaseModel):
+    job_id: str
+    last_step: int | None
+    points: list[MetricPoint]
+
+
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(default="default", min_length=1, max_length=100)
+
+
+class TokenOut(_Out):
+    id: int
+    name: str
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="The raw token: shown once, store it now.")
+
+
+class UserOut(_Out):
+    id: int
+    name: str
+    created_at: datetime
+
+
+class Health(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,93 @@
+"""The reaper: finds running jobs whose worker was lost (no heartbeat for longer than the
+timeout) and requeues them, or fails them once they have used up their attempts.
+
+The API process calls ``run_reaper_once`` every ``settings.reaper_interval_s``. Several API
+replicas may do so at once: the stale jobs are locked with ``SELECT ... FOR UPDATE SKIP LOCKED``
+on Postgres, so each is handled by one replica (and a job a worker is starting at that moment is
+skipped, not waited for). The tasks of requeued jobs are sent only after the commit.
+
+A requeued run resumes from its work directory (its Ray Tune checkpoints); if the lost worker's
+own message comes back too (Redis redelivers unacknowledged messages after the visibility
+timeout), the job's status and heartbeat make the second message a no-op
+(``service.jobs.start_job``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from celery import Celery
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from service import lifecycle
+from service.db.base import now as utc_now
+from service.db.models import Job
+from service.dispatch import send_search
+from service.jobs import heartbeat_age_s
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def reap_lost_jobs(
+    session: Session,
+    *,
+    heartbeat_timeout_s: float,
+    max_attempts: int,
+    now: datetime | None = None,
+) -> list[str]:
+    """Requeue every running job whose heartbeat is older than ``heartbeat_timeout_s`` (event:
+    "worker lost: no heartbeat for 130 s; requeued (attempt 2 of 3)"), or fail it (the reason in
+    ``jobs.error``) once its attempts reach ``max_attempts``. Returns the ids of the requeued
+    jobs, whose search tasks the caller sends after its commit. Does not commit."""
+    at = now or utc_now()
+    stale = _lock_stale_running_jobs(session, before=at - timedelta(seconds=heartbeat_timeout_s))
+    requeued = []
+    for job in stale:
+        age = heartbeat_age_s(job, now=at)
+        silence = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
+        attempts = job.attempts or 0
+        if attempts >= max_attempts:
+            message = f"worker lost: {silence}; gave up after attempt {attempts} of {max_attempts}"
+            log.error("job %s: %s", job.id, message)
+            lifecycle.transition(session, job, "failed", message=message)
+        else:
+            message = f"worker lost: {silence}; requeued (attempt {attempts + 1} of {max_attempts})"
+            log.warning("job %s: %s", job.id, message)
+            lifecycle.transition(session, job, "queued", message=message)
+            requeued.append(job.id)
+    return requeued
+
+
+def run_reaper_once(
+    session_factory: Callable[[], Session], celery_app: Celery, settings: Settings
+) -> list[str]:
+    """One pass of the reaper in its own transaction: reap, commit, then send the search task of
+    every requeued job. Returns the requeued job ids."""
+    with session_factory() as session, session.begin():
+        requeued = reap_lost_jobs(
+            session,
+            heartbeat_timeout_s=settings.heartbeat_timeout_s,
+            max_attempts=settings.max_attempts,
+        )
+    for job_id in requeued:
+        send_search(celery_app, job_id)
+    return requeued
+
+
+# Queries of this module (to move into service/repositories.py with the other queries).
+
+
+def _lock_stale_running_jobs(session: Session, *, before: datetime) -> list[Job]:
+    """Running jobs whose last heartbeat is older than ``before`` (or missing), oldest first,
+    locked; rows another transaction holds are skipped (Postgres; SQLite has no row locks)."""
+    statement = (
+        select(Job)
+        .where(Job.status == "running", or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)))
+        .order_by(Job.heartbeat_at, Job.id)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(statement))

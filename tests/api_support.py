@@ -1,0 +1,41 @@
+"""Helpers for API tests: users with tokens, auth headers, a tiny job spec."""
+
+from __future__ import annotations
+
+import uuid
+
+from service import auth
+from service.db import make_engine, make_session_factory
+
+
+def create_user_token(database_url: str, name: str | None = None) -> str:
+    """A new user (or an existing one by ``name``) with a fresh token; the raw token."""
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            user = auth.get_or_create_user(session, name=name or f"user-{uuid.uuid4().hex[:8]}")
+            raw, _ = auth.create_token(session, user=user, name="test")
+        return raw
+    finally:
+        engine.dispose()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def tiny_spec(epochs: int = 2, **overrides) -> dict:
+    """A digits search small enough for a test (one seed, resnet20, batch 128)."""
+    spec = {
+        "model": {"arch": "resnet20"},
+        "dataset": {"kind": "digits"},
+        "training": {"epochs": epochs, "batch_size": 128, "lr": 0.1},
+        "search": {
+            "sparsity": {"end": 0.5},
+            "stop_when_stable": {"enabled": False},
+            "trials": {"seeds": [0]},
+        },
+        "verify": {"enabled": True, "epochs": 1, "baselines": ["bn"]},
+    }
+    spec.update(overrides)
+    return spec

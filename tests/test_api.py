@@ -1,0 +1,521 @@
+"""The REST API on a real Postgres database (migrations applied; a module database, since the
+routes commit). No worker runs here: submitted jobs stay queued; history and outputs are seeded
+through the repositories, as the worker would write them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import zipfile
+
+import pytest
+import redis
+import yaml
+
+from service import repositories
+from service.db import make_engine, make_session_factory
+from service.db.models import Artifact, Job, Trial
+from service.history import pick_steps
+from tests.api_support import bearer, create_user_token, tiny_spec
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def factory(api_settings):
+    engine = make_engine(api_settings.database_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def alice(api_settings) -> dict[str, str]:
+    return bearer(create_user_token(api_settings.database_url, "alice"))
+
+
+@pytest.fixture(scope="module")
+def bob(api_settings) -> dict[str, str]:
+    return bearer(create_user_token(api_settings.database_url, "bob"))
+
+
+def submit(client, headers, spec=None, **kwargs):
+    return client.post(f"{API}/jobs", headers=headers, json=spec or tiny_spec(), **kwargs)
+
+
+def set_status(factory, job_id: str, status: str, **fields) -> None:
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id)
+        job.status = status
+        for name, value in fields.items():
+            setattr(job, name, value)
+
+
+# Health, auth
+
+
+def test_health_needs_no_token_and_readiness_checks_database_and_broker(api_client):
+    assert api_client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = api_client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+
+
+def test_readiness_reports_an_unreachable_broker(api_settings):
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    down = api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down, run_reaper=False)) as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["database"] == "ok"
+    assert ready.json()["checks"]["broker"].startswith("error")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"Authorization": "Bearer ns_wrong"}, {"Authorization": "Basic YWxpY2U6eA=="}],
+    ids=["none", "unknown", "basic"],
+)
+def test_api_routes_need_a_valid_token(api_client, headers):
+    for method, path in [("get", "/jobs"), ("post", "/jobs"), ("get", "/me"), ("get", "/tokens")]:
+        response = getattr(api_client, method)(f"{API}{path}", headers=headers)
+        assert response.status_code == 401, path
+        assert response.json()["code"] == "unauthorized"
+        assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_tokens_are_stored_hashed_listed_by_prefix_and_revocable(api_client, alice, factory):
+    created = api_client.post(f"{API}/tokens", headers=alice, json={"name": "laptop"})
+    assert created.status_code == 201
+    raw = created.json()["token"]
+    assert raw.startswith("ns_") and created.json()["prefix"] == raw[:8]
+    listed = api_client.get(f"{API}/tokens", headers=alice).json()
+    assert any(t["name"] == "laptop" for t in listed) and all("token" not in t for t in listed)
+    with factory() as session:
+        from service.db.models import ApiToken
+
+        stored = session.get(ApiToken, created.json()["id"])
+        assert stored.token_hash == hashlib.sha256(raw.encode()).hexdigest()
+    assert api_client.get(f"{API}/me", headers=bearer(raw)).json()["name"] == "alice"
+    revoked = api_client.delete(f"{API}/tokens/{created.json()['id']}", headers=alice)
+    assert revoked.status_code == 204
+    assert api_client.get(f"{API}/me", headers=bearer(raw)).status_code == 401
+
+
+def test_users_see_and_act_on_their_own_jobs_only(api_client, alice, bob):
+    job_id = submit(api_client, alice).json()["id"]
+    for method, path in [
+        ("get", ""),
+        ("get", "/trials"),
+        ("get", "/ratios"),
+        ("get", "/report"),
+        ("post", "/cancel"),
+        ("delete", ""),
+    ]:
+        response = getattr(api_client, method)(f"{API}/jobs/{job_id}{path}", headers=bob)
+        assert response.status_code == 403, path
+        assert response.json()["code"] == "forbidden"
+    assert job_id not in [
+        j["id"] for j in api_client.get(f"{API}/jobs", headers=bob).json()["items"]
+    ]
+    missing = api_client.get(f"{API}/jobs/{'0' * 32}", headers=alice)
+    assert missing.status_code == 404 and missing.json()["code"] == "not_found"
+
+
+# Submission
+
+
+def test_submit_queues_the_job_and_sends_its_task_after_the_commit(api_client, alice, api_broker):
+    queue = redis.Redis.from_url(api_broker)
+    before = queue.llen("normsearch.search")
+    response = submit(api_client, alice)
+    assert response.status_code == 201
+    job = response.json()
+    assert response.headers["location"].endswith(f"{API}/jobs/{job['id']}")
+    assert job["status"] == "queued" and job["progress"] == 0
+    assert job["arch"] == "resnet20" and job["dataset"] == "digits"
+    assert job["target_batch_size"] == 128
+    assert [(e["from_status"], e["to_status"]) for e in job["events"]] == [(None, "queued")]
+    assert queue.llen("normsearch.search") == before + 1
+    message = json.loads(queue.lindex("normsearch.search", 0))
+    assert message["headers"]["task"] == "normsearch.run_search"
+    assert message["headers"]["argsrepr"] == repr([job["id"]])
+    queue.close()
+
+
+def test_idempotency_key_returns_the_first_job(api_client, alice, api_broker):
+    queue = redis.Redis.from_url(api_broker)
+    headers = {**alice, "Idempotency-Key": "nightly-2026-11-21"}
+    first = submit(api_client, headers)
+    sent = queue.llen("normsearch.search")
+    again = submit(api_client, headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert queue.llen("normsearch.search") == sent  # not sent twice
+    other = submit(api_client, headers, tiny_spec(epochs=3))
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["message"]
+    queue.close()
+
+
+@pytest.mark.parametrize(
+    ("spec", "field"),
+    [
+        ({"model": {"arch": "resnet9000"}, "dataset": {"kind": "digits"}}, "model.arch"),
+        (tiny_spec(training={"epochs": -3}), "training.epochs"),
+        ({"dataset": {"kind": "digits"}}, "model"),
+        (tiny_spec(unknown_field=1), "unknown_field"),
+        (tiny_spec(dataset={"kind": "npz", "path": "../../etc/passwd"}), "dataset.path"),
+        (tiny_spec(dataset={"kind": "npz", "path": "/etc/passwd"}), "dataset.path"),
+        (tiny_spec(dataset={"kind": "npz", "path": "missing.npz"}), "dataset.path"),
+    ],
+    ids=["unknown-arch", "negative-epochs", "missing-model", "unknown-field", "dotdot", "abs",
+         "missing-file"],
+)  # fmt: skip
+def test_bad_specs_are_422_naming_the_field(api_client, alice, spec, field):
+    response = submit(api_client, alice, spec)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == field and field in body["message"]
+    assert body["code"] in ("validation_error", "invalid_input")
+
+
+def test_malformed_json_wrong_content_type_and_oversized_bodies(api_client, alice, api_settings):
+    jobs = f"{API}/jobs"
+    malformed = api_client.post(
+        jobs, headers={**alice, "Content-Type": "application/json"}, content=b'{"model": '
+    )
+    assert malformed.status_code == 422 and "malformed JSON" in malformed.json()["message"]
+    form = api_client.post(jobs, headers=alice, data={"model": "resnet20"})
+    assert form.status_code == 415 and form.json()["code"] == "unsupported_media_type"
+    big = b'{"pad": "' + b"x" * (api_settings.max_body_bytes + 1) + b'"}'
+    oversized = api_client.post(
+        jobs, headers={**alice, "Content-Type": "application/json"}, content=big
+    )
+    assert oversized.status_code == 413 and oversized.json()["code"] == "payload_too_large"
+
+    def chunks():
+        for _ in range(api_settings.max_body_bytes // 65536 + 2):
+            yield b"x" * 65536
+
+    streamed = api_client.post(
+        jobs, headers={**alice, "Content-Type": "application/json"}, content=chunks()
+    )
+    assert streamed.status_code == 413 and streamed.json()["code"] == "payload_too_large"
+
+
+def test_bad_query_parameters_are_422(api_client, alice):
+    for query in ["limit=0", "limit=100000", "status=exploded", "sort=colour", "offset=-1"]:
+        response = api_client.get(f"{API}/jobs?{query}", headers=alice)
+        assert response.status_code == 422, query
+        assert response.json()["field"].split(".")[0] == query.split("=")[0]
+    bad_id = api_client.get(f"{API}/jobs/not-a-job", headers=alice)
+    assert bad_id.status_code == 422 and bad_id.json()["field"] == "job_id"
+
+
+# Listing, lifecycle
+
+
+def test_list_paginates_filters_and_sorts(api_client, api_settings, factory):
+    carol = bearer(create_user_token(api_settings.database_url))
+    ids = [submit(api_client, carol).json()["id"] for _ in range(5)]
+    set_status(factory, ids[0], "failed", error="boom")
+    page = api_client.get(f"{API}/jobs?limit=2", headers=carol).json()
+    assert page["total"] == 5 and [j["id"] for j in page["items"]] == ids[::-1][:2]
+    rest = api_client.get(f"{API}/jobs?limit=2&offset=4", headers=carol).json()
+    assert [j["id"] for j in rest["items"]] == [ids[0]]
+    oldest = api_client.get(f"{API}/jobs?sort=created_at&limit=1", headers=carol).json()
+    assert oldest["items"][0]["id"] == ids[0]
+    failed = api_client.get(f"{API}/jobs?status=failed", headers=carol).json()
+    assert failed["total"] == 1 and failed["items"][0]["error"] == "boom"
+    both = api_client.get(f"{API}/jobs?status=failed&status=queued", headers=carol).json()
+    assert both["total"] == 5
+
+
+def test_cancel_retry_and_delete(api_client, alice, api_settings, factory):
+    job_id = submit(api_client, alice).json()["id"]
+    cancelled = api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    again = api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+    assert again.status_code == 409 and again.json()["code"] == "invalid_transition"
+    retried = api_client.post(f"{API}/jobs/{job_id}/retry", headers=alice)
+    assert retried.status_code == 200 and retried.json()["status"] == "queued"
+    busy = api_client.delete(f"{API}/jobs/{job_id}", headers=alice)
+    assert busy.status_code == 409 and "cancel" in busy.json()["message"]
+    api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+    job_dir = api_settings.runs_dir / job_id
+    (job_dir / "out").mkdir(parents=True)
+    assert api_client.delete(f"{API}/jobs/{job_id}", headers=alice).status_code == 204
+    assert api_client.get(f"{API}/jobs/{job_id}", headers=alice).status_code == 404
+    assert not job_dir.exists()
+    succeeded = submit(api_client, alice).json()["id"]
+    set_status(factory, succeeded, "succeeded")
+    refused = api_client.post(f"{API}/jobs/{succeeded}/retry", headers=alice)
+    assert refused.status_code == 409
+
+
+# History
+
+
+def seed_history(factory, job_id: str, *, layers: int, steps: int) -> int:
+    """A search trial with ``steps`` x ``layers`` snapshots and two metrics per step."""
+    with factory() as session, session.begin():
+        trial = repositories.upsert_trial(
+            session,
+            job_id=job_id,
+            ray_trial_id=f"t-{job_id[:6]}",
+            variant="sn",
+            config={"seed": 0},
+            status="RUNNING",
+            epochs_budget=steps,
+        )
+        rows = [
+            {
+                "trial_id": trial.id,
+                "layer_index": index,
+                "layer": f"layer{index}.norm",
+                "epoch": step,
+                "step": step,
+                "mean_in": 0.25,
+                "mean_ln": 0.25,
+                "mean_bn": 0.5,
+                "mean_gn": None,
+                "var_in": 0.5,
+                "var_ln": 0.25,
+                "var_bn": 0.25,
+                "var_gn": None,
+                "mean_fixed": step > steps // 2,
+                "var_fixed": False,
+            }
+            for step in range(1, steps + 1)
+            for index in range(layers)
+        ]
+        repositories.insert_snapshots(session, rows)
+        metrics = [
+            {"trial_id": trial.id, "epoch": s, "step": s, "name": name, "value": float(s)}
+            for s in range(1, steps + 1)
+            for name in ("val_accuracy", "train_loss")
+        ]
+        repositories.insert_metrics(session, metrics)
+        return trial.id
+
+
+def test_ratio_history_cursor_filters_and_downsampling(api_client, alice, factory):
+    job_id = submit(api_client, alice).json()["id"]
+    trial_id = seed_history(factory, job_id, layers=20, steps=60)
+    url = f"{API}/jobs/{job_id}/ratios"
+
+    full = api_client.get(url, headers=alice, params={"max_points": 100_000}).json()
+    (trial,) = full["trials"]
+    assert trial["trial_id"] == trial_id and trial["steps_total"] == 60
+    assert not trial["downsampled"] and len(trial["points"]) == 1200 and trial["last_step"] == 60
+    first = trial["points"][0]
+    assert first["layer"] == "layer0.norm" and first["mean"] == {
+        "in": 0.25,
+        "ln": 0.25,
+        "bn": 0.5,
+        "gn": None,
+    }
+    assert [p["layer_index"] for p in trial["points"][:20]] == list(range(20))
+
+    small = api_client.get(url, headers=alice, params={"max_points": 200}).json()["trials"][0]
+    steps = sorted({p["step"] for p in small["points"]})
+    assert small["downsampled"] and len(small["points"]) <= 200 and len(steps) == 10
+    assert steps[0] == 1 and steps[-1] == 60  # the newest step is always there
+
+    newer = api_client.get(url, headers=alice, params={"after": 58}).json()["trials"][0]
+    assert sorted({p["step"] for p in newer["points"]}) == [59, 60]
+    nothing = api_client.get(url, headers=alice, params={"after": 60}).json()["trials"][0]
+    assert nothing["points"] == [] and nothing["last_step"] == 60
+
+    one = api_client.get(
+        url, headers=alice, params={"layer": ["layer3.norm", "layer7.norm"], "trial": trial_id}
+    ).json()["trials"][0]
+    assert {p["layer"] for p in one["points"]} == {"layer3.norm", "layer7.norm"}
+    assert len(one["points"]) == 120
+    wrong_trial = api_client.get(url, headers=alice, params={"trial": trial_id + 10_000})
+    assert wrong_trial.status_code == 404
+
+
+def test_pick_steps_keeps_first_and_last_evenly():
+    assert pick_steps(list(range(1, 11)), 20) == list(range(1, 11))
+    assert pick_steps(list(range(1, 11)), 1) == [10]
+    picked = pick_steps(list(range(1, 501)), 5)
+    assert picked[0] == 1 and picked[-1] == 500 and len(picked) == 5
+
+
+def test_trials_and_metrics(api_client, alice, factory):
+    job_id = submit(api_client, alice).json()["id"]
+    trial_id = seed_history(factory, job_id, layers=3, steps=4)
+    trials = api_client.get(f"{API}/jobs/{job_id}/trials", headers=alice).json()
+    assert [(t["id"], t["variant"], t["epochs_budget"]) for t in trials] == [(trial_id, "sn", 4)]
+    metrics = api_client.get(
+        f"{API}/jobs/{job_id}/metrics", headers=alice, params={"name": "val_accuracy", "after": 2}
+    ).json()
+    assert [(p["step"], p["value"]) for p in metrics["points"]] == [(3, 3.0), (4, 4.0)]
+    assert metrics["last_step"] == 4
+
+
+def test_event_stream_replays_history_and_ends_when_finished(api_client, alice, factory):
+    job_id = submit(api_client, alice).json()["id"]
+    seed_history(factory, job_id, layers=2, steps=3)
+    with factory() as session, session.begin():
+        from service import lifecycle
+
+        job = session.get(Job, job_id)
+        lifecycle.transition(session, job, "running")
+        lifecycle.transition(session, job, "failed", message="out of memory")
+    events = []
+    with api_client.stream("GET", f"{API}/jobs/{job_id}/events", headers=alice) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        kind = None
+        for line in response.iter_lines():
+            if line.startswith("event:"):
+                kind = line.split(":", 1)[1].strip()
+            elif line.startswith("data:"):
+                events.append((kind, json.loads(line.split(":", 1)[1])))
+    kinds = [k for k, _ in events]
+    assert kinds[:3] == ["status", "status", "status"] and kinds[-1] == "end"
+    assert [d["to_status"] for k, d in events if k == "status"] == ["queued", "running", "failed"]
+    assert events[2][1]["message"] == "out of memory"
+    assert ("ratios" in kinds) and events[-1][1] == {"status": "failed"}
+    # Reconnecting with Last-Event-ID replays only what came after.
+    last_id = events[1][1]["id"]
+    headers = {**alice, "Last-Event-ID": str(last_id)}
+    with api_client.stream("GET", f"{API}/jobs/{job_id}/events", headers=headers) as response:
+        text = "".join(response.iter_text())
+    assert text.count("event: status") == 1 and "out of memory" in text
+
+
+# Outputs
+
+
+def seed_outputs(factory, job_id: str, runs_dir) -> dict:
+    """Files as a succeeded job leaves them, registered as artifacts."""
+    import sn_core
+
+    out = runs_dir / job_id / "run-1" / "out"
+    out.mkdir(parents=True)
+    model_spec = {"arch": "mlp", "num_classes": 3, "in_channels": 1, "kwargs": {"input_size": 16}}
+    model = sn_core.convert_to_switchnorm(
+        sn_core.build_model("mlp", num_classes=3, in_channels=1, input_size=16)
+    )
+    plan = sn_core.plan_from_model(model)
+    plan.save(out / "plan.json")
+    plan.save(out / "plan.yaml")
+    (out / "report.json").write_text(json.dumps({"recommendation": {"layers": []}}))
+    final = sn_core.finalize(model, plan)
+    sn_core.save_finalized(final, plan, model_spec, out / "checkpoint")
+    files = {
+        "plan_json": out / "plan.json",
+        "plan_yaml": out / "plan.yaml",
+        "report_json": out / "report.json",
+        "checkpoint": out / "checkpoint",
+    }
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id)
+        for kind, path in files.items():
+            digest_of = path / "model.safetensors" if path.is_dir() else path
+            job.artifacts.append(
+                Artifact(
+                    kind=kind,
+                    path=str(path),
+                    sha256=hashlib.sha256(digest_of.read_bytes()).hexdigest(),
+                    size_bytes=1,
+                )
+            )
+        job.status = "succeeded"
+    return files
+
+
+def test_outputs_download_and_load_with_sn_core(
+    api_client, alice, bob, factory, api_settings, tmp_path
+):
+    import sn_core
+
+    job_id = submit(api_client, alice).json()["id"]
+    early = api_client.get(f"{API}/jobs/{job_id}/recommendation", headers=alice)
+    assert early.status_code == 409 and "queued" in early.json()["message"]
+    files = seed_outputs(factory, job_id, api_settings.runs_dir)
+
+    plan_json = api_client.get(f"{API}/jobs/{job_id}/recommendation", headers=alice)
+    assert plan_json.status_code == 200
+    assert plan_json.headers["content-type"].startswith("application/json")
+    assert plan_json.content == files["plan_json"].read_bytes()
+    assert plan_json.headers["x-content-sha256"] == hashlib.sha256(plan_json.content).hexdigest()
+    plan_yaml = api_client.get(
+        f"{API}/jobs/{job_id}/recommendation", headers=alice, params={"format": "yaml"}
+    )
+    assert yaml.safe_load(plan_yaml.text) == yaml.safe_load(files["plan_yaml"].read_text())
+    bad_format = api_client.get(
+        f"{API}/jobs/{job_id}/recommendation", headers=alice, params={"format": "xml"}
+    )
+    assert bad_format.status_code == 422 and bad_format.json()["field"] == "format"
+
+    checkpoint = api_client.get(f"{API}/jobs/{job_id}/checkpoint", headers=alice)
+    assert checkpoint.status_code == 200
+    archive = tmp_path / "checkpoint.zip"
+    archive.write_bytes(checkpoint.content)
+    with zipfile.ZipFile(archive) as zf:
+        weights = zf.read("model.safetensors")
+    assert hashlib.sha256(weights).hexdigest() == checkpoint.headers["x-content-sha256"]
+    model, plan, model_spec = sn_core.load_finalized(archive)
+    assert model_spec["arch"] == "mlp"
+    assert plan.to_json() == sn_core.NormalizerPlan.load(files["plan_json"]).to_json()
+
+    report = api_client.get(f"{API}/jobs/{job_id}/report", headers=alice)
+    assert report.json() == {"recommendation": {"layers": []}}
+    listed = api_client.get(f"{API}/jobs/{job_id}/artifacts", headers=alice).json()
+    assert {a["kind"] for a in listed} == set(files)
+    assert api_client.get(f"{API}/jobs/{job_id}/checkpoint", headers=bob).status_code == 403
+
+
+def test_artifact_paths_outside_the_runs_dir_are_not_served(api_client, alice, factory, tmp_path):
+    job_id = submit(api_client, alice).json()["id"]
+    secret = tmp_path / "secret.json"
+    secret.write_text("{}")
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id)
+        job.artifacts.append(Artifact(kind="plan_json", path=str(secret), sha256="0" * 64,
+                                      size_bytes=2))  # fmt: skip
+        job.status = "succeeded"
+    response = api_client.get(f"{API}/jobs/{job_id}/recommendation", headers=alice)
+    assert response.status_code == 404
+
+
+# OpenAPI, metrics
+
+
+def test_openapi_documents_every_route_with_error_schemas(api_client):
+    spec = api_client.get(f"{API}/openapi.json").json()
+    paths = spec["paths"]
+    for path in [
+        "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
+        "/jobs/{job_id}/trials", "/jobs/{job_id}/ratios", "/jobs/{job_id}/metrics",
+        "/jobs/{job_id}/events", "/jobs/{job_id}/recommendation", "/jobs/{job_id}/checkpoint",
+        "/jobs/{job_id}/report", "/tokens", "/me",
+    ]:  # fmt: skip
+        assert f"{API}{path}" in paths, path
+    post = paths[f"{API}/jobs"]["post"]
+    assert post["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("JobSpec")
+    assert {"201", "401", "409", "413", "415", "422"} <= set(post["responses"])
+    assert "ErrorBody" in spec["components"]["schemas"]
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_prometheus_metrics(api_client, alice):
+    api_client.get(f"{API}/jobs", headers=alice)
+    text = api_client.get("/metrics").text
+    assert 'normsearch_http_requests_total{method="GET",route="/api/v1/jobs",status="200"}' in text
+    assert 'normsearch_jobs{status="queued"}' in text
+    assert "normsearch_http_request_duration_seconds_bucket" in text
+
+
+def test_trial_rows_are_cascade_deleted_with_the_job(api_client, alice, factory):
+    job_id = submit(api_client, alice).json()["id"]
+    trial_id = seed_history(factory, job_id, layers=2, steps=2)
+    api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+    assert api_client.delete(f"{API}/jobs/{job_id}", headers=alice).status_code == 204
+    with factory() as session:
+        assert session.get(Trial, trial_id) is None

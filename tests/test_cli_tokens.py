@@ -1,0 +1,40 @@
+"""``normsearch token``: bootstrap a token in the database; it authenticates against the API."""
+
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from api.cli import app
+from service import auth
+from service.db import make_engine, make_session_factory
+
+runner = CliRunner()
+
+
+def test_token_create_list_revoke(sqlite_url):
+    created = runner.invoke(app, ["token", "create", "--user", "alice", "--url", sqlite_url])
+    assert created.exit_code == 0, created.output
+    raw = created.output.strip()
+    assert raw.startswith("ns_")
+    engine = make_engine(sqlite_url)
+    with make_session_factory(engine)() as session:
+        assert auth.authenticate(session, raw).name == "alice"
+    listed = runner.invoke(app, ["token", "list", "--user", "alice", "--url", sqlite_url])
+    assert listed.exit_code == 0 and raw[:8] in listed.output and raw not in listed.output
+    token_id = listed.output.split("\t")[0]
+    revoked = runner.invoke(
+        app, ["token", "revoke", token_id, "--user", "alice", "--url", sqlite_url]
+    )
+    assert revoked.exit_code == 0
+    with make_session_factory(engine)() as session:
+        assert auth.authenticate(session, raw) is None
+    engine.dispose()
+
+
+def test_token_commands_explain_problems(sqlite_url, tmp_path):
+    empty = f"sqlite:///{tmp_path / 'empty.db'}"
+    result = runner.invoke(app, ["token", "create", "--user", "alice", "--url", empty])
+    assert result.exit_code == 2 and "normsearch db upgrade" in result.output
+    assert "Traceback" not in result.output
+    missing = runner.invoke(app, ["token", "revoke", "7", "--user", "nobody", "--url", sqlite_url])
+    assert missing.exit_code == 2 and "no user named 'nobody'" in missing.output

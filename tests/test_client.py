@@ -1,0 +1,512 @@
+"""The Python client (``api.client``) and the remote commands (``api.cli_remote``) against the
+real app on Postgres (``api_client``: no worker runs, so submitted jobs stay queued)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+import zipfile
+
+import pytest
+from typer.testing import CliRunner
+
+from api import cli_remote
+from api.cli import app
+from api.client import (
+    ApiError,
+    ChecksumMismatch,
+    NormsearchClient,
+    ServerUnreachable,
+    WaitTimeout,
+    parse_sse,
+)
+from api.schemas import JobDetail, JobPage
+from tests.api_support import create_user_token, tiny_spec
+
+BASE = "http://testserver"
+UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens there
+
+runner = CliRunner(env={"COLUMNS": "400"})
+
+# The event stream sets a read timeout, which the TestClient ignores (and warns about).
+pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
+
+
+@pytest.fixture
+def token(api_settings) -> str:
+    """A fresh user per test, so listings see only that test's jobs."""
+    return create_user_token(api_settings.database_url)
+
+
+@pytest.fixture
+def client(api_client, token):
+    with NormsearchClient(BASE, token, http=api_client) as c:
+        yield c
+
+
+@pytest.fixture
+def cli(api_client, monkeypatch):
+    """The CLI's clients talk to the in-process app."""
+    monkeypatch.setattr(
+        cli_remote, "make_client", lambda url, tok: NormsearchClient(BASE, tok, http=api_client)
+    )
+    return lambda *args: runner.invoke(app, [str(a) for a in args])
+
+
+def write_spec(tmp_path, spec: dict, name: str = "spec.yaml"):
+    path = tmp_path / name
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+# --------------------------------------------------------------------------- client
+def test_submit_returns_the_job_and_the_same_key_returns_the_same_job(client):
+    key = uuid.uuid4().hex
+    first = client.submit(tiny_spec(), idempotency_key=key)
+    assert isinstance(first, JobDetail)
+    assert first.status == "queued" and first.arch == "resnet20" and first.idempotency_key == key
+    again = client.submit(tiny_spec(), idempotency_key=key)
+    assert again.id == first.id
+    assert client.submit(tiny_spec()).id != first.id
+    with pytest.raises(ApiError) as info:  # same key, another spec
+        client.submit(tiny_spec(epochs=3), idempotency_key=key)
+    assert info.value.status == 409 and info.value.code == "conflict"
+
+
+def test_submit_accepts_a_validated_job_spec(client):
+    from service.spec import JobSpec
+
+    job = client.submit(JobSpec.model_validate(tiny_spec()))
+    assert job.spec["model"]["arch"] == "resnet20"
+
+
+def test_list_filter_and_get(client):
+    a, b, c = (client.submit(tiny_spec()) for _ in range(3))
+    client.cancel(b.id)
+    page = client.list_jobs()
+    assert isinstance(page, JobPage)
+    assert page.total == 3 and [j.id for j in page.items] == [c.id, b.id, a.id]
+    queued = client.list_jobs(status="queued")
+    assert {j.id for j in queued.items} == {a.id, c.id}
+    both = client.list_jobs(status=["queued", "cancelled"], sort="created_at", limit=2)
+    assert both.total == 3 and [j.id for j in both.items] == [a.id, b.id]
+    assert [j.id for j in client.list_jobs(limit=2, offset=2).items] == [a.id]
+    job = client.get_job(a.id)
+    assert job.id == a.id and [e.to_status for e in job.events] == ["queued"]
+
+
+def test_bad_token_is_unauthorized(api_client):
+    with (
+        NormsearchClient(BASE, "ns_not-a-token", http=api_client) as bad,
+        pytest.raises(ApiError) as info,
+    ):
+        bad.list_jobs()
+    assert info.value.status == 401 and info.value.code == "unauthorized"
+    assert info.value.is_input_error
+
+
+def test_invalid_spec_names_the_field(client):
+    with pytest.raises(ApiError) as info:
+        client.submit(tiny_spec(training={"epochs": -3}))
+    error = info.value
+    assert error.status == 422 and error.code == "validation_error"
+    assert error.field == "training.epochs"
+    assert "training.epochs" in str(error)
+
+
+def test_unknown_and_malformed_job_ids(client):
+    with pytest.raises(ApiError) as info:
+        client.get_job(uuid.uuid4().hex)
+    assert info.value.status == 404 and info.value.code == "not_found"
+    with pytest.raises(ApiError) as info:  # one path segment, whatever the id holds
+        client.get_job("../jobs")
+    assert info.value.status in (404, 422)
+
+
+def test_cancel_a_queued_job_then_delete_it(client):
+    job = client.submit(tiny_spec())
+    cancelled = client.cancel(job.id)
+    assert cancelled.status == "cancelled"
+    assert [e.to_status for e in cancelled.events] == ["queued", "cancelled"]
+    with pytest.raises(ApiError) as info:
+        client.cancel(job.id)
+    assert info.value.status == 409
+    client.delete(job.id)
+    with pytest.raises(ApiError) as info:
+        client.get_job(job.id)
+    assert info.value.code == "not_found"
+
+
+def test_a_queued_job_cannot_be_deleted_but_a_cancelled_one_can_be_retried(client):
+    job = client.submit(tiny_spec())
+    with pytest.raises(ApiError) as info:
+        client.delete(job.id)
+    assert info.value.status == 409
+    client.cancel(job.id)
+    again = client.retry(job.id)
+    assert again.status == "queued" and again.run == 2
+
+
+def test_history_of_a_job_without_trials(client):
+    job = client.submit(tiny_spec())
+    assert client.trials(job.id) == []
+    ratios = client.ratios(job.id, layers=["layer1.0.bn1"], after=3, max_points=10)
+    assert ratios.job_id == job.id and ratios.trials == []
+    metrics = client.metrics(job.id, names=["val_accuracy"])
+    assert metrics.points == [] and metrics.last_step is None
+    assert client.artifacts(job.id) == []
+
+
+def test_events_of_a_finished_job_end_the_stream(client):
+    job = client.submit(tiny_spec())
+    client.cancel(job.id)
+    events = list(client.events(job.id))
+    names = [event for event, _ in events]
+    assert names[:2] == ["status", "status"] and names[-1] == "end"
+    assert ("progress", {"status": "cancelled", "progress": 0.0}) in events
+    assert events[1].data["to_status"] == "cancelled" and events[1].id is not None
+    assert events[-1].data == {"status": "cancelled"}
+    resumed = list(client.events(job.id, last_event_id=events[0].id))
+    assert [e.event for e in resumed if e.event == "status"] == ["status"]
+
+
+def test_wait_returns_a_finished_job_and_times_out_on_a_queued_one(client):
+    done = client.submit(tiny_spec())
+    client.cancel(done.id)
+    updates = []
+    job = client.wait(done.id, on_update=updates.append)
+    assert job.status == "cancelled" and [u.status for u in updates] == ["cancelled"]
+    queued = client.submit(tiny_spec())
+    # No worker: the job stays queued. (An event stream of a queued job never ends, and the
+    # TestClient reads a whole response before answering, so poll here.)
+    with pytest.raises(WaitTimeout) as info:
+        client.wait(queued.id, poll_s=0.05, timeout_s=0.3, follow=False)
+    assert info.value.job.status == "queued" and queued.id in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def live_url(api_settings):
+    """The app served over real HTTP (uvicorn in a thread): event streams that stay open."""
+    import socket
+    import threading
+    import time
+
+    import uvicorn
+
+    from api.app import create_app
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(
+        create_app(api_settings, run_reaper=False), host="127.0.0.1", port=port, log_level="error"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=15)
+
+
+def test_wait_over_http_follows_the_stream_until_the_job_is_cancelled(live_url, token):
+    import threading
+    import time
+
+    with NormsearchClient(live_url, token, timeout=10) as live:
+        job = live.submit(tiny_spec())
+        started = time.monotonic()
+        with pytest.raises(WaitTimeout):  # a queued job's stream stays open and quiet
+            live.wait(job.id, timeout_s=1.5)
+        assert 1.4 < time.monotonic() - started < 10
+        updates = []
+        threading.Timer(1.0, lambda: live.cancel(job.id)).start()
+        done = live.wait(job.id, timeout_s=30, on_update=updates.append)
+    assert done.status == "cancelled"
+    assert [u.status for u in updates] == ["queued", "cancelled"]
+
+
+def test_outputs_of_an_unfinished_job_are_a_conflict(client, tmp_path):
+    job = client.submit(tiny_spec())
+    with pytest.raises(ApiError) as info:
+        client.download_recommendation(job.id, "json", tmp_path / "plan.json")
+    assert info.value.status == 409 and "succeeds" in info.value.message
+    assert list(tmp_path.iterdir()) == []  # no partial file left
+
+
+def test_unreachable_server_names_the_url():
+    with (
+        NormsearchClient(UNREACHABLE, "token", timeout=5) as offline,
+        pytest.raises(ServerUnreachable) as info,
+    ):
+        offline.list_jobs()
+    assert UNREACHABLE in str(info.value) and info.value.status is None
+    assert isinstance(info.value, ApiError)
+
+
+def test_base_url_forms_and_no_token_in_repr():
+    assert NormsearchClient("http://h:1/api/v1/", "secret").api_url == "http://h:1/api/v1"
+    assert "secret" not in repr(NormsearchClient("http://h:1", "secret"))
+    with pytest.raises(ValueError):
+        NormsearchClient("h:1", "secret")
+
+
+def test_parse_sse_fields_comments_and_multiline_data():
+    stream = [
+        ": ping",
+        "event: status",
+        "id: 7",
+        'data: {"to_status":',
+        'data: "running"}',
+        "",
+        "data: plain text",
+        "",
+        "",
+        "event: end",
+        "data:{}",
+    ]
+    events = list(parse_sse(stream + [""]))
+    assert events == [("status", {"to_status": "running"}), ("message", "plain text"), ("end", {})]
+    assert events[0].id == "7" and events[1].id == "7"  # the last id carries over
+
+
+# --------------------------------------------------------------------------- downloads
+def _fake_outputs(api_settings, job_id: str, *, tamper: bool = False) -> dict[str, bytes]:
+    """Store the artifacts a worker would (files under the runs directory + their rows)."""
+    from service.db import make_engine, make_session_factory
+    from service.db.models import Artifact
+
+    out = api_settings.runs_dir / job_id / "run-1"
+    (out / "checkpoint").mkdir(parents=True)
+    report = {
+        "recommendation": {
+            "target_batch_size": 128,
+            "plan": {"layers": [{"name": "bn1", "mean": "bn", "var": "ln", "confidence": 0.93}]},
+        },
+        "verification": None,
+    }
+    files = {
+        "plan_json": (out / "plan.json", b'{"format": "normalizer-plan"}\n'),
+        "plan_yaml": (out / "plan.yaml", b"format: normalizer-plan\n"),
+        "report_json": (out / "report.json", json.dumps(report).encode()),
+    }
+    weights = b"\x00weights" * 100
+    for path, content in files.values():
+        path.write_bytes(content)
+    (out / "checkpoint" / "model.safetensors").write_bytes(weights)
+    (out / "checkpoint" / "plan.json").write_bytes(files["plan_json"][1])
+    rows = {
+        kind: (path, hashlib.sha256(content).hexdigest()) for kind, (path, content) in files.items()
+    }
+    rows["checkpoint"] = (out / "checkpoint", hashlib.sha256(weights).hexdigest())
+    if tamper:
+        rows["plan_json"] = (rows["plan_json"][0], "0" * 64)
+    engine = make_engine(api_settings.database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            for kind, (path, sha) in rows.items():
+                size = path.stat().st_size if path.is_file() else len(weights)
+                session.add(
+                    Artifact(job_id=job_id, kind=kind, path=str(path), sha256=sha, size_bytes=size)
+                )
+    finally:
+        engine.dispose()
+    return {kind: content for kind, (_, content) in files.items()} | {"weights": weights}
+
+
+def test_download_all_writes_the_outputs_and_checks_them(client, api_settings, tmp_path):
+    job = client.submit(tiny_spec())
+    stored = _fake_outputs(api_settings, job.id)
+    written = client.download_all(job.id, tmp_path / "out")
+    assert sorted(written) == ["checkpoint.zip", "plan.json", "plan.yaml", "report.json"]
+    assert written["plan.json"].read_bytes() == stored["plan_json"]
+    assert written["plan.yaml"].read_bytes() == stored["plan_yaml"]
+    assert written["report.json"].read_bytes() == stored["report_json"]
+    with zipfile.ZipFile(written["checkpoint.zip"]) as archive:
+        assert archive.read("model.safetensors") == stored["weights"]
+    assert client.report(job.id)["recommendation"]["target_batch_size"] == 128
+    assert {a.kind for a in client.get_job(job.id).artifacts} >= {"plan_json", "checkpoint"}
+
+
+def test_a_download_that_does_not_match_its_checksum_is_refused(client, api_settings, tmp_path):
+    job = client.submit(tiny_spec())
+    _fake_outputs(api_settings, job.id, tamper=True)
+    with pytest.raises(ChecksumMismatch):
+        client.download_recommendation(job.id, "json", tmp_path / "plan.json")
+    assert list(tmp_path.iterdir()) == []
+    assert client.download_checkpoint(job.id, tmp_path / "c.zip").exists()
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_submit_ls_status_cancel(cli, client, token, tmp_path):
+    spec = write_spec(tmp_path, tiny_spec())
+    result = cli("submit", spec, "--token", token, "--idempotency-key", "cli-1")
+    assert result.exit_code == 0, result.output
+    job = client.list_jobs().items[0]
+    assert job.id in result.output and "queued" in result.output
+    again = cli("submit", spec, "--token", token, "--idempotency-key", "cli-1")
+    assert again.exit_code == 0 and job.id in again.output
+    assert client.list_jobs().total == 1
+
+    listed = cli("ls", "--token", token)
+    assert listed.exit_code == 0 and job.id in listed.output and "resnet20" in listed.output
+    assert "1-1 of 1" in listed.output
+    shown = cli("status", job.id, "--token", token)
+    assert shown.exit_code == 0 and job.id in shown.output and "submitted" in shown.output
+
+    cancelled = cli("cancel", job.id, "--token", token)
+    assert cancelled.exit_code == 0 and "cancelled" in cancelled.output
+    assert client.get_job(job.id).status == "cancelled"
+    assert "no jobs" in cli("ls", "--status", "queued", "--token", token).output
+    assert job.id in cli("ls", "-s", "cancelled", "-s", "failed", "--token", token).output
+    again = cli("cancel", job.id, "--token", token)
+    assert again.exit_code == 2 and "error:" in again.output
+    retried = cli("retry", job.id, "--token", token)
+    assert retried.exit_code == 0 and "queued" in retried.output and "run 2" in retried.output
+
+
+def test_cli_reads_the_token_from_the_environment(cli, token, monkeypatch):
+    monkeypatch.setenv("NORMSEARCH_TOKEN", token)
+    result = cli("ls")
+    assert result.exit_code == 0 and "no jobs" in result.output
+    assert token not in result.output
+
+
+def test_cli_bad_spec_file_names_the_field_before_submitting(cli, client, token, tmp_path):
+    spec = write_spec(tmp_path, tiny_spec(training={"epochs": -3}))
+    result = cli("submit", spec, "--token", token)
+    assert result.exit_code == 2
+    assert "training.epochs" in result.output and "Traceback" not in result.output
+    assert client.list_jobs().total == 0
+
+
+def test_cli_api_errors_are_one_line_and_exit_2(cli, token, api_client):
+    missing = cli("status", uuid.uuid4().hex, "--token", token)
+    assert missing.exit_code == 2 and "error:" in missing.output and "not found" in missing.output
+    bad = cli("ls", "--token", "ns_wrong")
+    assert bad.exit_code == 2 and "error:" in bad.output and "token" in bad.output
+    none = cli("ls", "--token", "")
+    assert none.exit_code == 2 and "NORMSEARCH_TOKEN" in none.output
+    for result in (missing, bad, none):
+        assert "Traceback" not in result.output
+
+
+def test_cli_download_and_status_show_the_outputs(cli, client, token, api_settings, tmp_path):
+    job = client.submit(tiny_spec())
+    _fake_outputs(api_settings, job.id)
+    result = cli("download", job.id, "--out", tmp_path / "dl", "--token", token)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
+        "checkpoint.zip",
+        "plan.json",
+        "plan.yaml",
+        "report.json",
+    ]
+    shown = cli("status", job.id, "--token", token)
+    assert "plan_json" in shown.output and "checkpoint" in shown.output
+    unfinished = client.submit(tiny_spec())
+    refused = cli("download", unfinished.id, "--out", tmp_path / "no", "--token", token)
+    assert refused.exit_code == 2 and "succeeds" in refused.output
+
+
+def _finish_job(api_settings, job_id: str, status: str) -> None:
+    """What a worker would do at the end (no worker runs in these tests)."""
+    from sqlalchemy import update
+
+    from service.db import make_engine, make_session_factory
+    from service.db.models import Job
+
+    engine = make_engine(api_settings.database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            values = {"status": status, "progress": 1.0 if status == "succeeded" else 0.5}
+            if status == "failed":
+                values["error"] = "trial 0 diverged"
+            session.execute(update(Job).where(Job.id == job_id).values(**values))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("outcome", ["succeeded", "failed", "cancelled"])
+def test_cli_submit_wait_exit_code_follows_the_outcome(
+    outcome, api_client, api_settings, token, tmp_path, monkeypatch
+):
+    class FinishingClient(NormsearchClient):
+        """The job finishes at once, as if a worker had run it."""
+
+        def submit(self, spec, idempotency_key=None):
+            job = super().submit(spec, idempotency_key)
+            if outcome == "succeeded":
+                _fake_outputs(api_settings, job.id)
+            if outcome == "cancelled":
+                self.cancel(job.id)
+            else:
+                _finish_job(api_settings, job.id, outcome)
+            return job
+
+    monkeypatch.setattr(
+        cli_remote, "make_client", lambda url, tok: FinishingClient(BASE, tok, http=api_client)
+    )
+    spec = write_spec(tmp_path, tiny_spec())
+    result = runner.invoke(app, ["submit", str(spec), "--wait", "--token", token])
+    assert "Traceback" not in result.output
+    if outcome == "succeeded":
+        assert result.exit_code == 0, result.output
+        assert "Recommendation (batch size 128)" in result.output and "0.93" in result.output
+        assert "normsearch download" in result.output
+    else:
+        assert result.exit_code == 1, result.output
+        assert "error: job" in result.output and outcome in result.output
+    if outcome == "failed":
+        assert "trial 0 diverged" in result.output
+
+
+def test_follow_job_prints_each_event_once(client):
+    job = client.submit(tiny_spec())
+    client.cancel(job.id)
+    from rich.console import Console
+
+    console = Console(record=True, width=200)
+    original, cli_remote.console = cli_remote.console, console
+    try:
+        finished = cli_remote.follow_job(client, job.id, poll_s=0.05, timeout_s=10)
+    finally:
+        cli_remote.console = original
+    text = console.export_text()
+    assert finished.status == "cancelled"
+    assert text.count("submitted") == 1 and text.count("cancelled by user") == 1
+
+
+def test_recommendation_table_from_a_report():
+    from rich.console import Console
+
+    report = {
+        "recommendation": {
+            "target_batch_size": 32,
+            "plan": {
+                "layers": [{"name": "conv1.bn", "mean": "in", "var": "bn", "confidence": 0.5}]
+            },
+        }
+    }
+    console = Console(record=True, width=200)
+    console.print(cli_remote.recommendation_table_from_report(report))
+    text = console.export_text()
+    assert "batch size 32" in text and "conv1.bn" in text and "0.50" in text
+    assert cli_remote.recommendation_table_from_report({}) is None
+
+
+def test_cli_unreachable_server_is_a_clean_message(tmp_path):
+    result = runner.invoke(app, ["ls", "--url", UNREACHABLE, "--token", "t"])
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output and UNREACHABLE in result.output
+    assert "Traceback" not in result.output
+    spec = write_spec(tmp_path, tiny_spec())
+    result = runner.invoke(
+        app, ["submit", str(spec), "--token", "t"], env={"NORMSEARCH_URL": UNREACHABLE}
+    )
+    assert result.exit_code == 1 and UNREACHABLE in result.output

@@ -1,0 +1,241 @@
+"""``normsearch up``: the embedded stack as a real subprocess (SQLite database, SQLite broker
+through kombu's SQLAlchemy transport, the API and a Celery worker as children), and the
+supervisor that restarts a dead worker and stops its children."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from api.embedded import (
+    BROKER_FILE,
+    CLI_PREFIX,
+    ChildSpec,
+    EmbeddedError,
+    EmbeddedStack,
+    Supervisor,
+    compact_sqlite_broker,
+    embedded_config,
+)
+from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, broker_transport_options, make_celery
+from service.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str, log: Path | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    tail = log.read_text(errors="replace")[-6000:] if log is not None and log.exists() else ""
+    pytest.fail(f"timed out waiting for {what}\n{tail}", pytrace=False)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    state = Path(f"/proc/{pid}/stat")
+    # A zombie (exited, not reaped yet) counts as gone.
+    return not (state.exists() and state.read_text().split(")")[-1].split()[0] == "Z")
+
+
+def child_pids(pid: int) -> list[int]:
+    """Direct children of ``pid`` (Linux /proc)."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return children
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+def test_embedded_config_defaults_to_sqlite_files_under_the_runs_dir(tmp_path):
+    config = embedded_config(Settings(), runs_dir=tmp_path, port=8123)
+    assert config.database_url == f"sqlite:///{tmp_path.resolve()}/normsearch.db"
+    assert config.broker_url == f"sqla+sqlite:///{tmp_path.resolve()}/broker.sqlite"
+    assert config.owns_broker and config.base_url == "http://127.0.0.1:8123"
+    env = config.environment()
+    assert env["NORMSEARCH_RUNS_DIR"] == str(tmp_path.resolve())
+    assert (
+        env["NORMSEARCH_BROKER_URL"] == config.broker_url and env["NORMSEARCH_API_PORT"] == "8123"
+    )
+
+    explicit = Settings(database_url="postgresql+psycopg://u@db/x", broker_url="redis://r:6379/0")
+    config = embedded_config(explicit, runs_dir=tmp_path)
+    assert config.database_url == "postgresql+psycopg://u@db/x"
+    assert config.broker_url == "redis://r:6379/0" and not config.owns_broker
+
+
+def test_broker_transport_options_fit_the_transport():
+    sqlite = broker_transport_options(Settings(broker_url="sqla+sqlite:///runs/broker.sqlite"))
+    # kombu's SQLAlchemy transport hands every option to create_engine: no visibility_timeout.
+    assert sqlite == {"connect_args": {"timeout": 30}}
+    assert "visibility_timeout" in broker_transport_options(Settings(broker_url="redis://h/0"))
+
+
+def test_one_stack_per_runs_dir(tmp_path):
+    first = EmbeddedStack(embedded_config(Settings(), runs_dir=tmp_path))
+    second = EmbeddedStack(embedded_config(Settings(), runs_dir=tmp_path))
+    first.prepare()
+    try:
+        with pytest.raises(EmbeddedError, match="another `normsearch up`"):
+            second.prepare()
+    finally:
+        first.stop()
+    second.prepare()  # the lock is released with the first stack
+    second.stop()
+
+
+# -- the supervisor --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_restarts_a_dead_worker_and_fails_when_the_api_dies():
+    supervisor = Supervisor(
+        [ChildSpec("api", SLEEPER), ChildSpec("worker", SLEEPER, restart=True)],
+        restart_delay_s=0.1,
+        stop_timeout_s=5,
+    )
+    supervisor.start()
+    try:
+        api, worker = supervisor.process("api"), supervisor.process("worker")
+        assert supervisor.poll() is None
+        worker.kill()
+        wait_for(
+            lambda: supervisor.poll() is None and supervisor.process("worker") is not worker,
+            10,
+            "the worker to be restarted",
+        )
+        restarted = supervisor.process("worker")
+        assert restarted.poll() is None and supervisor.restarts("worker") == 1
+        assert supervisor.process("api") is api and api.poll() is None
+
+        api.kill()
+        failure = wait_for(supervisor.poll, 10, "the API's end to be reported")
+        assert failure.startswith("api exited unexpectedly")
+    finally:
+        supervisor.stop()
+    assert restarted.poll() is not None and not alive(restarted.pid)
+
+
+@pytest.mark.timeout(60)
+def test_supervisor_gives_up_on_a_crash_loop_and_kills_what_ignores_sigterm():
+    crashing = [sys.executable, "-c", "raise SystemExit(3)"]
+    stubborn = [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', "
+        "flush=True); time.sleep(120)",
+    ]
+    supervisor = Supervisor(
+        [
+            ChildSpec("worker", crashing, restart=True),
+            ChildSpec("stubborn", stubborn),
+        ],
+        restart_delay_s=0.01,
+        max_restarts=2,
+        stop_timeout_s=0.5,
+    )
+    supervisor.start()
+    try:
+        failure = wait_for(supervisor.poll, 20, "the crash loop to be given up")
+        assert "worker exited (exit code 3) 3 times" in failure and "giving up" in failure
+        assert supervisor.restarts("worker") == 2
+    finally:
+        time.sleep(0.3)  # let the stubborn child install its handler
+        started = time.monotonic()
+        supervisor.stop()
+    stubborn_process = supervisor.process("stubborn")
+    assert stubborn_process.returncode == -signal.SIGKILL
+    assert time.monotonic() - started < 5
+
+
+# -- the real thing --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_up_serves_consumes_from_the_sqlite_broker_and_stops_cleanly(tmp_path):
+    runs = tmp_path / "runs"
+    port = free_port()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("NORMSEARCH_DATABASE_URL", "NORMSEARCH_BROKER_URL", "NORMSEARCH_RUNS_DIR")
+    }
+    log_path = tmp_path / "up.log"
+    command = [sys.executable, *CLI_PREFIX, "up", "--runs-dir", str(runs), "--port", str(port)]
+    with log_path.open("w") as log:
+        up = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(
+            lambda: "normsearch is up at" in log_path.read_text(), START_TIMEOUT_S, "up", log_path
+        )
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        ready = httpx.get(f"{base}/readyz", timeout=10)
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert (runs / "normsearch.db").exists()
+        children = child_pids(up.pid)
+        assert len(children) == 2, children
+
+        # A task sent by name from this process reaches the worker through the SQLite broker.
+        job_id = f"missing-{uuid.uuid4().hex[:8]}"
+        app = make_celery(Settings(broker_url=f"sqla+sqlite:///{runs / BROKER_FILE}"))
+        try:
+            result = app.send_task(SEARCH_TASK, args=[job_id], queue=SEARCH_QUEUE)
+        finally:
+            app.close()
+        wait_for(
+            lambda: (
+                f"job {job_id} does not exist" in log_path.read_text()
+                and f"{result.id}] succeeded" in log_path.read_text()
+            ),
+            START_TIMEOUT_S,
+            "the worker to consume the task",
+            log_path,
+        )
+        with sqlite3.connect(runs / BROKER_FILE) as broker:
+            assert broker.execute("SELECT visible FROM kombu_message").fetchall() == [(0,)]
+
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(timeout=45) == 0, log_path.read_text()[-4000:]
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    output = log_path.read_text()
+    assert "normsearch up: stopped" in output
+    assert not [pid for pid in children if alive(pid)], output[-4000:]
+    # Nothing holds the broker now: the delivered message can go.
+    assert compact_sqlite_broker(runs / BROKER_FILE) == 1

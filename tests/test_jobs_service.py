@@ -1,0 +1,223 @@
+"""The job service against Postgres and SQLite: start_job's guard against stealing a live
+worker's job, cancel and retry (transitions, errors, a retry's fresh run), the heartbeat and the
+progress. Each test runs in a transaction (Postgres) or a scratch file (SQLite)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service import jobs, repositories
+from service.db import make_engine
+from service.db.base import now
+from service.db.models import Artifact, Job, Metric, RatioSnapshot, Trial, User
+from service.errors import InvalidTransition, NotFound
+
+TIMEOUT_S = 120.0
+
+
+@pytest.fixture(params=["postgres", "sqlite"])
+def session(request) -> Iterator[Session]:
+    if request.param == "postgres":
+        yield request.getfixturevalue("pg_session")
+        return
+    engine = make_engine(request.getfixturevalue("sqlite_url"))
+    try:
+        with Session(engine, expire_on_commit=False) as sqlite_session:
+            yield sqlite_session
+    finally:
+        engine.dispose()
+
+
+def make_job(session: Session, **fields) -> Job:
+    user = User(name=f"user-{session.scalar(select(func.count()).select_from(User))}")
+    session.add(user)
+    session.flush()
+    job = repositories.create_job(session, owner_id=user.id, spec={"model": {"arch": "mlp"}})
+    for name, value in fields.items():
+        setattr(job, name, value)
+    session.flush()
+    return job
+
+
+def running_job(session: Session, *, heartbeat_age_s: float) -> Job:
+    job = make_job(session)
+    jobs.start_job(session, job_id=job.id)
+    job.heartbeat_at = now() - timedelta(seconds=heartbeat_age_s)
+    session.flush()
+    return job
+
+
+def add_trial_with_history(session: Session, job: Job) -> int:
+    trial = Trial(job_id=job.id, ray_trial_id="t0", config={}, status="ERROR", epochs_budget=3)
+    session.add(trial)
+    session.flush()
+    snap = dict(layer_index=0, layer="bn", epoch=1, step=1, mean_fixed=False, var_fixed=False)
+    session.add(RatioSnapshot(trial_id=trial.id, **snap))
+    session.add(Metric(trial_id=trial.id, epoch=1, step=1, name="val_accuracy", value=0.5))
+    session.add(Artifact(job_id=job.id, kind="plan_json", path="p", sha256="0" * 64, size_bytes=1))
+    session.flush()
+    return trial.id
+
+
+def transitions(session: Session, job_id: str) -> list[tuple[str | None, str, str | None]]:
+    return [
+        (e.from_status, e.to_status, e.message)
+        for e in repositories.list_events(session, job_id=job_id)
+    ]
+
+
+def count(session: Session, model, **where) -> int:
+    return session.scalar(select(func.count()).select_from(model).filter_by(**where))
+
+
+# start_job
+
+
+def test_start_job_marks_a_queued_job_running(session):
+    job = make_job(session)
+    started = jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S)
+    assert started is job and job.status == "running" and job.attempts == 1
+    assert job.heartbeat_at is not None
+
+
+def test_start_job_drops_a_duplicate_message_of_a_live_workers_job(session):
+    job = running_job(session, heartbeat_age_s=10)
+    events = transitions(session, job.id)
+    assert jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S) is None
+    assert job.status == "running" and job.attempts == 1
+    assert transitions(session, job.id) == events
+
+
+def test_start_job_resumes_the_job_of_a_lost_worker(session):
+    job = running_job(session, heartbeat_age_s=TIMEOUT_S + 10)
+    started = jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S)
+    assert started is job and job.status == "running" and job.attempts == 2
+    assert transitions(session, job.id)[-2:] == [
+        ("running", "queued", "redelivered after a lost worker"),
+        ("queued", "running", None),
+    ]
+
+
+def test_start_job_without_a_timeout_always_resumes(session):
+    job = running_job(session, heartbeat_age_s=1)
+    assert jobs.start_job(session, job_id=job.id) is job and job.attempts == 2
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_start_job_leaves_a_finished_job(session, status):
+    job = make_job(session, status=status)
+    assert jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S) is None
+    assert job.status == status
+
+
+def test_start_job_of_a_missing_job(session):
+    assert jobs.start_job(session, job_id="0" * 32, heartbeat_timeout_s=TIMEOUT_S) is None
+
+
+# cancel_job
+
+
+@pytest.mark.parametrize("start", [False, True])
+def test_cancel_a_queued_or_running_job(session, start):
+    job = make_job(session)
+    if start:
+        jobs.start_job(session, job_id=job.id)
+    before = job.status
+    assert jobs.cancel_job(session, job_id=job.id) is job
+    assert job.status == "cancelled" and job.error is None and job.finished_at is not None
+    assert transitions(session, job.id)[-1] == (before, "cancelled", "cancelled by user")
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
+def test_cancel_a_finished_job_is_an_invalid_transition(session, status):
+    job = make_job(session, status=status)
+    with pytest.raises(InvalidTransition):
+        jobs.cancel_job(session, job_id=job.id)
+    assert job.status == status
+
+
+def test_cancel_or_retry_a_missing_job(session):
+    with pytest.raises(NotFound):
+        jobs.cancel_job(session, job_id="0" * 32)
+    with pytest.raises(NotFound):
+        jobs.retry_job(session, job_id="0" * 32)
+
+
+# retry_job
+
+
+@pytest.mark.parametrize("outcome", ["failed", "cancelled"])
+def test_retry_starts_a_fresh_run(session, outcome):
+    job = make_job(session)
+    jobs.start_job(session, job_id=job.id)
+    trial_id = add_trial_with_history(session, job)
+    if outcome == "failed":
+        jobs.fail_job(session, job_id=job.id, error="RuntimeError: boom")
+    else:
+        jobs.cancel_job(session, job_id=job.id)
+    assert job.run == 1
+
+    assert jobs.retry_job(session, job_id=job.id) is job
+    assert (job.status, job.run, job.attempts, job.error, job.progress) == ("queued", 2, 0, None, 0)
+    assert transitions(session, job.id)[-1] == (outcome, "queued", "retried by user: run 2")
+    assert job.trials == [] and job.artifacts == []
+    assert count(session, Trial, job_id=job.id) == 0
+    assert count(session, RatioSnapshot, trial_id=trial_id) == 0  # the database cascaded
+    assert count(session, Metric, trial_id=trial_id) == 0
+
+    started = jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S)
+    assert started is job and job.run == 2 and job.attempts == 1
+
+
+@pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
+def test_retry_needs_a_failed_or_cancelled_job(session, status):
+    job = make_job(session)
+    if status != "queued":
+        jobs.start_job(session, job_id=job.id)
+    if status == "succeeded":
+        jobs.finish_job(session, job_id=job.id, files=[])
+    with pytest.raises(InvalidTransition):
+        jobs.retry_job(session, job_id=job.id)
+    assert job.status == status and job.run == 1
+
+
+# Heartbeat and progress
+
+
+def test_touch_heartbeat_of_a_running_job(session):
+    job = running_job(session, heartbeat_age_s=60)
+    before, updated_at = job.heartbeat_at, job.updated_at
+    assert jobs.touch_heartbeat(session, job_id=job.id, attempt=1) == "running"
+    session.refresh(job)
+    assert job.heartbeat_at > before and job.updated_at == updated_at
+    # Another attempt (a worker that took the job over) runs it now: this one must stop.
+    assert jobs.touch_heartbeat(session, job_id=job.id, attempt=7) is None
+
+
+def test_touch_heartbeat_tells_the_worker_the_job_was_cancelled(session):
+    job = running_job(session, heartbeat_age_s=60)
+    jobs.cancel_job(session, job_id=job.id)
+    before = job.heartbeat_at
+    assert jobs.touch_heartbeat(session, job_id=job.id, attempt=1) == "cancelled"
+    session.refresh(job)
+    assert job.heartbeat_at == before
+    assert jobs.touch_heartbeat(session, job_id="0" * 32) is None
+
+
+def test_progress_is_monotone_and_below_one_until_success(session):
+    job = running_job(session, heartbeat_age_s=0)
+    assert jobs.set_progress(session, job_id=job.id, progress=0.25)
+    assert not jobs.set_progress(session, job_id=job.id, progress=0.1)  # never goes down
+    session.refresh(job)
+    assert job.progress == 0.25
+    jobs.set_progress(session, job_id=job.id, progress=1.0)
+    session.refresh(job)
+    assert job.progress == jobs.MAX_RUNNING_PROGRESS
+    jobs.finish_job(session, job_id=job.id, files=[])
+    assert job.progress == 1.0
+    assert not jobs.set_progress(session, job_id=job.id, progress=0.5)  # not running any more

@@ -1,0 +1,302 @@
+"""Lost workers, cancellation and retry with real Celery worker processes (Redis + Postgres).
+
+- A worker killed with ``kill -9`` mid-search (after at least one epoch's snapshots are in): the
+  next worker resumes the same run from its Ray Tune checkpoints, either because Redis redelivers
+  the unacknowledged message (a short visibility timeout) or because the reaper requeues the job
+  once its heartbeat is stale; the job succeeds on a later attempt with a complete ratio history
+  (every search trial: epochs x layers snapshots, steps 1..epochs, no duplicates).
+- A running job cancelled by its user: the worker stops the trials within a few seconds, the
+  job stays cancelled with no artifacts, and the worker takes the next message; a retry then
+  runs the job fresh (run 2) and succeeds.
+
+Redis (``NORMSEARCH_TEST_BROKER_URL``, default redis://127.0.0.1:6379/9, flushed before and after)
+and Postgres unreachable are failures, never skips.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import func, select
+from worker_process import WorkerProcess, start_worker, worker_env
+
+import sn_core
+from service import jobs, repositories
+from service.celery_app import make_celery
+from service.db import make_engine, make_session_factory
+from service.db.models import Artifact, Job, RatioSnapshot, Trial, User
+from service.dispatch import send_search
+from service.reaper import run_reaper_once
+from service.settings import Settings
+
+BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
+EPOCHS = 4
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 5.0
+VISIBILITY_TIMEOUT_S = 8
+JOB_TIMEOUT_S = 240
+STOP_WITHIN_S = 15  # cancellation: one heartbeat, one Tune step, the trial actors' shutdown
+
+
+def tiny_payload() -> dict:
+    return {
+        "model": {"arch": "resnet20"},
+        "dataset": {"kind": "digits"},
+        "training": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.1},
+        "search": {
+            "sparsity": {"end": 0.5},
+            "stop_when_stable": {"enabled": False},
+            "trials": {"seeds": [0]},
+        },
+        "verify": {"enabled": True, "epochs": 1, "baselines": ["bn"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[str]:
+    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        pytest.fail(f"Redis is required and not reachable at {BROKER_URL}: {error}", pytrace=False)
+    yield BROKER_URL
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def settings(broker) -> Settings:
+    return Settings(
+        broker_url=broker,
+        heartbeat_interval_s=HEARTBEAT_INTERVAL_S,
+        heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S,
+        max_attempts=3,
+    )
+
+
+@pytest.fixture(scope="module")
+def app(settings):
+    app = make_celery(settings)
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def factory(module_postgres_url):
+    engine = make_engine(module_postgres_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+@pytest.fixture
+def workers(
+    module_postgres_url, broker, app, tmp_path_factory
+) -> Iterator[Callable[..., WorkerProcess]]:
+    """Starts workers that share one runs directory (a new worker resumes the old one's run);
+    every worker still running at the end is stopped."""
+    tmp = tmp_path_factory.mktemp("recovery")
+    started: list[WorkerProcess] = []
+
+    def start(visibility_timeout_s: int = VISIBILITY_TIMEOUT_S) -> WorkerProcess:
+        env = worker_env(
+            database_url=module_postgres_url,
+            broker_url=broker,
+            runs_dir=tmp / "runs",
+            data_roots=tmp,
+            NORMSEARCH_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_INTERVAL_S),
+            NORMSEARCH_HEARTBEAT_TIMEOUT_S=str(HEARTBEAT_TIMEOUT_S),
+            NORMSEARCH_BROKER_VISIBILITY_TIMEOUT_S=str(visibility_timeout_s),
+        )
+        worker = start_worker(app, env, tmp / f"worker-{len(started)}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop(timeout=30)
+
+
+# Helpers
+
+
+def submit(factory, app) -> str:
+    with factory() as session, session.begin():
+        user = User(name=f"user-{uuid.uuid4().hex[:8]}")
+        session.add(user)
+        session.flush()
+        job_id = repositories.create_job(session, owner_id=user.id, spec=tiny_payload()).id
+    send_search(app, job_id)
+    return job_id
+
+
+def get_job(factory, job_id: str) -> Job:
+    with factory() as session:
+        return repositories.get_job(session, job_id)
+
+
+def search_snapshots(factory, job_id: str) -> int:
+    with factory() as session:
+        return session.scalar(
+            select(func.count())
+            .select_from(RatioSnapshot)
+            .join(Trial, Trial.id == RatioSnapshot.trial_id)
+            .where(Trial.job_id == job_id, Trial.variant == "sn")
+        )
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str, worker: WorkerProcess):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{worker.tail()}", pytrace=False)
+        time.sleep(0.2)
+
+
+def wait_finished(factory, job_id: str, worker: WorkerProcess) -> Job:
+    finished = ("succeeded", "failed", "cancelled")
+    wait_for(
+        lambda: get_job(factory, job_id).status in finished, JOB_TIMEOUT_S, f"job {job_id}", worker
+    )
+    return get_job(factory, job_id)
+
+
+def layer_count() -> int:
+    return len(
+        sn_core.switch_layers(sn_core.convert_to_switchnorm(sn_core.build_model("resnet20")))
+    )
+
+
+def wait_first_epoch(factory, job_id: str, worker: WorkerProcess) -> None:
+    """Wait until the search has recorded at least one epoch (fails if the job ends first)."""
+
+    def recorded() -> bool:
+        job = get_job(factory, job_id)
+        if job.status != "running" and job.status != "queued":
+            pytest.fail(f"job {job_id} is {job.status}: {job.error}\n{worker.tail()}")
+        return search_snapshots(factory, job_id) >= layer_count()
+
+    wait_for(recorded, JOB_TIMEOUT_S, "the first epoch's snapshots", worker)
+
+
+def kill_mid_search(factory, job_id: str, worker: WorkerProcess) -> None:
+    """kill -9 the worker once the search has recorded at least one epoch (and not all)."""
+    wait_first_epoch(factory, job_id, worker)
+    worker.kill()
+    recorded = search_snapshots(factory, job_id)
+    assert recorded < EPOCHS * layer_count(), "the search finished before the kill"
+    assert get_job(factory, job_id).status == "running"
+
+
+def assert_complete_history(factory, job_id: str) -> None:
+    layers = layer_count()
+    with factory() as session:
+        trials = repositories.list_trials(session, job_id=job_id)
+        search = [t for t in trials if t.variant == "sn"]
+        assert len(search) == 1 and all(t.status == "TERMINATED" for t in trials)
+        assert [t.epochs_used for t in search] == [EPOCHS]
+        for trial in search:
+            rows = session.execute(
+                select(RatioSnapshot.step, RatioSnapshot.layer_index).where(
+                    RatioSnapshot.trial_id == trial.id
+                )
+            ).all()
+            assert len(rows) == len(set(rows)) == EPOCHS * layers
+            assert sorted({step for step, _ in rows}) == list(range(1, EPOCHS + 1))
+
+
+def events(factory, job_id: str) -> list[tuple[str | None, str, str | None]]:
+    with factory() as session:
+        return [
+            (e.from_status, e.to_status, e.message)
+            for e in repositories.list_events(session, job_id=job_id)
+        ]
+
+
+def artifact_paths(factory, job_id: str) -> list[Path]:
+    with factory() as session:
+        return [
+            Path(a.path) for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))
+        ]
+
+
+# Tests
+
+
+def test_a_killed_workers_message_is_redelivered_and_the_run_resumes(factory, app, workers):
+    first = workers()
+    job_id = submit(factory, app)
+    kill_mid_search(factory, job_id, first)
+    # Past the heartbeat timeout, the redelivered message finds the job's worker lost.
+    time.sleep(HEARTBEAT_TIMEOUT_S + HEARTBEAT_INTERVAL_S)
+    second = workers()  # Redis hands it the unacknowledged message (visibility timeout)
+    job = wait_finished(factory, job_id, second)
+    assert job.status == "succeeded", f"{job.error}\n{second.tail()}"
+    assert job.attempts == 2 and job.run == 1 and job.progress == 1.0
+    assert ("running", "queued", "redelivered after a lost worker") in events(factory, job_id)
+    assert_complete_history(factory, job_id)
+    paths = artifact_paths(factory, job_id)
+    assert paths and all(path.exists() and "run-1" in path.parts for path in paths)
+
+
+def test_the_reaper_requeues_a_killed_workers_job(factory, app, settings, workers):
+    # A long visibility timeout: only the reaper brings this job back.
+    first = workers(visibility_timeout_s=3600)
+    job_id = submit(factory, app)
+    kill_mid_search(factory, job_id, first)
+    assert run_reaper_once(factory, app, settings) == []  # its heartbeat is still fresh
+    time.sleep(HEARTBEAT_TIMEOUT_S + HEARTBEAT_INTERVAL_S)
+    assert run_reaper_once(factory, app, settings) == [job_id]
+    second = workers(visibility_timeout_s=3600)
+    job = wait_finished(factory, job_id, second)
+    assert job.status == "succeeded", f"{job.error}\n{second.tail()}"
+    assert job.attempts == 2 and job.run == 1
+    requeued = [e for e in events(factory, job_id) if e[:2] == ("running", "queued")]
+    assert len(requeued) == 1
+    assert requeued[0][2].startswith("worker lost: no heartbeat for ")
+    assert requeued[0][2].endswith("s; requeued (attempt 2 of 3)")
+    assert_complete_history(factory, job_id)
+
+
+def test_cancel_stops_the_trials_and_a_retry_runs_fresh(factory, app, workers):
+    worker = workers()
+    job_id = submit(factory, app)
+    wait_first_epoch(factory, job_id, worker)
+    with factory() as session, session.begin():
+        jobs.cancel_job(session, job_id=job_id)
+    cancelled_at = time.monotonic()
+    wait_for(
+        lambda: f"job {job_id}: stopped" in worker.log_path.read_text(errors="replace"),
+        STOP_WITHIN_S,
+        "the worker to stop the cancelled search",
+        worker,
+    )
+    stopped_after = time.monotonic() - cancelled_at
+    recorded = search_snapshots(factory, job_id)
+    assert recorded < EPOCHS * layer_count(), "the search finished before the cancellation"
+    time.sleep(2 * HEARTBEAT_INTERVAL_S)
+    assert search_snapshots(factory, job_id) == recorded  # the trials are gone
+    job = get_job(factory, job_id)
+    assert job.status == "cancelled" and job.error is None and job.progress < 1.0
+    assert artifact_paths(factory, job_id) == []
+    assert [e[1] for e in events(factory, job_id)] == ["running", "cancelled"]
+    print(f"cancellation stopped the search in {stopped_after:.1f} s")
+
+    # The worker is free: the retried job (run 2, a fresh work directory) runs and succeeds.
+    with factory() as session, session.begin():
+        jobs.retry_job(session, job_id=job_id)
+    send_search(app, job_id)
+    job = wait_finished(factory, job_id, worker)
+    assert job.status == "succeeded", f"{job.error}\n{worker.tail()}"
+    assert (job.run, job.attempts, job.progress) == (2, 1, 1.0)
+    assert [e[1] for e in events(factory, job_id)] == [
+        "running", "cancelled", "queued", "running", "succeeded"
+    ]  # fmt: skip
+    assert_complete_history(factory, job_id)
+    paths = artifact_paths(factory, job_id)
+    assert paths and all(path.exists() and "run-2" in path.parts for path in paths)
