@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from api.errors import ERROR_RESPONSES, BodySizeLimit, install_error_handlers
 from api.observability import Metrics, MetricsMiddleware
-from api.routes import health, history, jobs, outputs, tokens
+from api.routes import health, history, jobs, outputs, specs, tokens
 from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
 from service.settings import Settings, get_settings
@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.metrics = Metrics(session_factory)
 
     install_error_handlers(app)
-    for router in (jobs.router, history.router, outputs.router, tokens.router):
+    for router in (jobs.router, history.router, outputs.router, specs.router, tokens.router):
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)

@@ -8,6 +8,8 @@ steps, always including the first and the newest, so the picture keeps its shape
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -99,3 +101,33 @@ def metric_history(
     return repositories.metric_history(
         session, trial_id=[t.id for t in trials], after_step=after_step, names=names
     )
+
+
+CSV_COLUMNS = (
+    "ray_trial_id", "variant", "step", "epoch", "layer_index", "layer",
+    *(f"{part}_{norm}" for part in ("mean", "var") for norm in NORMS),
+    "mean_fixed", "var_fixed",
+)  # fmt: skip
+
+
+def ratio_csv_lines(session: Session, *, job_id: str, chunk_rows: int = 5000):
+    """The job's whole ratio history as CSV text, one chunk of rows at a time."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    snapshots = repositories.iter_job_snapshots(session, job_id=job_id, chunk_rows=chunk_rows)
+    for rows, (ray_trial_id, variant, snap) in enumerate(snapshots, start=1):
+        writer.writerow(
+            [ray_trial_id, variant, snap.step, snap.epoch, snap.layer_index, snap.layer]
+            + ["" if v is None else f"{v:.6g}" for v in _ratio_values(snap)]
+            + [int(snap.mean_fixed), int(snap.var_fixed)]
+        )
+        if rows % chunk_rows == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _ratio_values(snap: RatioSnapshot) -> list[float | None]:
+    return [getattr(snap, f"{part}_{norm}") for part in ("mean", "var") for norm in NORMS]

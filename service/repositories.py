@@ -330,6 +330,19 @@ def snapshots_at_steps(
     return list(session.scalars(statement.order_by(RatioSnapshot.step, RatioSnapshot.layer_index)))
 
 
+def iter_job_snapshots(session: Session, *, job_id: str, chunk_rows: int = 5000):
+    """Every snapshot of a job's trials as (trial, snapshot) rows in (trial, step, layer) order,
+    fetched ``chunk_rows`` at a time (an export must not hold the whole history in memory)."""
+    statement = (
+        select(Trial.ray_trial_id, Trial.variant, RatioSnapshot)
+        .join(RatioSnapshot, RatioSnapshot.trial_id == Trial.id)
+        .where(Trial.job_id == job_id)
+        .order_by(Trial.id, RatioSnapshot.step, RatioSnapshot.layer_index)
+        .execution_options(yield_per=chunk_rows)
+    )
+    yield from session.execute(statement)
+
+
 def latest_snapshot_steps(session: Session, *, job_id: str) -> dict[int, int]:
     """The newest snapshot step of each of a job's trials (what a live view polls for)."""
     rows = session.execute(

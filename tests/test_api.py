@@ -519,3 +519,32 @@ def test_trial_rows_are_cascade_deleted_with_the_job(api_client, alice, factory)
     assert api_client.delete(f"{API}/jobs/{job_id}", headers=alice).status_code == 204
     with factory() as session:
         assert session.get(Trial, trial_id) is None
+
+
+# What the web UI's job form uses
+
+
+def test_spec_schema_examples_and_dry_run_validation(api_client, alice):
+    schema = api_client.get(f"{API}/spec/schema", headers=alice).json()
+    assert {"model", "dataset"} <= set(schema["required"])
+    examples = api_client.get(f"{API}/spec/examples", headers=alice).json()
+    digits = next(e for e in examples if e["name"] == "digits")
+    assert digits["spec"]["model"]["arch"] == "resnet20" and "digits" in digits["title"]
+    valid = api_client.post(f"{API}/spec/validate", headers=alice, json=digits["spec"])
+    assert valid.status_code == 200 and valid.json()["spec"] == digits["spec"]
+    invalid = api_client.post(
+        f"{API}/spec/validate", headers=alice, json=tiny_spec(training={"epochs": 0})
+    )
+    assert invalid.status_code == 422 and invalid.json()["field"] == "training.epochs"
+    assert api_client.get(f"{API}/spec/examples").status_code == 401
+
+
+def test_ratio_history_as_csv(api_client, alice, factory):
+    job_id = submit(api_client, alice).json()["id"]
+    seed_history(factory, job_id, layers=3, steps=4)
+    response = api_client.get(f"{API}/jobs/{job_id}/ratios.csv", headers=alice)
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/csv")
+    lines = response.text.strip().splitlines()
+    assert lines[0].startswith("ray_trial_id,variant,step,epoch,layer_index,layer,mean_in")
+    assert len(lines) == 1 + 3 * 4
+    assert lines[1].split(",")[2:6] == ["1", "1", "0", "layer0.norm"]

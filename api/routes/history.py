@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
@@ -111,6 +112,30 @@ def metric_history(
             MetricPoint(trial_id=m.trial_id, step=m.step, epoch=m.epoch, name=m.name, value=m.value)
             for m in rows
         ],
+    )
+
+
+@router.get(
+    "/ratios.csv",
+    response_class=StreamingResponse,
+    responses={
+        200: {"description": "Every snapshot of every trial.", "content": {"text/csv": {}}},
+        **JOB_RESPONSES,
+    },
+)
+def ratio_history_csv(job_id: JobId, request: Request, user: CurrentUser, session: SessionDep):
+    """The whole ratio history (no downsampling) as CSV, streamed; also while the job runs."""
+    submissions.owned_job(session, job_id=job_id, user=user)
+    factory = request.app.state.session_factory
+
+    def chunks():
+        with factory() as stream_session:
+            yield from history.ratio_csv_lines(stream_session, job_id=job_id)
+
+    return StreamingResponse(
+        chunks(),
+        media_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{job_id}-ratios.csv"'},
     )
 
 
