@@ -34,7 +34,8 @@ class UnsupportedMediaType(ServiceError):
     default_message = "the request body must be JSON (Content-Type: application/json)"
 
 
-def get_settings(request: Request) -> Settings:
+# Trivial dependencies are ``async`` so they run on the event loop, not via a thread hop.
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
@@ -50,7 +51,7 @@ def get_session(request: Request) -> Iterator[Session]:
             raise
 
 
-def get_celery(request: Request) -> Celery:
+async def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
@@ -72,7 +73,7 @@ def get_current_user(
     return user
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 unless the body is declared JSON (before the body is parsed)."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";", 1)[0].strip().lower()

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from service import lifecycle, repositories
 from service.db.base import now as utc_now
-from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job, Trial
+from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job
 from service.errors import InvalidTransition, NotFound
 
 log = logging.getLogger(__name__)
@@ -173,7 +172,7 @@ def retry_job(session: Session, *, job_id: str) -> Job:
     lifecycle.transition(session, job, "queued", message=f"retried by user: run {previous_run + 1}")
     job.run = previous_run + 1
     job.attempts = 0
-    _delete_run_results(session, job_id=job_id)
+    repositories.delete_run_results(session, job_id=job_id)
     session.flush()
     session.expire(job, ["trials", "artifacts"])
     return job
@@ -185,18 +184,9 @@ def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None = None
     reaper, requeued). None: the job no longer exists, or (with ``attempt``) another attempt of
     it has taken over, so this worker must stop. Only a running job's heartbeat is written, and
     ``updated_at`` is left as it is (a heartbeat is not a change of the job)."""
-    statement = (
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running")
-        .values(heartbeat_at=utc_now(), updated_at=Job.updated_at)
-        .returning(Job.attempts)
-    )
-    if attempt is not None:
-        statement = statement.where(Job.attempts == attempt)
-    touched = session.execute(statement, execution_options={"synchronize_session": False}).all()
-    if touched:
+    if repositories.touch_heartbeat(session, job_id=job_id, attempt=attempt, at=utc_now()):
         return "running"
-    row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one_or_none()
+    row = repositories.job_status_and_attempts(session, job_id=job_id)
     if row is None:
         return None
     status, attempts = row
@@ -213,21 +203,4 @@ def set_progress(session: Session, *, job_id: str, progress: float) -> bool:
     """Raise a running job's progress to ``progress`` (clamped to [0, 0.99]); progress never goes
     down and a job in another state is left as it is. True when the value changed."""
     value = min(max(float(progress), 0.0), MAX_RUNNING_PROGRESS)
-    result = session.execute(
-        update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.progress < value)
-        .values(progress=value),
-        execution_options={"synchronize_session": False},
-    )
-    return result.rowcount > 0
-
-
-# Queries of this module (to move into service/repositories.py with the other queries).
-
-
-def _delete_run_results(session: Session, *, job_id: str) -> None:
-    """Delete a job's trials (the database cascades to their snapshots and metrics) and
-    artifacts."""
-    options = {"synchronize_session": False}
-    session.execute(delete(Trial).where(Trial.job_id == job_id), execution_options=options)
-    session.execute(delete(Artifact).where(Artifact.job_id == job_id), execution_options=options)
+    return repositories.raise_progress(session, job_id=job_id, progress=value)

@@ -9,8 +9,9 @@
       '--> cancelled (cancelled before a worker picked it up)
 
 ``succeeded`` is final. Every transition appends a ``JobEvent``; nothing here commits (the caller
-commits at the edge). ``attempts`` counts the runs a job has started, so a retry or a requeue is
-visible as the next run's attempt number.
+commits at the edge). ``attempts`` counts the starts of the job's current run (a requeue after a
+lost worker is the next attempt); a user's retry starts a new run (``jobs.run``) with
+``attempts`` reset, see ``service.jobs.retry_job``.
 """
 
 from __future__ import annotations

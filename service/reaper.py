@@ -19,12 +19,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from celery import Celery
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from service import lifecycle
+from service import lifecycle, repositories
 from service.db.base import now as utc_now
-from service.db.models import Job
 from service.dispatch import send_search
 from service.jobs import heartbeat_age_s
 from service.settings import Settings
@@ -44,7 +42,9 @@ def reap_lost_jobs(
     ``jobs.error``) once its attempts reach ``max_attempts``. Returns the ids of the requeued
     jobs, whose search tasks the caller sends after its commit. Does not commit."""
     at = now or utc_now()
-    stale = _lock_stale_running_jobs(session, before=at - timedelta(seconds=heartbeat_timeout_s))
+    stale = repositories.lock_stale_running_jobs(
+        session, before=at - timedelta(seconds=heartbeat_timeout_s)
+    )
     requeued = []
     for job in stale:
         age = heartbeat_age_s(job, now=at)
@@ -76,18 +76,3 @@ def run_reaper_once(
     for job_id in requeued:
         send_search(celery_app, job_id)
     return requeued
-
-
-# Queries of this module (to move into service/repositories.py with the other queries).
-
-
-def _lock_stale_running_jobs(session: Session, *, before: datetime) -> list[Job]:
-    """Running jobs whose last heartbeat is older than ``before`` (or missing), oldest first,
-    locked; rows another transaction holds are skipped (Postgres; SQLite has no row locks)."""
-    statement = (
-        select(Job)
-        .where(Job.status == "running", or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)))
-        .order_by(Job.heartbeat_at, Job.id)
-        .with_for_update(skip_locked=True)
-    )
-    return list(session.scalars(statement))

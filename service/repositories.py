@@ -13,20 +13,21 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, cast, delete, func, select, update
+from sqlalchemy import Table, bindparam, cast, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
 from service.db.base import now
-from service.db.models import Job, JobEvent, Metric, RatioSnapshot, Trial
+from service.db.models import Artifact, Job, JobEvent, Metric, RatioSnapshot, Trial
 
 # Rows per INSERT statement of a bulk insert into SQLite (SQLAlchemy lowers it further where the
 # bind parameter limit, 32766, requires).
 _PAGE_ROWS = 2000
 
 SNAPSHOT_KEY = ("trial_id", "step", "layer_index")
+KEEP = object()  # "leave this column as it is" where None is a value
 METRIC_KEY = ("trial_id", "step", "name")
 
 
@@ -72,12 +73,18 @@ def _job_by_key(session: Session, *, owner_id: int, idempotency_key: str) -> Job
     ).one_or_none()
 
 
-def get_job(session: Session, job_id: str, *, for_update: bool = False) -> Job | None:
+def get_job(
+    session: Session, job_id: str, *, for_update: bool = False, with_children: bool = False
+) -> Job | None:
     """The job, or None. ``for_update`` locks its row (``SELECT ... FOR UPDATE`` on Postgres) so
-    that two workers cannot both move it out of the same status."""
+    that two workers cannot both move it out of the same status. ``with_children`` loads its
+    events and artifacts in the same round trip (a few rows each)."""
     statement = select(Job).where(Job.id == job_id)
     if for_update:
         statement = statement.with_for_update()
+    if with_children:
+        statement = statement.options(joinedload(Job.events), joinedload(Job.artifacts))
+        return session.scalars(statement).unique().one_or_none()
     return session.scalars(statement).one_or_none()
 
 
@@ -133,6 +140,58 @@ def delete_job(session: Session, job: Job) -> None:
     in the database, so the history is never loaded)."""
     session.execute(delete(Job).where(Job.id == job.id))
     session.expunge(job)
+
+
+def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None, at) -> bool:
+    """Set a running job's ``heartbeat_at`` (of attempt ``attempt`` only, if given) without
+    touching ``updated_at``; True when the job was running (and of that attempt)."""
+    statement = (
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running")
+        .values(heartbeat_at=at, updated_at=Job.updated_at)
+        .returning(Job.attempts)
+    )
+    if attempt is not None:
+        statement = statement.where(Job.attempts == attempt)
+    options = {"synchronize_session": False}
+    return bool(session.execute(statement, execution_options=options).all())
+
+
+def job_status_and_attempts(session: Session, *, job_id: str) -> tuple[str, int] | None:
+    row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one_or_none()
+    return None if row is None else (row[0], row[1])
+
+
+def raise_progress(session: Session, *, job_id: str, progress: float) -> bool:
+    """Set a running job's progress to ``progress`` if that is higher; True when it changed."""
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.progress < progress)
+        .values(progress=progress),
+        execution_options={"synchronize_session": False},
+    )
+    return result.rowcount > 0
+
+
+def delete_run_results(session: Session, *, job_id: str) -> None:
+    """Delete a job's trials (the database cascades to their snapshots and metrics) and
+    artifacts: what a retry starts over without."""
+    options = {"synchronize_session": False}
+    session.execute(delete(Trial).where(Trial.job_id == job_id), execution_options=options)
+    session.execute(delete(Artifact).where(Artifact.job_id == job_id), execution_options=options)
+
+
+def lock_stale_running_jobs(session: Session, *, before) -> list[Job]:
+    """Running jobs whose last heartbeat is older than ``before`` (or missing), oldest first,
+    locked; rows another transaction holds are skipped (Postgres; SQLite has no row locks), so
+    several reapers can run at once."""
+    statement = (
+        select(Job)
+        .where(Job.status == "running", or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)))
+        .order_by(Job.heartbeat_at, Job.id)
+        .with_for_update(skip_locked=True)
+    )
+    return list(session.scalars(statement))
 
 
 def add_event(
@@ -208,9 +267,13 @@ def update_trial(
     status: str | None = None,
     epochs_used: int | None = None,
     best_metrics: dict[str, Any] | None = None,
+    error: str | None | object = KEEP,
 ) -> None:
-    """Set the given fields of a trial (``None``: leave as is) in one ``UPDATE``."""
+    """Set the given fields of a trial (``None``: leave as is; for ``error``, ``KEEP`` leaves
+    it and ``None`` clears it) in one ``UPDATE``."""
     values: dict[str, Any] = {}
+    if error is not KEEP:
+        values["error"] = error
     if status is not None:
         values["status"] = status
     if epochs_used is not None:

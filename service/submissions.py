@@ -53,9 +53,17 @@ def submit_job(
     return job, created
 
 
-def owned_job(session: Session, *, job_id: str, user: User, for_update: bool = False) -> Job:
-    """The job if ``user`` owns it: 404 when it does not exist, 403 when it is someone else's."""
-    job = repositories.get_job(session, job_id, for_update=for_update)
+def owned_job(
+    session: Session,
+    *,
+    job_id: str,
+    user: User,
+    for_update: bool = False,
+    with_children: bool = False,
+) -> Job:
+    """The job if ``user`` owns it: 404 when it does not exist, 403 when it is someone else's.
+    ``with_children`` loads its events and artifacts in the same query (a job page)."""
+    job = repositories.get_job(session, job_id, for_update=for_update, with_children=with_children)
     if job is None:
         raise NotFound(f"job {job_id} not found")
     if job.owner_id != user.id:

@@ -216,14 +216,16 @@ def test_up_serves_consumes_from_the_sqlite_broker_and_stops_cleanly(tmp_path):
             result = app.send_task(SEARCH_TASK, args=[job_id], queue=SEARCH_QUEUE)
         finally:
             app.close()
+        worker_log = runs / "logs" / "worker.log"  # `up` keeps its children's output there
         wait_for(
             lambda: (
-                f"job {job_id} does not exist" in log_path.read_text()
-                and f"{result.id}] succeeded" in log_path.read_text()
+                worker_log.exists()
+                and f"job {job_id} does not exist" in worker_log.read_text()
+                and f"{result.id}] succeeded" in worker_log.read_text()
             ),
             START_TIMEOUT_S,
             "the worker to consume the task",
-            log_path,
+            worker_log,
         )
         with sqlite3.connect(runs / BROKER_FILE) as broker:
             assert broker.execute("SELECT visible FROM kombu_message").fetchall() == [(0,)]
@@ -239,3 +241,34 @@ def test_up_serves_consumes_from_the_sqlite_broker_and_stops_cleanly(tmp_path):
     assert not [pid for pid in children if alive(pid)], output[-4000:]
     # Nothing holds the broker now: the delivered message can go.
     assert compact_sqlite_broker(runs / BROKER_FILE) == 1
+
+
+def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
+    """What `make demo` does, with a tiny search: up, token, submit over HTTP, follow, print the
+    recommendation and the address, stop (--exit-when-done)."""
+    import json
+
+    from tests.api_support import tiny_spec
+
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(tiny_spec(epochs=2)))
+    runs = tmp_path / "runs"
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("NORMSEARCH_DATABASE_URL", "NORMSEARCH_BROKER_URL", "NORMSEARCH_RUNS_DIR")
+    }
+    command = [
+        sys.executable, *CLI_PREFIX, "up", "--runs-dir", str(runs), "--port", str(free_port()),
+        "--submit", str(spec), "--exit-when-done",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-4000:]
+    assert "succeeded" in output and "normsearch at http://127.0.0.1:" in output
+    assert "layer3.2.bn2" in output  # the recommendation table, last SN layer of resnet20
+    token = runs / "demo-token"
+    assert token.read_text().startswith("ns_") and (token.stat().st_mode & 0o777) == 0o600
+    assert token.read_text().strip() not in output  # the secret is saved, never printed

@@ -40,7 +40,6 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service import jobs, repositories
-from service.db.models import Trial
 
 NORMS = ("in", "ln", "bn", "gn")
 _BOOL_KEYS = frozenset({"all_fixed", "done"})
@@ -123,10 +122,9 @@ class DatabaseRecorder:
                 return
             best = dict(self._summary[db_id]["best_metrics"])
             with self.session_factory() as session, session.begin():
-                repositories.update_trial(session, db_id, status=status, best_metrics=best)
-                trial = session.get(Trial, db_id)
-                if trial is not None and trial.error != error:
-                    trial.error = error
+                repositories.update_trial(
+                    session, db_id, status=status, best_metrics=best, error=error
+                )
 
     def trials(self) -> dict[str, dict[str, Any]]:
         """Everything recorded for the job, read back from the database, in the shape of

@@ -132,7 +132,8 @@ def list_jobs(
 
 @router.get("/{job_id}", response_model=JobDetail, responses=JOB_RESPONSES, summary="Get a job")
 def get_job(job_id: JobId, request: Request, user: CurrentUser, session: SessionDep) -> JobDetail:
-    return job_detail(submissions.owned_job(session, job_id=job_id, user=user), request)
+    job = submissions.owned_job(session, job_id=job_id, user=user, with_children=True)
+    return job_detail(job, request)
 
 
 @router.post(
