@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,13 +30,27 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+# The browser tests (tests/test_ui_browser.py) drive Debian's Chromium through Playwright (no
+# browser download): install it from apt when it is missing (sudo only when not root).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_INSTALL := DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium
+
+browser:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		$(SUDO) env $(APT_INSTALL) || { $(SUDO) apt-get update -q && $(SUDO) env $(APT_INSTALL); }; \
+	fi
+	@$(CHROMIUM) --version 2>/dev/null | grep -i chromium
+
+test: lint browser
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
 	$(BIN)/python bench/sn_layer.py
 	$(BIN)/python bench/sn_network.py
 	$(BIN)/python bench/search_cost.py
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/api_load.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

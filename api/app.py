@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from api.errors import ERROR_RESPONSES, BodySizeLimit, install_error_handlers
 from api.observability import Metrics, MetricsMiddleware
 from api.routes import health, history, jobs, outputs, specs, tokens
+from api.ui import mount_ui
 from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
 from service.settings import Settings, get_settings
@@ -81,7 +82,9 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
         "Normalization searches as a service.",
         lifespan=lifespan,
         openapi_url=f"{API_PREFIX}/openapi.json",
-        docs_url=f"{API_PREFIX}/docs",
+        # FastAPI's Swagger page loads its scripts from a CDN, which deployments behind firewalls
+        # cannot reach: the document itself is served, for any OpenAPI tool.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.settings = settings
@@ -96,4 +99,5 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    mount_ui(app)
     return app

@@ -217,7 +217,8 @@ def _run_demo(config, spec, stop: threading.Event, outcome: dict, exit_when_done
                 console.print(f"[red]job {job.id} {job.status}[/red]: {job.error or ''}")
         token_path = Path(config.runs_dir) / DEMO_TOKEN_FILE
         console.print(
-            f"\nnormsearch at {config.base_url}   (API docs: {config.base_url}/api/v1/docs)\n"
+            f"\nweb UI: {config.base_url}/#/jobs/{job.id}   "
+            f"(API: {config.base_url}/api/v1, OpenAPI: {config.base_url}/api/v1/openapi.json)\n"
             f"token of user '{DEMO_USER}': {token_path} "
             f"(export NORMSEARCH_TOKEN=$(cat {token_path}))\n"
             f"outputs: normsearch download {job.id} --out out/demo --url {config.base_url}"

@@ -267,7 +267,7 @@ def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-4000:]
-    assert "succeeded" in output and "normsearch at http://127.0.0.1:" in output
+    assert "succeeded" in output and "web UI: http://127.0.0.1:" in output
     assert "layer3.2.bn2" in output  # the recommendation table, last SN layer of resnet20
     token = runs / "demo-token"
     assert token.read_text().startswith("ns_") and (token.stat().st_mode & 0o777) == 0o600

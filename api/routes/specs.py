@@ -49,7 +49,10 @@ def spec_examples(_user: CurrentUser) -> list[Example]:
 @router.post(
     "/spec/validate",
     response_model=SpecValid,
-    responses={415: {"model": ErrorBody, "description": "Body is not JSON."}},
+    responses={
+        400: {"model": ErrorBody, "description": "The body could not be read (not UTF-8)."},
+        415: {"model": ErrorBody, "description": "Body is not JSON."},
+    },
 )
 def validate_spec(
     spec: JobSpec, _user: CurrentUser, _json: JsonBody, settings: SettingsDep

@@ -1,0 +1,259 @@
+// SVG charts built as one string per update (no per-point DOM nodes with listeners): stacked
+// ratio bars per SN layer (the SN papers' figure), a layer's ratio evolution over steps, and the
+// per-layer mean/variance divergence. Colours of the normalizers are fixed everywhere.
+
+import { esc } from "./util.js";
+
+export const NORMS = ["in", "ln", "bn", "gn"];
+export const NORM_COLORS = { in: "#4e79a7", ln: "#f28e2b", bn: "#59a14f", gn: "#b07aa1" };
+export const NORM_LABELS = { in: "IN", ln: "LN", bn: "BN", gn: "GN" };
+
+const FONT = 11;
+
+export function legendHtml(norms = NORMS) {
+  return `<div class="legend">${norms.map((n) =>
+    `<span class="legend-item"><svg width="12" height="12" aria-hidden="true"><rect width="12"
+      height="12" rx="2" fill="${NORM_COLORS[n]}"/></svg>${NORM_LABELS[n]}</span>`).join("")}</div>`;
+}
+
+function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(3); }
+
+export function ratiosText(ratios) {
+  return NORMS.filter((n) => ratios?.[n] !== null && ratios?.[n] !== undefined)
+    .map((n) => `${NORM_LABELS[n]} ${fmt(ratios[n])}`).join(" · ");
+}
+
+function yAxis(x0, y0, h, w, ticks = [0, 0.25, 0.5, 0.75, 1], fmtTick = (t) => t.toFixed(2)) {
+  return ticks.map((t) => {
+    const y = (y0 + h - t * h).toFixed(1);
+    return `<line class="grid" x1="${x0}" x2="${x0 + w}" y1="${y}" y2="${y}"/>` +
+      `<text class="tick" x="${x0 - 4}" y="${y}" dy="0.32em" text-anchor="end">${fmtTick(t)}</text>`;
+  }).join("");
+}
+
+function layerGeometry(n) {
+  const step = Math.max(3, Math.min(28, 960 / Math.max(n, 1)));
+  return { step, bar: Math.max(2, step * 0.78), plotW: Math.max(step * n, 120) };
+}
+
+function xLabels(layers, x0, y, step) {
+  const every = Math.max(1, Math.ceil(layers.length / 30));
+  return layers.map((layer, i) => (i % every ? "" :
+    `<text class="tick" x="${(x0 + i * step + step / 2).toFixed(1)}" y="${y}"
+      text-anchor="middle">${layer.layer_index}</text>`)).join("");
+}
+
+/**
+ * Stacked bars, one per layer (network order), of one part ("mean" or "var") of the newest
+ * snapshot of each layer: ``layers`` = [{layer, layer_index, mean: {in, ln, ...}, var: {...},
+ * mean_fixed, var_fixed}]. Each layer's group is <g data-testid="layer-bar" data-layer=...>
+ * with one <rect data-norm=...> per normalizer of its pool.
+ */
+export function ratioBarsSvg(layers, { part, testid, selected = null, title = "" }) {
+  const n = layers.length;
+  const { step, bar, plotW } = layerGeometry(n);
+  const m = { l: 40, r: 10, t: 22, b: 30 };
+  const h = 190;
+  const W = m.l + plotW + m.r;
+  const H = m.t + h + m.b;
+  const out = [];
+  layers.forEach((layer, i) => {
+    const ratios = layer[part] || {};
+    const x = (m.l + i * step + (step - bar) / 2).toFixed(2);
+    let y = m.t + h;
+    const fixed = layer[`${part}_fixed`];
+    const rects = [];
+    for (const norm of NORMS) {
+      const v = ratios[norm];
+      if (v === null || v === undefined) continue;
+      const hh = Math.max(0, v) * h;
+      y -= hh;
+      rects.push(`<rect data-norm="${norm}" data-value="${v}" x="${x}" y="${y.toFixed(2)}"
+        width="${bar.toFixed(2)}" height="${hh.toFixed(2)}" fill="${NORM_COLORS[norm]}"/>`);
+    }
+    const cls = `layer-bar${layer.layer === selected ? " selected" : ""}${fixed ? " fixed" : ""}`;
+    out.push(`<g data-testid="layer-bar" data-layer="${esc(layer.layer)}" data-index="${i}"
+      class="${cls}"><title>#${layer.layer_index} ${esc(layer.layer)} (${part})${fixed ? ", fixed" : ""}
+${ratiosText(ratios)}</title>${rects.join("")}</g>`);
+  });
+  return `<svg data-testid="${testid}" class="chart ratio-chart" viewBox="0 0 ${W} ${H}"
+    width="${W}" height="${H}" role="img" aria-label="${esc(title)}" data-part="${part}"
+    data-layers="${n}">
+    <text class="chart-title" x="${m.l}" y="14">${esc(title)}</text>
+    ${yAxis(m.l, m.t, h, plotW)}
+    ${out.join("")}
+    ${xLabels(layers, m.l, m.t + h + 14, step)}
+    <text class="axis-label" x="${m.l + plotW / 2}" y="${H - 2}" text-anchor="middle">layer</text>
+  </svg>`;
+}
+
+/** 0.5 * L1 distance between the mean and variance ratio vectors (0: same, 1: disjoint). */
+export function divergence(layer) {
+  let sum = 0;
+  for (const norm of NORMS) sum += Math.abs((layer.mean?.[norm] ?? 0) - (layer.var?.[norm] ?? 0));
+  return 0.5 * sum;
+}
+
+export function divergenceSvg(layers, { testid = "divergence-chart", selected = null } = {}) {
+  const n = layers.length;
+  const { step, bar, plotW } = layerGeometry(n);
+  const m = { l: 40, r: 10, t: 22, b: 30 };
+  const h = 90;
+  const W = m.l + plotW + m.r;
+  const H = m.t + h + m.b;
+  const bars = layers.map((layer, i) => {
+    const d = divergence(layer);
+    const hh = d * h;
+    const x = (m.l + i * step + (step - bar) / 2).toFixed(2);
+    return `<g data-layer="${esc(layer.layer)}" data-divergence="${d.toFixed(4)}"
+      class="div-bar${layer.layer === selected ? " selected" : ""}"><title>#${layer.layer_index}
+${esc(layer.layer)}: ${d.toFixed(3)}</title><rect x="${x}" y="${(m.t + h - hh).toFixed(2)}"
+      width="${bar.toFixed(2)}" height="${hh.toFixed(2)}"/></g>`;
+  });
+  return `<svg data-testid="${testid}" class="chart divergence-chart" viewBox="0 0 ${W} ${H}"
+    width="${W}" height="${H}" role="img" aria-label="mean/variance divergence per layer">
+    <text class="chart-title" x="${m.l}" y="14">mean vs. variance divergence (½·L1 of the ratios)</text>
+    ${yAxis(m.l, m.t, h, plotW, [0, 0.5, 1])}
+    ${bars.join("")}
+    ${xLabels(layers, m.l, m.t + h + 14, step)}
+    <text class="axis-label" x="${m.l + plotW / 2}" y="${H - 2}" text-anchor="middle">layer</text>
+  </svg>`;
+}
+
+const r1 = (v) => Math.round(v * 10) / 10;
+
+/**
+ * The polyline points of one normalizer's ratio: at most the first, lowest, highest and last
+ * value per pixel column (the line looks the same; 20,000 steps draw as ~3,000 points).
+ */
+function decimatedLine(points, part, norm, xOf, yOf) {
+  const coords = [];
+  let column = null;
+  let first = null;
+  let lo = null;
+  let hi = null;
+  let last = null;
+  const flush = () => {
+    if (column === null) return;
+    coords.push(`${column},${first}`);
+    if (lo !== first) coords.push(`${column},${lo}`);
+    if (hi !== lo) coords.push(`${column},${hi}`);
+    if (last !== hi) coords.push(`${column},${last}`);
+  };
+  for (const p of points) {
+    const v = p[part]?.[norm];
+    if (v === null || v === undefined) continue;
+    const x = r1(xOf(p.step));
+    const y = r1(yOf(v));
+    if (Math.floor(x) !== Math.floor(column ?? -1)) {
+      flush();
+      column = x;
+      first = lo = hi = last = y;
+    } else {
+      lo = Math.min(lo, y);
+      hi = Math.max(hi, y);
+      last = y;
+    }
+  }
+  flush();
+  return coords;
+}
+
+/**
+ * A layer's ratios over steps: two panels (mean above, variance below), one line per normalizer
+ * of its pool, a dashed mark where the part became fixed. ``points`` ascending by step. A hover
+ * guide (one delegated listener, see attachEvolutionHover) reads ``data-*`` of the SVG.
+ */
+export function evolutionSvg(points, { layer, testid = "layer-evolution-chart" } = {}) {
+  const W = 760;
+  const m = { l: 40, r: 12, t: 22, b: 30 };
+  const ph = 130;
+  const gap = 34;
+  const plotW = W - m.l - m.r;
+  const H = m.t + ph * 2 + gap + m.b;
+  if (!points.length) {
+    return `<svg data-testid="${testid}" class="chart evolution-chart" viewBox="0 0 ${W} 60"
+      width="${W}" height="60" data-points="0"><text class="muted-text" x="${m.l}" y="30">
+      No ratio history for ${esc(layer || "this layer")} yet.</text></svg>`;
+  }
+  const s0 = points[0].step;
+  const s1 = points.at(-1).step;
+  const span = Math.max(1, s1 - s0);
+  const xOf = (s) => m.l + ((s - s0) / span) * plotW;
+  const panels = [["mean", m.t], ["var", m.t + ph + gap]];
+  const parts = panels.map(([part, top]) => {
+    const lines = [];
+    for (const norm of NORMS) {
+      const coords = decimatedLine(points, part, norm, xOf, (v) => top + ph - v * ph);
+      if (coords.length) {
+        lines.push(`<polyline data-norm="${norm}" class="line" fill="none"
+          stroke="${NORM_COLORS[norm]}" points="${coords.join(" ")}"/>`);
+      }
+    }
+    const fixedAt = points.find((p) => p[`${part}_fixed`]);
+    const mark = fixedAt ? `<line class="fixed-mark" x1="${xOf(fixedAt.step).toFixed(1)}"
+      x2="${xOf(fixedAt.step).toFixed(1)}" y1="${top}" y2="${top + ph}"/><text class="tick"
+      x="${xOf(fixedAt.step).toFixed(1)}" y="${top - 3}" text-anchor="middle">fixed</text>` : "";
+    return `<text class="chart-title" x="${m.l}" y="${top - 6}">${part === "mean" ? "mean" :
+      "variance"} ratios</text>${yAxis(m.l, top, ph, plotW, [0, 0.5, 1])}${mark}${lines.join("")}`;
+  });
+  const ticks = [];
+  const tickSteps = new Set();
+  for (let i = 0; i <= 5; i += 1) tickSteps.add(Math.round(s0 + (span * i) / 5));
+  for (const s of [...tickSteps].filter((t) => t <= s1)) {
+    ticks.push(`<text class="tick" x="${xOf(s).toFixed(1)}" y="${H - m.b + 14}"
+      text-anchor="middle">${s}</text>`);
+  }
+  return `<svg data-testid="${testid}" class="chart evolution-chart" viewBox="0 0 ${W} ${H}"
+    width="${W}" height="${H}" role="img" aria-label="ratio evolution of ${esc(layer)}"
+    data-layer="${esc(layer)}" data-points="${points.length}" data-x0="${m.l}"
+    data-x1="${m.l + plotW}" data-s0="${s0}" data-s1="${s1}">
+    ${parts.join("")}
+    ${ticks.join("")}
+    <text class="axis-label" x="${m.l + plotW / 2}" y="${H - 2}" text-anchor="middle">step</text>
+    <g class="hover" visibility="hidden"><line class="guide" y1="${m.t}" y2="${H - m.b}"/>
+      <text class="hover-text" y="${m.t - 8}" font-size="${FONT}"></text></g>
+  </svg>`;
+}
+
+/**
+ * One mousemove listener on ``container`` for the evolution chart it holds: the nearest step's
+ * values at the pointer. ``getPoints()`` returns the chart's current points (ascending step).
+ */
+export function attachEvolutionHover(container, getPoints) {
+  container.addEventListener("mousemove", (event) => {
+    const svg = container.querySelector("svg.evolution-chart[data-x0]");
+    const points = getPoints();
+    if (!svg || !points.length) return;
+    const hover = svg.querySelector("g.hover");
+    const matrix = svg.getScreenCTM();
+    if (!matrix) return;
+    const pt = new DOMPoint(event.clientX, event.clientY).matrixTransform(matrix.inverse());
+    const x0 = Number(svg.dataset.x0);
+    const x1 = Number(svg.dataset.x1);
+    if (pt.x < x0 || pt.x > x1) { hover.setAttribute("visibility", "hidden"); return; }
+    const s0 = Number(svg.dataset.s0);
+    const s1 = Number(svg.dataset.s1);
+    const target = s0 + ((pt.x - x0) / Math.max(1e-9, x1 - x0)) * (s1 - s0);
+    let lo = 0;
+    let hi = points.length - 1;
+    while (lo < hi) { // first point with step >= target
+      const mid = (lo + hi) >> 1;
+      if (points[mid].step < target) lo = mid + 1; else hi = mid;
+    }
+    if (lo > 0 && target - points[lo - 1].step < points[lo].step - target) lo -= 1;
+    const p = points[lo];
+    const x = x0 + ((p.step - s0) / Math.max(1, s1 - s0)) * (x1 - x0);
+    const guide = hover.querySelector("line");
+    guide.setAttribute("x1", x.toFixed(1));
+    guide.setAttribute("x2", x.toFixed(1));
+    const text = hover.querySelector("text");
+    text.setAttribute("x", Math.min(x, x1 - 330).toFixed(1));
+    text.textContent = `step ${p.step} (epoch ${p.epoch}) · mean ${ratiosText(p.mean)} · var ${
+      ratiosText(p.var)}`;
+    hover.setAttribute("visibility", "visible");
+  });
+  container.addEventListener("mouseleave", () => {
+    container.querySelector("svg.evolution-chart g.hover")?.setAttribute("visibility", "hidden");
+  });
+}

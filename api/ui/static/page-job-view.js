@@ -1,0 +1,111 @@
+// The job page's skeleton (page-job.js fills it in and keeps it live). Every data-testid here is
+// a stable hook of the browser tests.
+
+import { legendHtml, NORMS } from "./charts.js";
+import { esc, progressHtml } from "./util.js";
+
+export function jobPageHtml(jobId) {
+  return `
+    <section class="card job-head">
+      <div class="toolbar">
+        <h1>Job <code data-testid="job-id" class="mono">${esc(jobId)}</code></h1>
+        <span id="status-slot"></span>
+        <span class="live" id="live-state"></span>
+        <span class="spacer"></span>
+        <button type="button" class="button danger" data-testid="cancel-job" id="cancel-job"
+          hidden>Cancel</button>
+        <button type="button" class="button" data-testid="retry-job" id="retry-job"
+          hidden>Retry</button>
+      </div>
+      <div id="progress-slot">${progressHtml(0)}</div>
+      <dl class="facts" id="facts"></dl>
+      <p class="job-error" id="job-error" hidden></p>
+      <div class="downloads" id="downloads">
+        <span class="muted">Download:</span>
+        <button type="button" class="button" data-testid="download-csv"
+          data-download="csv">Ratio history (CSV)</button>
+        <button type="button" class="button" data-testid="download-json" data-download="json"
+          hidden>Plan (JSON)</button>
+        <button type="button" class="button" data-testid="download-yaml" data-download="yaml"
+          hidden>Plan (YAML)</button>
+        <button type="button" class="button" data-testid="download-checkpoint"
+          data-download="checkpoint" hidden>Checkpoint (zip)</button>
+        <span class="muted" id="artifact-info"></span>
+      </div>
+    </section>
+    <div class="grid-2">
+      <section class="card">
+        <h2>Timeline</h2>
+        <ol class="timeline" data-testid="timeline" id="timeline"></ol>
+      </section>
+      <section class="card">
+        <h2>Trials</h2>
+        <div class="table-wrap">
+          <table class="table" data-testid="trials-table">
+            <thead><tr><th>Trial</th><th>Variant</th><th>Status</th><th class="num">Seed</th>
+              <th class="num">Batch</th><th class="num">Val. accuracy</th>
+              <th class="num">Epochs</th></tr></thead>
+            <tbody id="trials-body"><tr class="empty"><td colspan="7">No trials yet.</td></tr></tbody>
+          </table>
+        </div>
+      </section>
+    </div>
+    <section class="card" id="ratios-card">
+      <div class="toolbar">
+        <h2>Per-layer switch ratios</h2>
+        <span class="spacer"></span>
+        <label>Search trial
+          <select data-testid="trial-select" id="trial-select" disabled>
+            <option value="">no search trial yet</option>
+          </select>
+        </label>
+      </div>
+      <div class="toolbar small">
+        ${legendHtml(NORMS)}
+        <span class="spacer"></span>
+        <span class="muted" id="step-info"></span>
+      </div>
+      <div class="charts" id="bar-charts">
+        <div class="chart-box" id="chart-mean"><p class="muted">No ratios yet.</p></div>
+        <div class="chart-box" id="chart-var"></div>
+        <div class="chart-box" id="chart-divergence"></div>
+      </div>
+      <p class="muted small">Newest step of the selected trial; each bar is one SN layer in
+        network order (hover for its values, click to show its evolution below).</p>
+    </section>
+    <section class="card" id="evolution-card">
+      <div class="toolbar">
+        <h2>Layer evolution</h2>
+        <span class="spacer"></span>
+        <label>Layer
+          <select data-testid="layer-select" id="layer-select" disabled>
+            <option value="">no layers yet</option>
+          </select>
+        </label>
+      </div>
+      <div class="chart-box" id="chart-evolution"></div>
+      <p class="muted small" id="evolution-info"></p>
+    </section>
+    <section class="card" id="results-card" hidden>
+      <h2>Recommendation</h2>
+      <p class="muted" id="recommendation-info"></p>
+      <div class="table-wrap">
+        <table class="table" data-testid="recommendation-table">
+          <thead><tr><th class="num">#</th><th>Layer</th><th>Mean</th><th>Variance</th>
+            <th class="num">Confidence</th><th>Torch layer</th><th>Mean ratios</th>
+            <th>Variance ratios</th></tr></thead>
+          <tbody id="recommendation-body"></tbody>
+        </table>
+      </div>
+      <h2>Verification</h2>
+      <p class="muted" id="verification-info"></p>
+      <table class="table" data-testid="verification-table">
+        <thead><tr><th>Model</th><th>Key</th><th class="num">Val. accuracy</th>
+          <th class="num">Std</th><th class="num">Seeds</th></tr></thead>
+        <tbody id="verification-body"></tbody>
+      </table>
+    </section>
+    <section class="card">
+      <details><summary>Job spec</summary><pre class="spec" id="spec-view"></pre></details>
+    </section>`;
+}

@@ -1,0 +1,465 @@
+// #/jobs/<id>: one job, live. The event stream (sse.js) drives every update:
+//   status   -> timeline item, status badge, buttons; trials refreshed (throttled)
+//   progress -> progress bar
+//   ratios   -> {trial_id: newest step}: for the selected search trial, read only what is new:
+//               the bar charts ask for the newest step (after=<held step>, max_points=1), the
+//               evolution chart for the selected layer's new steps (after=<held step>)
+//   end      -> the job detail (artifacts, error) and, when it succeeded, the report
+// Nothing reloads on a timer. Each loader runs one request at a time; news that arrives during
+// a request is folded into one follow-up request.
+
+import { ApiError, download, reportError, request } from "./api.js";
+import {
+  attachEvolutionHover, divergenceSvg, evolutionSvg, ratioBarsSvg, ratiosText,
+} from "./charts.js";
+import { jobPageHtml } from "./page-job-view.js";
+import { reportHtml } from "./report.js";
+import { followEvents } from "./sse.js";
+import {
+  ACTIVE_STATUSES, esc, FINISHED_STATUSES, fmtBytes, fmtDate, fmtPct, progressHtml,
+  serial, showNotice, statusBadge, throttle,
+} from "./util.js";
+
+const EVOLUTION_MAX_POINTS = 20000;
+const TRIALS_THROTTLE_MS = 3000;
+const SEARCH_VARIANT = "sn";
+
+const loader = (fn) => serial(fn, reportError);
+
+export function render(root, [jobId]) {
+  const base = `/api/v1/jobs/${jobId}`;
+  const state = {
+    job: null,
+    eventIds: new Set(),
+    trials: [],
+    trialId: null, // the selected search trial
+    newest: { trialId: null, lastStep: null, layers: new Map() }, // layer -> newest point
+    evo: { trialId: null, layer: null, lastStep: null, points: [] },
+    layer: null, // the selected layer
+    reportFor: null, // the run whose report is shown
+    streamState: "",
+    gen: 0, // bumped when the trial selection resets; older answers are dropped
+  };
+  let alive = true;
+  let stream = null;
+  const controller = new AbortController();
+  const signal = controller.signal;
+
+  root.innerHTML = jobPageHtml(jobId);
+
+  const $ = (sel) => root.querySelector(sel);
+  const trialSelect = $("#trial-select");
+  const layerSelect = $("#layer-select");
+
+  // ------------------------------------------------------------------ header and lifecycle
+
+  function drawHead() {
+    const job = state.job;
+    $("#status-slot").innerHTML = statusBadge(job.status);
+    $("#progress-slot").innerHTML = progressHtml(job.progress);
+    $("#cancel-job").hidden = !ACTIVE_STATUSES.has(job.status);
+    $("#retry-job").hidden = !["failed", "cancelled"].includes(job.status);
+    const facts = [
+      ["Model", job.arch], ["Dataset", job.dataset],
+      ["Target batch size", job.target_batch_size ?? "–"], ["Run", job.run],
+      ["Attempts", job.attempts], ["Created", fmtDate(job.created_at)],
+      ["Started", fmtDate(job.started_at) || "–"], ["Finished", fmtDate(job.finished_at) || "–"],
+    ];
+    $("#facts").innerHTML = facts.map(([k, v]) => `<div><dt>${esc(k)}</dt><dd>${esc(v)}</dd></div>`)
+      .join("");
+    const errorBox = $("#job-error");
+    errorBox.textContent = job.error ? `Error: ${job.error}` : "";
+    errorBox.hidden = !job.error;
+    const kinds = new Set((job.artifacts || []).map((a) => a.kind));
+    $("[data-download=json]").hidden = !kinds.has("plan_json");
+    $("[data-download=yaml]").hidden = !kinds.has("plan_yaml");
+    $("[data-download=checkpoint]").hidden = !kinds.has("checkpoint");
+    const ckpt = (job.artifacts || []).find((a) => a.kind === "checkpoint");
+    $("#artifact-info").textContent = ckpt ? `checkpoint ${fmtBytes(ckpt.size_bytes)}, sha256 ${
+      ckpt.sha256.slice(0, 12)}…` : "";
+    $("#spec-view").textContent = JSON.stringify(job.spec, null, 2);
+  }
+
+  function setStatus(status, progress) {
+    if (!state.job) return;
+    const changed = status && status !== state.job.status;
+    if (status) state.job.status = status;
+    if (progress !== undefined && progress !== null) state.job.progress = progress;
+    if (changed) {
+      drawHead();
+    } else {
+      $("#progress-slot").innerHTML = progressHtml(state.job.progress);
+    }
+  }
+
+  function addEvents(events) {
+    const list = $("#timeline");
+    const fresh = events.filter((e) => !state.eventIds.has(String(e.id)));
+    if (!fresh.length) return;
+    const html = fresh.map((e) => {
+      state.eventIds.add(String(e.id));
+      const from = e.from_status ? `${esc(e.from_status)} → ` : "";
+      return `<li data-testid="timeline-event" data-status="${esc(e.to_status)}"
+        data-event-id="${esc(e.id)}" class="status-${esc(e.to_status)}">
+        <span class="dot"></span><div><div class="tl-head">${from}<strong>${esc(e.to_status)}</strong>
+        <time datetime="${esc(e.at)}">${esc(fmtDate(e.at))}</time></div>
+        ${e.message ? `<div class="tl-msg">${esc(e.message)}</div>` : ""}</div></li>`;
+    }).join("");
+    list.insertAdjacentHTML("beforeend", html);
+  }
+
+  async function loadJob() {
+    const job = await request(base, { signal });
+    if (!alive) return;
+    state.job = job;
+    drawHead();
+    addEvents(job.events || []);
+    if (job.status === "succeeded" && state.reportFor !== job.run) loadReport();
+    if (FINISHED_STATUSES.has(job.status) && job.status !== "succeeded") {
+      $("#results-card").hidden = true;
+    }
+  }
+
+  function startStream() {
+    stream?.stop();
+    if (!state.job || FINISHED_STATUSES.has(state.job.status)) {
+      setLive("");
+      return;
+    }
+    const ids = [...state.eventIds].map(Number).filter(Number.isFinite);
+    stream = followEvents(`${base}/events`, {
+      lastEventId: ids.length ? Math.max(...ids) : null,
+      onEvent,
+      onState: (s) => setLive({ open: "live", connecting: "connecting…",
+        retrying: "reconnecting…", closed: "" }[s] ?? ""),
+      onError: (error) => showNotice(`Live updates stopped: ${error.message}`),
+    });
+  }
+
+  function setLive(text) {
+    const box = $("#live-state");
+    box.textContent = text;
+    box.dataset.state = text;
+  }
+
+  function onEvent(name, data) {
+    if (!alive) return;
+    if (name === "status") {
+      addEvents([data]);
+      setStatus(data.to_status);
+      refreshTrials();
+      if (FINISHED_STATUSES.has(data.to_status)) refreshJob();
+    } else if (name === "progress") {
+      setStatus(data.status, data.progress);
+    } else if (name === "ratios") {
+      let unknown = false;
+      for (const [trial, step] of Object.entries(data)) {
+        const id = Number(trial);
+        if (!state.trials.some((t) => t.id === id)) unknown = true;
+        if (id === state.trialId) {
+          if (state.newest.lastStep === null || step > state.newest.lastStep) loadNewest();
+          if (state.evo.layer && (state.evo.lastStep === null || step > state.evo.lastStep)) {
+            loadEvolution();
+          }
+        }
+      }
+      if (unknown || state.trialId === null) refreshTrials.now();
+      else refreshTrials();
+    } else if (name === "end") {
+      setStatus(data.status);
+      refreshJob();
+      refreshTrials.now();
+    }
+  }
+
+  const refreshJob = loader(async () => {
+    await loadJob();
+    if (alive && state.trialId !== null) { loadNewest(); loadEvolution(); }
+  });
+
+  // ------------------------------------------------------------------ trials
+
+  const loadTrials = loader(async () => {
+    const trials = await request(`${base}/trials`, { signal });
+    if (!alive) return;
+    state.trials = trials;
+    drawTrials();
+  });
+  const refreshTrials = throttle(loadTrials, TRIALS_THROTTLE_MS);
+  refreshTrials.now = loadTrials;
+
+  function trialConfig(t) {
+    const c = t.config || {};
+    const inner = c.trial || {};
+    return { seed: inner.seed ?? c.seed, batch: inner.batch_size ?? c.batch_size };
+  }
+
+  function drawTrials() {
+    const body = $("#trials-body");
+    body.innerHTML = state.trials.length ? state.trials.map((t) => {
+      const { seed, batch } = trialConfig(t);
+      const acc = t.best_metrics?.val_accuracy;
+      return `<tr data-testid="trial-row" data-trial-id="${t.id}" data-variant="${esc(t.variant)}"
+        class="${t.id === state.trialId ? "selected" : ""}">
+        <td class="mono" title="${esc(t.ray_trial_id)}">#${t.id}</td><td>${esc(t.variant)}</td>
+        <td>${statusBadge(t.status.toLowerCase(), "trial-status")}</td>
+        <td class="num">${seed ?? "–"}</td><td class="num">${batch ?? "–"}</td>
+        <td class="num">${acc === undefined || acc === null ? "–" : fmtPct(acc, 1)}</td>
+        <td class="num">${t.epochs_used} / ${t.epochs_budget}</td></tr>`;
+    }).join("") : `<tr class="empty"><td colspan="7">No trials yet.</td></tr>`;
+
+    const search = state.trials.filter((t) => t.variant === SEARCH_VARIANT);
+    const options = search.map((t) => {
+      const { seed, batch } = trialConfig(t);
+      return `<option value="${t.id}">#${t.id} · seed ${seed ?? "?"} · batch ${batch ?? "?"} · ${
+        esc(t.status.toLowerCase())}</option>`;
+    }).join("");
+    if (trialSelect.dataset.options !== options) {
+      trialSelect.innerHTML = options || `<option value="">no search trial yet</option>`;
+      trialSelect.dataset.options = options;
+    }
+    trialSelect.disabled = !search.length;
+    if (state.trialId === null || !search.some((t) => t.id === state.trialId)) {
+      const target = state.job?.target_batch_size;
+      const pick = search.find((t) => trialConfig(t).batch === target) || search[0];
+      if (pick) selectTrial(pick.id);
+    } else {
+      trialSelect.value = String(state.trialId);
+    }
+  }
+
+  function selectTrial(id) {
+    state.trialId = id;
+    state.gen += 1;
+    state.newest = { trialId: id, lastStep: null, layers: new Map() };
+    state.evo = { trialId: id, layer: state.layer, lastStep: null, points: [] };
+    trialSelect.value = String(id);
+    for (const row of root.querySelectorAll("[data-testid=trial-row]")) {
+      row.classList.toggle("selected", Number(row.dataset.trialId) === id);
+    }
+    loadNewest();
+    loadEvolution();
+  }
+
+  // ------------------------------------------------------------------ ratios: newest step
+
+  const loadNewest = loader(async () => {
+    const { trialId, lastStep } = state.newest;
+    if (trialId === null) return;
+    const gen = state.gen;
+    const params = new URLSearchParams({ trial: trialId, max_points: 1 });
+    if (lastStep !== null) params.set("after", lastStep);
+    const answer = await request(`${base}/ratios?${params}`, { signal });
+    if (!alive || gen !== state.gen) return;
+    const trial = answer.trials[0];
+    if (!trial || !trial.points.length) return;
+    for (const p of trial.points) state.newest.layers.set(p.layer, p);
+    state.newest.lastStep = trial.last_step;
+    drawBars();
+  });
+
+  function orderedLayers() {
+    return [...state.newest.layers.values()].sort((a, b) => a.layer_index - b.layer_index);
+  }
+
+  let barsFrame = 0;
+  function drawBars() {
+    if (barsFrame) return;
+    barsFrame = requestAnimationFrame(() => {
+      barsFrame = 0;
+      if (!alive) return;
+      const layers = orderedLayers();
+      if (!layers.length) return;
+      const step = state.newest.lastStep;
+      const epoch = layers.reduce((e, p) => Math.max(e, p.epoch), 0);
+      const fixed = layers.filter((p) => p.mean_fixed && p.var_fixed).length;
+      $("#step-info").textContent = `step ${step} · epoch ${epoch} · ${layers.length} layers · ${
+        fixed} fixed`;
+      const selected = state.layer;
+      $("#bar-charts").classList.toggle("stacked", layers.length > 40); // full width each
+      $("#chart-mean").innerHTML = ratioBarsSvg(layers, { part: "mean", testid: "ratio-chart-mean",
+        selected, title: "mean ratios" });
+      $("#chart-var").innerHTML = ratioBarsSvg(layers, { part: "var", testid: "ratio-chart-var",
+        selected, title: "variance ratios" });
+      $("#chart-divergence").innerHTML = divergenceSvg(layers, { selected });
+      updateLayerOptions(layers);
+    });
+  }
+
+  function updateLayerOptions(layers) {
+    const names = layers.map((p) => p.layer);
+    const key = names.join("\n");
+    if (layerSelect.dataset.key !== key) {
+      layerSelect.innerHTML = layers.map((p) =>
+        `<option value="${esc(p.layer)}">#${p.layer_index} ${esc(p.layer)}</option>`).join("");
+      layerSelect.dataset.key = key;
+      layerSelect.disabled = !names.length;
+    }
+    if (!state.layer || !names.includes(state.layer)) {
+      selectLayer(names[0]);
+    } else {
+      layerSelect.value = state.layer;
+    }
+  }
+
+  function selectLayer(name) {
+    if (!name) return;
+    const changed = name !== state.layer;
+    state.layer = name;
+    layerSelect.value = name;
+    for (const g of root.querySelectorAll("#bar-charts [data-layer]")) {
+      g.classList.toggle("selected", g.dataset.layer === name);
+    }
+    if (changed || state.evo.layer !== name) {
+      state.evo = { trialId: state.trialId, layer: name, lastStep: null, points: [] };
+      $("#chart-evolution").innerHTML = `<p class="muted">Loading ${esc(name)}…</p>`;
+      loadEvolution();
+    }
+  }
+
+  // ------------------------------------------------------------------ ratios: one layer's history
+
+  const loadEvolution = loader(async () => {
+    const { trialId, layer, lastStep } = state.evo;
+    if (trialId === null || !layer) return;
+    const gen = state.gen;
+    const params = new URLSearchParams({ trial: trialId, layer, max_points: EVOLUTION_MAX_POINTS });
+    if (lastStep !== null) params.set("after", lastStep);
+    const answer = await request(`${base}/ratios?${params}`, { signal });
+    if (!alive || gen !== state.gen || state.evo.layer !== layer) return;
+    const trial = answer.trials[0];
+    if (!trial) return;
+    const evo = state.evo;
+    if (trial.points.length) {
+      evo.points.push(...trial.points.filter((p) => lastStep === null || p.step > lastStep));
+      evo.lastStep = trial.last_step;
+      if (lastStep === null) evo.downsampled = trial.downsampled;
+      if (evo.points.length > EVOLUTION_MAX_POINTS * 1.5) { // keep it bounded: every other
+        evo.points = evo.points.filter((p, i) => i % 2 === 0 || i === evo.points.length - 1);
+        evo.downsampled = true;
+      }
+    }
+    if (trial.points.length || lastStep === null) drawEvolution();
+  });
+
+  let evoFrame = 0;
+  function drawEvolution() {
+    if (evoFrame) return;
+    evoFrame = requestAnimationFrame(() => {
+      evoFrame = 0;
+      if (!alive) return;
+      const { points, layer, downsampled } = state.evo;
+      $("#chart-evolution").innerHTML = evolutionSvg(points, { layer });
+      const last = points.at(-1);
+      $("#evolution-info").textContent = last ? `${layer}: ${points.length} steps${
+        downsampled ? " (evenly downsampled)" : ""}; newest step ${last.step}: mean ${
+        ratiosText(last.mean)}; variance ${ratiosText(last.var)}` : "";
+    });
+  }
+
+  // ------------------------------------------------------------------ the report
+
+  async function loadReport() {
+    const run = state.job.run;
+    state.reportFor = run;
+    let report;
+    try {
+      report = await request(`${base}/report`, { signal });
+    } catch (error) {
+      state.reportFor = null;
+      if (error instanceof ApiError && error.status === 409) return; // not ready yet
+      throw error;
+    }
+    if (!alive) return;
+    drawReport(report);
+  }
+
+  function drawReport(report) {
+    const { recommendationInfo, recommendationRows, verificationInfo, verificationRows } =
+      reportHtml(report);
+    $("#recommendation-info").textContent = recommendationInfo;
+    $("#recommendation-body").innerHTML = recommendationRows;
+    $("#verification-info").textContent = verificationInfo;
+    $("#verification-body").innerHTML = verificationRows;
+    $("#results-card").hidden = false;
+  }
+
+  // ------------------------------------------------------------------ controls (delegated)
+
+  const DOWNLOADS = {
+    csv: ["/ratios.csv", `${jobId}-ratios.csv`],
+    json: ["/recommendation", `${jobId}-plan.json`],
+    yaml: ["/recommendation?format=yaml", `${jobId}-plan.yaml`],
+    checkpoint: ["/checkpoint", `${jobId}-checkpoint.zip`],
+  };
+
+  root.addEventListener("click", async (event) => {
+    const button = event.target.closest("button");
+    if (button?.dataset.download) {
+      const [path, name] = DOWNLOADS[button.dataset.download];
+      button.disabled = true;
+      try { await download(`${base}${path}`, name); } catch (error) { reportError(error); }
+      finally { button.disabled = false; }
+      return;
+    }
+    if (button?.id === "cancel-job" || button?.id === "retry-job") {
+      const action = button.id === "cancel-job" ? "cancel" : "retry";
+      button.disabled = true;
+      try {
+        const job = await request(`${base}/${action}`, { method: "POST", signal });
+        if (!alive) return;
+        state.job = job;
+        drawHead();
+        addEvents(job.events || []);
+        if (action === "retry") {
+          $("#results-card").hidden = true;
+          state.reportFor = null;
+          state.trialId = null;
+          state.gen += 1;
+          state.newest = { trialId: null, lastStep: null, layers: new Map() };
+          state.evo = { trialId: null, layer: state.layer, lastStep: null, points: [] };
+          refreshTrials.now();
+          startStream();
+        }
+      } catch (error) {
+        reportError(error);
+      } finally {
+        button.disabled = false;
+      }
+      return;
+    }
+    const bar = event.target.closest("#bar-charts [data-layer]");
+    if (bar) selectLayer(bar.dataset.layer);
+  });
+  trialSelect.addEventListener("change", () => {
+    if (trialSelect.value) selectTrial(Number(trialSelect.value));
+  });
+  layerSelect.addEventListener("change", () => selectLayer(layerSelect.value));
+  attachEvolutionHover($("#chart-evolution"), () => state.evo.points);
+
+  // ------------------------------------------------------------------ start
+
+  (async () => {
+    try {
+      await loadJob();
+      if (!alive) return;
+      await loadTrials();
+      startStream();
+    } catch (error) {
+      if (error instanceof ApiError && error.status === 404) {
+        showNotice(`Job ${jobId} was not found.`);
+      } else {
+        reportError(error);
+      }
+    }
+  })();
+
+  return () => {
+    alive = false;
+    stream?.stop();
+    controller.abort();
+    refreshTrials.cancel();
+    cancelAnimationFrame(barsFrame);
+    cancelAnimationFrame(evoFrame);
+  };
+}

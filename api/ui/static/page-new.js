@@ -1,0 +1,273 @@
+// #/new: a JSON spec editor with the shipped examples as templates, live validation (JSON syntax
+// here, then a debounced POST /spec/validate) with each error listed by field path, and submit
+// (POST /jobs with an Idempotency-Key per form and text) -> the job page.
+
+import { ApiError, reportError, request } from "./api.js";
+import { debounce, esc, randomKey, showNotice } from "./util.js";
+
+const DRAFT_KEY = "normsearch.draft";
+const VALIDATE_DELAY_MS = 400;
+
+export function render(root) {
+  root.innerHTML = `
+    <section class="card">
+      <div class="toolbar">
+        <h1>New search job</h1>
+        <span class="spacer"></span>
+        <label>Template
+          <select data-testid="template-select" id="template-select" disabled>
+            <option value="">loading…</option>
+          </select>
+        </label>
+      </div>
+      <p class="muted" id="template-title"></p>
+      <div class="editor-grid">
+        <div class="editor-col">
+          <label for="spec-editor" class="sr-only">Job spec (JSON)</label>
+          <textarea id="spec-editor" data-testid="spec-editor" spellcheck="false"
+            autocomplete="off" wrap="off" rows="30"></textarea>
+          <div class="editor-actions">
+            <button type="button" class="button" id="format-spec">Format JSON</button>
+            <span class="spacer"></span>
+            <button type="button" class="button primary" data-testid="submit-job" id="submit-job">
+              Submit job</button>
+          </div>
+        </div>
+        <aside class="editor-side">
+          <h2>Validation</h2>
+          <div data-testid="spec-errors" id="spec-errors" class="spec-errors" aria-live="polite">
+            <p class="muted">Checking…</p>
+          </div>
+          <details class="hints">
+            <summary>Spec fields</summary>
+            <div id="field-hints" class="field-hints"><p class="muted">loading…</p></div>
+          </details>
+        </aside>
+      </div>
+    </section>`;
+  const select = root.querySelector("#template-select");
+  const title = root.querySelector("#template-title");
+  const editor = root.querySelector("#spec-editor");
+  const errorsBox = root.querySelector("#spec-errors");
+  const submit = root.querySelector("#submit-job");
+  const hints = root.querySelector("#field-hints");
+  let alive = true;
+  let examples = [];
+  let schema = null;
+  let seq = 0; // the newest validation request; older answers are dropped
+  let idempotency = { text: null, key: null };
+
+  function showErrors(errors, heading) {
+    errorsBox.dataset.state = errors.length ? "invalid" : "valid";
+    if (!errors.length) {
+      errorsBox.innerHTML = `<p class="ok">${esc(heading || "The spec is valid.")}</p>`;
+      return;
+    }
+    errorsBox.innerHTML = `<p class="bad">${esc(heading || "The spec has errors:")}</p><ul>` +
+      errors.map((e) => `<li data-testid="field-error" data-field="${esc(e.field)}">` +
+        `<code class="field">${esc(e.field)}</code> ${esc(e.message)}` +
+        `${fieldHint(schema, e.field)}</li>`).join("") + "</ul>";
+  }
+
+  function parse() {
+    try {
+      return { spec: JSON.parse(editor.value) };
+    } catch (error) {
+      return { error: { field: "(json)", message: jsonErrorMessage(editor.value, error) } };
+    }
+  }
+
+  async function validate() {
+    const mine = ++seq;
+    const { spec, error } = parse();
+    if (error) {
+      showErrors([error], "The text is not valid JSON:");
+      return;
+    }
+    try {
+      const answer = await request("/api/v1/spec/validate", { method: "POST", json: spec,
+        allow: [422], raw: true });
+      const body = await answer.json();
+      if (!alive || mine !== seq) return;
+      if (answer.ok) showErrors([], "The spec is valid.");
+      else showErrors(validationErrors(body));
+    } catch (err) {
+      if (!alive || mine !== seq) return;
+      if (err instanceof ApiError && err.status !== 401) {
+        showErrors([{ field: err.body?.field || "(body)", message: err.message }]);
+      } else {
+        reportError(err);
+      }
+    }
+  }
+  const validateSoon = debounce(validate, VALIDATE_DELAY_MS);
+
+  function setText(text) {
+    editor.value = text;
+    sessionStorage.setItem(DRAFT_KEY, text);
+    validate();
+  }
+
+  function applyTemplate(name) {
+    const example = examples.find((e) => e.name === name);
+    if (!example) return;
+    title.textContent = example.title;
+    setText(JSON.stringify(example.spec, null, 2));
+  }
+
+  async function load() {
+    try {
+      const [list, jsonSchema] = await Promise.all([
+        request("/api/v1/spec/examples"),
+        request("/api/v1/spec/schema").catch(() => null),
+      ]);
+      if (!alive) return;
+      examples = list;
+      schema = jsonSchema;
+      select.innerHTML = examples.map((e) =>
+        `<option value="${esc(e.name)}">${esc(e.name)}</option>`).join("");
+      select.disabled = !examples.length;
+      hints.innerHTML = schema ? schemaHints(schema) : `<p class="muted">unavailable</p>`;
+      const draft = sessionStorage.getItem(DRAFT_KEY);
+      if (draft) {
+        editor.value = draft;
+        const fromTemplate = examples.find((e) => JSON.stringify(e.spec, null, 2) === draft);
+        if (fromTemplate) select.value = fromTemplate.name;
+        title.textContent = fromTemplate ? fromTemplate.title : "Your draft (kept in this tab).";
+        validate();
+      } else if (examples.length) {
+        select.value = examples[0].name;
+        applyTemplate(examples[0].name);
+      }
+    } catch (error) {
+      reportError(error);
+    }
+  }
+
+  select.addEventListener("change", () => applyTemplate(select.value));
+  editor.addEventListener("input", () => {
+    sessionStorage.setItem(DRAFT_KEY, editor.value);
+    errorsBox.dataset.state = "pending";
+    validateSoon();
+  });
+  editor.addEventListener("keydown", (event) => {
+    if (event.key === "Tab" && !event.shiftKey) { // indent instead of leaving the editor
+      event.preventDefault();
+      editor.setRangeText("  ", editor.selectionStart, editor.selectionEnd, "end");
+      editor.dispatchEvent(new Event("input"));
+    }
+  });
+  root.querySelector("#format-spec").addEventListener("click", () => {
+    const { spec } = parse();
+    if (spec !== undefined) setText(JSON.stringify(spec, null, 2));
+    else validate();
+  });
+  submit.addEventListener("click", async () => {
+    validateSoon.cancel();
+    const { spec, error } = parse();
+    if (error) {
+      showErrors([error], "The text is not valid JSON:");
+      return;
+    }
+    if (idempotency.text !== editor.value) idempotency = { text: editor.value, key: randomKey() };
+    submit.disabled = true;
+    try {
+      const job = await request("/api/v1/jobs", {
+        method: "POST", json: spec, headers: { "Idempotency-Key": `ui-${idempotency.key}` },
+      });
+      if (!alive) return;
+      sessionStorage.removeItem(DRAFT_KEY);
+      location.hash = `#/jobs/${job.id}`;
+    } catch (err) {
+      if (!alive) return;
+      if (err instanceof ApiError && err.status === 422) showErrors(validationErrors(err.body));
+      if (err instanceof ApiError && err.status !== 401) {
+        showNotice(`The job was not submitted: ${err.message}`);
+      } else {
+        reportError(err);
+      }
+    } finally {
+      submit.disabled = false;
+    }
+  });
+
+  load();
+  return () => {
+    alive = false;
+    validateSoon.cancel();
+  };
+}
+
+/** The {field, message} list of a 422 body (``errors``, else its ``field``/``message``). */
+function validationErrors(body) {
+  if (body?.errors?.length) return body.errors;
+  return [{ field: body?.field || "(body)", message: body?.message || "invalid" }];
+}
+
+/** JSON.parse's message with the line and column where the engine reports a position. */
+function jsonErrorMessage(text, error) {
+  const match = /position (\d+)/.exec(error.message);
+  if (!match || /line \d+/.test(error.message)) return error.message;
+  const position = Number(match[1]);
+  const before = text.slice(0, position).split("\n");
+  return `${error.message} (line ${before.length}, column ${before.at(-1).length + 1})`;
+}
+
+function resolve(schema, node) {
+  let current = node;
+  for (let i = 0; i < 10 && current && current.$ref; i += 1) {
+    const name = current.$ref.split("/").pop();
+    current = schema.$defs?.[name];
+  }
+  if (current?.anyOf) current = current.anyOf.find((x) => x.$ref || x.properties) || current;
+  if (current?.$ref) return resolve(schema, current);
+  return current;
+}
+
+/** The schema node of a dotted field path (list indexes skipped), or null. */
+function fieldNode(schema, field) {
+  if (!schema || !field) return null;
+  let node = schema;
+  for (const part of field.split(".")) {
+    node = resolve(schema, node);
+    if (!node) return null;
+    if (/^\d+$/.test(part) && node.items) { node = node.items; continue; }
+    node = node.properties?.[part];
+  }
+  return resolve(schema, node) || node;
+}
+
+function describe(node) {
+  if (!node) return "";
+  const bits = [];
+  if (node.description) bits.push(node.description);
+  const facts = [];
+  if (node.type) facts.push(node.type);
+  if (node.enum) facts.push(`one of ${node.enum.join(", ")}`);
+  if (node.minimum !== undefined) facts.push(`≥ ${node.minimum}`);
+  if (node.exclusiveMinimum !== undefined) facts.push(`> ${node.exclusiveMinimum}`);
+  if (node.maximum !== undefined) facts.push(`≤ ${node.maximum}`);
+  if (node.exclusiveMaximum !== undefined) facts.push(`< ${node.exclusiveMaximum}`);
+  if (node.default !== undefined && typeof node.default !== "object") {
+    facts.push(`default ${JSON.stringify(node.default)}`);
+  }
+  if (facts.length) bits.push(`(${facts.join("; ")})`);
+  return bits.join(" ");
+}
+
+function fieldHint(schema, field) {
+  const text = describe(fieldNode(schema, field));
+  return text ? `<div class="hint">${esc(text)}</div>` : "";
+}
+
+function schemaHints(schema) {
+  const sections = Object.entries(schema.properties || {}).map(([name, node]) => {
+    const resolved = resolve(schema, node) || node;
+    const props = resolved.properties ? Object.entries(resolved.properties) : [];
+    const rows = props.map(([key, child]) =>
+      `<li><code>${esc(name)}.${esc(key)}</code> ${esc(describe(resolve(schema, child) || child))}</li>`);
+    return `<li><code>${esc(name)}</code> ${esc(resolved.description || describe(resolved))}` +
+      (rows.length ? `<ul>${rows.join("")}</ul>` : "") + "</li>";
+  });
+  return `<ul class="schema-list">${sections.join("")}</ul>`;
+}

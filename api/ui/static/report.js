@@ -1,0 +1,50 @@
+// A succeeded job's report.json as table rows: the recommendation (one row per planned layer,
+// with the torch layer it becomes) and the verification (each model trained from scratch).
+
+import { ratiosText } from "./charts.js";
+import { torchLayer } from "./plan.js";
+import { esc, fmtNum, fmtPct } from "./util.js";
+
+function normTag(norm) {
+  return `<span class="norm norm-${esc(norm)}">${esc(String(norm).toUpperCase())}</span>`;
+}
+
+function recommendationRow(layer, index) {
+  return `<tr data-testid="recommendation-row" data-layer="${esc(layer.name)}">
+    <td class="num">${index}</td><td class="mono">${esc(layer.name)}</td>
+    <td>${normTag(layer.mean)}</td><td>${normTag(layer.var)}</td>
+    <td class="num">${fmtNum(layer.confidence, 2)}</td>
+    <td class="mono" data-testid="torch-layer">${esc(torchLayer(layer))}</td>
+    <td class="small">${esc(ratiosText(layer.mean_ratios))}</td>
+    <td class="small">${esc(ratiosText(layer.var_ratios))}</td>
+  </tr>`;
+}
+
+function verificationRow([key, row], best) {
+  const acc = row.val_accuracy;
+  const isBest = acc !== null && acc !== undefined && acc === best;
+  return `<tr data-testid="verification-row" data-key="${esc(key)}" class="${isBest ? "best" : ""}">
+    <td>${esc(row.label)}</td><td class="mono">${esc(key)}</td>
+    <td class="num">${acc === null || acc === undefined ? "–" : fmtPct(acc, 2)}</td>
+    <td class="num">${row.std === null || row.std === undefined ? "–" : fmtPct(row.std, 2)}</td>
+    <td class="num">${(row.per_seed || []).length}</td></tr>`;
+}
+
+/** {recommendationInfo, recommendationRows, verificationInfo, verificationRows} (text, HTML). */
+export function reportHtml(report) {
+  const rec = report.recommendation || {};
+  const layers = rec.plan?.layers || [];
+  const verification = report.verification;
+  const results = Object.entries(verification?.results || {});
+  const best = Math.max(...results.map(([, r]) => r.val_accuracy ?? -1));
+  return {
+    recommendationInfo: `${layers.length} layers · target batch size ${
+      rec.target_batch_size ?? "–"} · from ${(rec.trial_ids || []).length} trial(s)`,
+    recommendationRows: layers.map(recommendationRow).join(""),
+    verificationInfo: verification
+      ? `Trained from scratch: ${verification.epochs} epochs, batch size ${
+        verification.batch_size}, seeds ${(verification.seeds || []).join(", ")}.`
+      : "No verification was run for this job.",
+    verificationRows: results.map((entry) => verificationRow(entry, best)).join(""),
+  };
+}

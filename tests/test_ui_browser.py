@@ -1,0 +1,410 @@
+"""The web UI in a real browser (Debian's Chromium through Playwright) against the real embedded
+stack (API, Celery worker, local Ray on SQLite): log in, create a job from a template, watch it
+finish live, read its charts and tables, download its outputs, validate a spec inline, filter the
+jobs list, cancel and retry.
+
+Screenshots go to test-artifacts/ui/ (git-ignored); NORMSEARCH_UPDATE_DOCS_SCREENSHOT=1 also
+writes docs/ui-job.png for the README. Chromium missing is a failure: run `make browser`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import time
+import uuid
+import zipfile
+
+import httpx
+import pytest
+import yaml
+
+import sn_core
+from api.embedded import start_embedded
+from service.settings import Settings
+from tests.api_support import bearer, create_user_token, tiny_spec
+from tests.ui_support import (
+    VIEWPORT,
+    chromium_browser,
+    free_port,
+    login,
+    screenshot,
+    sn_layer_names,
+    update_docs_screenshot,
+)
+
+API = "/api/v1"
+JOB_TIMEOUT_S = 180
+UI_TIMEOUT_MS = 15_000
+POOL = {"in", "ln", "bn"}
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+# -- fixtures --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The whole service on this machine: API (uvicorn) and a Celery worker on SQLite."""
+    runs = tmp_path_factory.mktemp("ui") / "runs"
+    running = start_embedded(
+        Settings(runs_dir=runs),
+        runs_dir=runs,
+        host="127.0.0.1",
+        port=free_port(),
+        ready_timeout_s=120,
+    )
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(stack) -> str:
+    return stack.config.base_url
+
+
+@pytest.fixture(scope="module")
+def token(stack) -> str:
+    return create_user_token(stack.config.database_url, name="ui-tester")
+
+
+@pytest.fixture(scope="module")
+def api(base_url, token):
+    """An HTTP client with the test user's token, for set-up and cross-checks."""
+    with httpx.Client(base_url=f"{base_url}{API}", headers=bearer(token), timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium_browser() as running:
+        yield running
+
+
+def new_page(browser):
+    context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # a confirm() before cancel, if any
+    return context, page
+
+
+@pytest.fixture
+def page(browser):
+    """A fresh browser context (own sessionStorage: logged out)."""
+    context, page = new_page(browser)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def logged_in(page, base_url, token):
+    login(page, base_url, token)
+    return page
+
+
+def expect(target):
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=UI_TIMEOUT_MS)
+    return playwright_expect(target)
+
+
+def job_url(base_url: str, job_id: str) -> str:
+    return f"{base_url}/#/jobs/{job_id}"
+
+
+def shrink(spec: dict) -> dict:
+    """The digits example cut down to a search of a few seconds' training (see ``tiny_spec``)."""
+    tiny = tiny_spec(epochs=2)
+    spec = json.loads(json.dumps(spec))
+    spec["training"].update(tiny["training"])
+    spec["search"]["sparsity"].update(tiny["search"]["sparsity"])
+    spec["search"]["stop_when_stable"].update(tiny["search"]["stop_when_stable"])
+    spec["search"]["trials"].update(tiny["search"]["trials"])
+    spec["verify"].update(tiny["verify"])
+    return spec
+
+
+def choose_template(page, base_url: str, name: str = "digits") -> dict:
+    """Open the new-job page, pick a template; the spec it put into the editor."""
+    page.goto(f"{base_url}/#/new")
+    page.get_by_test_id("template-select").select_option(name)
+    editor = page.get_by_test_id("spec-editor")
+    expect(editor).to_have_value(re.compile(r"\S"))
+    return json.loads(editor.input_value())
+
+
+def watch_until_finished(page, api, job_id: str, timeout_s: float = JOB_TIMEOUT_S) -> list[str]:
+    """Poll the job page's status text (the page is never reloaded) until the job has finished;
+    the distinct statuses seen, in order."""
+    status = page.get_by_test_id("job-status")
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        text = status.inner_text().strip()
+        if not seen or seen[-1] != text:
+            seen.append(text)
+        if text in {"succeeded", "failed", "cancelled"}:
+            break
+        time.sleep(0.5)
+    if seen[-1] != "succeeded":
+        job = api.get(f"/jobs/{job_id}").json()
+        pytest.fail(
+            f"job {job_id} did not succeed within {timeout_s:.0f} s: the page showed {seen}, "
+            f"the API says {job.get('status')} (error: {job.get('error')})"
+        )
+    return seen
+
+
+def unavailable(locator) -> bool:
+    """Absent, hidden or disabled."""
+    return locator.count() == 0 or not locator.is_visible() or locator.is_disabled()
+
+
+@pytest.fixture(scope="module")
+def digits_job(browser, base_url, token, api):
+    """A job created through the UI from the digits template (shrunk in the spec editor), watched
+    live until it succeeded; yields its id and the job page left open."""
+    context, page = new_page(browser)
+    try:
+        login(page, base_url, token)
+        spec = shrink(choose_template(page, base_url, "digits"))
+        page.get_by_test_id("spec-editor").fill(json.dumps(spec, indent=2))
+        submit = page.get_by_test_id("submit-job")
+        expect(submit).to_be_enabled()
+        submit.click()
+        page.wait_for_url(re.compile(r"#/jobs/[0-9a-f-]{8,}$"))
+        job_id = page.url.rsplit("/", 1)[1]
+        expect(page.get_by_test_id("job-id")).to_contain_text(job_id)
+        # A marker that a reload would wipe: the status must change on the page as it stands.
+        page.evaluate("window.__uiTestNoReload = true")
+        started = time.monotonic()
+        seen = watch_until_finished(page, api, job_id)
+        print(f"job {job_id}: {seen} in {time.monotonic() - started:.0f} s")
+        assert page.evaluate("window.__uiTestNoReload === true"), "the job page was reloaded"
+        yield {"id": job_id, "page": page, "seen": seen, "spec": spec}
+    finally:
+        context.close()
+
+
+# -- 1. login --------------------------------------------------------------------------------
+
+
+def test_pages_need_a_token_and_login_accepts_only_the_right_one(page, base_url, token):
+    for route in ("#/jobs", "#/new", f"#/jobs/{uuid.uuid4().hex}", ""):
+        page.goto(f"{base_url}/{route}")
+        expect(page.get_by_test_id("token-input")).to_be_visible()
+        expect(page).to_have_url(re.compile(r"#/login"))
+    screenshot(page, "login")
+
+    page.get_by_test_id("token-input").fill("ns_wrong-" + uuid.uuid4().hex)
+    page.get_by_test_id("login-button").click()
+    expect(page.get_by_test_id("login-error")).to_be_visible()
+    expect(page.get_by_test_id("login-error")).not_to_be_empty()
+    expect(page).to_have_url(re.compile(r"#/login"))
+
+    page.get_by_test_id("token-input").fill(token)
+    page.get_by_test_id("login-button").click()
+    expect(page.get_by_test_id("jobs-table")).to_be_visible()
+    for hook in ("nav-jobs", "nav-new", "logout"):
+        expect(page.get_by_test_id(hook)).to_be_visible()
+    assert token in json.dumps(page.evaluate("Object.values(sessionStorage)"))
+    page.get_by_test_id("nav-new").click()
+    expect(page.get_by_test_id("spec-editor")).to_be_visible()
+
+    page.get_by_test_id("logout").click()
+    expect(page.get_by_test_id("token-input")).to_be_visible()
+    assert token not in json.dumps(page.evaluate("Object.values(sessionStorage)"))
+    page.goto(f"{base_url}/#/jobs")
+    expect(page.get_by_test_id("token-input")).to_be_visible()
+
+
+# -- 2. a job from a template, watched live, its results and downloads --------------------------
+
+
+def test_job_from_template_runs_live_and_shows_its_results(digits_job, api, tmp_path, base_url):
+    page, job_id = digits_job["page"], digits_job["id"]
+    # Seen live on the page as it stood: at least queued or running before succeeded.
+    assert digits_job["seen"][-1] == "succeeded" and "running" in digits_job["seen"], digits_job
+    assert api.get(f"/jobs/{job_id}").json()["spec"]["training"]["epochs"] == 2
+    layers = sn_layer_names("resnet20")
+
+    # Ratio charts: one bar group per SN layer, one rect per normalizer of the pool.
+    for chart in ("ratio-chart-mean", "ratio-chart-var"):
+        bars = page.get_by_test_id(chart).get_by_test_id("layer-bar")
+        expect(bars).to_have_count(len(layers))
+        names = [bars.nth(i).get_attribute("data-layer") for i in range(bars.count())]
+        assert sorted(names) == sorted(layers), chart
+        for i in range(bars.count()):
+            norms = (
+                bars.nth(i)
+                .locator("rect[data-norm]")
+                .evaluate_all("rects => rects.map(r => r.getAttribute('data-norm'))")
+            )
+            assert norms and set(norms) <= POOL and len(norms) == len(set(norms)), (names[i], norms)
+
+    # Timeline, trials, recommendation, verification.
+    events = page.get_by_test_id("timeline").get_by_test_id("timeline-event")
+    statuses = events.evaluate_all("items => items.map(e => e.getAttribute('data-status'))")
+    assert [s for s in statuses if s in {"queued", "running", "succeeded"}] == [
+        "queued",
+        "running",
+        "succeeded",
+    ], statuses
+    trials = api.get(f"/jobs/{job_id}/trials").json()
+    trial_count = len(trials["trials"] if isinstance(trials, dict) else trials)
+    expect(page.get_by_test_id("trials-table").get_by_test_id("trial-row")).to_have_count(
+        trial_count
+    )
+    rows = page.get_by_test_id("recommendation-table").get_by_test_id("recommendation-row")
+    expect(rows).to_have_count(len(layers))
+    expect(page.get_by_test_id("verification-table")).to_be_visible()
+    expect(page.get_by_test_id("verification-table")).to_contain_text("bn")
+
+    # One layer's history over the steps, and the divergence of the seeds.
+    layer_select = page.get_by_test_id("layer-select")
+    layer_select.select_option(layers[-1])
+    expect(page.get_by_test_id("trial-select")).to_be_visible()
+    evolution = page.get_by_test_id("layer-evolution-chart")
+    expect(evolution).to_be_visible()
+    expect(evolution.locator("polyline").first).to_be_attached()  # lines drawn, not "no data"
+    expect(page.get_by_test_id("divergence-chart")).to_be_visible()
+
+    # A finished job cannot be cancelled, and only failed or cancelled jobs are retried.
+    assert unavailable(page.get_by_test_id("cancel-job"))
+    assert unavailable(page.get_by_test_id("retry-job"))
+
+    page.mouse.move(0, 0)
+    screenshot(page, "job")
+    update_docs_screenshot(page)
+
+    # Downloads, each through the browser (fetch + Blob + <a download>).
+    def download(hook: str, suffix: str):
+        with page.expect_download() as info:
+            page.get_by_test_id(hook).click()
+        assert info.value.suggested_filename.endswith(suffix), info.value.suggested_filename
+        target = tmp_path / f"{hook}{suffix}"
+        info.value.save_as(target)
+        return target
+
+    plan_json = download("download-json", ".json")
+    plan = json.loads(plan_json.read_text())
+    assert layers[0] in plan_json.read_text() and layers[-1] in plan_json.read_text()
+    assert sorted(sn_core.NormalizerPlan.load(plan_json).names) == sorted(layers), plan
+
+    plan_yaml = download("download-yaml", ".yaml")
+    assert isinstance(yaml.safe_load(plan_yaml.read_text()), dict)
+    loaded = sn_core.NormalizerPlan.load(plan_yaml)
+    assert loaded.to_json() == sn_core.NormalizerPlan.load(plan_json).to_json()
+
+    checkpoint = download("download-checkpoint", ".zip")
+    with zipfile.ZipFile(checkpoint) as archive:
+        assert "model.safetensors" in archive.namelist()
+    model, restored, _spec = sn_core.load_finalized(checkpoint)
+    assert sorted(restored.names) == sorted(layers) and model is not None
+
+    metrics = download("download-csv", ".csv")
+    header = next(csv.reader(io.StringIO(metrics.read_text())))
+    assert ",".join(header).startswith("ray_trial_id,variant,step"), header
+
+
+# -- 3. inline validation --------------------------------------------------------------------
+
+
+def test_spec_editor_validates_inline(logged_in, base_url, api):
+    page = logged_in
+    before = api.get("/jobs").json()["total"]
+    spec = choose_template(page, base_url, "digits")
+    editor, submit = page.get_by_test_id("spec-editor"), page.get_by_test_id("submit-job")
+
+    spec["training"]["epochs"] = 0
+    editor.fill(json.dumps(spec, indent=2))
+    error = page.get_by_test_id("spec-errors").locator(
+        '[data-testid="field-error"][data-field="training.epochs"]'
+    )
+    expect(error).to_be_visible()
+    expect(error).not_to_be_empty()
+    refuse_submit(page, submit)
+
+    editor.fill('{"model": {"arch": "resnet20"},')
+    expect(page.get_by_test_id("spec-errors")).to_be_visible()
+    expect(page.get_by_test_id("spec-errors")).not_to_be_empty()
+    refuse_submit(page, submit)
+
+    spec["training"]["epochs"] = 2  # fixed: the errors go away and submit is offered again
+    editor.fill(json.dumps(spec, indent=2))
+    expect(page.get_by_test_id("field-error")).to_have_count(0)
+    expect(submit).to_be_enabled()
+    assert api.get("/jobs").json()["total"] == before
+
+
+def refuse_submit(page, submit) -> None:
+    """Submit is disabled, or clicking it keeps the page on the form."""
+    if submit.is_enabled():
+        submit.click()
+        page.wait_for_timeout(1000)
+    expect(page).to_have_url(re.compile(r"#/new"))
+    expect(page.get_by_test_id("spec-errors")).not_to_be_empty()
+
+
+# -- 4. jobs list, filter, cancel and retry ----------------------------------------------------
+
+
+def test_jobs_list_filter_cancel_and_retry(digits_job, logged_in, base_url, api):
+    page, done_id = logged_in, digits_job["id"]
+    # A second job long enough to be still queued or running when it is cancelled.
+    submitted = api.post("/jobs", json=tiny_spec(epochs=50))
+    assert submitted.status_code == 201, submitted.text
+    other_id = submitted.json()["id"]
+
+    page.reload()  # the list was drawn before the second job existed (it polls active jobs only)
+    table = page.get_by_test_id("jobs-table")
+    done_row = table.locator(f'[data-testid="job-row"][data-job-id="{done_id}"]')
+    other_row = table.locator(f'[data-testid="job-row"][data-job-id="{other_id}"]')
+    expect(other_row).to_be_visible()
+    expect(done_row.get_by_test_id("job-status")).to_have_text("succeeded")
+    expect(done_row.get_by_test_id("job-progress")).to_be_visible()
+    expect(page.get_by_test_id("jobs-total")).to_contain_text("2")
+    expect(page.get_by_test_id("prev-page")).to_be_disabled()
+    expect(page.get_by_test_id("next-page")).to_be_disabled()
+    screenshot(page, "jobs")
+
+    page.get_by_test_id("status-filter").select_option("succeeded")
+    expect(other_row).to_have_count(0)
+    expect(done_row).to_be_visible()
+    statuses = table.get_by_test_id("job-row").get_by_test_id("job-status").all_inner_texts()
+    assert {s.strip() for s in statuses} == {"succeeded"}, statuses
+    page.get_by_test_id("status-filter").select_option("")
+    expect(other_row).to_be_visible()
+
+    # Cancel from the job page; the retry button appears; retry, then cancel again.
+    other_row.click()
+    page.wait_for_url(re.compile(rf"#/jobs/{other_id}$"))
+    status = page.get_by_test_id("job-status")
+    expect(status).to_have_text(re.compile(r"^\s*(queued|running)\s*$"))
+    page.get_by_test_id("cancel-job").click()
+    expect(status).to_have_text("cancelled", timeout=60_000)
+    expect(page.get_by_test_id("retry-job")).to_be_visible()
+    assert unavailable(page.get_by_test_id("cancel-job"))
+    expect(
+        page.get_by_test_id("timeline").locator(
+            '[data-testid="timeline-event"][data-status="cancelled"]'
+        )
+    ).not_to_have_count(0)
+
+    page.get_by_test_id("retry-job").click()
+    expect(status).to_have_text(re.compile(r"^\s*(queued|running)\s*$"), timeout=30_000)
+    page.get_by_test_id("cancel-job").click()
+    expect(status).to_have_text("cancelled", timeout=60_000)
+    assert api.get(f"/jobs/{other_id}").json()["status"] == "cancelled"
+
+    page.get_by_test_id("nav-jobs").click()
+    page.get_by_test_id("status-filter").select_option("cancelled")
+    expect(table.get_by_test_id("job-row")).to_have_count(1)
+    expect(other_row.get_by_test_id("job-status")).to_have_text("cancelled")
