@@ -363,7 +363,7 @@ def test_jobs_list_filter_cancel_and_retry(digits_job, logged_in, base_url, api)
     assert submitted.status_code == 201, submitted.text
     other_id = submitted.json()["id"]
 
-    page.reload()  # the list was drawn before the second job existed (it polls active jobs only)
+    page.reload()  # show the second job now rather than at the next poll
     table = page.get_by_test_id("jobs-table")
     done_row = table.locator(f'[data-testid="job-row"][data-job-id="{done_id}"]')
     other_row = table.locator(f'[data-testid="job-row"][data-job-id="{other_id}"]')
@@ -408,3 +408,64 @@ def test_jobs_list_filter_cancel_and_retry(digits_job, logged_in, base_url, api)
     page.get_by_test_id("status-filter").select_option("cancelled")
     expect(table.get_by_test_id("job-row")).to_have_count(1)
     expect(other_row.get_by_test_id("job-status")).to_have_text("cancelled")
+
+
+# -- 5. a long history: 200 layers x 500 epochs ------------------------------------------------
+
+
+def seed_long_history(database_url: str, job_id: str, *, layers: int, steps: int) -> None:
+    """A search trial with ``steps`` x ``layers`` snapshots, written as the worker would."""
+    from service import repositories
+    from service.db import make_engine, make_session_factory
+
+    engine = make_engine(database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            trial = repositories.upsert_trial(
+                session,
+                job_id=job_id,
+                ray_trial_id="long-history",
+                variant="sn",
+                config={"seed": 0, "batch_size": 32},
+                status="TERMINATED",
+                epochs_budget=steps,
+            )
+            for first in range(1, steps + 1, 50):
+                rows = []
+                for step in range(first, min(first + 50, steps + 1)):
+                    for index in range(layers):
+                        bn = min(1.0, step / steps + index / (2 * layers))
+                        rest = (1.0 - bn) / 2
+                        rows.append({
+                            "trial_id": trial.id, "layer_index": index,
+                            "layer": f"block{index}.norm", "epoch": step, "step": step,
+                            "mean_in": rest, "mean_ln": rest,
+                            "mean_bn": bn, "mean_gn": None, "var_in": rest, "var_ln": bn,
+                            "var_bn": rest, "var_gn": None, "mean_fixed": bn >= 1.0,
+                            "var_fixed": False,
+                        })  # fmt: skip
+                repositories.insert_snapshots(session, rows)
+    finally:
+        engine.dispose()
+
+
+def test_a_long_history_draws_one_bar_per_layer(logged_in, base_url, api, stack):
+    """200 layers x 500 epochs (100,000 snapshots): the page reads the newest step for the bars
+    and a downsampled history for the chosen layer, and draws all 200 layers."""
+    layers, steps = 200, 500
+    submitted = api.post("/jobs", json=tiny_spec(epochs=1))
+    job_id = submitted.json()["id"]
+    assert api.post(f"/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    seed_long_history(stack.config.database_url, job_id, layers=layers, steps=steps)
+
+    page = logged_in
+    page.goto(job_url(base_url, job_id))
+    for chart in ("ratio-chart-mean", "ratio-chart-var"):
+        expect(page.get_by_test_id(chart).get_by_test_id("layer-bar")).to_have_count(layers)
+    last = page.get_by_test_id("ratio-chart-mean").locator('[data-layer="block199.norm"]')
+    expect(last.locator('rect[data-norm="bn"]')).to_have_count(1)
+    page.get_by_test_id("layer-select").select_option("block150.norm")
+    evolution = page.get_by_test_id("layer-evolution-chart")
+    expect(evolution).to_have_attribute("data-layer", "block150.norm")
+    assert int(evolution.get_attribute("data-points")) > 0
+    screenshot(page, "long-history")
