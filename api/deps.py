@@ -67,10 +67,19 @@ def get_current_user(
     user = auth.authenticate(session, credentials.credentials)
     if user is None:
         raise Unauthorized("the API token is unknown or revoked")
-    # Release the connection now (and record last use): a long response such as an event
-    # stream must not hold a pooled connection for its whole life.
-    session.commit()
     return user
+
+
+def get_stream_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The user, authenticated in a short session of its own: a long response (an event
+    stream) must not hold a pooled connection for its whole life."""
+    with request.app.state.session_factory() as session:
+        user = get_current_user(session, credentials)
+        session.commit()
+        return user
 
 
 async def require_json(request: Request) -> None:
@@ -88,5 +97,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
+StreamUser = Annotated[User, Depends(get_stream_user)]
 # After CurrentUser in a signature: dependencies are solved in order, so 401 comes before 415.
 JsonBody = Annotated[None, Depends(require_json)]

@@ -65,12 +65,15 @@ def ratio_history(
     trial (whole steps are kept or dropped, never single layers of a step)."""
     histories = []
     for trial in trials:
-        steps = repositories.snapshot_steps(session, trial_id=trial.id, after_step=after_step)
-        if not steps:
+        counted = repositories.snapshot_steps(
+            session, trial_id=trial.id, after_step=after_step, layers=layers
+        )
+        if not counted:
             histories.append(TrialHistory(trial, 0, False, after_step))
             continue
-        per_step = _layers_per_step(session, trial_id=trial.id, step=steps[-1], layers=layers)
-        keep = max(1, max_points // max(per_step, 1))
+        steps = [step for step, _count in counted]
+        per_step = max(count for _step, count in counted)
+        keep = max(1, max_points // per_step)
         chosen = pick_steps(steps, keep)
         snapshots = repositories.snapshots_at_steps(
             session, trial_id=trial.id, steps=chosen, layers=layers
@@ -79,14 +82,6 @@ def ratio_history(
             TrialHistory(trial, len(steps), len(chosen) < len(steps), steps[-1], snapshots)
         )
     return histories
-
-
-def _layers_per_step(
-    session: Session, *, trial_id: int, step: int, layers: Sequence[str] | None
-) -> int:
-    return len(
-        repositories.snapshots_at_steps(session, trial_id=trial_id, steps=[step], layers=layers)
-    )
 
 
 def metric_history(

@@ -365,13 +365,27 @@ def ratio_history(
     return list(session.scalars(statement))
 
 
-def snapshot_steps(session: Session, *, trial_id: int, after_step: int | None = None) -> list[int]:
-    """The distinct steps a trial has snapshots for (after ``after_step``), ascending; served by
-    the (trial_id, step, layer_index) index."""
-    statement = select(RatioSnapshot.step).where(RatioSnapshot.trial_id == trial_id).distinct()
+def snapshot_steps(
+    session: Session,
+    *,
+    trial_id: int,
+    after_step: int | None = None,
+    layers: Iterable[str] | None = None,
+) -> list[tuple[int, int]]:
+    """(step, snapshots at that step) for each step a trial has snapshots for (after
+    ``after_step``; of the named ``layers`` only), ascending; served by the (trial_id, step,
+    layer_index) index."""
+    statement = (
+        select(RatioSnapshot.step, func.count())
+        .where(RatioSnapshot.trial_id == trial_id)
+        .group_by(RatioSnapshot.step)
+        .order_by(RatioSnapshot.step)
+    )
     if after_step is not None:
         statement = statement.where(RatioSnapshot.step > after_step)
-    return list(session.scalars(statement.order_by(RatioSnapshot.step)))
+    if layers is not None:
+        statement = statement.where(RatioSnapshot.layer.in_(list(layers)))
+    return [(step, count) for step, count in session.execute(statement)]
 
 
 def snapshots_at_steps(

@@ -16,7 +16,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, SessionDep
+from api.deps import CurrentUser, SessionDep, StreamUser
 from api.presenters import trial_out
 from api.routes.jobs import JOB_RESPONSES, JobId
 from api.schemas import MetricHistory, MetricPoint, RatioHistory, RatioPoint, TrialOut, TrialRatios
@@ -166,7 +166,7 @@ def _json_error(description: str, schema: str = "ErrorBody") -> dict:
     return {"description": description, "content": {"application/json": {"schema": ref}}}
 
 
-def _owned_job_for_stream(job_id: JobId, request: Request, user: CurrentUser) -> None:
+def _owned_job_for_stream(job_id: JobId, request: Request, user: StreamUser) -> None:
     """404/403 before the stream starts (an error raised inside the event generator, once the
     response has begun, could only end as a 500). Its own short session: no connection is held
     for the life of the stream."""
