@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from service.db.migrate import upgrade
 from service.db.scratch import DatabaseUnavailable, scratch_database
 from service.db.session import make_engine
+from tests.worker_process import flushed_redis
 
 # The server's maintenance database; override for another server (CI service containers).
 ADMIN_URL = os.environ.get(
@@ -73,6 +74,20 @@ def pg_session(pg_engine: Engine) -> Iterator[Session]:
             outer.rollback()
 
 
+@pytest.fixture(params=["postgres", "sqlite"])
+def session(request) -> Iterator[Session]:
+    """The same test on both backends: Postgres (rolled back) and a migrated SQLite file."""
+    if request.param == "postgres":
+        yield request.getfixturevalue("pg_session")
+        return
+    engine = make_engine(request.getfixturevalue("sqlite_url"))
+    try:
+        with Session(engine, expire_on_commit=False) as sqlite_session:
+            yield sqlite_session
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture
 def sqlite_url(tmp_path) -> str:
     """A SQLite file migrated to head."""
@@ -88,18 +103,7 @@ API_BROKER_URL = os.environ.get("NORMSEARCH_TEST_API_BROKER_URL", "redis://127.0
 
 @pytest.fixture(scope="module")
 def api_broker() -> Iterator[str]:
-    import redis
-
-    client = redis.Redis.from_url(API_BROKER_URL, socket_connect_timeout=5)
-    try:
-        client.flushdb()
-    except redis.RedisError as error:
-        pytest.fail(
-            f"Redis is required and not reachable at {API_BROKER_URL}: {error}", pytrace=False
-        )
-    yield API_BROKER_URL
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(API_BROKER_URL)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import func, select
-from worker_process import start_worker, tail, worker_env
+from worker_process import flushed_redis, start_worker, tail, worker_env
 
 import sn_core
 from service import repositories
@@ -25,6 +25,7 @@ from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, RatioSnapshot, User
 from service.settings import Settings
+from tests.api_support import tiny_spec
 
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 JOB_TIMEOUT_S = 180
@@ -32,19 +33,7 @@ EPOCHS = 2
 
 
 def tiny_payload(**overrides) -> dict:
-    payload = {
-        "model": {"arch": "resnet20"},
-        "dataset": {"kind": "digits"},
-        "training": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.1},
-        "search": {
-            "sparsity": {"end": 0.5},
-            "stop_when_stable": {"enabled": False},
-            "trials": {"seeds": [0]},
-        },
-        "verify": {"enabled": True, "epochs": 1, "baselines": ["bn"]},
-    }
-    payload.update(overrides)
-    return payload
+    return tiny_spec(epochs=EPOCHS, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +44,7 @@ def database_url(module_postgres_url: str) -> str:
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=5)
-    try:
-        client.flushdb()
-    except redis.RedisError as error:
-        pytest.fail(f"Redis is required and not reachable at {BROKER_URL}: {error}", pytrace=False)
-    yield BROKER_URL
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(BROKER_URL)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ progress. Each test runs in a transaction (Postgres) or a scratch file (SQLite).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 
 import pytest
@@ -12,25 +11,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import jobs, repositories
-from service.db import make_engine
 from service.db.base import now
 from service.db.models import Artifact, Job, Metric, RatioSnapshot, Trial, User
 from service.errors import InvalidTransition, NotFound
 
 TIMEOUT_S = 120.0
-
-
-@pytest.fixture(params=["postgres", "sqlite"])
-def session(request) -> Iterator[Session]:
-    if request.param == "postgres":
-        yield request.getfixturevalue("pg_session")
-        return
-    engine = make_engine(request.getfixturevalue("sqlite_url"))
-    try:
-        with Session(engine, expire_on_commit=False) as sqlite_session:
-            yield sqlite_session
-    finally:
-        engine.dispose()
 
 
 def make_job(session: Session, **fields) -> Job:

@@ -25,19 +25,6 @@ TIMEOUT_S = 120.0
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-def session(request) -> Iterator[Session]:
-    if request.param == "postgres":
-        yield request.getfixturevalue("pg_session")
-        return
-    engine = make_engine(request.getfixturevalue("sqlite_url"))
-    try:
-        with Session(engine, expire_on_commit=False) as sqlite_session:
-            yield sqlite_session
-    finally:
-        engine.dispose()
-
-
 def reap(session: Session, **kwargs) -> list[str]:
     kwargs.setdefault("heartbeat_timeout_s", TIMEOUT_S)
     kwargs.setdefault("max_attempts", 3)

@@ -7,15 +7,15 @@ import hashlib
 import json
 import os
 import zipfile
+from collections.abc import Iterator
 
 import pytest
-import redis
 
 import sn_core
 from service.celery_app import make_celery
 from service.settings import Settings
 from tests.api_support import bearer, create_user_token, tiny_spec
-from tests.worker_process import start_worker, worker_env
+from tests.worker_process import flushed_redis, start_worker, worker_env
 
 API = "/api/v1"
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_E2E_BROKER_URL", "redis://127.0.0.1:6379/13")
@@ -24,22 +24,20 @@ EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def e2e_settings(module_postgres_url, tmp_path_factory):
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=5)
-    try:
-        client.flushdb()
-    except redis.RedisError as error:
-        pytest.fail(f"Redis is required at {BROKER_URL}: {error}", pytrace=False)
+def e2e_broker() -> Iterator[str]:
+    yield from flushed_redis(BROKER_URL)
+
+
+@pytest.fixture(scope="module")
+def e2e_settings(module_postgres_url, e2e_broker, tmp_path_factory):
     base = tmp_path_factory.mktemp("e2e")
     (base / "data").mkdir()
-    yield Settings(
+    return Settings(
         database_url=module_postgres_url,
-        broker_url=BROKER_URL,
+        broker_url=e2e_broker,
         runs_dir=base / "runs",
         data_roots=[base / "data"],
     )
-    client.flushdb()
-    client.close()
 
 
 @pytest.fixture(scope="module")

@@ -22,9 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 from sqlalchemy import func, select
-from worker_process import WorkerProcess, start_worker, worker_env
+from worker_process import WorkerProcess, flushed_redis, start_worker, worker_env
 
 import sn_core
 from service import jobs, repositories
@@ -34,6 +33,7 @@ from service.db.models import Artifact, Job, RatioSnapshot, Trial, User
 from service.dispatch import send_search
 from service.reaper import run_reaper_once
 from service.settings import Settings
+from tests.api_support import tiny_spec
 
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 EPOCHS = 4
@@ -45,29 +45,12 @@ STOP_WITHIN_S = 15  # cancellation: one heartbeat, one Tune step, the trial acto
 
 
 def tiny_payload() -> dict:
-    return {
-        "model": {"arch": "resnet20"},
-        "dataset": {"kind": "digits"},
-        "training": {"epochs": EPOCHS, "batch_size": 128, "lr": 0.1},
-        "search": {
-            "sparsity": {"end": 0.5},
-            "stop_when_stable": {"enabled": False},
-            "trials": {"seeds": [0]},
-        },
-        "verify": {"enabled": True, "epochs": 1, "baselines": ["bn"]},
-    }
+    return tiny_spec(epochs=EPOCHS)
 
 
 @pytest.fixture(scope="module")
 def broker() -> Iterator[str]:
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=5)
-    try:
-        client.flushdb()
-    except redis.RedisError as error:
-        pytest.fail(f"Redis is required and not reachable at {BROKER_URL}: {error}", pytrace=False)
-    yield BROKER_URL
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(BROKER_URL)
 
 
 @pytest.fixture(scope="module")

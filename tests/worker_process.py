@@ -15,10 +15,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis
 from celery import Celery
 
 from service.celery_app import SEARCH_QUEUE
@@ -33,6 +35,18 @@ def tail(path: Path, lines: int = 80) -> str:
     if not path.exists():
         return "(no worker log)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def flushed_redis(url: str) -> Iterator[str]:
+    """A Redis database emptied before and after (fixture body); unreachable fails the test."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=5)
+    try:
+        client.flushdb()
+    except redis.RedisError as error:
+        pytest.fail(f"Redis is required and not reachable at {url}: {error}", pytrace=False)
+    yield url
+    client.flushdb()
+    client.close()
 
 
 def worker_env(
