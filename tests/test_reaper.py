@@ -14,6 +14,7 @@ import pytest
 import redis
 from sqlalchemy.orm import Session
 from test_jobs_service import make_job, running_job, transitions
+from worker_process import flushed_redis
 
 from service import jobs, repositories
 from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
@@ -91,14 +92,10 @@ def test_postgres_skips_jobs_locked_by_another_transaction(module_postgres_url):
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(BROKER_URL, socket_connect_timeout=5)
-    try:
-        client.flushdb()
-    except redis.RedisError as error:
-        pytest.fail(f"Redis is required and not reachable at {BROKER_URL}: {error}", pytrace=False)
-    yield client
-    client.flushdb()
-    client.close()
+    for url in flushed_redis(BROKER_URL):
+        client = redis.Redis.from_url(url)
+        yield client
+        client.close()
 
 
 def test_run_reaper_once_commits_then_sends_the_tasks(sqlite_url, broker):

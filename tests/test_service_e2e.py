@@ -5,39 +5,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zipfile
-from collections.abc import Iterator
 
 import pytest
 
 import sn_core
 from service.celery_app import make_celery
-from service.settings import Settings
 from tests.api_support import bearer, create_user_token, tiny_spec
-from tests.worker_process import flushed_redis, start_worker, worker_env
+from tests.worker_process import start_worker, worker_env
 
 API = "/api/v1"
-BROKER_URL = os.environ.get("NORMSEARCH_TEST_E2E_BROKER_URL", "redis://127.0.0.1:6379/13")
 JOB_TIMEOUT_S = 300
 EPOCHS = 2
 
 
 @pytest.fixture(scope="module")
-def e2e_broker() -> Iterator[str]:
-    yield from flushed_redis(BROKER_URL)
-
-
-@pytest.fixture(scope="module")
-def e2e_settings(module_postgres_url, e2e_broker, tmp_path_factory):
-    base = tmp_path_factory.mktemp("e2e")
-    (base / "data").mkdir()
-    return Settings(
-        database_url=module_postgres_url,
-        broker_url=e2e_broker,
-        runs_dir=base / "runs",
-        data_roots=[base / "data"],
-    )
+def e2e_settings(api_settings):
+    """The API test settings (a module Postgres database, a Redis database of its own): here a
+    worker consumes from that broker."""
+    return api_settings
 
 
 @pytest.fixture(scope="module")
