@@ -35,7 +35,7 @@ def job_summary(job: Job) -> JobSummary:
         progress=min(max(job.progress or 0.0, 0.0), 1.0),
         error=job.error,
         attempts=job.attempts or 0,
-        run=getattr(job, "run", 1) or 1,
+        run=job.run,
         arch=str((spec.get("model") or {}).get("arch", "?")),
         dataset=_dataset_label(spec),
         target_batch_size=_target_batch_size(spec),

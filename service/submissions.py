@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from service import lifecycle, paths, repositories
-from service.db.models import FINISHED_JOB_STATUSES, Job, User
+from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
 from service.spec import FILE_DATASETS, JobSpec
 
@@ -100,8 +100,8 @@ def job_directory(runs_dir: Path, job_id: str) -> Path | None:
     return Path(runs_dir).resolve() / job_id
 
 
-def artifact_file(job: Job, kind: str, *, runs_dir: Path) -> Path:
-    """The file or directory of a job's artifact, confined to ``runs_dir``."""
+def artifact_file(job: Job, kind: str, *, runs_dir: Path) -> tuple[Artifact, Path]:
+    """A job's artifact and its file or directory, confined to ``runs_dir``."""
     artifact = next((a for a in job.artifacts if a.kind == kind), None)
     if artifact is None:
         if job.status != "succeeded":
@@ -112,4 +112,4 @@ def artifact_file(job: Job, kind: str, *, runs_dir: Path) -> Path:
         raise NotFound(f"the {kind} of job {job.id} is not in the runs directory")
     if not path.exists():
         raise NotFound(f"the {kind} of job {job.id} is no longer on disk")
-    return path
+    return artifact, path

@@ -39,3 +39,27 @@ def tiny_spec(epochs: int = 2, **overrides) -> dict:
     }
     spec.update(overrides)
     return spec
+
+
+def snapshot_row(trial_id: int, step: int, layer_index: int, **overrides) -> dict:
+    """One ``RatioSnapshot`` row as the recorder writes it (fixed ratios; ``overrides`` for any
+    column, e.g. ``layer`` or ``mean_fixed``)."""
+    row = {
+        "trial_id": trial_id,
+        "layer_index": layer_index,
+        "layer": f"layer{layer_index}.bn",
+        "epoch": step,
+        "step": step,
+        "mean_in": 0.25,
+        "mean_ln": 0.25,
+        "mean_bn": 0.5,
+        "mean_gn": None,
+        "var_in": 0.5,
+        "var_ln": 0.25,
+        "var_bn": 0.25,
+        "var_gn": None,
+        "mean_fixed": False,
+        "var_fixed": True,
+    }
+    row.update(overrides)
+    return row

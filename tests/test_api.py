@@ -16,7 +16,7 @@ from service import repositories
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, Job, Trial
 from service.history import pick_steps
-from tests.api_support import bearer, create_user_token, tiny_spec
+from tests.api_support import bearer, create_user_token, snapshot_row, tiny_spec
 
 API = "/api/v1"
 
@@ -271,23 +271,14 @@ def seed_history(factory, job_id: str, *, layers: int, steps: int) -> int:
             epochs_budget=steps,
         )
         rows = [
-            {
-                "trial_id": trial.id,
-                "layer_index": index,
-                "layer": f"layer{index}.norm",
-                "epoch": step,
-                "step": step,
-                "mean_in": 0.25,
-                "mean_ln": 0.25,
-                "mean_bn": 0.5,
-                "mean_gn": None,
-                "var_in": 0.5,
-                "var_ln": 0.25,
-                "var_bn": 0.25,
-                "var_gn": None,
-                "mean_fixed": step > steps // 2,
-                "var_fixed": False,
-            }
+            snapshot_row(
+                trial.id,
+                step,
+                index,
+                layer=f"layer{index}.norm",
+                mean_fixed=step > steps // 2,
+                var_fixed=False,
+            )
             for step in range(1, steps + 1)
             for index in range(layers)
         ]

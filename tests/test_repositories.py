@@ -13,6 +13,7 @@ from service import repositories
 from service.db.models import JOB_STATUSES, Job, JobEvent, RatioSnapshot, User
 from service.errors import Conflict, InvalidTransition, NotFound, ServiceError
 from service.lifecycle import TRANSITIONS, transition
+from tests.api_support import snapshot_row
 
 SPEC = {"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}}
 
@@ -38,26 +39,6 @@ def make_trial(session: Session, job: Job, ray_trial_id: str = "t0"):
         status="RUNNING",
         epochs_budget=10,
     )
-
-
-def snapshot(trial_id: int, step: int, layer_index: int) -> dict:
-    return {
-        "trial_id": trial_id,
-        "layer_index": layer_index,
-        "layer": f"layer{layer_index}.bn",
-        "epoch": step,
-        "step": step,
-        "mean_in": 0.25,
-        "mean_ln": 0.25,
-        "mean_bn": 0.5,
-        "mean_gn": None,
-        "var_in": 0.5,
-        "var_ln": 0.25,
-        "var_bn": 0.25,
-        "var_gn": None,
-        "mean_fixed": False,
-        "var_fixed": True,
-    }
 
 
 def test_errors_carry_status_and_code():
@@ -221,10 +202,10 @@ def test_upsert_trial_updates_in_place(pg_session):
 def test_insert_snapshots_ignores_duplicates_and_reads_in_order(pg_session):
     job = make_job(pg_session, make_user(pg_session))
     trial = make_trial(pg_session, job)
-    rows = [snapshot(trial.id, step, layer) for step in (1, 2) for layer in range(3)]
+    rows = [snapshot_row(trial.id, step, layer) for step in (1, 2) for layer in range(3)]
     assert repositories.insert_snapshots(pg_session, rows) == 6
     assert repositories.insert_snapshots(pg_session, rows) == 0
-    more = rows[3:] + [snapshot(trial.id, 3, layer) for layer in reversed(range(3))]
+    more = rows[3:] + [snapshot_row(trial.id, 3, layer) for layer in reversed(range(3))]
     assert repositories.insert_snapshots(pg_session, more) == 3
     assert repositories.insert_snapshots(pg_session, []) == 0
     count = pg_session.scalar(select(func.count()).select_from(RatioSnapshot))
@@ -258,6 +239,6 @@ def test_insert_metrics_ignores_duplicates(pg_session):
 def test_bulk_insert_of_more_rows_than_one_values_statement_allows(pg_session):
     job = make_job(pg_session, make_user(pg_session))
     trial = make_trial(pg_session, job)
-    rows = [snapshot(trial.id, step, layer) for step in range(1, 51) for layer in range(100)]
+    rows = [snapshot_row(trial.id, step, layer) for step in range(1, 51) for layer in range(100)]
     assert repositories.insert_snapshots(pg_session, rows) == 5000  # 80,000 parameters
     assert repositories.insert_snapshots(pg_session, rows) == 0

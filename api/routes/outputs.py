@@ -36,8 +36,7 @@ ArtifactKind = Literal[
 
 def _file(session, settings, user, job_id: str, kind: str) -> FileResponse:
     job = submissions.owned_job(session, job_id=job_id, user=user)
-    path = submissions.artifact_file(job, kind, runs_dir=settings.runs_dir)
-    artifact = next(a for a in job.artifacts if a.kind == kind)
+    artifact, path = submissions.artifact_file(job, kind, runs_dir=settings.runs_dir)
     if path.is_dir():
         path = artifacts.zipped_directory(path)
         filename = f"{job_id}-{kind}.zip"
