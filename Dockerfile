@@ -52,6 +52,7 @@ COPY sn_core/ sn_core/
 COPY service/ service/
 COPY worker/ worker/
 COPY api/ api/
+COPY cli/ cli/
 COPY examples/ examples/
 RUN pip install --no-deps -e . \
     && normsearch --help > /dev/null

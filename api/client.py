@@ -10,7 +10,7 @@ Answers are the API's own response models (``api.schemas``). An error answer rai
 ``ApiError`` (its ``status``, ``code``, ``message`` and ``field`` come from the error body); a
 server that cannot be reached raises ``ServerUnreachable`` (an ``ApiError`` naming the URL).
 
-The client reads no environment variables: the command line (``api.cli_remote``) reads
+The client reads no environment variables: the command line (``cli.remote``) reads
 ``NORMSEARCH_URL`` / ``NORMSEARCH_TOKEN`` and passes them in. Tests pass an ``httpx.Client`` of
 their own (``fastapi.testclient.TestClient`` is one) as ``http``.
 """

@@ -161,7 +161,7 @@ def backend_database(name: str, admin_url: str) -> Iterator[tuple[str, Path]]:
         if name == "postgres":
             with scratch_database(admin_url, prefix="normsearch_bench_api") as url:
                 yield url, runs
-        elif name == "sqlite":  # the embedded mode's database file (api.embedded)
+        elif name == "sqlite":  # the embedded mode's database file (cli.embedded)
             url = f"sqlite:///{runs / 'normsearch.db'}"
             upgrade(url)
             yield url, runs

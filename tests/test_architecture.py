@@ -1,4 +1,10 @@
-"""Layering rules from ARCHITECTURE.md: imports point down only."""
+"""Layering rules (docs/architecture.md): imports point down only.
+
+    cli/ (composition root) -> api/, worker/ -> service/ -> sn_core/ (pure torch)
+
+Imports are read from the source with ``ast`` at every depth (function-level imports included),
+so a lazy import cannot hide a dependency that a module-level one would show.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_PACKAGES = {"sn_core", "service", "worker", "api"}
+PROJECT_PACKAGES = {"sn_core", "service", "worker", "api", "cli"}
 # sn_core's only third-party imports; safetensors and yaml only inside the functions that use them.
 SN_CORE_ALLOWED = {"sn_core", "torch", "numpy", "safetensors", "yaml"}
 SN_CORE_LAZY = {"safetensors", "yaml"}
@@ -44,9 +50,80 @@ def test_importing_sn_core_loads_no_other_layer_or_optional_format_library():
     assert out.stdout.strip() == "[]"
 
 
-def test_api_never_imports_worker_at_module_level():
+def test_api_never_imports_worker_or_cli_at_any_depth():
+    """The API process sends tasks by name: it never loads training code, nor the CLI."""
     for path in (ROOT / "api").rglob("*.py"):
-        assert "worker" not in top_level_imports(path, module_level_only=True), path
+        imported = top_level_imports(path, module_level_only=False)
+        assert not imported & {"worker", "cli", "torch", "ray"}, (
+            f"{path.relative_to(ROOT)} imports {imported & {'worker', 'cli', 'torch', 'ray'}}"
+        )
+
+
+def test_worker_never_imports_api_or_cli():
+    for path in (ROOT / "worker").rglob("*.py"):
+        imported = top_level_imports(path, module_level_only=False)
+        assert not imported & {"api", "cli"}, f"{path.relative_to(ROOT)} imports {imported}"
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Full dotted names of the modules a file imports, at every depth."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            # ``from a.b import c``: c may be a module a.b.c or an attribute of a.b.
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_the_python_client_depends_only_on_the_wire_schemas():
+    """``api.client`` is what outside users import: httpx, pydantic and ``api.schemas`` only (no
+    FastAPI, no database, no settings)."""
+    project = {
+        n
+        for n in imported_modules(ROOT / "api" / "client.py")
+        if n.split(".")[0] in PROJECT_PACKAGES
+    }
+    assert project and all(n == "api.schemas" or n.startswith("api.schemas.") for n in project), (
+        project
+    )
+    schema_deps = {n.split(".")[0] for n in imported_modules(ROOT / "api" / "schemas.py")}
+    assert not schema_deps & {"fastapi", "sqlalchemy", "worker", "cli", "torch"}, schema_deps
+
+
+def test_project_modules_import_each_other_without_cycles():
+    """No import cycle between the project's modules (the old CLI kept one alive with a
+    bottom-of-file import)."""
+    modules = {}
+    for package in PROJECT_PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        targets = {m for m in imported_modules(path) if m in modules and m != name}
+        # A submodule importing its own package's ``__init__`` (re-exports) is not a layer cycle.
+        graph[name] = {target for target in targets if not name.startswith(target + ".")}
+    on_path: list[str] = []
+    done: set[str] = set()
+
+    def visit(node: str) -> None:
+        on_path.append(node)
+        for target in sorted(graph[node]):
+            if target in on_path:
+                cycle = on_path[on_path.index(target) :] + [target]
+                raise AssertionError(f"import cycle: {' -> '.join(cycle)}")
+            if target not in done:
+                visit(target)
+        on_path.pop()
+        done.add(node)
+
+    for name in sorted(graph):
+        if name not in done:
+            visit(name)
 
 
 def test_sn_core_never_reads_environment_variables():

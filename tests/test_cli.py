@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from api.cli import app
+from cli.main import app
 
 runner = CliRunner(env={"COLUMNS": "400"})  # no wrapping inside error boxes
 
@@ -54,7 +54,7 @@ def test_schema_command_prints_the_json_schema():
 def test_batch_size_table_lists_each_batch_size_in_order():
     from rich.console import Console
 
-    from api.cli import batch_size_table
+    from cli.render import batch_size_table
 
     rows = {
         "64": {"mean_ratio": {"in": 0.1, "bn": 0.9}, "var_ratio": {"in": 0.2, "bn": 0.8}},

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from api.cli import app
+from cli.main import app
 from service import auth
 from service.db import make_engine, make_session_factory
 

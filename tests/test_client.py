@@ -1,4 +1,4 @@
-"""The Python client (``api.client``) and the remote commands (``api.cli_remote``) against the
+"""The Python client (``api.client``) and the remote commands (``cli.remote``) against the
 real app on Postgres (``api_client``: no worker runs, so submitted jobs stay queued)."""
 
 from __future__ import annotations
@@ -11,8 +11,6 @@ import zipfile
 import pytest
 from typer.testing import CliRunner
 
-from api import cli_remote
-from api.cli import app
 from api.client import (
     ApiError,
     ChecksumMismatch,
@@ -22,6 +20,9 @@ from api.client import (
     parse_sse,
 )
 from api.schemas import JobDetail, JobPage
+from cli import remote as cli_remote
+from cli import render
+from cli.main import app
 from tests.api_support import create_user_token, tiny_spec
 
 BASE = "http://testserver"
@@ -494,10 +495,10 @@ def test_recommendation_table_from_a_report():
         }
     }
     console = Console(record=True, width=200)
-    console.print(cli_remote.recommendation_table_from_report(report))
+    console.print(render.recommendation_table_from_report(report))
     text = console.export_text()
     assert "batch size 32" in text and "conv1.bn" in text and "0.50" in text
-    assert cli_remote.recommendation_table_from_report({}) is None
+    assert render.recommendation_table_from_report({}) is None
 
 
 def test_cli_unreachable_server_is_a_clean_message(tmp_path):

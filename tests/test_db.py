@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from api.cli import app
+from cli.main import app
 from service.db import make_engine, make_session_factory, metadata
 from service.db.migrate import alembic_config, current, upgrade
 from service.db.models import (

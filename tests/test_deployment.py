@@ -197,7 +197,7 @@ def parse_cli(group: Any, argv: list[str], prog: str) -> tuple[list[str], dict]:
 def normsearch_cli() -> Any:
     import typer
 
-    from api.cli import app
+    from cli.main import app
 
     return typer.main.get_command(app)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from api.embedded import (
+from cli.embedded import (
     BROKER_FILE,
     CLI_PREFIX,
     ChildSpec,

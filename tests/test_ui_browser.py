@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 import sn_core
-from api.embedded import start_embedded
+from cli.embedded import start_embedded
 from service.settings import Settings
 from tests.api_support import bearer, create_user_token, tiny_spec
 from tests.ui_support import (

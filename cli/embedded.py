@@ -52,7 +52,7 @@ BROKER_FILE = "broker.sqlite"
 LOCK_FILE = ".up.lock"
 # The command line of a child: the ``normsearch`` app of this interpreter, so the children run
 # the same code and environment as ``up`` itself, with or without the console script on PATH.
-CLI_PREFIX = ("-c", "from api.cli import app; app(prog_name='normsearch')")
+CLI_PREFIX = ("-c", "from cli.main import app; app(prog_name='normsearch')")
 
 
 class EmbeddedError(RuntimeError):

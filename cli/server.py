@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from cli.specfile import load_spec_file
+
 API_FACTORY = "api.app:create_app"
 
 HostOption = Annotated[
@@ -123,12 +125,10 @@ def up(
     """Run the whole service on this machine with nothing to install: a SQLite database and a
     SQLite-backed Celery broker under the runs directory, migrations applied, the API and one
     worker (restarted if it dies). Ctrl-C stops it."""
-    from api.embedded import EmbeddedError, EmbeddedStack, embedded_config
+    from cli.embedded import EmbeddedError, EmbeddedStack, embedded_config
 
     spec = None
     if submit is not None:
-        from api.cli import load_spec_file
-
         spec = load_spec_file(submit)  # a bad spec fails before anything starts
     config = embedded_config(runs_dir=runs_dir, host=host, port=port)
     log_dir = config.runs_dir / "logs"
@@ -200,8 +200,9 @@ def demo_token(config) -> str:
 
 def _run_demo(config, spec, stop: threading.Event, outcome: dict, exit_when_done: bool) -> None:
     """Submit ``spec`` through the API like any client, follow it, print the result."""
-    from api.cli_remote import console, follow_job, make_client, print_report
     from api.client import ApiError
+    from cli.remote import follow_job, make_client
+    from cli.render import console, print_report
 
     code = 1
     try:

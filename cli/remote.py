@@ -17,29 +17,34 @@ app). This module imports ``api.cli`` lazily: ``api.cli`` imports it while being
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from api.client import ApiError, NormsearchClient, ServerUnreachable, WaitTimeout
-from api.schemas import JobDetail, JobSummary
+from api.schemas import JobDetail
+from cli.render import (
+    artifacts_table,
+    console,
+    err_console,
+    events_table,
+    job_summary_table,
+    jobs_table,
+    print_report,
+    size_text,
+    status_text,
+    when_text,
+)
+from cli.specfile import load_spec_file
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
-_width = None if sys.stdout.isatty() else 110
-console = Console(width=_width)
-err_console = Console(stderr=True, width=_width)
 
 UrlOption = Annotated[
     str,
@@ -56,14 +61,6 @@ TokenOption = Annotated[
     ),
 ]
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
-
-STATUS_STYLES = {
-    "queued": "yellow",
-    "running": "cyan",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "magenta",
-}
 
 
 class JobState(StrEnum):
@@ -126,141 +123,6 @@ def remote(url: str, token: str | None) -> Iterator[NormsearchClient]:
         raise report_api_error(error) from None
 
 
-# --------------------------------------------------------------------------- rendering
-def _when(value: datetime | None, *, seconds: bool = True) -> str:
-    """A timestamp in local time."""
-    if value is None:
-        return "-"
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
-
-
-def _status(status: str) -> str:
-    style = STATUS_STYLES.get(status, "white")
-    return f"[{style}]{status}[/{style}]"
-
-
-def jobs_table(items: list[JobSummary], *, title: str | None = None) -> Table:
-    notes = [job.error or (f"run {job.run}" if job.run > 1 else "") for job in items]
-    table = Table(title=title, box=box.SIMPLE_HEAD)
-    columns = ["id", "status", "done", "model", "dataset", "batch", "created"]
-    for column in columns + (["note"] if any(notes) else []):
-        table.add_column(
-            column,
-            no_wrap=column != "note",
-            justify="right" if column in ("done", "batch") else "left",
-            overflow="fold",
-        )
-    for job, note in zip(items, notes, strict=True):
-        cells = [
-            job.id,
-            _status(job.status),
-            f"{job.progress:.0%}",
-            escape(job.arch),
-            escape(job.dataset),
-            "-" if job.target_batch_size is None else str(job.target_batch_size),
-            _when(job.created_at, seconds=False),
-        ]
-        table.add_row(*cells, *([escape(note)] if any(notes) else []))
-    return table
-
-
-def job_summary_table(job: JobDetail) -> Table:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    rows = [
-        ("job", job.id),
-        ("status", _status(job.status)),
-        ("progress", f"{job.progress:.0%}"),
-        ("model", escape(job.arch)),
-        ("dataset", escape(job.dataset)),
-        ("batch size", "-" if job.target_batch_size is None else str(job.target_batch_size)),
-        ("run / attempts", f"{job.run} / {job.attempts}"),
-        ("created", _when(job.created_at)),
-        ("started", _when(job.started_at)),
-        ("finished", _when(job.finished_at)),
-    ]
-    if job.heartbeat_at is not None and job.status == "running":
-        rows.append(("heartbeat", _when(job.heartbeat_at)))
-    if job.idempotency_key:
-        rows.append(("idempotency key", escape(job.idempotency_key)))
-    if job.error:
-        rows.append(("error", f"[red]{escape(job.error)}[/red]"))
-    for name, value in rows:
-        table.add_row(name, value)
-    return table
-
-
-def events_table(job: JobDetail) -> Table:
-    table = Table(title="events")
-    for column in ("at", "from", "to", "message"):
-        table.add_column(column, no_wrap=column == "at")
-    for event in job.events:
-        table.add_row(
-            _when(event.at),
-            event.from_status or "-",
-            _status(event.to_status),
-            escape(event.message or ""),
-        )
-    return table
-
-
-def artifacts_table(job: JobDetail) -> Table:
-    table = Table(title="outputs")
-    for column in ("kind", "size", "sha256"):
-        table.add_column(column, no_wrap=True)
-    for artifact in job.artifacts:
-        table.add_row(artifact.kind, _size(artifact.size_bytes), artifact.sha256[:16] + "…")
-    return table
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
-def recommendation_table_from_report(report: dict[str, Any]) -> Table | None:
-    """The per-layer recommendation of a report.json (None when it holds none)."""
-    recommendation = report.get("recommendation") or {}
-    layers = (recommendation.get("plan") or {}).get("layers") or []
-    if not layers:
-        return None
-    batch = recommendation.get("target_batch_size")
-    table = Table(title=f"Recommendation (batch size {batch})")
-    for column in ("layer", "mean", "var", "confidence"):
-        table.add_column(column, no_wrap=column == "layer")
-    for layer in layers:
-        confidence = layer.get("confidence")
-        table.add_row(
-            escape(str(layer.get("name", "?"))),
-            str(layer.get("mean", "?")),
-            str(layer.get("var", "?")),
-            "-" if confidence is None else f"{confidence:.2f}",
-        )
-    return table
-
-
-def print_report(report: dict[str, Any]) -> None:
-    from api.cli import batch_size_table, verification_table
-
-    table = recommendation_table_from_report(report)
-    if table is None:
-        console.print("the report holds no recommendation")
-        return
-    console.print(table)
-    recommendation = report.get("recommendation") or {}
-    try:
-        if recommendation.get("by_batch_size"):
-            console.print(batch_size_table(recommendation["by_batch_size"]))
-        if report.get("verification"):
-            console.print(verification_table(report["verification"]))
-    except (KeyError, TypeError, ValueError):  # an older or partial report: the table is enough
-        pass
-
-
 def follow_job(client: NormsearchClient, job_id: str, *, poll_s: float, timeout_s: float | None):
     """Wait for the job with a live progress bar, printing each lifecycle event once."""
     printed: set[int] = set()
@@ -281,9 +143,9 @@ def follow_job(client: NormsearchClient, job_id: str, *, poll_s: float, timeout_
                     printed.add(event.id)
                     message = f": {escape(event.message)}" if event.message else ""
                     progress.console.print(
-                        f"{_when(event.at)}  {_status(event.to_status)}{message}"
+                        f"{when_text(event.at)}  {status_text(event.to_status)}{message}"
                     )
-            progress.update(task, completed=job.progress, status=_status(job.status))
+            progress.update(task, completed=job.progress, status=status_text(job.status))
 
         job = client.wait(job_id, poll_s=poll_s, timeout_s=timeout_s, on_update=on_update)
         if job.status == "succeeded":
@@ -312,12 +174,10 @@ def submit(
 ) -> None:
     """Validate a job spec here, then queue it on the server (exit 1 with --wait when the job
     fails or is cancelled)."""
-    from api.cli import load_spec_file
-
     spec = load_spec_file(spec_file)
     with remote(url, token) as client:
         job = client.submit(spec, idempotency_key=idempotency_key)
-        console.print(f"job {job.id} {_status(job.status)}")
+        console.print(f"job {job.id} {status_text(job.status)}")
         if not wait:
             console.print(f"follow it with: normsearch status {job.id}")
             return
@@ -373,14 +233,14 @@ def cancel(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOpti
     """Cancel a queued or running job (its trials are stopped)."""
     with remote(url, token) as client:
         job = client.cancel(job_id)
-    console.print(f"job {job.id} {_status(job.status)}")
+    console.print(f"job {job.id} {status_text(job.status)}")
 
 
 def retry(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """Run a failed or cancelled job again, from the start."""
     with remote(url, token) as client:
         job = client.retry(job_id)
-    console.print(f"job {job.id} {_status(job.status)} (run {job.run})")
+    console.print(f"job {job.id} {status_text(job.status)} (run {job.run})")
 
 
 def download(
@@ -396,7 +256,7 @@ def download(
     with remote(url, token) as client:
         written = client.download_all(job_id, out)
     for path in written.values():
-        console.print(f"wrote {escape(str(path))} ({_size(path.stat().st_size)})")
+        console.print(f"wrote {escape(str(path))} ({size_text(path.stat().st_size)})")
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,1 @@
+"""The ``normsearch`` command line (entry point ``cli.main:app``)."""

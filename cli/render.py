@@ -1,0 +1,227 @@
+"""How the command line shows things: the consoles and every rich table the commands print.
+
+One module so that the local, server and remote commands render a job, a recommendation and a
+verification the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from typing import Any
+
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from api.schemas import JobDetail, JobSummary
+
+# Wide enough for the ratio tables when the output is a pipe or a log file.
+_width = None if sys.stdout.isatty() else 110
+console = Console(width=_width)
+err_console = Console(stderr=True, width=_width)
+
+STATUS_STYLES = {
+    "queued": "yellow",
+    "running": "cyan",
+    "succeeded": "green",
+    "failed": "red",
+    "cancelled": "magenta",
+}
+
+
+def ratio_table(model) -> Table:
+    import sn_core
+
+    table = Table(title="Per-layer switch ratios (mean | variance), network order")
+    table.add_column("layer", no_wrap=True)
+    for part in ("mean", "var"):
+        for norm in ("in", "ln", "bn"):
+            table.add_column(f"{part} {norm.upper()}", justify="right")
+    table.add_column("choice")
+    for name, info in sn_core.switch_ratios(model).items():
+        cells = [
+            f"{info[part].get(norm, 0.0):.2f}"
+            for part in ("mean", "var")
+            for norm in ("in", "ln", "bn")
+        ]
+        mean_choice = max(info["mean"], key=info["mean"].get)
+        var_choice = max(info["var"], key=info["var"].get)
+        table.add_row(name, *cells, f"{mean_choice}/{var_choice}")
+    return table
+
+
+def recommendation_table(recommendation) -> Table:
+    table = Table(title=f"Recommendation (batch size {recommendation.target_batch_size})")
+    for column in ("layer", "mean", "var", "confidence"):
+        table.add_column(column, no_wrap=column == "layer")
+    for layer in recommendation.plan.layers:
+        table.add_row(layer.name, layer.mean, layer.var, f"{layer.confidence:.2f}")
+    return table
+
+
+def batch_size_table(by_batch_size: dict) -> Table:
+    """Average ratio of each normalizer over the layers, per batch size (SN paper: the BN share
+    grows with batch size)."""
+    norms = sorted({k for row in by_batch_size.values() for k in row["mean_ratio"]})
+    table = Table(title="How the choices move with batch size (average ratio over layers)")
+    table.add_column("batch size")
+    for part in ("mean", "var"):
+        for norm in norms:
+            table.add_column(f"{part} {norm.upper()}", justify="right")
+    for batch, row in sorted(by_batch_size.items(), key=lambda item: int(item[0])):
+        cells = [
+            f"{row[f'{part}_ratio'].get(norm, 0.0):.2f}"
+            for part in ("mean", "var")
+            for norm in norms
+        ]
+        table.add_row(str(batch), *cells)
+    return table
+
+
+def verification_table(verification: dict) -> Table:
+    table = Table(
+        title=f"Verification: {verification['epochs']} epochs, batch {verification['batch_size']}, "
+        f"seeds {verification['seeds']}"
+    )
+    for column in ("model", "val accuracy", "std"):
+        table.add_column(column)
+    for row in verification["results"].values():
+        accuracy = row["val_accuracy"]
+        table.add_row(
+            row["label"], "-" if accuracy is None else f"{accuracy:.3f}", f"{row['std']:.3f}"
+        )
+    return table
+
+
+def when_text(value: datetime | None, *, seconds: bool = True) -> str:
+    """A timestamp in local time."""
+    if value is None:
+        return "-"
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+
+
+def status_text(status: str) -> str:
+    style = STATUS_STYLES.get(status, "white")
+    return f"[{style}]{status}[/{style}]"
+
+
+def jobs_table(items: list[JobSummary], *, title: str | None = None) -> Table:
+    notes = [job.error or (f"run {job.run}" if job.run > 1 else "") for job in items]
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    columns = ["id", "status", "done", "model", "dataset", "batch", "created"]
+    for column in columns + (["note"] if any(notes) else []):
+        table.add_column(
+            column,
+            no_wrap=column != "note",
+            justify="right" if column in ("done", "batch") else "left",
+            overflow="fold",
+        )
+    for job, note in zip(items, notes, strict=True):
+        cells = [
+            job.id,
+            status_text(job.status),
+            f"{job.progress:.0%}",
+            escape(job.arch),
+            escape(job.dataset),
+            "-" if job.target_batch_size is None else str(job.target_batch_size),
+            when_text(job.created_at, seconds=False),
+        ]
+        table.add_row(*cells, *([escape(note)] if any(notes) else []))
+    return table
+
+
+def job_summary_table(job: JobDetail) -> Table:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("job", job.id),
+        ("status", status_text(job.status)),
+        ("progress", f"{job.progress:.0%}"),
+        ("model", escape(job.arch)),
+        ("dataset", escape(job.dataset)),
+        ("batch size", "-" if job.target_batch_size is None else str(job.target_batch_size)),
+        ("run / attempts", f"{job.run} / {job.attempts}"),
+        ("created", when_text(job.created_at)),
+        ("started", when_text(job.started_at)),
+        ("finished", when_text(job.finished_at)),
+    ]
+    if job.heartbeat_at is not None and job.status == "running":
+        rows.append(("heartbeat", when_text(job.heartbeat_at)))
+    if job.idempotency_key:
+        rows.append(("idempotency key", escape(job.idempotency_key)))
+    if job.error:
+        rows.append(("error", f"[red]{escape(job.error)}[/red]"))
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def events_table(job: JobDetail) -> Table:
+    table = Table(title="events")
+    for column in ("at", "from", "to", "message"):
+        table.add_column(column, no_wrap=column == "at")
+    for event in job.events:
+        table.add_row(
+            when_text(event.at),
+            event.from_status or "-",
+            status_text(event.to_status),
+            escape(event.message or ""),
+        )
+    return table
+
+
+def artifacts_table(job: JobDetail) -> Table:
+    table = Table(title="outputs")
+    for column in ("kind", "size", "sha256"):
+        table.add_column(column, no_wrap=True)
+    for artifact in job.artifacts:
+        table.add_row(artifact.kind, size_text(artifact.size_bytes), artifact.sha256[:16] + "…")
+    return table
+
+
+def size_text(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def recommendation_table_from_report(report: dict[str, Any]) -> Table | None:
+    """The per-layer recommendation of a report.json (None when it holds none)."""
+    recommendation = report.get("recommendation") or {}
+    layers = (recommendation.get("plan") or {}).get("layers") or []
+    if not layers:
+        return None
+    batch = recommendation.get("target_batch_size")
+    table = Table(title=f"Recommendation (batch size {batch})")
+    for column in ("layer", "mean", "var", "confidence"):
+        table.add_column(column, no_wrap=column == "layer")
+    for layer in layers:
+        confidence = layer.get("confidence")
+        table.add_row(
+            escape(str(layer.get("name", "?"))),
+            str(layer.get("mean", "?")),
+            str(layer.get("var", "?")),
+            "-" if confidence is None else f"{confidence:.2f}",
+        )
+    return table
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = recommendation_table_from_report(report)
+    if table is None:
+        console.print("the report holds no recommendation")
+        return
+    console.print(table)
+    recommendation = report.get("recommendation") or {}
+    try:
+        if recommendation.get("by_batch_size"):
+            console.print(batch_size_table(recommendation["by_batch_size"]))
+        if report.get("verification"):
+            console.print(verification_table(report["verification"]))
+    except (KeyError, TypeError, ValueError):  # an older or partial report: the table is enough
+        pass
