@@ -7,14 +7,14 @@ SQLite file, both under the runs directory (an explicit ``NORMSEARCH_DATABASE_UR
 and one Celery worker (``normsearch worker``) run as child processes that read their settings from
 ``NORMSEARCH_*`` environment variables, exactly as they would on separate machines.
 
-``Supervisor`` owns the child processes: a child marked ``restart`` (the worker) is started again
-when it dies, any other (the API) ending is fatal; ``stop()`` sends each child SIGTERM, then
-SIGKILL after a timeout. uvicorn shuts down gracefully. Celery's warm shutdown waits for a running
-task, but a search's Ray driver turns SIGTERM into ``SystemExit``: the search stops at once and
-Celery puts its unacknowledged message back on the queue, so the next ``up`` resumes it from its
-work directory. A worker killed outright (SIGKILL, a crash) loses its message, as the SQLAlchemy
-transport has no visibility timeout; the API's reaper requeues the job once its heartbeat is
-stale. Celery's cold shutdown (SIGQUIT) is not used: with the solo pool it raises
+``cli.supervisor.Supervisor`` owns the child processes: a child marked ``restart`` (the worker) is
+started again when it dies, any other (the API) ending is fatal; ``stop()`` sends each child
+SIGTERM, then SIGKILL after a timeout. uvicorn shuts down gracefully. Celery's warm shutdown waits
+for a running task, but a search's Ray driver turns SIGTERM into ``SystemExit``: the search stops
+at once and Celery puts its unacknowledged message back on the queue, so the next ``up`` resumes it
+from its work directory. A worker killed outright (SIGKILL, a crash) loses its message, as the
+SQLAlchemy transport has no visibility timeout; the API's reaper requeues the job once its
+heartbeat is stale. Celery's cold shutdown (SIGQUIT) is not used: with the solo pool it raises
 ``NotImplementedError`` inside the task, which would mark the job failed.
 
 ``EmbeddedStack`` prepares the runs directory and database, starts the supervisor and waits for
@@ -24,24 +24,21 @@ thread) for scripts such as the demo.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
-import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from sqlalchemy.engine import make_url
 
+from cli.supervisor import ChildSpec, Supervisor
 from service.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -165,201 +162,6 @@ def port_is_free(host: str, port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-# -- child processes -------------------------------------------------------------------------
-
-
-def _parent_death_signal() -> Callable[[], None] | None:
-    """On Linux, a ``preexec_fn`` that has the child sent SIGTERM when ``up`` dies (even by
-    SIGKILL), so no API or worker outlives it; elsewhere None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    pr_set_pdeathsig = 1
-
-    def preexec() -> None:
-        prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-    return preexec
-
-
-_PREEXEC = _parent_death_signal()
-
-
-@dataclass(frozen=True)
-class ChildSpec:
-    """One supervised process: a name (for logs), its command line, whether it is restarted
-    when it ends (otherwise its end is fatal), and the signals that ask it to stop, tried in
-    turn before SIGKILL."""
-
-    name: str
-    argv: Sequence[str]
-    restart: bool = False
-    stop_signals: tuple[int, ...] = (signal.SIGTERM,)
-
-
-@dataclass
-class _Child:
-    spec: ChildSpec
-    process: subprocess.Popen | None = None
-    log: IO[bytes] | None = None
-    restart_at: float | None = None
-    restarts: list[float] = field(default_factory=list)
-
-
-class Supervisor:
-    """Starts child processes, restarts those marked ``restart`` when they die (with a delay, and
-    gives up after ``max_restarts`` within ``restart_window_s``), reports the end of any other as
-    fatal, and stops them all. ``poll()`` does one round of checks and never blocks; ``watch()``
-    polls until asked to stop or something fatal happens. Thread-safe."""
-
-    def __init__(
-        self,
-        specs: Sequence[ChildSpec],
-        *,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | None = None,
-        log_dir: Path | None = None,
-        stop_timeout_s: float = 15.0,
-        restart_delay_s: float = 1.0,
-        max_restarts: int = 5,
-        restart_window_s: float = 300.0,
-    ) -> None:
-        self._children = {spec.name: _Child(spec) for spec in specs}
-        self._env = dict(env) if env is not None else None
-        self._cwd = cwd
-        self._log_dir = log_dir
-        self._stop_timeout_s = stop_timeout_s
-        self._restart_delay_s = restart_delay_s
-        self._max_restarts = max_restarts
-        self._restart_window_s = restart_window_s
-        self._lock = threading.RLock()
-        self._stopping = False
-        self.failure: str | None = None
-
-    def start(self) -> None:
-        with self._lock:
-            for child in self._children.values():
-                self._spawn(child)
-
-    def process(self, name: str) -> subprocess.Popen | None:
-        return self._children[name].process
-
-    def restarts(self, name: str) -> int:
-        return len(self._children[name].restarts)
-
-    def _spawn(self, child: _Child) -> None:
-        output = None
-        if self._log_dir is not None:
-            self._log_dir.mkdir(parents=True, exist_ok=True)
-            if child.log is None:
-                child.log = (self._log_dir / f"{child.spec.name}.log").open("ab")
-            output = child.log
-        child.process = subprocess.Popen(
-            list(child.spec.argv),
-            env=self._env,
-            cwd=self._cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=output,
-            stderr=subprocess.STDOUT if output is not None else None,
-            # Its own session: a terminal's Ctrl-C reaches ``up`` only, which stops the children
-            # in order; leftovers (e.g. Ray's processes) can be killed as a group.
-            start_new_session=True,
-            preexec_fn=_PREEXEC,
-        )
-        child.restart_at = None
-        log.info("%s started (pid %s)", child.spec.name, child.process.pid)
-
-    def poll(self) -> str | None:
-        """Check every child once: schedule or do restarts; the failure message, if any."""
-        with self._lock:
-            if self._stopping or self.failure is not None:
-                return self.failure
-            now = time.monotonic()
-            for child in self._children.values():
-                process = child.process
-                if child.restart_at is not None:
-                    if now >= child.restart_at:
-                        self._spawn(child)
-                    continue
-                if process is None or process.poll() is None:
-                    continue
-                _kill_group(process.pid)
-                code = process.returncode
-                if not child.spec.restart:
-                    self.failure = f"{child.spec.name} exited unexpectedly (exit code {code})"
-                    return self.failure
-                child.restarts = [t for t in child.restarts if now - t < self._restart_window_s]
-                if len(child.restarts) >= self._max_restarts:
-                    self.failure = (
-                        f"{child.spec.name} exited (exit code {code}) {len(child.restarts) + 1} "
-                        f"times within {self._restart_window_s:.0f} s; giving up"
-                    )
-                    return self.failure
-                child.restarts.append(now)
-                delay = self._restart_delay_s * 2 ** (len(child.restarts) - 1)
-                child.restart_at = now + delay
-                log.warning(
-                    "%s exited (exit code %s); restarting in %.1f s", child.spec.name, code, delay
-                )
-            return None
-
-    def watch(self, stop: threading.Event, interval_s: float = 0.5) -> str | None:
-        """Poll until ``stop`` is set (None) or a child's end is fatal (its message)."""
-        while not stop.wait(interval_s):
-            failure = self.poll()
-            if failure is not None:
-                return failure
-        return None
-
-    def stop(self) -> None:
-        """Ask every child to stop (its stop signals in turn, ``stop_timeout_s`` each), then kill
-        what is left, the children's process groups included."""
-        with self._lock:
-            self._stopping = True
-            children = list(self._children.values())
-        running = [c for c in children if c.process is not None and c.process.poll() is None]
-        step = 0
-        while running:
-            for child in running:
-                signals = child.spec.stop_signals
-                sig = signals[step] if step < len(signals) else signal.SIGKILL
-                _signal(child.process, sig)
-            deadline = time.monotonic() + self._stop_timeout_s
-            for child in running:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    child.process.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            running = [c for c in running if c.process.poll() is None]
-            step += 1
-            if running and step > max(len(c.spec.stop_signals) for c in running):
-                for child in running:  # SIGKILL did not end it: wait, it cannot refuse
-                    child.process.wait()
-                break
-        for child in children:
-            if child.process is not None:
-                _kill_group(child.process.pid)
-            if child.log is not None:
-                child.log.close()
-                child.log = None
-
-
-def _signal(process: subprocess.Popen, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        process.send_signal(sig)
-
-
-def _kill_group(pgid: int) -> None:
-    """Kill what is left of a child's process group (the child itself has ended)."""
-    if hasattr(os, "killpg"):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, signal.SIGKILL)
-
-
-# -- the stack -------------------------------------------------------------------------------
 
 
 class EmbeddedStack:

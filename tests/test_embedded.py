@@ -20,13 +20,12 @@ import pytest
 from cli.embedded import (
     BROKER_FILE,
     CLI_PREFIX,
-    ChildSpec,
     EmbeddedError,
     EmbeddedStack,
-    Supervisor,
     compact_sqlite_broker,
     embedded_config,
 )
+from cli.supervisor import ChildSpec, Supervisor
 from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, broker_transport_options, make_celery
 from service.settings import Settings
 
