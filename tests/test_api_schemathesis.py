@@ -37,6 +37,7 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -324,25 +325,23 @@ def _node_id_for_schemathesis(request):
 schema = schemathesis.pytest.from_fixture("api_schema")
 
 
-# (operation label -> statuses answered), filled by the schemathesis test, read by the next one.
-ANSWERED: dict[str, set[int]] = defaultdict(set)
+@pytest.fixture(scope="module")
+def answered() -> Iterator[dict[str, set[int]]]:
+    """Operation label -> statuses answered, over every generated case of this module. After the
+    last case (teardown) it checks that each job-scoped operation was answered from a real job,
+    not only rejected: an error of the run itself, not a test that depends on another."""
+    statuses: dict[str, set[int]] = defaultdict(set)
+    yield statuses
+    missing = {
+        label: sorted(wanted - statuses.get(label, set()))
+        for label, wanted in MUST_REACH.items()
+        if not wanted <= statuses.get(label, set())
+    }
+    assert not missing, f"statuses never answered: {missing}; answered: {dict(statuses)}"
 
 
 @schema.parametrize()
-def test_api_conforms_to_its_openapi_document(case, seeded):
+def test_api_conforms_to_its_openapi_document(case, seeded, answered):
     _guard(case, seeded)
     response = case.call_and_validate(checks=CHECKS)
-    ANSWERED[case.operation.label].add(response.status_code)
-
-
-def test_the_run_reached_the_handlers():
-    """Runs after the schemathesis test (file order): each job-scoped operation was answered
-    from a real job, not only rejected."""
-    if not ANSWERED:
-        pytest.skip("the schemathesis test did not run in this session")
-    missing = {
-        label: sorted(wanted - ANSWERED.get(label, set()))
-        for label, wanted in MUST_REACH.items()
-        if not wanted <= ANSWERED.get(label, set())
-    }
-    assert not missing, f"statuses never answered: {missing}; answered: {dict(ANSWERED)}"
+    answered[case.operation.label].add(response.status_code)

@@ -202,11 +202,23 @@ def test_tied_layer_shares_one_logit_vector():
 
 
 def test_old_state_dict_without_num_batches_tracked_loads():
+    """A version-0 checkpoint (no ``num_batches_tracked``) loads strictly, with the counter
+    restarted at 0 and every other tensor taken from the checkpoint."""
     layer = SwitchNorm2d(4)
+    with torch.no_grad():
+        layer.running_mean.uniform_()
+        layer.mean_weight.uniform_()
+    layer.num_batches_tracked.fill_(7)
     state = layer.state_dict()
     del state["num_batches_tracked"]
     state._metadata = {"": {"version": None}}
-    SwitchNorm2d(4).load_state_dict(state)
+    fresh = SwitchNorm2d(4)
+    fresh.num_batches_tracked.fill_(3)
+    result = fresh.load_state_dict(state)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert int(fresh.num_batches_tracked) == 0
+    for name, value in state.items():
+        torch.testing.assert_close(fresh.state_dict()[name], value, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize(
