@@ -1,4 +1,4 @@
-"""Layering rules from docs/architecture.md: imports point down only."""
+"""Layering rules from ARCHITECTURE.md: imports point down only."""
 
 from __future__ import annotations
 
