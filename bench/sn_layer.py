@@ -11,7 +11,7 @@ machine noise hits all of them alike (SN with BatchNorm2d and GroupNorm in one g
 naive reference in another, because the reference's temporaries disturb whatever runs next), and
 the bytes each layer's forward saves for backward (unique storages seen by
 ``torch.autograd.graph.saved_tensors_hooks``; the input counts). It prints a Markdown table per
-shape and one PASS/MISS line per target (SN_SPEC section 7).
+shape and one PASS/MISS line per target (docs/sn-spec.md section 7).
 
 ``--malloc-tuned`` raises glibc's mmap and trim thresholds to 1 GiB (``mallopt``) before torch is
 imported, so freed large blocks are reused rather than handed back to the OS and faulted in again

@@ -1,4 +1,6 @@
-"""Compatibility with the original public Switchable Normalization code (SN_SPEC section 4).
+"""Compatibility with the original public Switchable Normalization code.
+
+Its numerical conventions, and what reproducing them takes, are docs/sn-spec.md section 4.
 
 * ``reference_switchnorm`` builds a ``SwitchNorm{1,2,3}d`` that reproduces the original layer's
   numerics (unbiased instance variance, the hybrid LN/BN variances, running statistics starting at
@@ -222,11 +224,11 @@ def recompute_batch_statistics(
 ) -> int:
     """Set each SN layer's running statistics to its pooled BN statistics over ``batches``.
 
-    The "batch average" alternative to moving averages (SN_SPEC section 3): the model runs in
-    training mode under ``torch.no_grad`` over the batches (at most ``max_batches``); a forward
-    pre-hook on every ``SwitchNorm`` with running statistics records the per-channel BN mean and
-    variance of the layer's input, computed with the layer's own variance rules. Afterwards each
-    layer's ``running_mean`` is the pooled mean and its ``running_var`` the pooled
+    The "batch average" alternative to moving averages (docs/sn-spec.md section 3): the model
+    runs in training mode under ``torch.no_grad`` over the batches (at most ``max_batches``); a
+    forward pre-hook on every ``SwitchNorm`` with running statistics records the per-channel BN
+    mean and variance of the layer's input, computed with the layer's own variance rules.
+    Afterwards each layer's ``running_mean`` is the pooled mean and its ``running_var`` the pooled
     (population-combined) variance, made unbiased in "population" mode as ``nn.BatchNorm`` stores
     it, and kept as it is in "reference" mode as the original code stores it.
 

@@ -1,4 +1,4 @@
-"""From a trained SN network to plain torch layers (SN_SPEC section 6).
+"""From a trained SN network to plain torch layers (docs/sn-spec.md section 6).
 
 * ``concrete_norm``: the layer of one (mean, variance) choice: ``nn.BatchNorm*d`` (bn, bn),
   ``nn.InstanceNorm*d(affine=True)`` (in, in), ``nn.GroupNorm(1, C)`` (ln, ln),

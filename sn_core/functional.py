@@ -1,6 +1,6 @@
 """The Switchable Normalization kernel: two passes over x forward, three backward.
 
-Normalization with mixed statistics is a per-(n, c) affine map (SN_SPEC section 7)::
+Normalization with mixed statistics is a per-(n, c) affine map (docs/sn-spec.md section 7)::
 
     y = scale[n, c] * (x - m[n, c]) + centred_shift[n, c]        (m: the per-(n, c) mean)
 

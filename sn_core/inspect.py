@@ -2,7 +2,7 @@
 
 Layers and their ratio logits are found by module type (``isinstance(m, SwitchNorm)``), never by
 parameter name: the original code took every parameter whose name ends in ``_weight``, which also
-catches unrelated parameters of user models (SN_SPEC section 5).
+catches unrelated parameters of user models (docs/sn-spec.md section 5).
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ class MixtureNorm(nn.Module):
     Running statistics exist when ``track_running_stats`` and "bn" is among ``kinds``; they follow
     ``nn.BatchNorm2d``: ``running = (1 - momentum) * running + momentum * batch`` with the unbiased
     batch variance (``momentum=None``: cumulative average), ``running_var`` starting at 1. In
-    "reference" variance mode they follow the original SN code instead (SN_SPEC section 4).
+    "reference" variance mode they follow the original SN code instead
+    (docs/sn-spec.md section 4).
     """
 
     _version = 1

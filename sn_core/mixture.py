@@ -1,8 +1,8 @@
 """The O(N * C) part of Switchable Normalization, forward and backward, written out by hand.
 
 From the per-(n, c) moments (mean m, population variance v) of the input, every normalizer's
-statistics are exact aggregates (law of total variance, SN_SPEC section 1); their ratio-weighted
-mixture gives the per-(n, c) ``scale`` and ``shift`` of ``y = scale * x + shift``.
+statistics are exact aggregates (law of total variance, docs/sn-spec.md section 1); their
+ratio-weighted mixture gives the per-(n, c) ``scale`` and ``shift`` of ``y = scale * x + shift``.
 
 The code is written against an array namespace ``xp`` (NumPy or torch): on CPU the kernel runs
 it on NumPy views of the tensors, whose per-operation overhead is ~4x lower than torch's, which
@@ -25,7 +25,8 @@ class MixtureConfig:
     """What a layer's forward mixes. Hashable, so it can ride on the autograd context.
 
     ``batch_bn``: the BN term comes from the batch (training, or no running statistics) instead of
-    the running estimates. ``reference``: the original code's variance conventions (SN_SPEC 4).
+    the running estimates. ``reference``: the original code's variance conventions
+    (docs/sn-spec.md section 4).
     """
 
     kinds: tuple[str, ...]

@@ -1,12 +1,13 @@
 """A deliberately naive Switchable Normalization: the baseline for tests and benchmarks.
 
-``ReferenceSwitchNorm`` computes SN_SPEC sections 1-3 (population variances, ``nn.BatchNorm2d``
-running statistics) in the most straightforward way, with plain autograd: every normalizer's
-statistics come from their own reduction over x, the ratios are a softmax of the logits, and the
-output is ``(x - mu) / sqrt(var + eps) * weight + bias``. Like the original SN code it therefore
-keeps full-size temporaries (``x - mu`` and the normalized x) alive for backward, and it is several
-times slower than ``sn_core.layers.SwitchNorm2d``. Do not use it in models: it exists so the fast
-kernel has an independent, obviously correct implementation to agree with.
+``ReferenceSwitchNorm`` computes docs/sn-spec.md sections 1-3 (population variances,
+``nn.BatchNorm2d`` running statistics) in the most straightforward way, with plain autograd:
+every normalizer's statistics come from their own reduction over x, the ratios are a softmax of
+the logits, and the output is ``(x - mu) / sqrt(var + eps) * weight + bias``. Like the original SN
+code it therefore keeps full-size temporaries (``x - mu`` and the normalized x) alive for
+backward, and it is several times slower than ``sn_core.layers.SwitchNorm2d``. Do not use it in
+models: it exists so the fast kernel has an independent, obviously correct implementation to
+agree with.
 
 Parameter and buffer names match ``SwitchNorm`` (``weight``, ``bias``, ``mean_weight``,
 ``var_weight``, ``running_mean``, ``running_var``, ``num_batches_tracked``), so state dicts load

@@ -3,8 +3,8 @@
 Every schedule is a function of ``progress``, the fraction of the training budget done (steps done /
 total steps, or epochs as a fraction), so the same settings compress to any budget: with
 ``end=0.6`` every ratio is one-hot and fixed after 60% of the run, whether the run is 300 steps or
-300 epochs, and the network then trains with its final choices for the remaining 40% (SN_SPEC
-section 5; the original SSN schedule ramped the radius to 1 over the whole run).
+300 epochs, and the network then trains with its final choices for the remaining 40%
+(docs/sn-spec.md section 5; the original SSN schedule ramped the radius to 1 over the whole run).
 
 ``SparsityController`` drives the schedule: it sets each SN layer's ``radius`` (sparsestmax) or
 ``temperature`` and fixes every choice that has become one-hot, so its logits leave the graph.

@@ -1,10 +1,11 @@
 """``SelectedNorm``: one fixed (mean, variance) pair of normalizers, e.g. BN mean with LN variance.
 
 A Switchable Normalization layer whose ratios end one-hot on a *mixed* pair is no standard torch
-layer (SN_SPEC section 6). ``SelectedNorm`` is that layer on its own: the same kernel, affine
-parameters and running statistics as ``SwitchNorm``, but no logits; it computes only the one or
-two statistics it needs. With population variance, ``SelectedNorm(C, mean=k, var=k)`` equals the
-torch layer of ``k`` (``nn.BatchNorm*``, ``nn.InstanceNorm*(affine=True)``, ``nn.GroupNorm``).
+layer (docs/sn-spec.md section 6). ``SelectedNorm`` is that layer on its own: the same kernel,
+affine parameters and running statistics as ``SwitchNorm``, but no logits; it computes only the
+one or two statistics it needs. With population variance, ``SelectedNorm(C, mean=k, var=k)``
+equals the torch layer of ``k`` (``nn.BatchNorm*``, ``nn.InstanceNorm*(affine=True)``,
+``nn.GroupNorm``).
 """
 
 from __future__ import annotations

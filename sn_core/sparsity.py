@@ -2,7 +2,7 @@
 
 ``sparsestmax`` (Shao et al., CVPR 2019) drives the ratios to one-hot as its radius grows, which is
 what turns a Switchable Normalization layer into a single normalizer. The original code has several
-numerical traps (SN_SPEC section 5); this version guards every one of them:
+numerical traps (docs/sn-spec.md section 5); this version guards every one of them:
 
 * equal logits (the initial state!) or two tied logits put the sparsemax output on the barycentre of
   its face, where the push direction is 0/0. We push towards the vertex of the (first) largest

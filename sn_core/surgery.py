@@ -196,8 +196,8 @@ def convert_to_switchnorm(
             A layer whose per-channel spatial size ``prod(shape[2:])`` is 1 -- 1x1 feature maps or
             (N, C) inputs, e.g. after global pooling -- is **left alone**: IN there normalizes a
             single value and LN becomes a per-sample normalization over channels, which the
-            paper advises against (SN_SPEC section 4). Without ``example_input`` nothing is known
-            about the inputs and every source layer is converted.
+            paper advises against (docs/sn-spec.md section 4). Without ``example_input``
+            nothing is known about the inputs and every source layer is converted.
         **layer_kwargs: further ``SwitchNorm`` constructor arguments.
     """
     layer_kwargs = {**layer_kwargs, "pool": tuple(pool) if not isinstance(pool, str) else pool}

@@ -1,4 +1,4 @@
-"""sn_core.compat reproduces the original public SwitchNorm code (SN_SPEC section 4).
+"""sn_core.compat reproduces the original public SwitchNorm code (docs/sn-spec.md section 4).
 
 The reference below is a line-by-line re-implementation of the original layers as plain autograd
 modules; the compat layers must match it in outputs, gradients and running statistics (float64).
@@ -329,7 +329,7 @@ def test_cumulative_average_without_moving_average():
 
 @pytest.mark.filterwarnings("ignore:var\\(\\):UserWarning")
 def test_single_position_maps_never_nan_but_original_does():
-    """1x1 maps: the original's unbiased IN variance is 0/0 (the trap of SN_SPEC section 4)."""
+    """1x1 maps: the original's unbiased IN variance is 0/0 (docs/sn-spec.md section 4)."""
     original, ours = _pair(2, 4, seed=2)
     x = _input((6, 4, 1, 1), seed=3)
     original.train()

@@ -52,7 +52,7 @@ def test_radius_zero_is_sparsemax():
 )
 @pytest.mark.parametrize("radius", [1e-4, 0.3, 0.9])
 def test_ties_are_guarded(logits, radius):
-    """The original code explodes or returns NaN here (SN_SPEC section 5)."""
+    """The original code explodes or returns NaN here (docs/sn-spec.md section 5)."""
     v = torch.tensor(logits, requires_grad=True)
     w = sparsestmax(v, radius)
     (w * torch.arange(1.0, len(logits) + 1)).sum().backward()

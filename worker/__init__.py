@@ -1,1 +1,5 @@
-"""normsearch worker layer (built out by its own issue)."""
+"""The training side: the Celery search task, the Ray Tune driver and trainable, datasets,
+recorders, the recommendation, verification and report.
+
+Worker processes, local command-line searches and the benchmarks import it; the API never does.
+"""

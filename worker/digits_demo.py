@@ -3,7 +3,9 @@
 The smallest end-to-end use of sn_core: build a zoo model, convert its norms to SN, train with the
 ratio logits in their own optimizer group while sparsestmax anneals every layer to one normalizer,
 then read the per-layer choices, finalize to plain torch layers and check the finalized model
-agrees with the SN model. The search engine (worker issue) generalizes this to Ray Tune trials.
+agrees with the SN model. ``worker.job.run_job`` does the same at scale: Ray Tune trials over
+seeds, batch sizes and learning rates, with checkpoints, a majority recommendation and a
+verification.
 """
 
 from __future__ import annotations
