@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint browser bench clean
+.PHONY: demo test install lint browser js bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,29 @@ browser:
 	fi
 	@$(CHROMIUM) --version 2>/dev/null | grep -i chromium
 
-test: lint browser
+# The web UI's JavaScript (api/ui/static; no build step, nothing of npm ships): eslint and its
+# unit tests under `node --test` (tests/ui/js). npm ci installs the pinned devDependencies of
+# package-lock.json, again only when node_modules is missing or older than the lock file.
+# Without Node.js >= 20.19 (eslint 10's minimum) and npm this fails: CI must not skip them.
+# The test files are named by a shell glob: node 21+ no longer searches a directory argument.
+NODE_STAMP := node_modules/.package-lock.json
+NEED_NODE = @command -v node >/dev/null && command -v npm >/dev/null || { \
+		echo "make js: node and npm are missing; install Node.js >= 20.19 with npm" >&2; exit 1; }; \
+	node -e 'const [a, b] = process.versions.node.split(".").map(Number); \
+		process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)' || { \
+		echo "make js: Node.js $$(node --version) is too old; eslint needs >= 20.19" >&2; exit 1; }
+
+$(NODE_STAMP): package.json package-lock.json
+	$(NEED_NODE)
+	npm ci --no-audit --no-fund
+	@touch $@
+
+js: $(NODE_STAMP)
+	$(NEED_NODE)
+	npx --no-install eslint api/ui/static tests/ui/js
+	node --test tests/ui/js/*.test.mjs
+
+test: lint browser js
 	$(BIN)/python -m pytest -q
 
 bench: $(STAMP)
@@ -53,4 +75,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/api_load.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache node_modules

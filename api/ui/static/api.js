@@ -57,12 +57,7 @@ export function sessionExpired(message) {
 }
 
 async function errorFrom(response) {
-  let body = null;
-  try {
-    body = await response.json();
-  } catch {
-    body = null;
-  }
+  const body = await response.json().catch(() => null); // not JSON: the status line only
   const message = (body && body.message) || `${response.status} ${response.statusText || "error"}`;
   return new ApiError(response.status, body, message);
 }

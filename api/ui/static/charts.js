@@ -126,7 +126,7 @@ const r1 = (v) => Math.round(v * 10) / 10;
  * The polyline points of one normalizer's ratio: at most the first, lowest, highest and last
  * value per pixel column (the line looks the same; 20,000 steps draw as ~3,000 points).
  */
-function decimatedLine(points, part, norm, xOf, yOf) {
+export function decimatedLine(points, part, norm, xOf, yOf) {
   const coords = [];
   let column = null;
   let first = null;
@@ -216,6 +216,19 @@ export function evolutionSvg(points, { layer, testid = "layer-evolution-chart" }
   </svg>`;
 }
 
+/** The index of the point nearest to step ``target`` (``points`` ascending by step, not empty;
+ * a tie goes to the later point). */
+export function nearestIndex(points, target) {
+  let lo = 0;
+  let hi = points.length - 1;
+  while (lo < hi) { // first point with step >= target
+    const mid = (lo + hi) >> 1;
+    if (points[mid].step < target) lo = mid + 1; else hi = mid;
+  }
+  if (lo > 0 && target - points[lo - 1].step < points[lo].step - target) lo -= 1;
+  return lo;
+}
+
 /**
  * One mousemove listener on ``container`` for the evolution chart it holds: the nearest step's
  * values at the pointer. ``getPoints()`` returns the chart's current points (ascending step).
@@ -235,14 +248,7 @@ export function attachEvolutionHover(container, getPoints) {
     const s0 = Number(svg.dataset.s0);
     const s1 = Number(svg.dataset.s1);
     const target = s0 + ((pt.x - x0) / Math.max(1e-9, x1 - x0)) * (s1 - s0);
-    let lo = 0;
-    let hi = points.length - 1;
-    while (lo < hi) { // first point with step >= target
-      const mid = (lo + hi) >> 1;
-      if (points[mid].step < target) lo = mid + 1; else hi = mid;
-    }
-    if (lo > 0 && target - points[lo - 1].step < points[lo].step - target) lo -= 1;
-    const p = points[lo];
+    const p = points[nearestIndex(points, target)];
     const x = x0 + ((p.step - s0) / Math.max(1, s1 - s0)) * (x1 - x0);
     const guide = hover.querySelector("line");
     guide.setAttribute("x1", x.toFixed(1));

@@ -12,6 +12,9 @@ import { ApiError, download, reportError, request } from "./api.js";
 import {
   attachEvolutionHover, divergenceSvg, evolutionSvg, ratioBarsSvg, ratiosText,
 } from "./charts.js";
+import {
+  defaultTrial, extendHistory, lastEventId, orderedLayers, ratiosNews, stepInfo, trialConfig,
+} from "./job-data.js";
 import { jobPageHtml } from "./page-job-view.js";
 import { reportHtml } from "./report.js";
 import { followEvents } from "./sse.js";
@@ -126,9 +129,8 @@ export function render(root, [jobId]) {
       setLive("");
       return;
     }
-    const ids = [...state.eventIds].map(Number).filter(Number.isFinite);
     stream = followEvents(`${base}/events`, {
-      lastEventId: ids.length ? Math.max(...ids) : null,
+      lastEventId: lastEventId(state.eventIds),
       onEvent,
       onState: (s) => setLive({ open: "live", connecting: "connecting…",
         retrying: "reconnecting…", closed: "" }[s] ?? ""),
@@ -152,18 +154,13 @@ export function render(root, [jobId]) {
     } else if (name === "progress") {
       setStatus(data.status, data.progress);
     } else if (name === "ratios") {
-      let unknown = false;
-      for (const [trial, step] of Object.entries(data)) {
-        const id = Number(trial);
-        if (!state.trials.some((t) => t.id === id)) unknown = true;
-        if (id === state.trialId) {
-          if (state.newest.lastStep === null || step > state.newest.lastStep) loadNewest();
-          if (state.evo.layer && (state.evo.lastStep === null || step > state.evo.lastStep)) {
-            loadEvolution();
-          }
-        }
-      }
-      if (unknown || state.trialId === null) refreshTrials.now();
+      const news = ratiosNews(data, {
+        trials: state.trials, trialId: state.trialId, newestStep: state.newest.lastStep,
+        evolutionLayer: state.evo.layer, evolutionStep: state.evo.lastStep,
+      });
+      if (news.newest) loadNewest();
+      if (news.evolution) loadEvolution();
+      if (news.trialsNow) refreshTrials.now();
       else refreshTrials();
     } else if (name === "end") {
       setStatus(data.status);
@@ -187,12 +184,6 @@ export function render(root, [jobId]) {
   });
   const refreshTrials = throttle(loadTrials, TRIALS_THROTTLE_MS);
   refreshTrials.now = loadTrials;
-
-  function trialConfig(t) {
-    const c = t.config || {};
-    const inner = c.trial || {};
-    return { seed: inner.seed ?? c.seed, batch: inner.batch_size ?? c.batch_size };
-  }
 
   function drawTrials() {
     const body = $("#trials-body");
@@ -220,8 +211,7 @@ export function render(root, [jobId]) {
     }
     trialSelect.disabled = !search.length;
     if (state.trialId === null || !search.some((t) => t.id === state.trialId)) {
-      const target = state.job?.target_batch_size;
-      const pick = search.find((t) => trialConfig(t).batch === target) || search[0];
+      const pick = defaultTrial(search, state.job?.target_batch_size);
       if (pick) selectTrial(pick.id);
     } else {
       trialSelect.value = String(state.trialId);
@@ -258,23 +248,15 @@ export function render(root, [jobId]) {
     drawBars();
   });
 
-  function orderedLayers() {
-    return [...state.newest.layers.values()].sort((a, b) => a.layer_index - b.layer_index);
-  }
-
   let barsFrame = 0;
   function drawBars() {
     if (barsFrame) return;
     barsFrame = requestAnimationFrame(() => {
       barsFrame = 0;
       if (!alive) return;
-      const layers = orderedLayers();
+      const layers = orderedLayers(state.newest.layers);
       if (!layers.length) return;
-      const step = state.newest.lastStep;
-      const epoch = layers.reduce((e, p) => Math.max(e, p.epoch), 0);
-      const fixed = layers.filter((p) => p.mean_fixed && p.var_fixed).length;
-      $("#step-info").textContent = `step ${step} · epoch ${epoch} · ${layers.length} layers · ${
-        fixed} fixed`;
+      $("#step-info").textContent = stepInfo(layers, state.newest.lastStep);
       const selected = state.layer;
       $("#bar-charts").classList.toggle("stacked", layers.length > 40); // full width each
       $("#chart-mean").innerHTML = ratioBarsSvg(layers, { part: "mean", testid: "ratio-chart-mean",
@@ -329,16 +311,7 @@ export function render(root, [jobId]) {
     if (!alive || gen !== state.gen || state.evo.layer !== layer) return;
     const trial = answer.trials[0];
     if (!trial) return;
-    const evo = state.evo;
-    if (trial.points.length) {
-      evo.points.push(...trial.points.filter((p) => lastStep === null || p.step > lastStep));
-      evo.lastStep = trial.last_step;
-      if (lastStep === null) evo.downsampled = trial.downsampled;
-      if (evo.points.length > EVOLUTION_MAX_POINTS * 1.5) { // keep it bounded: every other
-        evo.points = evo.points.filter((p, i) => i % 2 === 0 || i === evo.points.length - 1);
-        evo.downsampled = true;
-      }
-    }
+    if (trial.points.length) extendHistory(state.evo, trial, lastStep, EVOLUTION_MAX_POINTS);
     if (trial.points.length || lastStep === null) drawEvolution();
   });
 

@@ -3,6 +3,7 @@
 // (#/jobs?status=running&offset=20) so the browser's back button and reloads keep them.
 
 import { reportError, request } from "./api.js";
+import { DEFAULT_SORT, jobsHash, lastPageOffset, pageRange, readJobsQuery } from "./jobs-query.js";
 import {
   ACTIVE_STATUSES, JOB_STATUSES, esc, fmtDate, progressHtml, statusBadge,
 } from "./util.js";
@@ -16,7 +17,7 @@ const SORTS = [
 ];
 
 export function render(root) {
-  const state = { status: "", sort: "-created_at", offset: 0, total: 0, items: [] };
+  const state = { status: "", sort: DEFAULT_SORT, offset: 0, total: 0, items: [] };
   root.innerHTML = `
     <section class="card">
       <div class="toolbar">
@@ -63,9 +64,7 @@ export function render(root) {
     body.innerHTML = items.length ? items.map(rowHtml).join("") :
       `<tr class="empty"><td colspan="7">No jobs${state.status ? ` with status ${esc(state.status)}` : ""}.
         <a href="#/new">Submit one</a>.</td></tr>`;
-    const from = total ? offset + 1 : 0;
-    const to = Math.min(offset + items.length, total);
-    totalBox.textContent = `${from}–${to} of ${total}`;
+    totalBox.textContent = pageRange(offset, items.length, total);
     totalBox.dataset.total = String(total);
     prev.disabled = offset <= 0;
     next.disabled = offset + PAGE_SIZE >= total;
@@ -81,7 +80,7 @@ export function render(root) {
       const page = await request(`/api/v1/jobs?${params}`, { signal: controller.signal });
       if (!alive) return;
       if (!page.items.length && page.total > 0 && state.offset > 0) {
-        state.offset = Math.max(0, Math.floor((page.total - 1) / PAGE_SIZE) * PAGE_SIZE);
+        state.offset = lastPageOffset(page.total, PAGE_SIZE);
         load();
         return;
       }
@@ -98,20 +97,14 @@ export function render(root) {
 
   function change(patch) {
     Object.assign(state, patch);
-    const params = new URLSearchParams();
-    if (state.status) params.set("status", state.status);
-    if (state.sort !== "-created_at") params.set("sort", state.sort);
-    if (state.offset) params.set("offset", state.offset);
-    const search = params.toString();
-    history.replaceState(null, "", `#/jobs${search ? `?${search}` : ""}`);
+    history.replaceState(null, "", jobsHash(state));
     load();
   }
 
   // The query of the hash (#/jobs?status=...) restores filter and page.
-  const query = new URLSearchParams(location.hash.split("?")[1] || "");
-  state.status = JOB_STATUSES.includes(query.get("status")) ? query.get("status") : "";
-  state.sort = SORTS.some(([v]) => v === query.get("sort")) ? query.get("sort") : "-created_at";
-  state.offset = Math.max(0, Number.parseInt(query.get("offset") || "0", 10) || 0);
+  Object.assign(state, readJobsQuery(location.hash, {
+    statuses: JOB_STATUSES, sorts: SORTS.map(([value]) => value),
+  }));
   filter.value = state.status;
   sortSelect.value = state.sort;
 

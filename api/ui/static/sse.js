@@ -46,8 +46,7 @@ export function followEvents(url, { onEvent, onState = () => {}, onError = () =>
     if (lastId !== null && lastId !== undefined) headers["Last-Event-ID"] = String(lastId);
     const response = await fetch(url, { headers, signal: controller.signal, cache: "no-store" });
     if (!response.ok) {
-      let body = null;
-      try { body = await response.json(); } catch { body = null; }
+      const body = await response.json().catch(() => null);
       const message = (body && body.message) || `${response.status} ${response.statusText}`;
       throw new ApiError(response.status, body, message);
     }
