@@ -19,6 +19,7 @@ SPEC_VERSION = 1
 # registered under the ``normsearch.models`` entry-point group are accepted too: their names are
 # read from package metadata, without importing torch.
 BUILTIN_ARCHS = (
+    "cnn1d",
     "mlp",
     "mobilenetv2",
     "resnet18",
@@ -31,8 +32,14 @@ BUILTIN_ARCHS = (
     "vgg_small",
 )
 NORMALIZERS = ("in", "ln", "bn", "gn")
-DATASET_KINDS = ("digits", "synthetic", "image_folder", "cifar", "npz")
+DATASET_KINDS = ("digits", "synthetic", "mnist1d", "image_folder", "cifar", "npz")
 FILE_DATASETS = ("image_folder", "cifar", "npz")
+# Generated kinds: samples per kind by default and at most (MNIST-1D is generated in Python, about
+# 0.3 ms a sample: the limit keeps a job's data generation under a minute). Its default is the
+# size of the published MNIST-1D dataset.
+DEFAULT_NUM_SAMPLES = {"synthetic": 2000, "mnist1d": 5000}
+MNIST1D_MAX_SAMPLES = 100_000
+MNIST1D_CLASSES = 10
 
 
 def known_archs() -> tuple[str, ...]:
@@ -73,7 +80,7 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    kind: Literal["digits", "synthetic", "image_folder", "cifar", "npz"]
+    kind: Literal["digits", "synthetic", "mnist1d", "image_folder", "cifar", "npz"]
     path: str | None = Field(
         default=None, description="For image_folder, cifar and npz: inside a configured data root."
     )
@@ -82,8 +89,17 @@ class DatasetSpec(_Strict):
     )
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
     seed: int = Field(default=0, ge=0, description="Seed of the train/validation split.")
-    num_samples: int = Field(default=2000, ge=20, description="synthetic: number of images.")
-    num_classes: int = Field(default=10, ge=2, le=1000, description="synthetic: classes.")
+    num_samples: int | None = Field(
+        default=None,
+        ge=20,
+        description=(
+            "synthetic: number of images (default 2000); mnist1d: number of sequences, a multiple "
+            f"of 10 up to {MNIST1D_MAX_SAMPLES} (default 5000, the published dataset's size)."
+        ),
+    )
+    num_classes: int = Field(
+        default=10, ge=2, le=1000, description="synthetic: classes (mnist1d: always 10)."
+    )
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> DatasetSpec:
@@ -92,6 +108,29 @@ class DatasetSpec(_Strict):
         if self.kind not in FILE_DATASETS and self.path:
             raise ValueError(f"dataset kind {self.kind!r} takes no path")
         return self
+
+    @model_validator(mode="after")
+    def _mnist1d_settings(self) -> DatasetSpec:
+        if self.kind != "mnist1d":
+            return self
+        if self.image_size is not None:
+            raise ValueError("dataset kind 'mnist1d' has sequences of length 40; no image_size")
+        if self.num_classes != MNIST1D_CLASSES:
+            raise ValueError(f"dataset kind 'mnist1d' has {MNIST1D_CLASSES} classes")
+        n = self.samples
+        if n % MNIST1D_CLASSES or n > MNIST1D_MAX_SAMPLES:
+            raise ValueError(
+                f"mnist1d num_samples must be a multiple of {MNIST1D_CLASSES} (the same number "
+                f"per class) and at most {MNIST1D_MAX_SAMPLES}, got {n}"
+            )
+        return self
+
+    @property
+    def samples(self) -> int:
+        """``num_samples``, or the kind's default (synthetic 2000, mnist1d 5000)."""
+        if self.num_samples is not None:
+            return self.num_samples
+        return DEFAULT_NUM_SAMPLES.get(self.kind, 2000)
 
 
 class TrainingSpec(_Strict):

@@ -2,7 +2,9 @@
 
 ``convert_to_switchnorm`` works like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: it takes a
 module, replaces its BatchNorm / GroupNorm / InstanceNorm layers in place (recursing over
-``named_children()``), copies their parameters under ``no_grad`` and returns the module.
+``named_children()``), copies their parameters under ``no_grad`` and returns the module. With an
+example input, layers that see one element per channel (MLPs, after global pooling) get only the
+normalizers defined there, so the pool can differ from layer to layer.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from torch import nn
 
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 
-__all__ = ["SOURCE_NORM_TYPES", "convert_to_switchnorm"]
+__all__ = [
+    "SINGLE_ELEMENT_NORMALIZERS",
+    "SOURCE_NORM_TYPES",
+    "convert_to_switchnorm",
+    "single_element_pool",
+]
 
 SkipSpec = str | Iterable[str] | Callable[[str, nn.Module], bool] | None
 
@@ -40,6 +47,9 @@ SOURCE_NORM_TYPES: tuple[type[nn.Module], ...] = tuple(cls for cls, _ in _CLASS_
 
 _GROUP_CHOICES = (32, 16, 8, 4, 2, 1)
 _DEFAULT_DIMS = 2
+
+#: The normalizers whose statistics exist when a layer sees one element per channel.
+SINGLE_ELEMENT_NORMALIZERS = ("ln", "bn", "gn")
 
 
 def _class_dims(module: nn.Module) -> tuple[bool, int | None]:
@@ -68,12 +78,36 @@ def _num_features(module: nn.Module) -> int:
     return module.num_channels if isinstance(module, nn.GroupNorm) else module.num_features
 
 
-def _fit_groups(channels: int, requested: int) -> int:
-    """``requested`` if it divides ``channels``, else the largest of 32/16/8/4/2/1 that does
-    (and is not above ``requested``)."""
-    if requested > 0 and channels % requested == 0:
+def _fit_groups(channels: int, requested: int, min_group_size: int = 1) -> int:
+    """``requested`` if it divides ``channels`` into groups of at least ``min_group_size``
+    channels, else the largest of 32/16/8/4/2/1 that does (and is not above ``requested``)."""
+    if requested > 0 and channels % requested == 0 and channels // requested >= min_group_size:
         return requested
-    return next(g for g in _GROUP_CHOICES if g <= max(requested, 1) and channels % g == 0)
+    return next(
+        g
+        for g in _GROUP_CHOICES
+        if g <= max(requested, 1) and channels % g == 0 and channels // g >= min_group_size
+    )
+
+
+def _as_pool(pool: Any) -> tuple[str, ...]:
+    return (pool,) if isinstance(pool, str) else tuple(pool)
+
+
+def single_element_pool(pool: Iterable[str], channels: int) -> tuple[str, ...]:
+    """The part of ``pool`` defined for a layer that sees one element per channel.
+
+    IN there normalizes a single value (its output is the bias alone) and is dropped. LN (each
+    sample over its channels) and GN (over groups of at least two channels) need two channels or
+    more; BN (over the batch) is always kept. The original SN code's layer for (N, C) inputs
+    mixes LN and BN only, for the same reason.
+    """
+    kept = []
+    for kind in _as_pool(pool):
+        kind = str(kind).lower()
+        if kind in SINGLE_ELEMENT_NORMALIZERS and (kind == "bn" or channels >= 2):
+            kept.append(kind)
+    return tuple(kept)
 
 
 def _factory(module: nn.Module, observed: dict | None) -> dict[str, Any]:
@@ -116,8 +150,18 @@ def _record_shapes(model: nn.Module, example_input: Any) -> dict[int, dict]:
     return seen
 
 
+def _single_element(seen: dict | None) -> bool:
+    """Whether the example forward fed the layer one element per channel (any of its calls)."""
+    return seen is not None and any(math.prod(s[2:]) == 1 for s in seen["shapes"])
+
+
 def _convert_one(
-    module: nn.Module, dims: int, observed: dict | None, layer_kwargs: dict[str, Any]
+    module: nn.Module,
+    dims: int,
+    observed: dict | None,
+    layer_kwargs: dict[str, Any],
+    *,
+    single_element: bool = False,
 ) -> SwitchNorm:
     channels = _num_features(module)
     kwargs: dict[str, Any] = {"eps": module.eps}
@@ -128,12 +172,17 @@ def _convert_one(
     if isinstance(module, nn.GroupNorm):
         kwargs["groups"] = module.num_groups
     kwargs.update(layer_kwargs)  # explicit keyword arguments win over the source's settings
-    pool = kwargs.get("pool", ("in", "ln", "bn"))
-    pool = (pool,) if isinstance(pool, str) else tuple(pool)
+    pool = _as_pool(kwargs.get("pool", ("in", "ln", "bn")))
+    if single_element:
+        pool = single_element_pool(pool, channels)
+        kwargs["pool"] = pool
     if "gn" in [str(p).lower() for p in pool]:
-        kwargs["groups"] = _fit_groups(channels, int(kwargs.get("groups", 32)))
+        min_group_size = 2 if single_element else 1  # a group of one value is IN again
+        kwargs["groups"] = _fit_groups(channels, int(kwargs.get("groups", 32)), min_group_size)
     kwargs.update(_factory(module, observed))
     new = _SWITCH_NORMS[dims](channels, **kwargs)
+    if len(new.pool) == 1:
+        new.fix(0, 0)  # nothing to choose: the layer is its one normalizer from the start
 
     with torch.no_grad():
         if new.affine and getattr(module, "weight", None) is not None:
@@ -193,11 +242,14 @@ def convert_to_switchnorm(
         example_input: optional input for one forward pass (a tensor, a tuple of positional
             arguments or a dict of keyword arguments). It runs in eval mode under ``no_grad``
             (the training flags are restored afterwards) and records each norm layer's input.
-            A layer whose per-channel spatial size ``prod(shape[2:])`` is 1 -- 1x1 feature maps or
-            (N, C) inputs, e.g. after global pooling -- is **left alone**: IN there normalizes a
-            single value and LN becomes a per-sample normalization over channels, which the
-            paper advises against (docs/sn-spec.md section 4). Without ``example_input``
-            nothing is known about the inputs and every source layer is converted.
+            A layer whose per-channel size ``prod(shape[2:])`` is 1 -- 1x1 feature maps, (N, C)
+            or (N, C, 1) inputs, e.g. after global pooling or in an MLP -- gets the normalizers
+            defined there (``single_element_pool``): ``pool`` without IN, whose statistics over
+            one value are degenerate, and with GN groups of at least two channels. A layer left
+            with one normalizer is fixed to it from the start (it still appears in plans, with
+            a one-entry pool); a layer left with none (``pool=("in",)``) keeps its source layer.
+            Without ``example_input`` nothing is known about the inputs and every source layer
+            is converted with the full ``pool``.
         **layer_kwargs: further ``SwitchNorm`` constructor arguments.
     """
     layer_kwargs = {**layer_kwargs, "pool": tuple(pool) if not isinstance(pool, str) else pool}
@@ -213,13 +265,14 @@ def convert_to_switchnorm(
         is_source, dims = _class_dims(module)
         if is_source:
             seen = observed.get(id(module))
-            if seen is not None and any(math.prod(s[2:]) == 1 for s in seen["shapes"]):
-                result = module  # after global pooling: leave alone
+            single = _single_element(seen)
+            if single and not single_element_pool(layer_kwargs["pool"], _num_features(module)):
+                result = module  # no normalizer of the pool is defined here: leave alone
             else:
                 if dims is None:
                     ndim = len(seen["shapes"][0]) if seen is not None else _DEFAULT_DIMS + 2
                     dims = min(max(ndim - 2, 1), 3)
-                result = _convert_one(module, dims, seen, layer_kwargs)
+                result = _convert_one(module, dims, seen, layer_kwargs, single_element=single)
             converted[id(module)] = result
             return result
         for child_name, child in module.named_children():

@@ -150,6 +150,20 @@ def test_search_job_runs_in_a_real_worker(worker):
     assert list(plan.names) == list(sn_core.NormalizerPlan.load(plan_json).names)
 
 
+def test_model_with_nothing_to_search_fails_the_job_before_training(worker):
+    app, factory, log_path = worker
+    # Every norm of the MLP sees one element per channel, where IN (the whole pool) is undefined.
+    payload = tiny_payload(model={"arch": "mlp"})
+    payload["search"] = {**payload["search"], "pool": ["in"]}
+    job_id = _submit(factory, payload, app)
+    job = _wait_finished(factory, job_id, log_path)
+    assert job.status == "failed", tail(log_path)
+    assert job.error.startswith("ModelSpecError: model 'mlp' has no layer to search with ")
+    assert "Traceback" not in job.error and "\n" not in job.error
+    with factory() as session:
+        assert repositories.list_trials(session, job_id=job_id) == []
+
+
 def test_dataset_outside_the_data_roots_fails_the_job_once(worker):
     app, factory, log_path = worker
     payload = tiny_payload(dataset={"kind": "npz", "path": "/etc/passwd"})

@@ -124,6 +124,102 @@ def test_synthetic_is_learnable():
     assert nearest_centroid_accuracy(data) > 0.5  # chance is 0.1
 
 
+# ------------------------------------------------------------------------------------ mnist1d
+
+# Runs the loader in a fresh interpreter whose sockets all raise: importing the mnist1d package
+# and generating the data must not touch the network (its get_dataset would download).
+OFFLINE_SCRIPT = """
+import socket
+
+class NoSocket(socket.socket):  # a class: ssl and others subclass socket.socket on import
+    def __init__(self, *args, **kwargs):
+        raise OSError("network access attempted")
+
+def refuse(*args, **kwargs):
+    raise OSError("network access attempted")
+
+socket.socket = NoSocket
+socket.create_connection = refuse
+socket.getaddrinfo = refuse
+
+from service.spec import DatasetSpec
+from worker.datasets import load_dataset
+
+data = load_dataset(DatasetSpec(kind="mnist1d", num_samples=200))
+print("OK", tuple(data.x_train.shape), tuple(data.x_val.shape))
+"""
+
+
+def test_mnist1d_generates_offline():
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(
+        [sys.executable, "-c", OFFLINE_SCRIPT], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "OK (160, 1, 40) (40, 1, 40)"
+
+
+def test_mnist1d_shapes_split_and_determinism():
+    import random
+
+    from worker.data.generated import mnist1d_arrays
+
+    mnist1d_arrays.cache_clear()
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    data = load_dataset(spec("mnist1d", num_samples=500, val_fraction=0.2))
+    # make_dataset seeds the global generators; the loader puts them back.
+    assert np.random.get_state()[1].tolist() == numpy_state[1].tolist()
+    assert random.getstate() == python_state
+    check_loaded(data, total=500, num_classes=10, shape=(1, 40))
+    assert data.in_channels == 1 and data.image_size is None and data.name == "mnist1d"
+    # Balanced classes (50 each), stratified split: 10 of each class validated.
+    assert np.bincount(data.y_val.numpy(), minlength=10).tolist() == [10] * 10
+    assert np.bincount(data.y_train.numpy(), minlength=10).tolist() == [40] * 10
+    # The benchmark's samples whatever the split seed; the seed changes only the split.
+    other = load_dataset(spec("mnist1d", num_samples=500, seed=1))
+    assert_differs(data, other)
+    all_x = torch.cat([data.x_train, data.x_val]).flatten(1)
+    other_x = torch.cat([other.x_train, other.x_val]).flatten(1)
+    assert torch.equal(all_x[all_x[:, 0].argsort()], other_x[other_x[:, 0].argsort()])
+    mnist1d_arrays.cache_clear()  # regenerated, not cached: still the same tensors
+    assert_same(data, load_dataset(spec("mnist1d", num_samples=500, val_fraction=0.2)))
+    # Standardized as the package does, and learnable (chance is 0.1).
+    assert abs(float(all_x.mean())) < 0.05 and abs(float(all_x.std()) - 1.0) < 0.05
+    assert nearest_centroid_accuracy(data) > 0.2
+
+
+def test_mnist1d_default_is_the_published_size_and_matches_the_package():
+    from mnist1d.data import get_dataset_args
+    from mnist1d.data import make_dataset as package_make_dataset
+
+    from worker.data.generated import mnist1d_arrays
+
+    data = load_dataset(spec("mnist1d"))
+    check_loaded(data, total=5000, num_classes=10, shape=(1, 40))
+    # The package's own split of its default dataset: 4000 + 1000, same samples in order.
+    published = package_make_dataset(get_dataset_args())
+    x, y = mnist1d_arrays(5000)
+    np.testing.assert_allclose(x, np.concatenate([published["x"], published["x_test"]]), rtol=1e-6)
+    assert np.array_equal(y, np.concatenate([published["y"], published["y_test"]]))
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"num_samples": 105}, "multiple of 10"),
+        ({"num_samples": 100_010}, "at most 100000"),
+        ({"image_size": 16}, "no image_size"),
+        ({"num_classes": 5}, "10 classes"),
+    ],
+)
+def test_mnist1d_spec_limits(fields, message):
+    with pytest.raises(ValueError, match=message):
+        spec("mnist1d", **fields)
+
+
 # ------------------------------------------------------------------------------- image_folder
 
 

@@ -7,7 +7,13 @@ from pydantic import ValidationError
 
 import sn_core
 from service.settings import Settings
-from service.spec import BUILTIN_ARCHS, JobSpec, format_validation_error, job_spec_schema
+from service.spec import (
+    BUILTIN_ARCHS,
+    DatasetSpec,
+    JobSpec,
+    format_validation_error,
+    job_spec_schema,
+)
 
 MINIMAL = {"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}}
 
@@ -28,6 +34,19 @@ def test_minimal_spec_gets_sensible_defaults():
     assert spec.batch_sizes == [spec.training.batch_size]
     assert spec.target_batch_size == spec.training.batch_size
     assert spec.verify_epochs == spec.training.epochs
+
+
+def test_generated_datasets_default_sample_counts():
+    def dataset(**fields) -> DatasetSpec:
+        return JobSpec.model_validate({**MINIMAL, "dataset": fields}).dataset
+
+    assert dataset(kind="synthetic").samples == 2000
+    assert dataset(kind="mnist1d").samples == 5000  # the published MNIST-1D size
+    assert dataset(kind="mnist1d", num_samples=300).samples == 300
+    assert errors_of({**MINIMAL, "dataset": {"kind": "mnist1d", "num_samples": 55}}) == [
+        "dataset: Value error, mnist1d num_samples must be a multiple of 10 (the same number "
+        "per class) and at most 100000, got 55"
+    ]
 
 
 @pytest.mark.parametrize(

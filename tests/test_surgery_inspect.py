@@ -17,11 +17,12 @@ from sn_core.inspect import (
     switch_ratios,
 )
 from sn_core.layers import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
-from sn_core.surgery import SOURCE_NORM_TYPES, convert_to_switchnorm
+from sn_core.surgery import SOURCE_NORM_TYPES, convert_to_switchnorm, single_element_pool
 from sn_core.zoo import build_model, list_models
 
-# Small, fast settings per zoo arch (as tests/test_zoo.py): builder kwargs and input size.
-ZOO_CONFIG: dict[str, tuple[dict, int]] = {
+# Small, fast settings per zoo arch (as tests/test_zoo.py): builder kwargs and input size (a side
+# of square images, or the spatial shape as a tuple).
+ZOO_CONFIG: dict[str, tuple[dict, int | tuple[int, ...]]] = {
     "resnet20": ({}, 16),
     "resnet32": ({}, 16),
     "resnet56": ({}, 16),
@@ -32,6 +33,7 @@ ZOO_CONFIG: dict[str, tuple[dict, int]] = {
     "vgg_small": (dict(width=8), 16),
     "mobilenetv2": (dict(small_input=True, width_mult=0.5), 16),
     "mlp": (dict(input_size=64, hidden=(32, 16)), 8),
+    "cnn1d": (dict(channels=8), (40,)),
 }
 SN_BY_DIMS = {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d}
 
@@ -69,7 +71,8 @@ def test_zoo_model_converts_and_bn_choice_reproduces_batchnorm(arch):
     torch.manual_seed(0)
     original = build_model(arch, num_classes=5, **kwargs).double().eval()
     _randomize_norms(original)
-    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    spatial = (size, size) if isinstance(size, int) else size
+    x = torch.randn(4, 3, *spatial, dtype=torch.float64)
     with torch.no_grad():
         expected = original(x)
 
@@ -143,21 +146,60 @@ class PooledHead(nn.Module):
         return self.vol_gn(h[:, :, None, None, None].expand(-1, -1, 2, 2, 2)).mean((2, 3, 4))
 
 
-def test_example_input_leaves_1x1_layers_alone_and_sets_groupnorm_dims():
+def test_example_input_drops_in_where_one_element_per_channel_and_sets_groupnorm_dims():
     model = PooledHead()
+    _randomize_norms(model)
     model.train()
     model.pool.eval()  # a mixed state, to be restored exactly
     flags = {n: m.training for n, m in model.named_modules()}
+    source = copy.deepcopy(model)
     convert_to_switchnorm(model, example_input=torch.randn(2, 3, 8, 8))
     assert {n: m.training for n, m in model.named_modules()} == flags
-    assert isinstance(model.bn, SwitchNorm2d)
-    assert type(model.pooled_bn) is nn.BatchNorm2d and type(model.fc_bn) is nn.BatchNorm1d
+    assert isinstance(model.bn, SwitchNorm2d) and model.bn.pool == ("in", "ln", "bn")
+    # 1x1 maps and (N, C) features: IN normalizes a single value there, LN and BN remain.
+    assert isinstance(model.pooled_bn, SwitchNorm2d) and model.pooled_bn.pool == ("ln", "bn")
+    assert isinstance(model.fc_bn, SwitchNorm1d) and model.fc_bn.pool == ("ln", "bn")
+    assert model.fc_bn.fixed == (None, None)  # still a choice to search
+    torch.testing.assert_close(model.fc_bn.running_mean, source.fc_bn.running_mean)
     assert isinstance(model.vol_gn, SwitchNorm3d) and model.vol_gn.groups == 2
-    assert model(torch.randn(2, 3, 8, 8)).shape == (2, 6)
+    model(torch.randn(4, 3, 8, 8)).sum().backward()
+    assert model.fc_bn.mean_weight.grad is not None
 
     plain = convert_to_switchnorm(PooledHead())  # no example: everything, GroupNorm as 2d
     assert isinstance(plain.pooled_bn, SwitchNorm2d) and isinstance(plain.fc_bn, SwitchNorm1d)
+    assert plain.fc_bn.pool == ("in", "ln", "bn")
     assert isinstance(plain.vol_gn, SwitchNorm2d)
+
+
+def test_single_element_layers_left_with_one_normalizer_are_fixed_and_with_none_kept():
+    x = torch.randn(2, 3, 8, 8)
+    model = convert_to_switchnorm(PooledHead(), pool=("bn", "in"), example_input=x)
+    assert model.bn.pool == ("bn", "in") and model.bn.fixed == (None, None)
+    for layer in (model.pooled_bn, model.fc_bn):
+        assert layer.pool == ("bn",) and layer.fixed == (0, 0)
+        mean, var = layer.ratios()
+        assert mean.tolist() == var.tolist() == [1.0]
+    model(x).sum().backward()
+    assert model.fc_bn.mean_weight.grad is None  # fixed: the logits stay out of the graph
+
+    only_in = convert_to_switchnorm(PooledHead(), pool=("in",), example_input=x)
+    assert isinstance(only_in.bn, SwitchNorm2d) and only_in.bn.pool == ("in",)
+    assert type(only_in.pooled_bn) is nn.BatchNorm2d and type(only_in.fc_bn) is nn.BatchNorm1d
+    assert only_in(x).shape == (2, 6)
+
+    # One channel: LN and GN over one value are IN again; only BN stays.
+    one = nn.Sequential(nn.Flatten(), nn.Linear(12, 1), nn.BatchNorm1d(1))
+    convert_to_switchnorm(one, pool=("in", "ln", "gn"), example_input=torch.randn(2, 12))
+    assert type(one[2]) is nn.BatchNorm1d
+    convert_to_switchnorm(one, pool=("in", "ln", "bn", "gn"), example_input=torch.randn(2, 12))
+    assert one[2].pool == ("bn",) and one[2].fixed == (0, 0)
+
+
+def test_single_element_pool_rules():
+    assert single_element_pool(("in", "ln", "bn", "gn"), 8) == ("ln", "bn", "gn")
+    assert single_element_pool(("GN", "in"), 8) == ("gn",)
+    assert single_element_pool(("in", "ln", "bn"), 1) == ("bn",)
+    assert single_element_pool(("in",), 8) == ()
 
 
 def test_groupnorm_source_keeps_groups_and_affine():
@@ -171,10 +213,17 @@ def test_groupnorm_source_keeps_groups_and_affine():
             assert isinstance(sn, SwitchNorm2d) and sn.groups == src.num_groups
             torch.testing.assert_close(sn.weight, src.weight, rtol=0, atol=0)
     assert model(torch.randn(2, 3, 16, 16)).shape == (2, 5)
-    # (N, C, 1) inputs in the MLP: the example forward reveals L = 1, so they stay GroupNorm.
-    mlp = build_model("mlp", norm_layer="gn", input_size=16, hidden=(32,))
-    convert_to_switchnorm(mlp, example_input=torch.randn(2, 3, 4, 4))
-    assert not switch_layers(mlp)
+    # (N, C, 1) inputs in the MLP: the example forward reveals L = 1, so no IN, and GN gets
+    # groups of two channels at least (the source's 32 groups of one channel are IN again).
+    mlp = build_model("mlp", norm_layer="gn", input_size=16, hidden=(32, 16))
+    assert [m.num_groups for m in mlp.modules() if isinstance(m, nn.GroupNorm)] == [32, 16]
+    convert_to_switchnorm(mlp, pool=("in", "ln", "bn", "gn"), example_input=torch.randn(2, 3, 4, 4))
+    layers = switch_layers(mlp)
+    assert [(type(m), m.pool, m.groups) for _, m in layers] == [
+        (SwitchNorm1d, ("ln", "bn", "gn"), 16),
+        (SwitchNorm1d, ("ln", "bn", "gn"), 8),
+    ]
+    assert mlp(torch.randn(4, 3, 4, 4)).shape == (4, 10)
 
 
 def test_groups_fall_back_to_a_divisor_and_instance_norm_without_affine():

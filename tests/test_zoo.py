@@ -10,14 +10,15 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+import sn_core
 from sn_core.norms import NORM_LAYERS, group_norm, resolve_norm_layer
 from sn_core.zoo import MODELS, build_model, get_model_builder, list_models, register_model
 from sn_core.zoo import registry as registry_module
 from sn_core.zoo.mobilenet import InvertedResidual
 from sn_core.zoo.resnet import BasicBlock, Bottleneck
 
-# Per-arch test settings: small and fast, and an input size each arch can handle.
-# ``residual`` archs accept ``zero_init_residual``.
+# Per-arch test settings: small and fast, and an input size each arch can handle (a side of
+# square images, or the spatial shape as a tuple). ``residual`` archs accept ``zero_init_residual``.
 TEST_CONFIG: dict[str, dict] = {
     "resnet20": dict(kwargs={}, size=16, residual=True),
     "resnet32": dict(kwargs={}, size=16, residual=True),
@@ -29,6 +30,7 @@ TEST_CONFIG: dict[str, dict] = {
     "vgg_small": dict(kwargs=dict(width=8), size=16, residual=False),
     "mobilenetv2": dict(kwargs=dict(small_input=True, width_mult=0.5), size=16, residual=True),
     "mlp": dict(kwargs=dict(input_size=64, hidden=(32, 16)), size=8, residual=False),
+    "cnn1d": dict(kwargs={}, size=(40,), residual=False),
 }
 ARCHS = list_models()
 RESIDUAL_ARCHS = [a for a in ARCHS if TEST_CONFIG.get(a, {}).get("residual")]
@@ -49,7 +51,7 @@ def _build(arch: str, **overrides) -> nn.Module:
 
 def _input(arch: str, in_channels: int = 3, batch: int = 2) -> torch.Tensor:
     size = TEST_CONFIG[arch]["size"]
-    return torch.randn(batch, in_channels, size, size)
+    return torch.randn(batch, in_channels, *((size, size) if isinstance(size, int) else size))
 
 
 def _count(model: nn.Module, cls: type | tuple[type, ...]) -> int:
@@ -154,6 +156,30 @@ def test_kwargs_reach_the_architecture():
     assert model.fc.in_features == 16 * 8
     with pytest.raises(TypeError):
         build_model("resnet20", width=8)
+
+
+def test_cnn1d_is_the_mnist1d_cnn_and_searches_with_switchnorm1d():
+    model = build_model("cnn1d", num_classes=10, in_channels=1)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [(c.out_channels, c.kernel_size, c.padding) for c in convs] == [(25, (5,), (2,))] * 3
+    assert _count(model, nn.BatchNorm1d) == 3 and model.head.in_features == 25 * 5
+    x = torch.randn(16, 1, 40)
+    sn_core.convert_to_switchnorm(model, example_input=x)
+    layers = sn_core.switch_layers(model)
+    assert len(layers) == 3 and not _count(model, _BatchNorm)
+    assert all(type(m) is sn_core.SwitchNorm1d and m.pool == ("in", "ln", "bn") for _, m in layers)
+    # One SGD step changes the weights and the ratio logits.
+    torch.manual_seed(0)
+    optimizer = torch.optim.SGD(sn_core.param_groups(model, lr=0.1), lr=0.1)
+    before = [p.detach().clone() for p in (convs[0].weight, layers[0][1].mean_weight)]
+    loss = nn.functional.cross_entropy(model(x), torch.randint(0, 10, (16,)))
+    loss.backward()
+    optimizer.step()
+    after = (convs[0].weight, layers[0][1].mean_weight)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match=r"\(N, C, L\) sequences"):
+        model(torch.randn(2, 1, 8, 8))
 
 
 def test_mlp_rejects_wrong_input_size():

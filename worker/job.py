@@ -20,6 +20,7 @@ from typing import Any
 
 import sn_core
 from service.spec import JobSpec
+from sn_core.surgery import SOURCE_NORM_TYPES
 
 from .cancellation import JobCancelled as JobCancelled  # raised by run_job
 from .cancellation import raise_if_stopped
@@ -38,6 +39,11 @@ SPEC_FILE = "spec.json"
 
 class JobStateError(ValueError):
     """The work directory belongs to a different job spec."""
+
+
+class ModelSpecError(ValueError):
+    """The spec's model cannot be searched on its dataset (it does not build, or it gets no
+    SwitchNorm layer); raised before any training."""
 
 
 @dataclass
@@ -70,6 +76,40 @@ def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
     marker.write_text(
         json.dumps({"fingerprint": fingerprint, "spec": spec.model_dump(mode="json")})
     )
+
+
+def check_searchable(spec: JobSpec, data: LoadedDataset) -> int:
+    """Build the SN model as the trials will and return its number of SwitchNorm layers.
+
+    Raises ``ModelSpecError`` (naming the model) when it does not build or run on the dataset's
+    inputs, or when surgery gives it no SwitchNorm layer: without one every trial would train
+    plain norms and the job fail only after all the training, with no plan to recommend.
+    """
+    arch = spec.model.arch
+    try:
+        model = build_for_data(spec, SN_VARIANT, data)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelSpecError(
+            f"model {arch!r} cannot be built for dataset {data.name!r} (input shape "
+            f"{list(data.x_train.shape[1:])}): {exc}"
+        ) from exc
+    layers = sn_core.switch_layers(model)
+    if not layers:
+        norms = [m for m in model.modules() if isinstance(m, SOURCE_NORM_TYPES)]
+        if not norms:
+            reason = "it has no BatchNorm, GroupNorm or InstanceNorm layer to replace"
+        else:
+            reason = (
+                f"each of its {len(norms)} norm layer(s) sees one element per channel, where "
+                f"no normalizer of search.pool {list(spec.search.pool)} is defined (IN needs more "
+                "than one element per channel); add 'ln', 'bn' or 'gn' to the pool"
+            )
+        raise ModelSpecError(
+            f"model {arch!r} has no layer to search with Switchable Normalization: {reason}"
+        )
+    if all(len(layer.pool) == 1 for _, layer in layers):
+        log.warning("model %r: every SwitchNorm layer has a single normalizer to choose", arch)
+    return len(layers)
 
 
 def verification_grid(spec: JobSpec) -> list[dict[str, Any]]:
@@ -106,11 +146,13 @@ def run_job(
 ) -> JobResult:
     """Run (or resume) the job; the finalized checkpoint goes to ``out_dir/checkpoint``.
     ``data``: the spec's dataset when the caller has already loaded it. Raises ``JobCancelled``
-    once ``stop_event`` is set (checked between the stages; the trials stop at once)."""
+    once ``stop_event`` is set (checked between the stages; the trials stop at once), and
+    ``ModelSpecError`` before any training for a model with nothing to search."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
+    check_searchable(spec, data)  # before Ray starts: a spec error fails the job at once
     ensure_ray(ray_address, ray_num_cpus)
     raise_if_stopped(stop_event)
 

@@ -2,7 +2,8 @@
 
 Each hidden block's norm sees features shaped (N, C, 1), the (N, C, L) layout that every 1d torch
 norm accepts, so BatchNorm1d, GroupNorm and SwitchNorm1d are interchangeable. InstanceNorm has
-a single element per channel here, so torch refuses it in training mode.
+a single element per channel here, so torch refuses it in training mode, and SN surgery with an
+example input gives these layers the pool without IN (``sn_core.surgery.single_element_pool``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Dataset loading for the worker: DatasetSpec -> LoadedDataset (train/val tensors).
 
-Kinds: ``digits`` (scikit-learn), ``synthetic`` (procedural), ``image_folder`` (Pillow),
-``cifar`` (python-version pickles, restricted unpickler) and ``npz`` (``allow_pickle=False``).
+Kinds: ``digits`` (scikit-learn), ``synthetic`` (procedural), ``mnist1d`` (the ``mnist1d``
+package's generator, offline), ``image_folder`` (Pillow), ``cifar`` (python-version pickles,
+restricted unpickler) and ``npz`` (``allow_pickle=False``).
 File paths are confined to the caller's data roots. Every user-facing problem is a DatasetError.
 """
 

@@ -31,8 +31,9 @@ class DatasetError(ValueError):
 class LoadedDataset:
     """A train/validation split held as tensors, ready for the trainable.
 
-    Images are float32 ``N x C x H x W``; flat feature data is float32 ``N x F`` with
-    ``in_channels == 1`` and ``image_size is None``. Labels are int64 in ``0..num_classes-1``.
+    Images are float32 ``N x C x H x W``; sequences (MNIST-1D) float32 ``N x C x L`` and flat
+    feature data float32 ``N x F``, both with ``image_size is None`` (flat data: ``in_channels``
+    1). Labels are int64 in ``0..num_classes-1``.
     """
 
     x_train: torch.Tensor
@@ -145,7 +146,7 @@ def make_dataset(
         x_val=x[val_t].contiguous(),
         y_val=labels[val_t].contiguous(),
         num_classes=int(num_classes),
-        in_channels=int(x.shape[1]) if x.dim() == 4 else 1,
+        in_channels=int(x.shape[1]) if x.dim() >= 3 else 1,
         image_size=image_size,
         name=name,
         class_names=list(class_names) if class_names else [str(i) for i in range(num_classes)],

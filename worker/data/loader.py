@@ -9,7 +9,7 @@ from service.spec import DatasetSpec
 
 from .base import DatasetError, LoadedDataset
 from .cifar import load_cifar
-from .generated import load_digits, load_synthetic
+from .generated import load_digits, load_mnist1d, load_synthetic
 from .image_folder import load_image_folder
 from .npz import load_npz
 from .paths import resolve_data_path, resolved_roots
@@ -29,6 +29,8 @@ def load_dataset(spec: DatasetSpec, *, data_roots: Sequence[Path] = ()) -> Loade
         return load_digits(spec)
     if spec.kind == "synthetic":
         return load_synthetic(spec)
+    if spec.kind == "mnist1d":
+        return load_mnist1d(spec)
     if spec.path is None:
         raise DatasetError(f"dataset kind {spec.kind!r} needs a path", field="dataset.path")
     path = resolve_data_path(spec.path, data_roots)
