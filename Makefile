@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint browser js bench clean
+.PHONY: demo test test-fast install lint browser js bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# The browser tests (tests/test_ui_browser.py) drive Debian's Chromium through Playwright (no
+# The browser tests (tests/ui/test_ui_browser.py) drive Debian's Chromium through Playwright (no
 # browser download): install it from apt when it is missing (sudo only when not root).
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
@@ -66,6 +66,11 @@ js: $(NODE_STAMP)
 
 test: lint browser js
 	$(BIN)/python -m pytest -q
+
+# The inner loop: lint, the JS tests and every Python test but the end-to-end and slow ones
+# (markers e2e and slow: real Ray searches, Celery workers, the embedded stack, the browser).
+test-fast: lint js
+	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/sn_layer.py

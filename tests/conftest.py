@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from service.db.migrate import upgrade
 from service.db.scratch import DatabaseUnavailable, scratch_database
 from service.db.session import make_engine
-from tests.worker_process import flushed_redis
+from tests.support.processes import flushed_redis
 
 # The server's maintenance database; override for another server (CI service containers).
 ADMIN_URL = os.environ.get(

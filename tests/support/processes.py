@@ -25,7 +25,7 @@ from celery import Celery
 
 from service.celery_app import SEARCH_QUEUE
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60
 

@@ -50,7 +50,7 @@ from schemathesis.python import asgi as schemathesis_asgi
 from api.app import create_app
 from service import auth, jobs, repositories
 from service.db import make_engine, make_session_factory
-from tests.api_support import bearer, tiny_spec
+from tests.support.api import bearer, tiny_spec
 
 SEED = 20240611
 MAX_EXAMPLES = 25

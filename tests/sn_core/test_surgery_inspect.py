@@ -20,7 +20,7 @@ from sn_core.layers import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from sn_core.surgery import SOURCE_NORM_TYPES, convert_to_switchnorm, single_element_pool
 from sn_core.zoo import build_model, list_models
 
-# Small, fast settings per zoo arch (as tests/test_zoo.py): builder kwargs and input size (a side
+# Small, fast settings per zoo arch (as test_zoo.py): builder kwargs and input size (a side
 # of square images, or the spatial shape as a tuple).
 ZOO_CONFIG: dict[str, tuple[dict, int | tuple[int, ...]]] = {
     "resnet20": ({}, 16),

@@ -18,6 +18,9 @@ from worker.job import ModelSpecError, check_searchable, run_job, write_job_repo
 from worker.models import SN_VARIANT, build_for_data
 from worker.recorder import MemoryRecorder
 
+# End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
+pytestmark = pytest.mark.e2e
+
 IMAGES = {"kind": "synthetic", "num_samples": 40, "image_size": 8}  # 32 train = 2 batches of 16
 SEQUENCES = {"kind": "mnist1d", "num_samples": 40}
 

@@ -11,8 +11,11 @@ import pytest
 
 import sn_core
 from service.celery_app import make_celery
-from tests.api_support import bearer, create_user_token, tiny_spec
-from tests.worker_process import start_worker, worker_env
+from tests.support.api import bearer, create_user_token, tiny_spec
+from tests.support.processes import start_worker, worker_env
+
+# End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
+pytestmark = pytest.mark.e2e
 
 API = "/api/v1"
 JOB_TIMEOUT_S = 300

@@ -21,6 +21,9 @@ from worker.job import JobStateError, run_job, write_job_report
 from worker.recorder import JsonlRecorder, MemoryRecorder
 from worker.search import run_trials, trial_grid
 
+# End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
+pytestmark = pytest.mark.e2e
+
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
@@ -181,7 +184,7 @@ def test_search_stops_early_once_choices_are_stable(tmp_path):
 
 
 def test_example_specs_validate():
-    paths = sorted(Path(__file__).resolve().parents[1].joinpath("examples").glob("*.yaml"))
+    paths = sorted(Path(__file__).resolve().parents[2].joinpath("examples").glob("*.yaml"))
     # The examples README and the demo name: they must exist, not only validate when present.
     assert {"digits.yaml", "synthetic_batch_sizes.yaml"} <= {path.name for path in paths}
     for path in paths:

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.ui import STATIC_DIR
 from service.settings import Settings
-from tests.api_support import bearer, create_user_token
+from tests.support.api import bearer, create_user_token
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path(os.environ.get("NORMSEARCH_TEST_CHROMIUM", "/usr/bin/chromium"))
 # Without the background-networking flags Chromium's own connections are refused on a closed
 # network and slow every page down; no sandbox because the tests may run as root in a container.

@@ -24,8 +24,8 @@ import yaml
 import sn_core
 from cli.embedded import start_embedded
 from service.settings import Settings
-from tests.api_support import bearer, create_user_token, tiny_spec
-from tests.ui_support import (
+from tests.support.api import bearer, create_user_token, tiny_spec
+from tests.support.ui import (
     VIEWPORT,
     chromium_browser,
     free_port,
@@ -40,7 +40,7 @@ JOB_TIMEOUT_S = 180
 UI_TIMEOUT_MS = 15_000
 POOL = {"in", "ln", "bn"}
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 
 # -- fixtures --------------------------------------------------------------------------------

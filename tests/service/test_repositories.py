@@ -13,7 +13,7 @@ from service import repositories
 from service.db.models import JOB_STATUSES, Job, JobEvent, RatioSnapshot, User
 from service.errors import Conflict, InvalidTransition, NotFound, ServiceError
 from service.lifecycle import TRANSITIONS, transition
-from tests.api_support import snapshot_row
+from tests.support.api import snapshot_row
 
 SPEC = {"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}}
 

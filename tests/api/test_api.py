@@ -16,7 +16,7 @@ from service import repositories
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, Job, Trial
 from service.history import pick_steps
-from tests.api_support import bearer, create_user_token, snapshot_row, tiny_spec
+from tests.support.api import bearer, create_user_token, snapshot_row, tiny_spec
 
 API = "/api/v1"
 

@@ -29,7 +29,7 @@ from cli.supervisor import ChildSpec, Supervisor
 from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, broker_transport_options, make_celery
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 60
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(120)"]
 
@@ -247,7 +247,7 @@ def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
     recommendation and the address, stop (--exit-when-done)."""
     import json
 
-    from tests.api_support import tiny_spec
+    from tests.support.api import tiny_spec
 
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps(tiny_spec(epochs=2)))

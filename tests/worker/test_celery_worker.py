@@ -25,7 +25,10 @@ from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, RatioSnapshot, User
 from service.settings import Settings
-from tests.api_support import tiny_spec
+from tests.support.api import tiny_spec
+
+# End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
+pytestmark = pytest.mark.e2e
 
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 JOB_TIMEOUT_S = 180

@@ -23,7 +23,7 @@ from api.schemas import JobDetail, JobPage
 from cli import remote as cli_remote
 from cli import render
 from cli.main import app
-from tests.api_support import create_user_token, tiny_spec
+from tests.support.api import create_user_token, tiny_spec
 
 BASE = "http://testserver"
 UNREACHABLE = "http://127.0.0.1:9"  # discard port: nothing listens there

@@ -33,7 +33,10 @@ from service.db.models import Artifact, Job, RatioSnapshot, Trial, User
 from service.dispatch import send_search
 from service.reaper import run_reaper_once
 from service.settings import Settings
-from tests.api_support import tiny_spec
+from tests.support.api import tiny_spec
+
+# End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
+pytestmark = pytest.mark.e2e
 
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 EPOCHS = 4

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import sn_core
 from worker.digits_demo import accuracy, load_digits, train_digits
+
+# End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
+pytestmark = pytest.mark.e2e
 
 
 def test_sn_network_learns_digits_and_finalizes_without_drift():
