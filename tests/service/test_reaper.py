@@ -14,13 +14,13 @@ import pytest
 import redis
 from sqlalchemy.orm import Session
 from test_jobs_service import make_job, running_job, transitions
-from worker_process import flushed_redis
 
 from service import jobs, repositories
 from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
 from service.db import make_engine, make_session_factory
 from service.reaper import reap_lost_jobs, run_reaper_once
 from service.settings import Settings
+from tests.support.processes import flushed_redis
 
 TIMEOUT_S = 120.0
 BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")

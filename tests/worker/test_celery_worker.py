@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 import redis
 from sqlalchemy import func, select
-from worker_process import flushed_redis, start_worker, tail, worker_env
 
 import sn_core
 from service import repositories
@@ -26,6 +25,7 @@ from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, RatioSnapshot, User
 from service.settings import Settings
 from tests.support.api import tiny_spec
+from tests.support.processes import flushed_redis, start_worker, tail, worker_env
 
 # End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
 pytestmark = pytest.mark.e2e

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
-from worker_process import WorkerProcess, flushed_redis, start_worker, worker_env
 
 import sn_core
 from service import jobs, repositories
@@ -34,6 +33,7 @@ from service.dispatch import send_search
 from service.reaper import run_reaper_once
 from service.settings import Settings
 from tests.support.api import tiny_spec
+from tests.support.processes import WorkerProcess, flushed_redis, start_worker, worker_env
 
 # End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
 pytestmark = pytest.mark.e2e
