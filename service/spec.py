@@ -31,7 +31,6 @@ BUILTIN_ARCHS = (
     "vgg_small",
 )
 NORMALIZERS = ("in", "ln", "bn", "gn")
-DATASET_KINDS = ("digits", "synthetic", "image_folder", "cifar", "npz")
 FILE_DATASETS = ("image_folder", "cifar", "npz")
 
 
