@@ -23,7 +23,7 @@ from service.spec import JobSpec
 
 from .cancellation import JobCancelled as JobCancelled  # raised by run_job
 from .cancellation import raise_if_stopped
-from .datasets import LoadedDataset, load_dataset
+from .data import LoadedDataset, load_dataset
 from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
 from .recommend import Recommendation, recommend
 from .recorder import Recorder
