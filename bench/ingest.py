@@ -77,7 +77,6 @@ def make_records(trials: int, layers: int, epochs: int) -> dict[str, list[dict[s
                     for i in range(layers)
                 },
                 "done": epoch == epochs,
-                "pid": 1000 + t,
                 "train_seconds": rng.random(),
             }
             for epoch in range(1, epochs + 1)

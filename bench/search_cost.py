@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     import ray
     import torch
 
-    from worker.datasets import load_dataset
+    from worker.data import load_dataset
     from worker.recommend import recommend
     from worker.search import ensure_ray
 

@@ -18,8 +18,7 @@ heartbeat is stale. Celery's cold shutdown (SIGQUIT) is not used: with the solo 
 ``NotImplementedError`` inside the task, which would mark the job failed.
 
 ``EmbeddedStack`` prepares the runs directory and database, starts the supervisor and waits for
-the API's ``/healthz``; ``start_embedded()`` returns a running stack (supervised from a background
-thread) for scripts such as the demo.
+the API's ``/healthz``; ``supervise`` then restarts the worker until told to stop.
 """
 
 from __future__ import annotations
@@ -198,8 +197,6 @@ class EmbeddedStack:
             stop_timeout_s=stop_timeout_s,
         )
         self._lock_file: IO[str] | None = None
-        self._monitor: threading.Thread | None = None
-        self._stop_monitor = threading.Event()
         self._started = False
 
     # ---- start
@@ -286,28 +283,10 @@ class EmbeddedStack:
             failure += self._log_hint("api" if failure.startswith("api") else "worker")
         return failure
 
-    def start_monitor(self) -> None:
-        """Supervise from a background thread (restart the worker; log a fatal end)."""
-
-        def run() -> None:
-            failure = self.supervise(self._stop_monitor)
-            if failure is not None:
-                log.error("embedded stack: %s", failure)
-
-        self._monitor = threading.Thread(target=run, name="normsearch-embedded", daemon=True)
-        self._monitor.start()
-
-    @property
-    def failure(self) -> str | None:
-        return self.supervisor.failure
-
     # ---- stop
 
     def stop(self) -> None:
         """Stop the children (API and worker) and release the runs directory. Idempotent."""
-        self._stop_monitor.set()
-        if self._monitor is not None and self._monitor is not threading.current_thread():
-            self._monitor.join()
         if self._started:
             self.supervisor.stop()
         if self._lock_file is not None:
@@ -319,22 +298,3 @@ class EmbeddedStack:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-
-def start_embedded(
-    settings: Settings | None = None,
-    *,
-    runs_dir: Path | None = None,
-    host: str | None = None,
-    port: int | None = None,
-    log_dir: Path | None = None,
-    ready_timeout_s: float = 120.0,
-) -> EmbeddedStack:
-    """Start the embedded stack, supervised from a background thread, and return it once the API
-    answers (``stack.config.base_url``); ``stack.stop()`` ends it. Children's output goes to
-    ``log_dir`` (default: RUNS_DIR/logs)."""
-    config = embedded_config(settings, runs_dir=runs_dir, host=host, port=port)
-    stack = EmbeddedStack(config, log_dir=log_dir or config.runs_dir / "logs")
-    stack.start(ready_timeout_s=ready_timeout_s)
-    stack.start_monitor()
-    return stack

@@ -47,7 +47,7 @@ def demo(
 
     def on_epoch(record: dict) -> None:
         console.print(
-            f"epoch {record['epoch']:>2}  loss {record['loss']:.3f}  "
+            f"epoch {record['epoch']:>2}  loss {record['train_loss']:.3f}  "
             f"val acc {record['val_accuracy']:.3f}  fixed {record['fraction_fixed']:.0%}"
         )
 
@@ -81,7 +81,7 @@ def run(
 ) -> None:
     """Run a whole normalization search on this machine (or the Ray cluster at RAY_ADDRESS)."""
     from service.settings import get_settings
-    from worker.datasets import DatasetError, load_dataset
+    from worker.data import DatasetError, load_dataset
     from worker.job import JobStateError, run_job, write_job_report
     from worker.recorder import JsonlRecorder, TeeRecorder
 

@@ -208,13 +208,6 @@ def add_event(
     return event
 
 
-def list_events(session: Session, *, job_id: str) -> list[JobEvent]:
-    """A job's events, oldest first."""
-    return list(
-        session.scalars(select(JobEvent).where(JobEvent.job_id == job_id).order_by(JobEvent.id))
-    )
-
-
 # Trials
 
 

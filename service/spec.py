@@ -32,7 +32,6 @@ BUILTIN_ARCHS = (
     "vgg_small",
 )
 NORMALIZERS = ("in", "ln", "bn", "gn")
-DATASET_KINDS = ("digits", "synthetic", "mnist1d", "image_folder", "cifar", "npz")
 FILE_DATASETS = ("image_folder", "cifar", "npz")
 # Generated kinds: samples per kind by default and at most (MNIST-1D is generated in Python, about
 # 0.3 ms a sample: the limit keeps a job's data generation under a minute). Its default is the

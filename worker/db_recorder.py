@@ -1,7 +1,8 @@
 """A recorder that writes a search's results to the service database, in batches.
 
 Same interface as ``worker.recorder.MemoryRecorder`` (the driver-side Tune callback is its only
-caller; trials never touch the database). Mapping of one epoch record:
+caller; trials never touch the database). Mapping of one epoch record
+(``worker.results.EpochRecord``):
 
 - ``ratios`` -> one ``RatioSnapshot`` per layer: ``layer_index`` is the layer's position in the
   ratios dict (network order), ``step`` is the epoch (one snapshot per evaluation, and a trial
@@ -9,9 +10,9 @@ caller; trials never touch the database). Mapping of one epoch record:
   normalizers outside the pool), ``mean_fixed``/``var_fixed`` from ``fixed``. Ratios are stored
   as 4-byte floats (``REAL``), so on Postgres they read back at float32 precision.
 - every other scalar key (train_loss, val_loss, val_accuracy, fraction_fixed, train_seconds, and
-  also progress, stable_evals, all_fixed, done, pid, epochs_budget) -> one ``Metric`` row, so that
+  also progress, stable_evals, all_fixed, done, epochs_budget) -> one ``Metric`` row, so that
   ``trials()`` can rebuild the record as reported. Booleans and integers are stored as floats and
-  read back with their type (``_BOOL_KEYS``, ``_INT_KEYS``); ``None`` values are not stored.
+  read back with the type ``EpochRecord`` gives them; ``None`` values are not stored.
 - the trial's ``epochs_used`` (the highest epoch seen) and ``best_metrics``
   (``{"val_accuracy", "epoch"}`` of the best epoch); a failed trial's error text goes to
   ``trials.error`` (cleared when the trial finishes without one).
@@ -35,15 +36,18 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, get_type_hints
 
 from sqlalchemy.orm import Session
 
 from service import jobs, repositories
 
+from .results import EpochRecord, LayerRatios
+
 NORMS = ("in", "ln", "bn", "gn")
-_BOOL_KEYS = frozenset({"all_fixed", "done"})
-_INT_KEYS = frozenset({"epochs_budget", "stable_evals", "pid"})
+_TYPES = get_type_hints(EpochRecord)
+_BOOL_KEYS = frozenset(key for key, kind in _TYPES.items() if kind is bool)
+_INT_KEYS = frozenset(key for key, kind in _TYPES.items() if kind is int)
 
 
 class DatabaseRecorder:
@@ -87,7 +91,7 @@ class DatabaseRecorder:
                 epochs_budget=int(config.get("epochs", 0)),
             )
 
-    def trial_result(self, trial_id: str, record: dict[str, Any]) -> None:
+    def trial_result(self, trial_id: str, record: EpochRecord) -> None:
         with self._lock:
             db_id = self._trial_ids.get(trial_id)
             if db_id is None:  # a result with no start seen (e.g. replayed after a restore)
@@ -128,7 +132,8 @@ class DatabaseRecorder:
 
     def trials(self) -> dict[str, dict[str, Any]]:
         """Everything recorded for the job, read back from the database, in the shape of
-        ``MemoryRecorder.trials()`` (histories sorted by epoch)."""
+        ``MemoryRecorder.trials()`` (histories sorted by epoch). The driver never reads it (it
+        keeps its own history); it shows what the database holds."""
         with self._lock:
             self.flush()
             with self.session_factory() as session:
@@ -224,7 +229,7 @@ class DatabaseRecorder:
                 "best_metrics": dict(best or {}),
             }
 
-    def _existing_or_pending(self, trial_id: str, record: dict[str, Any]) -> int | None:
+    def _existing_or_pending(self, trial_id: str, record: EpochRecord | dict) -> int | None:
         """The trial recorded by an earlier driver, or a new PENDING one with no config (as
         ``MemoryRecorder`` does for an event of a trial it has not seen start)."""
         with self.session_factory() as session:
@@ -242,7 +247,9 @@ class DatabaseRecorder:
         )
 
 
-def snapshot_rows(trial_id: int, epoch: int, ratios: dict[str, Any]) -> list[dict[str, Any]]:
+def snapshot_rows(
+    trial_id: int, epoch: int, ratios: dict[str, LayerRatios]
+) -> list[dict[str, Any]]:
     """One ``RatioSnapshot`` row (as a dict) per layer of an epoch's ``ratios``."""
     rows = []
     for layer_index, (layer, ratio) in enumerate(ratios.items()):
@@ -264,7 +271,7 @@ def snapshot_rows(trial_id: int, epoch: int, ratios: dict[str, Any]) -> list[dic
     return rows
 
 
-def metric_rows(trial_id: int, epoch: int, record: dict[str, Any]) -> list[dict[str, Any]]:
+def metric_rows(trial_id: int, epoch: int, record: EpochRecord) -> list[dict[str, Any]]:
     """One ``Metric`` row (as a dict) per scalar key of an epoch record (not ``epoch``)."""
     return [
         {"trial_id": trial_id, "epoch": epoch, "step": epoch, "name": name, "value": float(value)}
@@ -285,8 +292,9 @@ def _metric_value(name: str, value: float) -> Any:
     return value
 
 
-def _history(session: Session, trial_id: int) -> list[dict[str, Any]]:
-    records: dict[int, dict[str, Any]] = {}
+def _history(session: Session, trial_id: int) -> list[EpochRecord]:
+    """The trial's records as reported (a key whose value was None is absent)."""
+    records: dict[int, Any] = {}
 
     def record(epoch: int) -> dict[str, Any]:
         return records.setdefault(epoch, {"epoch": epoch, "ratios": {}})

@@ -24,7 +24,7 @@ from sn_core.surgery import SOURCE_NORM_TYPES
 
 from .cancellation import JobCancelled as JobCancelled  # raised by run_job
 from .cancellation import raise_if_stopped
-from .datasets import LoadedDataset, load_dataset
+from .data import LoadedDataset, load_dataset
 from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
 from .recommend import Recommendation, recommend
 from .recorder import Recorder

@@ -9,8 +9,9 @@ smaller of mean and variance) times the mean over trials of the final-ratio marg
 the second, the smaller of mean and variance; 1.0 for one-hot ratios). With one trial it is that
 trial's own ``plan_from_model`` confidence.
 
-Final ratios come from the trial's last epoch record (``history[-1]["ratios"]``) and fall back
-to the ratios stored in its plan when that record lacks the layer.
+Final ratios come from the trial's last epoch record (``history[-1]["ratios"]``, a
+``worker.results.EpochRecord``) and fall back to the ratios stored in its plan when that record
+lacks the layer.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from sn_core import NORMALIZERS, LayerChoice, NormalizerPlan
 
-from .results import TrialOutcome
+from .results import LayerRatios, TrialOutcome
 
 __all__ = ["Recommendation", "recommend", "successful", "symmetric_kl"]
 
@@ -67,9 +68,9 @@ def _votes(trial: TrialOutcome) -> dict[str, _Vote]:
     for entry in trial.plan["layers"]:
         name = entry["name"]
         pool = tuple(entry["pool"])
-        record = final.get(name) or {}
-        mean = record.get("mean") or entry["mean_ratios"]
-        var = record.get("var") or entry["var_ratios"]
+        record: LayerRatios | None = final.get(name)
+        mean = record["mean"] if record and record["mean"] else entry["mean_ratios"]
+        var = record["var"] if record and record["var"] else entry["var_ratios"]
         votes[name] = _Vote(
             entry=entry,
             mean_ratios={k: float(mean.get(k, 0.0)) for k in pool},
@@ -135,7 +136,7 @@ def _aggregate(trials: list[TrialOutcome]) -> list[LayerChoice]:
 def _final_accuracy(trial: TrialOutcome) -> float:
     acc = trial.val_accuracy
     if acc is None and trial.history:
-        acc = trial.history[-1].get("val_accuracy")
+        acc = trial.history[-1]["val_accuracy"]
     return float(acc) if acc is not None and math.isfinite(acc) else -math.inf
 
 

@@ -1,9 +1,10 @@
 """Where a search's results go: the recorder interface and its file (JSONL) implementation.
 
 The driver-side Tune callback (``worker.search``) is the only writer; trials never touch storage.
-Records are keyed by (trial, epoch) and recorders ignore a repeat, so a trial restarted from its
-checkpoint (or a driver replaying results after a restore) leaves no duplicate and no gap. The
-service adds a database recorder behind the same interface.
+Records (``worker.results.EpochRecord``) are keyed by (trial, epoch) and recorders ignore a
+repeat, so a trial restarted from its checkpoint (or a driver replaying results after a restore)
+leaves no duplicate and no gap. The service adds a database recorder behind the same interface.
+A recorder only receives: the driver keeps its own ``MemoryRecorder`` for the outcomes it returns.
 """
 
 from __future__ import annotations
@@ -13,22 +14,22 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
+from .results import EpochRecord
+
 
 class Recorder(Protocol):
+    """What the driver sends for every trial event."""
+
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None: ...
 
-    def trial_result(self, trial_id: str, record: dict[str, Any]) -> None: ...
+    def trial_result(self, trial_id: str, record: EpochRecord) -> None: ...
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None: ...
 
-    def trials(self) -> dict[str, dict[str, Any]]:
-        """Everything recorded: {trial_id: {"config", "status", "error", "history"}}, the
-        history sorted by epoch."""
-        ...
-
 
 class MemoryRecorder:
-    """Keeps everything in memory (tests, and the base of the file recorder)."""
+    """Keeps everything in memory (the driver's own history, and the base of the file
+    recorder); ``trials()`` returns it."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -62,13 +63,15 @@ class MemoryRecorder:
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         self._record({"event": "started", "trial_id": trial_id, "config": config})
 
-    def trial_result(self, trial_id: str, record: dict[str, Any]) -> None:
+    def trial_result(self, trial_id: str, record: EpochRecord) -> None:
         self._record({"event": "result", "trial_id": trial_id, "record": record})
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         self._record({"event": "finished", "trial_id": trial_id, "status": status, "error": error})
 
     def trials(self) -> dict[str, dict[str, Any]]:
+        """Everything recorded: {trial_id: {"config", "status", "error", "history"}}, the
+        history (``EpochRecord``s) sorted by epoch."""
         with self._lock:
             return {
                 trial_id: {
@@ -100,7 +103,7 @@ class JsonlRecorder(MemoryRecorder):
 
 
 class TeeRecorder:
-    """Sends every event to several recorders; ``trials()`` comes from the first."""
+    """Sends every event to several recorders, in order."""
 
     def __init__(self, *recorders: Recorder) -> None:
         self.recorders = recorders
@@ -109,13 +112,10 @@ class TeeRecorder:
         for recorder in self.recorders:
             recorder.trial_started(trial_id, config)
 
-    def trial_result(self, trial_id: str, record: dict[str, Any]) -> None:
+    def trial_result(self, trial_id: str, record: EpochRecord) -> None:
         for recorder in self.recorders:
             recorder.trial_result(trial_id, record)
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         for recorder in self.recorders:
             recorder.trial_finished(trial_id, status, error)
-
-    def trials(self) -> dict[str, dict[str, Any]]:
-        return self.recorders[0].trials()

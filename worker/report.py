@@ -18,7 +18,7 @@ from typing import Any
 from sn_core import NORMALIZERS, NormalizerPlan
 
 from .recommend import Recommendation
-from .results import TrialOutcome
+from .results import EpochRecord, TrialOutcome
 
 __all__ = ["CSV_COLUMNS", "COLORS", "plot_ratios", "write_report"]
 
@@ -74,24 +74,27 @@ def _trial_summary(trial: TrialOutcome, used: set[str]) -> dict[str, Any]:
 
 
 def _csv_rows(outcomes: list[TrialOutcome]) -> list[dict[str, Any]]:
+    return [row for trial in outcomes for record in trial.history for row in _rows(trial, record)]
+
+
+def _rows(trial: TrialOutcome, record: EpochRecord) -> list[dict[str, Any]]:
+    """One CSV row per layer of one epoch record."""
     rows = []
-    for trial in outcomes:
-        for index, record in enumerate(trial.history):
-            for layer, ratios in (record.get("ratios") or {}).items():
-                row: dict[str, Any] = {
-                    "trial_id": trial.trial_id,
-                    "seed": trial.seed,
-                    "batch_size": trial.batch_size,
-                    "epoch": record.get("epoch", index + 1),
-                    "layer": layer,
-                }
-                for role in ("mean", "var"):
-                    values = ratios.get(role) or {}
-                    for kind in NORMALIZERS:
-                        row[f"{role}_{kind}"] = float(values[kind]) if kind in values else ""
-                    fixed = (ratios.get("fixed") or {}).get(role)
-                    row[f"{role}_fixed"] = "" if fixed is None else int(bool(fixed))
-                rows.append(row)
+    for layer, ratios in record["ratios"].items():
+        row: dict[str, Any] = {
+            "trial_id": trial.trial_id,
+            "seed": trial.seed,
+            "batch_size": trial.batch_size,
+            "epoch": record["epoch"],
+            "layer": layer,
+        }
+        for role in ("mean", "var"):
+            values = ratios[role]
+            for kind in NORMALIZERS:
+                row[f"{role}_{kind}"] = float(values[kind]) if kind in values else ""
+            fixed = ratios.get("fixed", {}).get(role)
+            row[f"{role}_fixed"] = "" if fixed is None else int(bool(fixed))
+        rows.append(row)
     return rows
 
 

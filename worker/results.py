@@ -1,41 +1,53 @@
 """What a search produces, as plain data: per-trial outcomes and epoch records.
 
-Trials report one ``EpochRecord``-shaped dict per epoch (``worker.trainable``); the driver turns
-the stream into ``TrialOutcome`` objects (``worker.search``), which the recommendation, the
-verification and the report read. Everything here is JSON-serializable.
+Trials report one ``EpochRecord`` per epoch (``worker.trainable``); the driver turns the stream
+into ``TrialOutcome`` objects (``worker.search``), which the recommendation, the verification and
+the report read; the recorders store the records (``worker.recorder``, ``worker.db_recorder``).
+Everything here is JSON-serializable.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
-
-# Keys of the per-epoch result a trial reports (besides Ray's own bookkeeping keys):
-#   epoch, epochs_budget, train_loss, val_loss, val_accuracy, fraction_fixed, all_fixed,
-#   stable_evals, progress, ratios, done, pid (the worker process that ran the epoch),
-#   train_seconds (wall time of the epoch's training steps)
-# ``ratios`` is sn_core.switch_ratios(model) restricted to {"mean", "var", "fixed"} per layer:
-#   {layer: {"mean": {norm: float}, "var": {norm: float}, "fixed": {"mean": bool, "var": bool}}}
-EPOCH_KEYS = (
-    "epoch",
-    "epochs_budget",
-    "train_loss",
-    "val_loss",
-    "val_accuracy",
-    "fraction_fixed",
-    "all_fixed",
-    "stable_evals",
-    "progress",
-    "ratios",
-    "done",
-    "pid",
-    "train_seconds",
-)
+from typing import Any, TypedDict
 
 
-def epoch_record(result: dict[str, Any]) -> dict[str, Any]:
+class LayerRatios(TypedDict):
+    """One SN layer's ratios at an evaluation (``sn_core.switch_ratios`` restricted to these)."""
+
+    mean: dict[str, float]  # {normalizer: ratio}, over the layer's pool
+    var: dict[str, float]
+    fixed: dict[str, bool]  # {"mean": bool, "var": bool}: that choice is one-hot for good
+
+
+class EpochRecord(TypedDict):
+    """What a trial reports after each epoch (besides Ray's own bookkeeping keys).
+
+    A TypedDict rather than a dataclass because the record crosses Ray (``tune.report``), JSON
+    lines and the database as a plain dict: a TypedDict is one at run time, so no boundary
+    converts it, and the type checker still knows every key.
+    """
+
+    epoch: int  # 1-based: the epochs completed
+    epochs_budget: int
+    train_loss: float
+    val_loss: float
+    val_accuracy: float
+    fraction_fixed: float  # share of SN choices already one-hot
+    all_fixed: bool
+    stable_evals: int  # epochs trained with every choice fixed and unchanged
+    progress: float  # epoch / epochs_budget
+    ratios: dict[str, LayerRatios]  # by layer name, in network order
+    done: bool  # the trial's last epoch (budget reached or stopped early)
+    train_seconds: float  # wall time of the epoch's training steps
+
+
+EPOCH_KEYS: tuple[str, ...] = tuple(EpochRecord.__annotations__)
+
+
+def epoch_record(result: dict[str, Any]) -> EpochRecord:
     """The trial-reported part of a Ray Tune result."""
-    return {key: result[key] for key in EPOCH_KEYS if key in result}
+    return {key: result[key] for key in EPOCH_KEYS if key in result}  # type: ignore[return-value]
 
 
 @dataclass
@@ -50,14 +62,14 @@ class TrialOutcome:
     epochs_used: int
     epochs_budget: int
     val_accuracy: float | None
-    history: list[dict[str, Any]] = field(default_factory=list)  # epoch records, in order
+    history: list[EpochRecord] = field(default_factory=list)  # in epoch order
     variant: str = "sn"  # "sn" (the search), "plan" or a baseline norm (verification)
     plan: dict[str, Any] | None = None  # sn_core NormalizerPlan.to_dict() of its final model
     checkpoint_dir: str | None = None  # its last checkpoint (model.safetensors + meta.json)
     error: str | None = None
 
     @property
-    def final_ratios(self) -> dict[str, Any]:
+    def final_ratios(self) -> dict[str, LayerRatios]:
         return self.history[-1]["ratios"] if self.history else {}
 
     def to_dict(self) -> dict[str, Any]:

@@ -7,6 +7,11 @@ trials from their last checkpoint, and restores an interrupted experiment from `
 (e.g. after the process running the driver was killed). A driver-side callback is the only writer
 of results, through a ``Recorder``. A ``stop_event`` (set when the job is cancelled) stops every
 trial through ``worker.cancellation.CancellationStopper``.
+
+The outcomes' histories come from the driver's own memory of the results it was sent, never from
+what the recorder wrote (the service's recorder is the database): a restored experiment first
+reloads the earlier drivers' results from Ray's per-trial result logs (``result.json``, kept in
+the experiment directory with the experiment state), so its outcomes are complete too.
 """
 
 from __future__ import annotations
@@ -21,12 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from ray import tune
+from ray.air.constants import EXPR_RESULT_FILE
 
 from service.spec import JobSpec
 
 from . import cancellation
-from .datasets import LoadedDataset
-from .recorder import Recorder
+from .data import LoadedDataset
+from .recorder import MemoryRecorder, Recorder, TeeRecorder
 from .results import TrialOutcome, epoch_record
 from .trainable import PLAN_FILE, train_trial
 
@@ -136,7 +142,8 @@ def run_trials(
     storage_dir = Path(storage_dir).resolve()
     experiment_path = storage_dir / name
     key = str(experiment_path)  # stable, so a restored experiment's callback finds this recorder
-    _RECORDERS[key] = recorder
+    history = MemoryRecorder()  # what this driver hands back (the recorder only receives)
+    _RECORDERS[key] = TeeRecorder(history, recorder)
     cancellation.register(key, stop_event)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data),
@@ -145,6 +152,7 @@ def run_trials(
     try:
         if tune.Tuner.can_restore(str(experiment_path)):
             log.info("resuming experiment %s", experiment_path)
+            reload_results(experiment_path, history)
             tuner = tune.Tuner.restore(
                 str(experiment_path), trainable=trainable, resume_errored=True
             )
@@ -173,7 +181,7 @@ def run_trials(
     finally:
         _RECORDERS.pop(key, None)
         cancellation.register(key, None)
-    return TrialsRun(str(experiment_path), _collect(results, recorder))
+    return TrialsRun(str(experiment_path), _collect(results, history))
 
 
 def _tune_config(spec: JobSpec, epochs: int, use_scheduler: bool):
@@ -187,8 +195,23 @@ def _tune_config(spec: JobSpec, epochs: int, use_scheduler: bool):
     return tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=scheduler)
 
 
-def _collect(results, recorder: Recorder) -> list[TrialOutcome]:
-    recorded = recorder.trials()
+def reload_results(experiment_path: Path, history: MemoryRecorder) -> int:
+    """Put the epoch records of an earlier run of the experiment into ``history`` (from each
+    trial's ``result.json``, which Ray keeps beside the experiment state it restores from, at
+    least up to that state's checkpoints); returns how many. A trial that the restored experiment
+    resumes from an older checkpoint reports some epochs again: ``history`` keeps the first."""
+    count = 0
+    for path in sorted(Path(experiment_path).glob(f"*/{EXPR_RESULT_FILE}")):
+        for line in path.read_text().splitlines():
+            result = json.loads(line) if line.strip() else None
+            if result and "trial_id" in result and "epoch" in result:
+                history.trial_result(str(result["trial_id"]), epoch_record(result))
+                count += 1
+    return count
+
+
+def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
+    recorded = history.trials()
     outcomes = []
     for result in results:
         config = result.config or {}

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +23,9 @@ from torch import nn
 import sn_core
 from service.spec import JobSpec
 
-from .datasets import LoadedDataset
+from .data import LoadedDataset
 from .models import SN_VARIANT, build_for_data
+from .results import EpochRecord
 
 STATE_FILE = "state.pt"
 PLAN_FILE = "plan.json"
@@ -119,127 +120,175 @@ def load_checkpoint_state(directory: Path, device="cpu") -> tuple[dict, dict]:
     return state, meta
 
 
+class TrialTraining:
+    """One variant's model, optimizer and SN schedule, and its epoch loop.
+
+    The Ray trainable (``train_trial``) and the single-process ``normsearch demo``
+    (``worker.digits_demo``) both train through it, so they cannot drift apart. ``epochs()``
+    yields one ``EpochRecord`` per epoch; between two records ``save(directory)`` writes a
+    checkpoint that ``restore`` continues from with no gap and no repeated epoch.
+    """
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        data: LoadedDataset,
+        *,
+        variant: str,
+        seed: int,
+        batch_size: int,
+        lr: float,
+        epochs: int,
+        plan: dict[str, Any] | None = None,
+    ) -> None:
+        torch.manual_seed(seed)
+        self.spec, self.data, self.variant = spec, data, variant
+        self.seed, self.batch_size, self.epochs_budget = seed, batch_size, epochs
+        self.device = _device()
+        self.model = build_for_data(spec, variant, data, plan=plan).to(self.device)
+        self.optimizer = _optimizer(self.model, spec, lr)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.searching = variant == SN_VARIANT and spec.search.sparsity.method != "none"
+        self.controller = (
+            sn_core.SparsityController(
+                self.model,
+                method=spec.search.sparsity.method,
+                start=spec.search.sparsity.start,
+                end=spec.search.sparsity.end,
+            )
+            if variant == SN_VARIANT
+            else None
+        )
+        self.use_amp = spec.training.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
+        self.total_steps = epochs * self.steps_per_epoch
+        # The schedule moves in ~200 steps over the budget (and at every epoch end): a few steps
+        # of delay in fixing a one-hot choice change nothing, a sparsestmax pass over every layer
+        # after every optimizer step costs ~20% of a step.
+        self.controller_every = max(1, self.total_steps // 200)
+        self.epoch, self.stable_evals = 0, 0  # epochs completed
+        self.choices: dict[str, tuple[str, str]] | None = None
+        self.all_fixed = False
+
+    def restore(self, directory: Path) -> None:
+        """Continue from the checkpoint ``save`` wrote into ``directory``."""
+        state, meta = load_checkpoint_state(directory, self.device)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.controller is not None and state["controller"] is not None:
+            self.controller.load_state_dict(state["controller"])
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.stable_evals = meta["epoch"], meta["stable_evals"]
+        self.choices = {k: tuple(v) for k, v in meta["choices"].items()}
+        self.all_fixed = meta["all_fixed"]
+
+    def save(self, directory: Path) -> None:
+        """Checkpoint the epochs completed so far (model, optimizer, schedule, RNG)."""
+        meta = {
+            "epoch": self.epoch,
+            "stable_evals": self.stable_evals,
+            "choices": {k: list(v) for k, v in (self.choices or {}).items()},
+            "all_fixed": self.all_fixed,
+            "variant": self.variant,
+        }
+        _save_checkpoint(directory, self.model, self.optimizer, self.controller, meta)
+
+    def epochs(self) -> Iterator[EpochRecord]:
+        """Train the remaining epochs, one record after each; stops after the record with
+        ``done`` (budget reached, or every choice stable for ``stop_when_stable.patience``)."""
+        spec, model, optimizer, device = self.spec, self.model, self.optimizer, self.device
+        batch_size, epochs, total_steps = self.batch_size, self.epochs_budget, self.total_steps
+        last_step = self.steps_per_epoch - 1
+        loss_fn = nn.CrossEntropyLoss()
+        x_train, y_train = self.data.x_train, self.data.y_train
+        for epoch in range(self.epoch, epochs):
+            epoch_started = time.perf_counter()
+            model.train()
+            order = torch.randperm(
+                len(x_train), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
+            )
+            loss_sum = 0.0
+            for i, start in enumerate(range(0, len(x_train), batch_size)):
+                step = epoch * self.steps_per_epoch + i
+                factor = _lr_factor(spec.training.lr_schedule, step, total_steps)
+                _set_lr(optimizer, self.base_lrs, factor)
+                idx = order[start : start + batch_size]
+                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+                optimizer.zero_grad(set_to_none=True)
+                with torch.autocast(device.type, enabled=self.use_amp):
+                    loss = loss_fn(model(xb), yb)
+                self.scaler.scale(loss).backward()
+                if spec.training.grad_clip is not None:
+                    self.scaler.unscale_(optimizer)
+                    sn_core.clip_ratio_grad_norm(model, spec.training.grad_clip)
+                self.scaler.step(optimizer)
+                self.scaler.update()
+                if self.controller is not None and (
+                    (step + 1) % self.controller_every == 0 or i == last_step
+                ):
+                    self.controller.step((step + 1) / total_steps)
+                loss_sum += loss.item() * len(idx)
+
+            train_seconds = time.perf_counter() - epoch_started
+            val_loss, val_accuracy = evaluate(model, self.data.x_val, self.data.y_val, device)
+            ratios = _ratio_snapshot(model)
+            fraction_fixed = sn_core.fraction_fixed(model)
+            all_fixed = bool(ratios) and fraction_fixed == 1.0
+            choices = _choices(ratios)
+            # Epochs completed with every choice already fixed at the previous evaluation: the
+            # network has trained with its hard choices for that long (the epoch that fixed the
+            # last layer does not count).
+            unchanged = all_fixed and self.all_fixed and choices == self.choices
+            self.stable_evals = self.stable_evals + 1 if unchanged else 0
+            self.choices, self.all_fixed, self.epoch = choices, all_fixed, epoch + 1
+            stop_early = (
+                self.searching
+                and spec.search.stop_when_stable.enabled
+                and all_fixed
+                and self.stable_evals >= spec.search.stop_when_stable.patience
+            )
+            done = stop_early or epoch + 1 == epochs
+            yield EpochRecord(
+                epoch=epoch + 1,
+                epochs_budget=epochs,
+                train_loss=loss_sum / len(x_train),
+                val_loss=val_loss,
+                val_accuracy=val_accuracy,
+                fraction_fixed=fraction_fixed,
+                all_fixed=all_fixed,
+                stable_evals=self.stable_evals,
+                progress=(epoch + 1) / epochs,
+                ratios=ratios,
+                done=done,
+                train_seconds=train_seconds,
+            )
+            if done:
+                return
+
+
 def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     """Ray Tune function trainable (``tune.with_parameters(train_trial, data=...)``)."""
     from ray import tune
 
     spec = JobSpec.model_validate(config["spec"])
     trial = config["trial"]  # one grid point: seed, batch_size, lr (and optionally variant)
-    variant = trial.get("variant", config.get("variant", SN_VARIANT))
-    seed, batch_size, lr = int(trial["seed"]), int(trial["batch_size"]), float(trial["lr"])
-    epochs = int(config["epochs"])
-    torch.manual_seed(seed)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
-    device = _device()
-
-    model = build_for_data(spec, variant, data, plan=config.get("plan")).to(device)
-    optimizer = _optimizer(model, spec, lr)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    searching = variant == SN_VARIANT and spec.search.sparsity.method != "none"
-    controller = (
-        sn_core.SparsityController(
-            model,
-            method=spec.search.sparsity.method,
-            start=spec.search.sparsity.start,
-            end=spec.search.sparsity.end,
-        )
-        if variant == SN_VARIANT
-        else None
+    training = TrialTraining(
+        spec,
+        data,
+        variant=trial.get("variant", config.get("variant", SN_VARIANT)),
+        seed=int(trial["seed"]),
+        batch_size=int(trial["batch_size"]),
+        lr=float(trial["lr"]),
+        epochs=int(config["epochs"]),
+        plan=config.get("plan"),
     )
-    use_amp = spec.training.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    # The schedule moves in ~200 steps over the budget (and at every epoch end): a few steps of
-    # delay in fixing a one-hot choice change nothing, a sparsestmax pass over every layer after
-    # every optimizer step costs ~20% of a step.
-    controller_every = max(1, total_steps // 200)
-    last_step = steps_per_epoch - 1
-
-    start_epoch, stable_evals, previous_choices, previous_all_fixed = 0, 0, None, False
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state, meta = load_checkpoint_state(Path(directory), device)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if controller is not None and state["controller"] is not None:
-            controller.load_state_dict(state["controller"])
-        torch.set_rng_state(state["rng"])
-        start_epoch, stable_evals = meta["epoch"], meta["stable_evals"]
-        previous_choices = {k: tuple(v) for k, v in meta["choices"].items()}
-        previous_all_fixed = meta["all_fixed"]
-
-    loss_fn = nn.CrossEntropyLoss()
-    x_train, y_train = data.x_train, data.y_train
-    for epoch in range(start_epoch, epochs):
-        epoch_started = time.perf_counter()
-        model.train()
-        order = torch.randperm(
-            len(x_train), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
-        )
-        loss_sum = 0.0
-        for i, start in enumerate(range(0, len(x_train), batch_size)):
-            step = epoch * steps_per_epoch + i
-            _set_lr(optimizer, base_lrs, _lr_factor(spec.training.lr_schedule, step, total_steps))
-            idx = order[start : start + batch_size]
-            xb, yb = x_train[idx].to(device), y_train[idx].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, enabled=use_amp):
-                loss = loss_fn(model(xb), yb)
-            scaler.scale(loss).backward()
-            if spec.training.grad_clip is not None:
-                scaler.unscale_(optimizer)
-                sn_core.clip_ratio_grad_norm(model, spec.training.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if controller is not None and ((step + 1) % controller_every == 0 or i == last_step):
-                controller.step((step + 1) / total_steps)
-            loss_sum += loss.item() * len(idx)
-
-        train_seconds = time.perf_counter() - epoch_started
-        val_loss, val_accuracy = evaluate(model, data.x_val, data.y_val, device)
-        ratios = _ratio_snapshot(model)
-        fraction_fixed = sn_core.fraction_fixed(model)
-        all_fixed = bool(ratios) and fraction_fixed == 1.0
-        choices = _choices(ratios)
-        # Epochs completed with every choice already fixed at the previous evaluation: the network
-        # has trained with its hard choices for that long (the epoch that fixed the last layer
-        # does not count).
-        unchanged = all_fixed and previous_all_fixed and choices == previous_choices
-        stable_evals = stable_evals + 1 if unchanged else 0
-        previous_choices, previous_all_fixed = choices, all_fixed
-        stop_early = (
-            searching
-            and spec.search.stop_when_stable.enabled
-            and all_fixed
-            and stable_evals >= spec.search.stop_when_stable.patience
-        )
-        done = stop_early or epoch + 1 == epochs
-        metrics = {
-            "epoch": epoch + 1,
-            "epochs_budget": epochs,
-            "train_loss": loss_sum / len(x_train),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "fraction_fixed": fraction_fixed,
-            "all_fixed": all_fixed,
-            "stable_evals": stable_evals,
-            "progress": (epoch + 1) / epochs,
-            "ratios": ratios,
-            "done": done,
-            "pid": os.getpid(),
-            "train_seconds": train_seconds,
-        }
-        meta = {
-            "epoch": epoch + 1,
-            "stable_evals": stable_evals,
-            "choices": {k: list(v) for k, v in choices.items()},
-            "all_fixed": all_fixed,
-            "variant": variant,
-        }
+            training.restore(Path(directory))
+    for record in training.epochs():
         with tempfile.TemporaryDirectory() as directory:
-            _save_checkpoint(Path(directory), model, optimizer, controller, meta)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        if done:
-            return
+            training.save(Path(directory))
+            tune.report(dict(record), checkpoint=tune.Checkpoint.from_directory(directory))

@@ -50,10 +50,11 @@ def add_trial_with_history(session: Session, job: Job) -> int:
 
 
 def transitions(session: Session, job_id: str) -> list[tuple[str | None, str, str | None]]:
-    return [
-        (e.from_status, e.to_status, e.message)
-        for e in repositories.list_events(session, job_id=job_id)
-    ]
+    """The job's events as the API reads them (``job.events``), reloaded from the database."""
+    session.flush()
+    job = repositories.get_job(session, job_id)
+    session.refresh(job, ["events"])
+    return [(e.from_status, e.to_status, e.message) for e in job.events]
 
 
 def count(session: Session, model, **where) -> int:

@@ -109,6 +109,13 @@ PATH_TO = {  # from queued, how to reach each status
 }
 
 
+def events_of(session: Session, job: Job) -> list[JobEvent]:
+    """The job's events as the API reads them (``job.events``), reloaded from the database."""
+    session.flush()
+    session.refresh(job, ["events"])
+    return list(job.events)
+
+
 def job_in(session: Session, status: str) -> Job:
     job = make_job(session, make_user(session))
     for step in PATH_TO[status]:
@@ -119,12 +126,12 @@ def job_in(session: Session, status: str) -> Job:
 @pytest.mark.parametrize(("from_status", "to_status"), LEGAL)
 def test_every_legal_transition_records_an_event(pg_session, from_status, to_status):
     job = job_in(pg_session, from_status)
-    before = len(repositories.list_events(pg_session, job_id=job.id))
+    before = len(events_of(pg_session, job))
     transition(pg_session, job, to_status, message="why")
     pg_session.expire_all()
     job = repositories.get_job(pg_session, job.id)
     assert job.status == to_status
-    events = repositories.list_events(pg_session, job_id=job.id)
+    events = events_of(pg_session, job)
     assert len(events) == before + 1
     last = events[-1]
     assert (last.from_status, last.to_status, last.message) == (from_status, to_status, "why")
@@ -140,13 +147,13 @@ def test_every_legal_transition_records_an_event(pg_session, from_status, to_sta
 @pytest.mark.parametrize(("from_status", "to_status"), ILLEGAL)
 def test_illegal_transitions_raise_and_change_nothing(pg_session, from_status, to_status):
     job = job_in(pg_session, from_status)
-    before = len(repositories.list_events(pg_session, job_id=job.id))
+    before = len(events_of(pg_session, job))
     with pytest.raises(InvalidTransition) as raised:
         transition(pg_session, job, to_status)
     assert from_status in str(raised.value) and to_status in str(raised.value)
     assert raised.value.status_code == 409
     assert job.status == from_status
-    assert len(repositories.list_events(pg_session, job_id=job.id)) == before
+    assert len(events_of(pg_session, job)) == before
 
 
 def test_retry_and_requeue_increment_attempts(pg_session):

@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import re
+import threading
 import time
 import uuid
 import zipfile
@@ -22,7 +23,7 @@ import pytest
 import yaml
 
 import sn_core
-from cli.embedded import start_embedded
+from cli.embedded import EmbeddedStack, embedded_config
 from service.settings import Settings
 from tests.support.api import bearer, create_user_token, tiny_spec
 from tests.support.ui import (
@@ -48,18 +49,23 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    """The whole service on this machine: API (uvicorn) and a Celery worker on SQLite."""
+    """The whole service on this machine: API (uvicorn) and a Celery worker on SQLite, started
+    and supervised as ``normsearch up`` does (supervision in a thread here)."""
     runs = tmp_path_factory.mktemp("ui") / "runs"
-    running = start_embedded(
-        Settings(runs_dir=runs),
-        runs_dir=runs,
-        host="127.0.0.1",
-        port=free_port(),
-        ready_timeout_s=120,
+    config = embedded_config(
+        Settings(runs_dir=runs), runs_dir=runs, host="127.0.0.1", port=free_port()
     )
+    running = EmbeddedStack(config, log_dir=runs / "logs")
+    stop = threading.Event()
+    supervisor = threading.Thread(target=running.supervise, args=(stop,), daemon=True)
     try:
+        running.start(ready_timeout_s=120)
+        supervisor.start()
         yield running
     finally:
+        stop.set()
+        if supervisor.is_alive():
+            supervisor.join()
         running.stop()
 
 

@@ -95,7 +95,8 @@ def _wait_finished(factory, job_id: str, log_path: Path):
 def _events(factory, job_id: str) -> list[tuple[str | None, str]]:
     with factory() as session:
         return [
-            (e.from_status, e.to_status) for e in repositories.list_events(session, job_id=job_id)
+            (e.from_status, e.to_status)
+            for e in repositories.get_job(session, job_id, with_children=True).events
         ]
 
 

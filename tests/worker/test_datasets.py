@@ -1,4 +1,4 @@
-"""worker.datasets: every kind loads, splits deterministically, and refuses bad or unsafe data."""
+"""worker.data: every kind loads, splits deterministically, and refuses bad or unsafe data."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from service.spec import DatasetSpec
-from worker.datasets import (
+from worker.data import (
     DatasetError,
     LoadedDataset,
     load_dataset,

@@ -16,6 +16,7 @@ from service.db.models import Metric, RatioSnapshot, Trial, User
 from service.db.session import make_engine, make_session_factory
 from worker.db_recorder import DatabaseRecorder
 from worker.recorder import MemoryRecorder
+from worker.results import EPOCH_KEYS, EpochRecord
 
 TRIALS, EPOCHS, LAYERS = 2, 5, 20
 POOLS = (("in", "ln", "bn"), ("in", "ln", "bn", "gn"))
@@ -27,7 +28,7 @@ def ratio(rng: random.Random, pool) -> dict[str, float]:
     return {norm: round(value / sum(raw), 4) for norm, value in zip(pool, raw, strict=True)}
 
 
-def record(rng: random.Random, trial: int, epoch: int) -> dict:
+def record(rng: random.Random, trial: int, epoch: int) -> EpochRecord:
     pool = POOLS[trial % 2]
     fixed_layers = LAYERS * epoch // EPOCHS
     ratios = {
@@ -50,9 +51,13 @@ def record(rng: random.Random, trial: int, epoch: int) -> dict:
         "progress": epoch / EPOCHS,
         "ratios": ratios,
         "done": epoch == EPOCHS,
-        "pid": 4000 + trial,
         "train_seconds": rng.random() * 10,
     }
+
+
+def test_the_records_here_have_every_key_a_trial_reports():
+    """So the round trips below cover every field of ``EpochRecord``."""
+    assert set(record(random.Random(0), 0, 1)) == set(EPOCH_KEYS)
 
 
 def config(trial: int) -> dict:
@@ -140,8 +145,10 @@ def test_round_trip_equals_memory_recorder(factory):
         assert [r["epoch"] for r in trial["history"]] == list(range(1, EPOCHS + 1))
     assert got["trial_1"]["error"] == "error.txt" and got["trial_0"]["status"] == "TERMINATED"
     assert count(factory, RatioSnapshot) == TRIALS * EPOCHS * LAYERS
-    assert count(factory, Metric) == TRIALS * EPOCHS * 11  # the 11 scalar keys of a record
-    assert recorder.rows_written == TRIALS * EPOCHS * (LAYERS + 11)
+    scalars = len(EPOCH_KEYS) - 2  # every key of a record but epoch and ratios
+    assert scalars == 10
+    assert count(factory, Metric) == TRIALS * EPOCHS * scalars
+    assert recorder.rows_written == TRIALS * EPOCHS * (LAYERS + scalars)
 
     with factory() as session:
         trials = {t.ray_trial_id: t for t in session.scalars(select(Trial))}

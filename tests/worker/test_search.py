@@ -15,11 +15,13 @@ import torch
 import yaml
 
 import sn_core
+import worker.search
 from service.spec import JobSpec
-from worker.datasets import load_dataset
+from worker.data import load_dataset
 from worker.job import JobStateError, run_job, write_job_report
 from worker.recorder import JsonlRecorder, MemoryRecorder
 from worker.search import run_trials, trial_grid
+from worker.trainable import train_trial
 
 # End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
 pytestmark = pytest.mark.e2e
@@ -103,12 +105,18 @@ def test_rerunning_a_finished_job_resumes_without_retraining(tmp_path):
     first = run_trials(
         spec, data, name="s", storage_dir=tmp_path, recorder=recorder, grid=trial_grid(spec)
     )
+    # A new driver (a fresh recorder, as after a restart) restores the finished experiment: it
+    # trains nothing, and its outcomes carry the history the first driver saw (from Ray's state).
+    fresh = MemoryRecorder()
     again = run_trials(
-        spec, data, name="s", storage_dir=tmp_path, recorder=recorder, grid=trial_grid(spec)
+        spec, data, name="s", storage_dir=tmp_path, recorder=fresh, grid=trial_grid(spec)
     )
     assert [o.trial_id for o in again.outcomes] == [o.trial_id for o in first.outcomes]
     history = recorder.trials()[first.outcomes[0].trial_id]["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
+    assert [r["epoch"] for r in first.outcomes[0].history] == [1, 2, 3]
+    assert again.outcomes[0].history == first.outcomes[0].history
+    assert all(not trial["history"] for trial in fresh.trials().values())  # no epoch retrained
 
 
 def test_work_dir_of_another_spec_is_refused(tmp_path):
@@ -120,7 +128,7 @@ def test_work_dir_of_another_spec_is_refused(tmp_path):
         run_job(spec, data_roots=[tmp_path], work_dir=tmp_path / "state", recorder=recorder)
 
 
-def test_killed_trial_resumes_from_its_checkpoint_with_complete_history(tmp_path):
+def test_killed_trial_resumes_from_its_checkpoint_with_complete_history(tmp_path, monkeypatch):
     spec = tiny_spec(
         training={"epochs": 6, "batch_size": 128},
         search={"trials": {"seeds": [0]}},
@@ -128,15 +136,26 @@ def test_killed_trial_resumes_from_its_checkpoint_with_complete_history(tmp_path
     )
     recorder = JsonlRecorder(tmp_path / "trials.jsonl")
     data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    pid_file = tmp_path / "trial-pids"  # one line per process that ran the trial
+
+    def train_trial_noting_its_pid(config, data):
+        with open(pid_file, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        train_trial(config, data)
+
+    monkeypatch.setattr(worker.search, "train_trial", train_trial_noting_its_pid)
+
+    def pids() -> list[int]:
+        return [int(line) for line in pid_file.read_text().split()] if pid_file.exists() else []
+
     killed = {}
 
     def kill_after_second_epoch():
         deadline = time.time() + 240
         while time.time() < deadline and not killed:
             for trial in recorder.trials().values():
-                history = trial["history"]
-                if len(history) >= 2:
-                    killed["pid"], killed["epoch"] = history[-1]["pid"], history[-1]["epoch"]
+                if len(trial["history"]) >= 2 and pids():
+                    killed["pid"] = pids()[-1]
                     os.kill(killed["pid"], signal.SIGKILL)
                     return
             time.sleep(0.05)
@@ -152,8 +171,7 @@ def test_killed_trial_resumes_from_its_checkpoint_with_complete_history(tmp_path
     assert outcome.status == "TERMINATED"
     epochs = [r["epoch"] for r in outcome.history]
     assert epochs == [1, 2, 3, 4, 5, 6]  # no gap, no duplicate
-    pids = {r["pid"] for r in outcome.history}
-    assert killed["pid"] in pids and len(pids) == 2  # a new worker took over after the crash
+    assert pids()[0] == killed["pid"] and len(set(pids())) == 2  # a new worker took over
     lines = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
     assert sorted(e["record"]["epoch"] for e in lines if e["event"] == "result") == epochs
 

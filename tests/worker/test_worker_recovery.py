@@ -15,6 +15,7 @@ and Postgres unreachable are failures, never skips.
 
 from __future__ import annotations
 
+import csv
 import os
 import time
 import uuid
@@ -194,13 +195,22 @@ def assert_complete_history(factory, job_id: str) -> None:
             ).all()
             assert len(rows) == len(set(rows)) == EPOCHS * layers
             assert sorted({step for step, _ in rows}) == list(range(1, EPOCHS + 1))
+        # The report comes from the resumed driver's outcomes (not from this database): every
+        # epoch of the search once, those before the kill included.
+        (ratios_csv,) = session.scalars(
+            select(Artifact.path).where(Artifact.job_id == job_id, Artifact.kind == "ratios_csv")
+        )
+        search_ids = {trial.ray_trial_id for trial in search}
+    rows = list(csv.DictReader(Path(ratios_csv).read_text().splitlines()))
+    assert {row["trial_id"] for row in rows} == search_ids
+    assert len({(row["epoch"], row["layer"]) for row in rows}) == len(rows) == EPOCHS * layers
 
 
 def events(factory, job_id: str) -> list[tuple[str | None, str, str | None]]:
     with factory() as session:
         return [
             (e.from_status, e.to_status, e.message)
-            for e in repositories.list_events(session, job_id=job_id)
+            for e in repositories.get_job(session, job_id, with_children=True).events
         ]
 
 
