@@ -143,7 +143,7 @@ socket.create_connection = refuse
 socket.getaddrinfo = refuse
 
 from service.spec import DatasetSpec
-from worker.datasets import load_dataset
+from worker.data import load_dataset
 
 data = load_dataset(DatasetSpec(kind="mnist1d", num_samples=200))
 print("OK", tuple(data.x_train.shape), tuple(data.x_val.shape))

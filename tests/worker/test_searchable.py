@@ -13,7 +13,7 @@ import torch
 
 import sn_core
 from service.spec import JobSpec
-from worker.datasets import load_dataset
+from worker.data import load_dataset
 from worker.job import ModelSpecError, check_searchable, run_job, write_job_report
 from worker.models import SN_VARIANT, build_for_data
 from worker.recorder import MemoryRecorder
