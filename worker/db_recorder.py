@@ -40,8 +40,8 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from service import jobs, repositories
+from sn_core.vocabulary import NORMALIZERS
 
-NORMS = ("in", "ln", "bn", "gn")
 _BOOL_KEYS = frozenset({"all_fixed", "done"})
 _INT_KEYS = frozenset({"epochs_budget", "stable_evals", "pid"})
 
@@ -257,7 +257,7 @@ def snapshot_rows(trial_id: int, epoch: int, ratios: dict[str, Any]) -> list[dic
             "mean_fixed": bool(fixed.get("mean", False)),
             "var_fixed": bool(fixed.get("var", False)),
         }
-        for norm in NORMS:
+        for norm in NORMALIZERS:
             row[f"mean_{norm}"] = _float_or_none(mean.get(norm))
             row[f"var_{norm}"] = _float_or_none(var.get(norm))
         rows.append(row)
@@ -303,5 +303,5 @@ def _history(session: Session, trial_id: int) -> list[dict[str, Any]]:
 
 
 def _norms(snap: Any, kind: str) -> dict[str, float]:
-    values = {norm: getattr(snap, f"{kind}_{norm}") for norm in NORMS}
+    values = {norm: getattr(snap, f"{kind}_{norm}") for norm in NORMALIZERS}
     return {norm: value for norm, value in values.items() if value is not None}
