@@ -4,7 +4,8 @@ The ORM's CHECK constraint, the lifecycle, the API schemas, the Python client, t
 and (through ``GET /api/v1/vocabulary``) the web UI all read these. The migrations keep their
 literal copies (a migration is frozen history); a test checks that the CHECK constraints they
 create still equal ``JobStatus``. Stdlib only: the API's client imports this through
-``api.schemas``.
+``api.schemas``. Each member's name equals its value: psycopg sends an Enum by name, the ORM
+and SQLite by value (tests/test_db.py stores every status on Postgres).
 """
 
 from __future__ import annotations
