@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from api.errors import ERROR_RESPONSES, BodySizeLimit, install_error_handlers
 from api.observability import Metrics, MetricsMiddleware
-from api.routes import health, history, jobs, outputs, specs, tokens
+from api.routes import health, history, jobs, outputs, specs, tokens, vocabulary
 from api.ui import mount_ui
 from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
@@ -94,7 +94,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.metrics = Metrics(session_factory)
 
     install_error_handlers(app)
-    for router in (jobs.router, history.router, outputs.router, specs.router, tokens.router):
+    routers = (jobs, history, outputs, specs, tokens, vocabulary)
+    for router in (module.router for module in routers):
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)

@@ -3,7 +3,7 @@
     with NormsearchClient("http://127.0.0.1:8000", token) as client:
         job = client.submit({"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}})
         job = client.wait(job.id, on_update=lambda j: print(j.status, j.progress))
-        if job.status == "succeeded":
+        if job.status == JobStatus.succeeded:
             client.download_all(job.id, "out/")
 
 Answers are the API's own response models (``api.schemas``). An error answer raises
@@ -32,19 +32,22 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, TypeAdapter
 
+from api.schemas import FINISHED_JOB_STATUSES as FINISHED_STATUSES
 from api.schemas import (
+    ArtifactKind,
     ArtifactOut,
     JobDetail,
     JobPage,
+    JobStatus,
     MetricHistory,
     RatioHistory,
     TrialOut,
     UserOut,
+    Vocabulary,
 )
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT_S = 30.0
-FINISHED_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 # The checkpoint's stored SHA-256 is that of this member of the zip (not of the zip itself).
 CHECKPOINT_WEIGHTS = "model.safetensors"
 # What ``download_all`` writes: file name -> (route below /jobs/{id}, query).
@@ -335,6 +338,10 @@ class NormsearchClient:
         """The token's user (a cheap check of URL and token)."""
         return self._get_model("/me", UserOut)
 
+    def vocabulary(self) -> Vocabulary:
+        """The statuses, artifact kinds and normalizers the server speaks."""
+        return self._get_model("/vocabulary", Vocabulary)
+
     # ----------------------------------------------------------------------- jobs
     def submit(
         self, spec: Mapping[str, Any] | BaseModel, idempotency_key: str | None = None
@@ -348,7 +355,7 @@ class NormsearchClient:
 
     def list_jobs(
         self,
-        status: str | Iterable[str] | None = None,
+        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
         *,
         sort: str = "-created_at",
         limit: int = 50,
@@ -563,11 +570,13 @@ class NormsearchClient:
     def download_report(self, job_id: str, dest="report.json") -> Path:
         return self._download(f"/jobs/{_q(job_id)}/report", dest)
 
-    def download_artifact(self, job_id: str, kind: str, dest) -> Path:
-        """Any stored output by kind (plan_json, plan_yaml, report_json, ratios_csv, ratios_png,
-        checkpoint)."""
+    def download_artifact(self, job_id: str, kind: ArtifactKind | str, dest) -> Path:
+        """Any stored output by kind (an ``ArtifactKind``: plan_json, plan_yaml, report_json,
+        ratios_csv, ratios_png, checkpoint)."""
         return self._download(
-            f"/jobs/{_q(job_id)}/artifacts/{kind}", dest, checkpoint=kind == "checkpoint"
+            f"/jobs/{_q(job_id)}/artifacts/{kind}",
+            dest,
+            checkpoint=kind == ArtifactKind.checkpoint,
         )
 
     def download_all(self, job_id: str, out_dir: str | os.PathLike[str]) -> dict[str, Path]:

@@ -10,7 +10,7 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import repositories
-from service.db.models import JOB_STATUSES
+from service.vocabulary import JobStatus
 
 
 class JobsCollector:
@@ -26,8 +26,8 @@ class JobsCollector:
                 counts = repositories.count_jobs_by_status(session)
         except Exception:  # a scrape must not fail because the database is down
             return
-        for status in JOB_STATUSES:
-            gauge.add_metric([status], counts.get(status, 0))
+        for status in JobStatus:
+            gauge.add_metric([status.value], counts.get(status, 0))
         yield gauge
 
 

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# The wire vocabulary is the service's, re-exported for ``api.client`` and its users.
+from service.vocabulary import FINISHED_JOB_STATUSES as FINISHED_JOB_STATUSES
+from service.vocabulary import ArtifactKind, JobStatus
 
 
 class _Out(BaseModel):
@@ -63,7 +65,7 @@ class JobSummary(_Out):
 
 
 class ArtifactOut(_Out):
-    kind: str
+    kind: ArtifactKind
     sha256: str
     size_bytes: int
     created_at: datetime
@@ -164,6 +166,25 @@ class UserOut(_Out):
     id: int
     name: str
     created_at: datetime
+
+
+class NormalizerOut(BaseModel):
+    name: str = Field(examples=["bn"], description="As in a spec's pool and a plan's choices.")
+    label: str = Field(examples=["BN"], description="How the UI shows it.")
+
+
+class Vocabulary(BaseModel):
+    """The names the API speaks, for clients that display them (the web UI reads these instead
+    of keeping a copy)."""
+
+    statuses: list[JobStatus] = Field(description="Every job status, in lifecycle order.")
+    finished_statuses: list[JobStatus] = Field(
+        description="The statuses of a job that has ended (nothing runs until a retry)."
+    )
+    artifact_kinds: list[ArtifactKind] = Field(description="The kinds of a job's output files.")
+    normalizers: list[NormalizerOut] = Field(
+        description="The normalizers a search can mix, in ratio order."
+    )
 
 
 class Health(BaseModel):

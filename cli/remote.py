@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -28,7 +27,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
 from api.client import ApiError, NormsearchClient, ServerUnreachable, WaitTimeout
-from api.schemas import JobDetail
+from api.schemas import JobDetail, JobStatus
 from cli.render import (
     artifacts_table,
     console,
@@ -61,14 +60,6 @@ TokenOption = Annotated[
     ),
 ]
 JobIdArgument = Annotated[str, typer.Argument(help="The job's id.", show_default=False)]
-
-
-class JobState(StrEnum):
-    queued = "queued"
-    running = "running"
-    succeeded = "succeeded"
-    failed = "failed"
-    cancelled = "cancelled"
 
 
 def make_client(url: str, token: str | None) -> NormsearchClient:
@@ -148,7 +139,7 @@ def follow_job(client: NormsearchClient, job_id: str, *, poll_s: float, timeout_
             progress.update(task, completed=job.progress, status=status_text(job.status))
 
         job = client.wait(job_id, poll_s=poll_s, timeout_s=timeout_s, on_update=on_update)
-        if job.status == "succeeded":
+        if job.status == JobStatus.succeeded:
             progress.update(task, completed=1.0)
     return job
 
@@ -191,7 +182,7 @@ def submit(
             raise typer.Exit(code=130) from None
         except WaitTimeout as error:
             raise _fail(str(error), code=1) from None
-        if job.status != "succeeded":
+        if job.status != JobStatus.succeeded:
             reason = f": {job.error}" if job.error else ""
             raise _fail(f"job {job.id} {job.status}{reason}", code=1)
         print_report(client.report(job.id))
@@ -200,7 +191,7 @@ def submit(
 
 def list_jobs(
     status: Annotated[
-        list[JobState] | None,
+        list[JobStatus] | None,
         typer.Option("--status", "-s", help="Only jobs in this status (repeatable)."),
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=200, help="At most.")] = 20,

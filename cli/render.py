@@ -15,7 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api.schemas import JobDetail, JobSummary
+from api.schemas import JobDetail, JobStatus, JobSummary
+from sn_core.vocabulary import NORMALIZER_LABELS, NORMALIZERS
 
 # Wide enough for the ratio tables when the output is a pipe or a log file.
 _width = None if sys.stdout.isatty() else 110
@@ -23,29 +24,29 @@ console = Console(width=_width)
 err_console = Console(stderr=True, width=_width)
 
 STATUS_STYLES = {
-    "queued": "yellow",
-    "running": "cyan",
-    "succeeded": "green",
-    "failed": "red",
-    "cancelled": "magenta",
+    JobStatus.queued: "yellow",
+    JobStatus.running: "cyan",
+    JobStatus.succeeded: "green",
+    JobStatus.failed: "red",
+    JobStatus.cancelled: "magenta",
 }
 
 
 def ratio_table(model) -> Table:
+    """One row per SN layer; a column per normalizer of the model's pools (network order)."""
     import sn_core
 
+    ratios = sn_core.switch_ratios(model)
+    present = {norm for info in ratios.values() for part in ("mean", "var") for norm in info[part]}
+    norms = [norm for norm in NORMALIZERS if norm in present]
     table = Table(title="Per-layer switch ratios (mean | variance), network order")
     table.add_column("layer", no_wrap=True)
     for part in ("mean", "var"):
-        for norm in ("in", "ln", "bn"):
-            table.add_column(f"{part} {norm.upper()}", justify="right")
+        for norm in norms:
+            table.add_column(f"{part} {NORMALIZER_LABELS[norm]}", justify="right")
     table.add_column("choice")
-    for name, info in sn_core.switch_ratios(model).items():
-        cells = [
-            f"{info[part].get(norm, 0.0):.2f}"
-            for part in ("mean", "var")
-            for norm in ("in", "ln", "bn")
-        ]
+    for name, info in ratios.items():
+        cells = [f"{info[part].get(norm, 0.0):.2f}" for part in ("mean", "var") for norm in norms]
         mean_choice = max(info["mean"], key=info["mean"].get)
         var_choice = max(info["var"], key=info["var"].get)
         table.add_row(name, *cells, f"{mean_choice}/{var_choice}")
@@ -64,12 +65,13 @@ def recommendation_table(recommendation) -> Table:
 def batch_size_table(by_batch_size: dict) -> Table:
     """Average ratio of each normalizer over the layers, per batch size (SN paper: the BN share
     grows with batch size)."""
-    norms = sorted({k for row in by_batch_size.values() for k in row["mean_ratio"]})
+    present = {k for row in by_batch_size.values() for k in row["mean_ratio"]}
+    norms = [norm for norm in NORMALIZERS if norm in present]
     table = Table(title="How the choices move with batch size (average ratio over layers)")
     table.add_column("batch size")
     for part in ("mean", "var"):
         for norm in norms:
-            table.add_column(f"{part} {norm.upper()}", justify="right")
+            table.add_column(f"{part} {NORMALIZER_LABELS[norm]}", justify="right")
     for batch, row in sorted(by_batch_size.items(), key=lambda item: int(item[0])):
         cells = [
             f"{row[f'{part}_ratio'].get(norm, 0.0):.2f}"

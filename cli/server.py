@@ -201,6 +201,7 @@ def demo_token(config) -> str:
 def _run_demo(config, spec, stop: threading.Event, outcome: dict, exit_when_done: bool) -> None:
     """Submit ``spec`` through the API like any client, follow it, print the result."""
     from api.client import ApiError
+    from api.schemas import JobStatus
     from cli.remote import follow_job, make_client
     from cli.render import console, print_report
 
@@ -211,7 +212,7 @@ def _run_demo(config, spec, stop: threading.Event, outcome: dict, exit_when_done
             job = client.submit(spec)
             console.print(f"submitted job {job.id} ({job.arch} on {job.dataset})")
             job = follow_job(client, job.id, poll_s=2.0, timeout_s=None)
-            if job.status == "succeeded":
+            if job.status == JobStatus.succeeded:
                 print_report(client.report(job.id))
                 code = 0
             else:

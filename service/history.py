@@ -18,8 +18,7 @@ from sqlalchemy.orm import Session
 from service import repositories
 from service.db.models import Metric, RatioSnapshot, Trial
 from service.errors import NotFound
-
-NORMS = ("in", "ln", "bn", "gn")
+from sn_core.vocabulary import NORMALIZERS
 
 
 @dataclass
@@ -100,7 +99,7 @@ def metric_history(
 
 CSV_COLUMNS = (
     "ray_trial_id", "variant", "step", "epoch", "layer_index", "layer",
-    *(f"{part}_{norm}" for part in ("mean", "var") for norm in NORMS),
+    *(f"{part}_{norm}" for part in ("mean", "var") for norm in NORMALIZERS),
     "mean_fixed", "var_fixed",
 )  # fmt: skip
 
@@ -125,4 +124,4 @@ def ratio_csv_lines(session: Session, *, job_id: str, chunk_rows: int = 5000):
 
 
 def _ratio_values(snap: RatioSnapshot) -> list[float | None]:
-    return [getattr(snap, f"{part}_{norm}") for part in ("mean", "var") for norm in NORMS]
+    return [getattr(snap, f"{part}_{norm}") for part in ("mean", "var") for norm in NORMALIZERS]

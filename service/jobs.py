@@ -25,8 +25,9 @@ from sqlalchemy.orm import Session
 
 from service import lifecycle, repositories
 from service.db.base import now as utc_now
-from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job
+from service.db.models import Artifact, Job
 from service.errors import InvalidTransition, NotFound
+from service.vocabulary import FINISHED_JOB_STATUSES
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,16 @@ from service import repositories
 from service.db.base import now
 from service.db.models import Job
 from service.errors import InvalidTransition
+from service.vocabulary import JobStatus
 
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled"}),
-    "running": frozenset({"succeeded", "failed", "cancelled", "queued"}),
-    "succeeded": frozenset(),
-    "failed": frozenset({"queued"}),
-    "cancelled": frozenset({"queued"}),
+TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled}),
+    JobStatus.running: frozenset(
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued}
+    ),
+    JobStatus.succeeded: frozenset(),
+    JobStatus.failed: frozenset({JobStatus.queued}),
+    JobStatus.cancelled: frozenset({JobStatus.queued}),
 }
 
 
@@ -36,7 +39,9 @@ def can_transition(from_status: str, to_status: str) -> bool:
     return to_status in TRANSITIONS.get(from_status, frozenset())
 
 
-def transition(session: Session, job: Job, to_status: str, *, message: str | None = None) -> Job:
+def transition(
+    session: Session, job: Job, to_status: JobStatus | str, *, message: str | None = None
+) -> Job:
     """Move ``job`` to ``to_status`` (raises ``InvalidTransition`` naming both states when the
     lifecycle does not allow it), update its timestamps, error and attempts, and record the
     event. ``message`` is the event's note; for ``failed`` it is also the job's ``error``.
@@ -44,22 +49,22 @@ def transition(session: Session, job: Job, to_status: str, *, message: str | Non
     To keep two workers from moving the same job, load it with
     ``repositories.get_job(session, job_id, for_update=True)`` first.
     """
-    from_status = job.status
+    from_status, to_status = job.status, str(to_status)  # plain strings in the database
     if not can_transition(from_status, to_status):
         raise InvalidTransition(f"job {job.id} cannot go from {from_status!r} to {to_status!r}")
     at = now()
-    if to_status == "running":
+    if to_status == JobStatus.running:
         job.attempts = (job.attempts or 0) + 1
         job.started_at, job.finished_at, job.heartbeat_at = at, None, at
         job.error = None
-    elif to_status == "queued":  # requeue or retry: a fresh run, not yet started
+    elif to_status == JobStatus.queued:  # requeue or retry: a fresh run, not yet started
         job.started_at = job.finished_at = job.heartbeat_at = None
         job.error = None
         job.progress = 0.0
     else:  # succeeded, failed, cancelled
         job.finished_at = at
-        job.error = (message or "failed") if to_status == "failed" else None
-        if to_status == "succeeded":
+        job.error = (message or "failed") if to_status == JobStatus.failed else None
+        if to_status == JobStatus.succeeded:
             job.progress = 1.0
     job.status = to_status
     job.updated_at = at

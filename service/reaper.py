@@ -26,6 +26,7 @@ from service.db.base import now as utc_now
 from service.dispatch import send_search
 from service.jobs import heartbeat_age_s
 from service.settings import Settings
+from service.vocabulary import JobStatus
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +54,11 @@ def reap_lost_jobs(
         if attempts >= max_attempts:
             message = f"worker lost: {silence}; gave up after attempt {attempts} of {max_attempts}"
             log.error("job %s: %s", job.id, message)
-            lifecycle.transition(session, job, "failed", message=message)
+            lifecycle.transition(session, job, JobStatus.failed, message=message)
         else:
             message = f"worker lost: {silence}; requeued (attempt {attempts + 1} of {max_attempts})"
             log.warning("job %s: %s", job.id, message)
-            lifecycle.transition(session, job, "queued", message=message)
+            lifecycle.transition(session, job, JobStatus.queued, message=message)
             requeued.append(job.id)
     return requeued
 

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from service.db.base import now
 from service.db.models import Artifact, Job, JobEvent, Metric, RatioSnapshot, Trial
+from service.vocabulary import JobStatus
 
 # Rows per INSERT statement of a bulk insert into SQLite (SQLAlchemy lowers it further where the
 # bind parameter limit, 32766, requires).
@@ -53,7 +54,9 @@ def create_job_once(
         existing = _job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
         if existing is not None:
             return existing, False
-    job = Job(owner_id=owner_id, spec=spec, idempotency_key=idempotency_key, status="queued")
+    job = Job(
+        owner_id=owner_id, spec=spec, idempotency_key=idempotency_key, status=JobStatus.queued
+    )
     try:
         with session.begin_nested():
             session.add(job)
@@ -147,7 +150,7 @@ def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None, at) -
     touching ``updated_at``; True when the job was running (and of that attempt)."""
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status == "running")
+        .where(Job.id == job_id, Job.status == JobStatus.running)
         .values(heartbeat_at=at, updated_at=Job.updated_at)
         .returning(Job.attempts)
     )
@@ -166,7 +169,7 @@ def raise_progress(session: Session, *, job_id: str, progress: float) -> bool:
     """Set a running job's progress to ``progress`` if that is higher; True when it changed."""
     result = session.execute(
         update(Job)
-        .where(Job.id == job_id, Job.status == "running", Job.progress < progress)
+        .where(Job.id == job_id, Job.status == JobStatus.running, Job.progress < progress)
         .values(progress=progress),
         execution_options={"synchronize_session": False},
     )
@@ -187,7 +190,10 @@ def lock_stale_running_jobs(session: Session, *, before) -> list[Job]:
     several reapers can run at once."""
     statement = (
         select(Job)
-        .where(Job.status == "running", or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)))
+        .where(
+            Job.status == JobStatus.running,
+            or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)),
+        )
         .order_by(Job.heartbeat_at, Job.id)
         .with_for_update(skip_locked=True)
     )

@@ -13,6 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sn_core.vocabulary import Normalizer
+
 SPEC_VERSION = 1
 
 # The model zoo's built-in architectures (sn_core.zoo; a test keeps the two in sync). Plug-ins
@@ -31,7 +33,6 @@ BUILTIN_ARCHS = (
     "vgg11",
     "vgg_small",
 )
-NORMALIZERS = ("in", "ln", "bn", "gn")
 FILE_DATASETS = ("image_folder", "cifar", "npz")
 # Generated kinds: samples per kind by default and at most (MNIST-1D is generated in Python, about
 # 0.3 ms a sample: the limit keeps a job's data generation under a minute). Its default is the
@@ -194,9 +195,7 @@ class TrialsSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    pool: list[Literal["in", "ln", "bn", "gn"]] = Field(
-        default_factory=lambda: ["in", "ln", "bn"], min_length=1
-    )
+    pool: list[Normalizer] = Field(default_factory=lambda: ["in", "ln", "bn"], min_length=1)
     tied: bool = False
     sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
     stop_when_stable: StopWhenStable = Field(default_factory=StopWhenStable)
@@ -217,7 +216,7 @@ class SearchSpec(_Strict):
 class VerifySpec(_Strict):
     enabled: bool = True
     epochs: int | None = Field(default=None, ge=1, description="Default: training.epochs.")
-    baselines: list[Literal["bn", "gn", "ln", "in"]] = Field(default_factory=lambda: ["bn", "gn"])
+    baselines: list[Normalizer] = Field(default_factory=lambda: ["bn", "gn"])
 
 
 class ResourcesSpec(_Strict):

@@ -14,9 +14,10 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from service import lifecycle, paths, repositories
-from service.db.models import FINISHED_JOB_STATUSES, Artifact, Job, User
+from service.db.models import Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
 from service.spec import FILE_DATASETS, JobSpec
+from service.vocabulary import FINISHED_JOB_STATUSES, JobStatus
 
 
 def check_spec_paths(spec: JobSpec, *, data_roots: Sequence[Path]) -> None:
@@ -47,7 +48,11 @@ def submit_job(
         )
     if created:
         repositories.add_event(
-            session, job_id=job.id, from_status=None, to_status="queued", message="submitted"
+            session,
+            job_id=job.id,
+            from_status=None,
+            to_status=JobStatus.queued,
+            message="submitted",
         )
         session.flush()
     return job, created
@@ -89,8 +94,8 @@ def remove_job_files(job_dir: Path | None) -> None:
 def abandon_queued(session: Session, *, job_id: str, reason: str) -> None:
     """Take back a queued job whose task could not be sent (it ends cancelled, with why)."""
     job = repositories.get_job(session, job_id, for_update=True)
-    if job is not None and job.status == "queued":
-        lifecycle.transition(session, job, "cancelled", message=reason)
+    if job is not None and job.status == JobStatus.queued:
+        lifecycle.transition(session, job, JobStatus.cancelled, message=reason)
 
 
 def job_directory(runs_dir: Path, job_id: str) -> Path | None:
@@ -104,7 +109,7 @@ def artifact_file(job: Job, kind: str, *, runs_dir: Path) -> tuple[Artifact, Pat
     """A job's artifact and its file or directory, confined to ``runs_dir``."""
     artifact = next((a for a in job.artifacts if a.kind == kind), None)
     if artifact is None:
-        if job.status != "succeeded":
+        if job.status != JobStatus.succeeded:
             raise Conflict(f"job {job.id} is {job.status}; its {kind} is ready when it succeeds")
         raise NotFound(f"job {job.id} has no {kind}")
     path = Path(artifact.path).resolve()

@@ -5,73 +5,97 @@ Layers (``SwitchNorm1d/2d/3d``), sparsity (``sparsestmax``, ``SparsityController
 finalized checkpoints (``NormalizerPlan``, ``finalize``, ``load_finalized``) and a model zoo
 (``build_model``). Imports torch and numpy only (plus safetensors / PyYAML inside the functions
 that read and write those formats); never reads environment variables.
+
+The names below are imported on first use (``sn_core.finalize``, ``from sn_core import X``), so
+``import sn_core.vocabulary`` (the normalizer names the service and the API share) loads no torch.
 """
 
-from .checkpoint import load_finalized, save_finalized
-from .compat import load_reference_state_dict, recompute_batch_statistics, reference_switchnorm
-from .finalize import apply_plan, concrete_norm, finalize, fold_batchnorm
-from .functional import NORMALIZERS, switch_norm
-from .inspect import (
-    clip_ratio_grad_norm,
-    param_groups,
-    ratio_parameters,
-    switch_layers,
-    switch_ratios,
-)
-from .layers import MixtureNorm, SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
-from .norms import resolve_norm_layer
-from .plan import LayerChoice, NormalizerPlan, plan_from_model
-from .schedules import (
-    RadiusSchedule,
-    SparsityController,
-    SparsityStatus,
-    TemperatureSchedule,
-    fraction_fixed,
-)
-from .selected import SelectedNorm
-from .sparsity import onehot_radius, sparsemax, sparsestmax
-from .surgery import convert_to_switchnorm
-from .zoo import build_model, list_models, register_model
+import sys as _sys
+from importlib import import_module as _import_module
+from types import ModuleType as _ModuleType
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "NORMALIZERS",
-    "LayerChoice",
-    "MixtureNorm",
-    "NormalizerPlan",
-    "RadiusSchedule",
-    "SelectedNorm",
-    "SparsityController",
-    "SparsityStatus",
-    "SwitchNorm",
-    "SwitchNorm1d",
-    "SwitchNorm2d",
-    "SwitchNorm3d",
-    "TemperatureSchedule",
-    "apply_plan",
-    "build_model",
-    "clip_ratio_grad_norm",
-    "concrete_norm",
-    "convert_to_switchnorm",
-    "finalize",
-    "fold_batchnorm",
-    "fraction_fixed",
-    "list_models",
-    "load_finalized",
-    "load_reference_state_dict",
-    "onehot_radius",
-    "param_groups",
-    "plan_from_model",
-    "ratio_parameters",
-    "recompute_batch_statistics",
-    "reference_switchnorm",
-    "register_model",
-    "resolve_norm_layer",
-    "save_finalized",
-    "sparsemax",
-    "sparsestmax",
-    "switch_layers",
-    "switch_norm",
-    "switch_ratios",
-]
+# Public name -> the submodule that defines it.
+_EXPORTS = {
+    "NORMALIZERS": "vocabulary",
+    "LayerChoice": "plan",
+    "MixtureNorm": "layers",
+    "NormalizerPlan": "plan",
+    "RadiusSchedule": "schedules",
+    "SelectedNorm": "selected",
+    "SparsityController": "schedules",
+    "SparsityStatus": "schedules",
+    "SwitchNorm": "layers",
+    "SwitchNorm1d": "layers",
+    "SwitchNorm2d": "layers",
+    "SwitchNorm3d": "layers",
+    "TemperatureSchedule": "schedules",
+    "apply_plan": "finalize",
+    "build_model": "zoo",
+    "clip_ratio_grad_norm": "inspect",
+    "concrete_norm": "finalize",
+    "convert_to_switchnorm": "surgery",
+    "describe_norm": "finalize",
+    "finalize": "finalize",
+    "fold_batchnorm": "finalize",
+    "fraction_fixed": "schedules",
+    "list_models": "zoo",
+    "load_finalized": "checkpoint",
+    "load_reference_state_dict": "compat",
+    "onehot_radius": "sparsity",
+    "param_groups": "inspect",
+    "plan_from_model": "plan",
+    "plan_torch_layers": "finalize",
+    "ratio_parameters": "inspect",
+    "recompute_batch_statistics": "compat",
+    "reference_switchnorm": "compat",
+    "register_model": "zoo",
+    "resolve_norm_layer": "norms",
+    "save_finalized": "checkpoint",
+    "sparsemax": "sparsity",
+    "sparsestmax": "sparsity",
+    "switch_layers": "inspect",
+    "switch_norm": "functional",
+    "switch_ratios": "inspect",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    """A public name (imported from its submodule on first use), or a submodule."""
+    module = _EXPORTS.get(name)
+    if module is not None:
+        value = getattr(_import_module(f"{__name__}.{module}"), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    if name.startswith("__"):  # e.g. __wrapped__ probes: never a submodule
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        return _import_module(f"{__name__}.{name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__name__}.{name}":
+            raise  # the submodule exists but something it imports does not
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+class _Package(_ModuleType):
+    """Keeps a public name from being shadowed by the submodule of the same name.
+
+    Importing a submodule sets it as an attribute of the package; ``sn_core.finalize`` must stay
+    the function even when ``sn_core.finalize`` the module is first imported by another route
+    (e.g. by ``sn_core.checkpoint``). The name then resolves through ``__getattr__``.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if isinstance(value, _ModuleType) and name in _EXPORTS:
+            return
+        super().__setattr__(name, value)
+
+
+_sys.modules[__name__].__class__ = _Package

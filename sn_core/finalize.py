@@ -3,6 +3,8 @@
 * ``concrete_norm``: the layer of one (mean, variance) choice: ``nn.BatchNorm*d`` (bn, bn),
   ``nn.InstanceNorm*d(affine=True)`` (in, in), ``nn.GroupNorm(1, C)`` (ln, ln),
   ``nn.GroupNorm(G, C)`` (gn, gn), else a ``SelectedNorm``.
+* ``describe_norm`` / ``plan_torch_layers``: that layer in words, e.g. ``BatchNorm2d(64)``
+  (reports and the UI show it; they never restate the rule).
 * ``finalize``: every ``SwitchNorm`` becomes its concrete layer, keeping the trained affine
   parameters and running statistics; with one-hot ratios the output is unchanged.
 * ``apply_plan``: the same layer types, freshly initialised, in any model (e.g. a fresh BN zoo
@@ -19,12 +21,20 @@ import copy
 import torch
 from torch import fx, nn
 from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .layers import MixtureNorm, SwitchNorm
 from .plan import LayerChoice, NormalizerPlan, plan_from_model, sn_dims
 from .selected import SelectedNorm
 
-__all__ = ["apply_plan", "concrete_norm", "finalize", "fold_batchnorm"]
+__all__ = [
+    "apply_plan",
+    "concrete_norm",
+    "describe_norm",
+    "finalize",
+    "fold_batchnorm",
+    "plan_torch_layers",
+]
 
 _BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _INSTANCE_NORMS = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}
@@ -85,6 +95,41 @@ def concrete_norm(
         variance=variance,
         **factory,
     )
+
+
+def describe_norm(module: nn.Module) -> str:
+    """A norm layer in short words: ``BatchNorm2d(64)``, ``InstanceNorm2d(64, affine=True)``,
+    ``GroupNorm(1, 64)``, ``SelectedNorm(64, mean=bn, var=in)``; any other module: its class."""
+    name = type(module).__name__
+    if isinstance(module, SelectedNorm):
+        return f"{name}({module.num_features}, mean={module.mean}, var={module.var})"
+    if isinstance(module, nn.GroupNorm):
+        return f"{name}({module.num_groups}, {module.num_channels})"
+    if isinstance(module, _InstanceNorm):
+        return f"{name}({module.num_features}" + (", affine=True)" if module.affine else ")")
+    if isinstance(module, _BatchNorm):
+        return f"{name}({module.num_features})"
+    return name
+
+
+def plan_torch_layers(plan: NormalizerPlan, *, variance: str = "population") -> dict[str, str]:
+    """Per plan layer, the torch layer ``apply_plan`` builds for it (``concrete_norm`` with the
+    plan's num_features, dims and groups), in words (``describe_norm``). A layer without
+    ``dims`` is described as ``concrete_norm(dims=None)`` builds it; ``variance`` is that of
+    the SN layers the plan came from (the service trains with "population")."""
+    return {
+        layer.name: describe_norm(
+            concrete_norm(
+                layer.mean,
+                layer.var,
+                layer.num_features,
+                dims=layer.dims,
+                groups=layer.groups,
+                variance=variance,
+            )
+        )
+        for layer in plan
+    }
 
 
 # ------------------------------------------------------------------------------- helpers

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property
 
-__all__ = ["NORMALIZERS", "Mixture", "MixtureConfig"]
+from .vocabulary import NORMALIZERS
 
-NORMALIZERS = ("in", "ln", "bn", "gn")
+__all__ = ["NORMALIZERS", "Mixture", "MixtureConfig"]
 
 
 @dataclass(frozen=True)

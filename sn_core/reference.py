@@ -23,9 +23,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ReferenceSwitchNorm"]
+from .vocabulary import NORMALIZERS
 
-_KINDS = ("in", "ln", "bn", "gn")
+__all__ = ["ReferenceSwitchNorm"]
 
 
 class ReferenceSwitchNorm(nn.Module):
@@ -52,8 +52,8 @@ class ReferenceSwitchNorm(nn.Module):
     ) -> None:
         super().__init__()
         pool = (pool,) if isinstance(pool, str) else tuple(str(k).lower() for k in pool)
-        if not pool or len(set(pool)) != len(pool) or any(k not in _KINDS for k in pool):
-            raise ValueError(f"pool must be distinct names from {_KINDS}, got {pool}")
+        if not pool or len(set(pool)) != len(pool) or any(k not in NORMALIZERS for k in pool):
+            raise ValueError(f"pool must be distinct names from {NORMALIZERS}, got {pool}")
         if "gn" in pool and (groups <= 0 or num_features % groups):
             raise ValueError(f"groups={groups} must divide num_features={num_features} for 'gn'")
         self.num_features = num_features

@@ -2,6 +2,9 @@
 
     cli/ (composition root) -> api/, worker/ -> service/ -> sn_core/ (pure torch)
 
+service/ and api/ (the API process, torch-free) may import exactly one sn_core module:
+``sn_core.vocabulary``, the normalizer names (stdlib only; ``sn_core/__init__`` is lazy).
+
 Imports are read from the source with ``ast`` at every depth (function-level imports included),
 so a lazy import cannot hide a dependency that a module-level one would show.
 """
@@ -18,6 +21,8 @@ PROJECT_PACKAGES = {"sn_core", "service", "worker", "api", "cli"}
 # sn_core's only third-party imports; safetensors and yaml only inside the functions that use them.
 SN_CORE_ALLOWED = {"sn_core", "torch", "numpy", "safetensors", "yaml"}
 SN_CORE_LAZY = {"safetensors", "yaml"}
+# The one sn_core module the torch-free layers (service/, api/) may import.
+SN_CORE_SHARED = "sn_core.vocabulary"
 
 
 def top_level_imports(path: Path, *, module_level_only: bool) -> set[str]:
@@ -57,6 +62,7 @@ def test_api_never_imports_worker_or_cli_at_any_depth():
         assert not imported & {"worker", "cli", "torch", "ray"}, (
             f"{path.relative_to(ROOT)} imports {imported & {'worker', 'cli', 'torch', 'ray'}}"
         )
+        assert not sn_core_imports_beyond_vocabulary(path), path
 
 
 def test_worker_never_imports_api_or_cli():
@@ -76,6 +82,73 @@ def imported_modules(path: Path) -> set[str]:
             names.add(node.module)
             names.update(f"{node.module}.{alias.name}" for alias in node.names)
     return names
+
+
+def sn_core_imports_beyond_vocabulary(path: Path) -> set[str]:
+    """The sn_core modules ``path`` imports other than ``sn_core.vocabulary`` (and its names)."""
+    return {
+        name
+        for name in imported_modules(path)
+        if name.split(".")[0] == "sn_core"
+        and name != SN_CORE_SHARED
+        and not name.startswith(SN_CORE_SHARED + ".")
+    }
+
+
+def test_the_torch_free_layers_use_sn_core_vocabulary_and_nothing_else_of_it():
+    """The rule above can fail: service/ and api/ do read the shared names from sn_core."""
+    users = [
+        path
+        for package in ("service", "api")
+        for path in (ROOT / package).rglob("*.py")
+        if "sn_core" in top_level_imports(path, module_level_only=False)
+    ]
+    assert users, "nothing in service/ or api/ imports sn_core.vocabulary"
+    for path in users:
+        assert not sn_core_imports_beyond_vocabulary(path), path
+
+
+def test_sn_core_vocabulary_is_stdlib_only():
+    path = ROOT / "sn_core" / "vocabulary.py"
+    imported = top_level_imports(path, module_level_only=False)
+    assert imported <= set(sys.stdlib_module_names), imported
+
+
+def test_importing_the_service_and_the_api_loads_no_torch():
+    """The API process (spec, settings, database, routes, UI) runs without the training stack,
+    although it reads the normalizer names from sn_core: importing a package's vocabulary must
+    not run the torch imports of ``sn_core/__init__``."""
+    code = (
+        "import sys, service.spec, service.history, api.app, api.client, sn_core; "
+        "assert sn_core.NORMALIZERS; "
+        "bad = {'torch', 'numpy', 'ray', 'worker', 'cli'} & {m.split('.')[0] for m in sys.modules};"
+        " print(sorted(bad))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_sn_core_names_resolve_lazily_and_keep_their_meaning():
+    """``sn_core/__init__`` imports on first use: every name of ``__all__`` resolves, a submodule
+    is an attribute, and ``sn_core.finalize`` stays the function even when the module of that
+    name was imported first by another route (which sets the package attribute)."""
+    code = (
+        "import sys, sn_core.vocabulary; assert 'torch' not in sys.modules; "
+        "import sn_core.checkpoint, sn_core; import sn_core.finalize as f; "
+        "assert callable(sn_core.finalize) and f is sn_core.finalize, sn_core.finalize; "
+        "assert sn_core.checkpoint.WEIGHTS_MEMBER and sn_core.zoo.build_model; "
+        "ns = {}; exec('from sn_core import *', ns); "
+        "missing = [n for n in sn_core.__all__ if n not in ns]; "
+        "assert not missing and ns['finalize'] is sn_core.finalize, missing; "
+        "assert sn_core.NORMALIZERS is sn_core.vocabulary.NORMALIZERS; "
+        "assert not hasattr(sn_core, 'no_such_name'); print('ok')"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
 def test_the_python_client_depends_only_on_the_wire_schemas():
@@ -133,8 +206,10 @@ def test_sn_core_never_reads_environment_variables():
 
 
 def test_service_imports_no_training_stack_and_no_upper_layer():
-    """The API process loads service/ (spec, settings, database): no torch, Ray or worker."""
-    forbidden = {"torch", "ray", "worker", "api", "sn_core"}
+    """The API process loads service/ (spec, settings, database): no torch, Ray or worker, and
+    of sn_core only its vocabulary."""
+    forbidden = {"torch", "ray", "worker", "api"}
     for path in (ROOT / "service").rglob("*.py"):
         imported = top_level_imports(path, module_level_only=False)
         assert not imported & forbidden, f"{path.relative_to(ROOT)} imports {imported & forbidden}"
+        assert not sn_core_imports_beyond_vocabulary(path), path

@@ -41,10 +41,10 @@ from typing import Any, get_type_hints
 from sqlalchemy.orm import Session
 
 from service import jobs, repositories
+from sn_core.vocabulary import NORMALIZERS
 
 from .results import EpochRecord, LayerRatios
 
-NORMS = ("in", "ln", "bn", "gn")
 _TYPES = get_type_hints(EpochRecord)
 _BOOL_KEYS = frozenset(key for key, kind in _TYPES.items() if kind is bool)
 _INT_KEYS = frozenset(key for key, kind in _TYPES.items() if kind is int)
@@ -264,7 +264,7 @@ def snapshot_rows(
             "mean_fixed": bool(fixed.get("mean", False)),
             "var_fixed": bool(fixed.get("var", False)),
         }
-        for norm in NORMS:
+        for norm in NORMALIZERS:
             row[f"mean_{norm}"] = _float_or_none(mean.get(norm))
             row[f"var_{norm}"] = _float_or_none(var.get(norm))
         rows.append(row)
@@ -311,5 +311,5 @@ def _history(session: Session, trial_id: int) -> list[EpochRecord]:
 
 
 def _norms(snap: Any, kind: str) -> dict[str, float]:
-    values = {norm: getattr(snap, f"{kind}_{norm}") for norm in NORMS}
+    values = {norm: getattr(snap, f"{kind}_{norm}") for norm in NORMALIZERS}
     return {norm: value for norm, value in values.items() if value is not None}

@@ -1,7 +1,8 @@
 """The output directory of a search: plan, report, ratio histories and a figure.
 
 ``write_report`` writes ``plan.json`` / ``plan.yaml`` (the recommended ``NormalizerPlan``),
-``report.json`` (spec, recommendation, per-trial summaries, verification, extra), ``ratios.csv``
+``report.json`` (spec, recommendation with the torch layer each planned layer becomes,
+per-trial summaries, verification, extra), ``ratios.csv``
 (every trial's ratio history in long format) and ``ratios.png`` (the recommended ratios per layer,
 drawn like the SN papers' figures).
 """
@@ -15,7 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from sn_core import NORMALIZERS, NormalizerPlan
+from service.vocabulary import ArtifactKind
+from sn_core import NORMALIZERS, NormalizerPlan, plan_torch_layers
 
 from .recommend import Recommendation
 from .results import EpochRecord, TrialOutcome
@@ -115,20 +117,24 @@ def write_report(
     outcomes: list[TrialOutcome],
     verification: dict | None,
     extra: dict | None = None,
-) -> dict[str, Path]:
+) -> dict[ArtifactKind, Path]:
     """Write the search's output files into ``out_dir`` (created if needed); returns their paths
-    by key: plan_json, plan_yaml, report_json, ratios_csv, ratios_png."""
+    by kind: plan_json, plan_yaml, report_json, ratios_csv, ratios_png."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = recommendation.plan
     paths = {
-        "plan_json": plan.save(out_dir / "plan.json"),
-        "plan_yaml": plan.save(out_dir / "plan.yaml"),
+        ArtifactKind.plan_json: plan.save(out_dir / "plan.json"),
+        ArtifactKind.plan_yaml: plan.save(out_dir / "plan.yaml"),
     }
     used = set(recommendation.trial_ids)
     report = {
         "spec": spec,
-        "recommendation": recommendation.to_dict(),
+        "recommendation": {
+            **recommendation.to_dict(),
+            # Layer name -> the torch layer apply_plan builds for it (sn_core's rule, in words).
+            "torch_layers": plan_torch_layers(plan),
+        },
         "trials": [_trial_summary(t, used) for t in outcomes],
         "verification": verification,
         "extra": extra,
@@ -136,14 +142,14 @@ def write_report(
     report_path = out_dir / "report.json"
     text = json.dumps(_jsonable(report), indent=2, allow_nan=False)
     report_path.write_text(text + "\n", encoding="utf-8")
-    paths["report_json"] = report_path
-    paths["ratios_csv"] = write_ratios_csv(out_dir / "ratios.csv", outcomes)
+    paths[ArtifactKind.report_json] = report_path
+    paths[ArtifactKind.ratios_csv] = write_ratios_csv(out_dir / "ratios.csv", outcomes)
     n = len(recommendation.trial_ids)
     title = (
         f"Recommended normalizer ratios, batch size {recommendation.target_batch_size} "
         f"({n} trial{'s' if n != 1 else ''})"
     )
-    paths["ratios_png"] = plot_ratios(plan, out_dir / "ratios.png", title=title)
+    paths[ArtifactKind.ratios_png] = plot_ratios(plan, out_dir / "ratios.png", title=title)
     return paths
 
 

@@ -27,6 +27,7 @@ from service.celery_app import SEARCH_TASK, celery_app, soft_time_limit
 from service.db import make_engine, make_session_factory
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
+from service.vocabulary import ArtifactKind
 
 from .cancellation import JobCancelled
 from .db_recorder import DatabaseRecorder
@@ -105,7 +106,7 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
         if result.checkpoint_dir is not None:
             ckpt = result.checkpoint_dir
             weights = ckpt / sn_core.checkpoint.WEIGHTS_MEMBER
-            files.append(jobs.ArtifactFile("checkpoint", ckpt, digest_of=weights))
+            files.append(jobs.ArtifactFile(ArtifactKind.checkpoint, ckpt, digest_of=weights))
         recorder.close()  # every snapshot is in before the job reads as succeeded
         with factory() as session, session.begin():
             jobs.finish_job(session, job_id=job_id, files=files)

@@ -21,7 +21,8 @@ from api.presenters import trial_out
 from api.routes.jobs import JOB_RESPONSES, JobId
 from api.schemas import MetricHistory, MetricPoint, RatioHistory, RatioPoint, TrialOut, TrialRatios
 from service import history, repositories, submissions
-from service.db.models import FINISHED_JOB_STATUSES
+from service.vocabulary import FINISHED_JOB_STATUSES
+from sn_core.vocabulary import NORMALIZERS
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["history"])
 
@@ -47,8 +48,8 @@ def _snapshot_point(row) -> RatioPoint:
         epoch=row.epoch,
         layer_index=row.layer_index,
         layer=row.layer,
-        mean={norm: getattr(row, f"mean_{norm}") for norm in history.NORMS},
-        var={norm: getattr(row, f"var_{norm}") for norm in history.NORMS},
+        mean={norm: getattr(row, f"mean_{norm}") for norm in NORMALIZERS},
+        var={norm: getattr(row, f"var_{norm}") for norm in NORMALIZERS},
         mean_fixed=row.mean_fixed,
         var_fixed=row.var_fixed,
     )

@@ -12,7 +12,7 @@ from fastapi.responses import FileResponse
 from api.deps import CurrentUser, SessionDep, SettingsDep
 from api.presenters import job_detail
 from api.routes.jobs import JOB_RESPONSES, JobId
-from api.schemas import ArtifactOut, ErrorBody
+from api.schemas import ArtifactKind, ArtifactOut, ErrorBody
 from service import artifacts, submissions
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["outputs"])
@@ -22,19 +22,16 @@ RESPONSES = {**JOB_RESPONSES, **_NOT_READY}
 
 _BINARY = {"type": "string", "format": "binary"}
 MEDIA_TYPES = {
-    "plan_json": "application/json",
-    "plan_yaml": "application/yaml",
-    "report_json": "application/json",
-    "ratios_csv": "text/csv",
-    "ratios_png": "image/png",
-    "checkpoint": "application/zip",
+    ArtifactKind.plan_json: "application/json",
+    ArtifactKind.plan_yaml: "application/yaml",
+    ArtifactKind.report_json: "application/json",
+    ArtifactKind.ratios_csv: "text/csv",
+    ArtifactKind.ratios_png: "image/png",
+    ArtifactKind.checkpoint: "application/zip",
 }
-ArtifactKind = Literal[
-    "plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint"
-]
 
 
-def _file(session, settings, user, job_id: str, kind: str) -> FileResponse:
+def _file(session, settings, user, job_id: str, kind: ArtifactKind) -> FileResponse:
     job = submissions.owned_job(session, job_id=job_id, user=user)
     artifact, path = submissions.artifact_file(job, kind, runs_dir=settings.runs_dir)
     if path.is_dir():
@@ -97,7 +94,7 @@ def recommendation(
     format: Annotated[Literal["json", "yaml"], Query(description="Plan format.")] = "json",
 ):
     """The recommended plan (``sn_core.NormalizerPlan``: ``apply_plan`` builds the model)."""
-    return _file(session, settings, user, job_id, f"plan_{format}")
+    return _file(session, settings, user, job_id, ArtifactKind(f"plan_{format}"))
 
 
 @router.get(
@@ -113,7 +110,7 @@ def recommendation(
 )
 def checkpoint(job_id: JobId, user: CurrentUser, session: SessionDep, settings: SettingsDep):
     """The finalized checkpoint (plain torch layers); ``sn_core.load_finalized`` loads it."""
-    return _file(session, settings, user, job_id, "checkpoint")
+    return _file(session, settings, user, job_id, ArtifactKind.checkpoint)
 
 
 @router.get(
@@ -126,4 +123,4 @@ def checkpoint(job_id: JobId, user: CurrentUser, session: SessionDep, settings: 
 )
 def report(job_id: JobId, user: CurrentUser, session: SessionDep, settings: SettingsDep):
     """The search report: recommendation with confidences, per-trial summaries, verification."""
-    return _file(session, settings, user, job_id, "report_json")
+    return _file(session, settings, user, job_id, ArtifactKind.report_json)

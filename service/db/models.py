@@ -27,9 +27,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from service.db.base import Base, BigIntPK, JSONType, now
-
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-FINISHED_JOB_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+from service.vocabulary import JobStatus
 
 
 def _new_job_id() -> str:
@@ -71,7 +69,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         CheckConstraint(
-            "status IN (" + ", ".join(f"'{status}'" for status in JOB_STATUSES) + ")",
+            "status IN (" + ", ".join(f"'{status}'" for status in JobStatus) + ")",
             name="status",
         ),
         UniqueConstraint("owner_id", "idempotency_key"),
@@ -82,7 +80,9 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_job_id)
     owner_id: Mapped[int] = mapped_column(ForeignKey("users.id"))
     spec: Mapped[dict[str, Any]] = mapped_column(JSONType)
-    status: Mapped[str] = mapped_column(String(16), default="queued", server_default="queued")
+    status: Mapped[str] = mapped_column(
+        String(16), default=JobStatus.queued.value, server_default=JobStatus.queued.value
+    )
     progress: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))

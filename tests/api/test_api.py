@@ -495,6 +495,34 @@ def test_openapi_documents_every_route_with_error_schemas(api_client):
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+def test_vocabulary_is_what_the_ui_reads_and_is_documented(api_client, alice):
+    """One answer with every name the UI shows (its only source of them), behind the token."""
+    assert api_client.get(f"{API}/vocabulary").status_code == 401
+    response = api_client.get(f"{API}/vocabulary", headers=alice)
+    assert response.status_code == 200
+    assert response.json() == {
+        "statuses": ["queued", "running", "succeeded", "failed", "cancelled"],
+        "finished_statuses": ["succeeded", "failed", "cancelled"],
+        "artifact_kinds": [
+            "plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint"
+        ],
+        "normalizers": [
+            {"name": "in", "label": "IN"}, {"name": "ln", "label": "LN"},
+            {"name": "bn", "label": "BN"}, {"name": "gn", "label": "GN"},
+        ],
+    }  # fmt: skip
+    # The names it gives are the ones the other routes speak.
+    job = submit(api_client, alice).json()
+    assert job["status"] in response.json()["statuses"]
+    spec = api_client.get(f"{API}/openapi.json").json()
+    get = spec["paths"][f"{API}/vocabulary"]["get"]
+    ref = get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ref.endswith("/Vocabulary") and "401" in get["responses"]
+    schemas = spec["components"]["schemas"]
+    assert schemas["JobStatus"]["enum"] == response.json()["statuses"]
+    assert schemas["ArtifactKind"]["enum"] == response.json()["artifact_kinds"]
+
+
 def test_prometheus_metrics(api_client, alice):
     api_client.get(f"{API}/jobs", headers=alice)
     text = api_client.get("/metrics").text

@@ -19,7 +19,7 @@ from api.client import (
     WaitTimeout,
     parse_sse,
 )
-from api.schemas import JobDetail, JobPage
+from api.schemas import FINISHED_JOB_STATUSES, ArtifactKind, JobDetail, JobPage, JobStatus
 from cli import remote as cli_remote
 from cli import render
 from cli.main import app
@@ -95,6 +95,27 @@ def test_list_filter_and_get(client):
     assert [j.id for j in client.list_jobs(limit=2, offset=2).items] == [a.id]
     job = client.get_job(a.id)
     assert job.id == a.id and [e.to_status for e in job.events] == ["queued"]
+
+
+def test_the_vocabulary_types_the_answers(client):
+    """The client reads the statuses as ``JobStatus`` (the service's enum) and accepts it back."""
+    vocabulary = client.vocabulary()
+    assert vocabulary.statuses == list(JobStatus)
+    assert set(vocabulary.finished_statuses) == FINISHED_JOB_STATUSES
+    assert vocabulary.artifact_kinds == list(ArtifactKind)
+    assert [n.name for n in vocabulary.normalizers] == ["in", "ln", "bn", "gn"]
+    job = client.submit(tiny_spec())
+    assert job.status is JobStatus.queued and job.events[0].to_status is JobStatus.queued
+    assert [j.id for j in client.list_jobs(status=JobStatus.queued).items] == [job.id]
+    assert client.list_jobs(status=[JobStatus.failed, JobStatus.cancelled]).total == 0
+
+
+def test_the_cli_knows_every_status(cli, token):
+    """Every status has a colour; ``--status`` offers exactly the statuses."""
+    assert set(render.STATUS_STYLES) == set(JobStatus)
+    bad = cli("ls", "--status", "bogus", "--token", token)
+    assert bad.exit_code == 2
+    assert all(status in bad.output for status in JobStatus), bad.output
 
 
 def test_bad_token_is_unauthorized(api_client):

@@ -4,6 +4,7 @@ hold, deletes cascade, and ``normsearch db`` migrates."""
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +14,7 @@ from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, delete, func, inspect, select, text
+from sqlalchemy import CheckConstraint, Engine, delete, func, inspect, select, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -31,6 +32,8 @@ from service.db.models import (
     Trial,
     User,
 )
+from service.vocabulary import JobStatus
+from sn_core.vocabulary import NORMALIZERS
 
 TABLES = {
     "users",
@@ -148,6 +151,47 @@ def test_sqlite_is_migrated_to_head_and_matches_the_models(sqlite_url):
         assert_models_match_migrations(engine)
     finally:
         engine.dispose()
+
+
+def status_check_values(engine: Engine) -> list[str]:
+    """The statuses the migrated database's ``ck_jobs_status`` allows, in their order (Postgres
+    reports it as ``status = ANY (ARRAY['queued'::character varying, ...])``, SQLite as written)."""
+    checks = {c["name"]: c["sqltext"] for c in inspect(engine).get_check_constraints("jobs")}
+    return re.findall(r"'([^']*)'", checks["ck_jobs_status"])
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_the_migrations_check_constraint_allows_exactly_the_job_statuses(
+    backend, request, sqlite_url
+):
+    """The migrations spell the statuses out (frozen history); the model's constraint is built
+    from ``JobStatus``. Both must stay equal to the enum (compare_metadata ignores CHECKs)."""
+    if backend == "postgres":
+        engine = request.getfixturevalue("pg_engine")
+        assert status_check_values(engine) == list(JobStatus)
+    else:
+        engine = make_engine(sqlite_url)
+        try:
+            assert status_check_values(engine) == list(JobStatus)
+        finally:
+            engine.dispose()
+    (model_check,) = [c for c in Job.__table__.constraints if isinstance(c, CheckConstraint)]
+    assert re.findall(r"'([^']*)'", str(model_check.sqltext)) == list(JobStatus)
+
+
+def test_every_job_status_is_stored_and_read_back(pg_session):
+    user = make_user(pg_session)
+    for status in JobStatus:
+        job = make_job(pg_session, user, status=status)
+        pg_session.expire(job)
+        assert job.status == status and type(job.status) is str
+
+
+def test_snapshots_have_a_mean_and_a_var_column_per_normalizer():
+    columns = set(RatioSnapshot.__table__.columns.keys())
+    assert {c for c in columns if c.startswith(("mean_", "var_"))} == {
+        f"{part}_{norm}" for part in ("mean", "var") for norm in NORMALIZERS
+    } | {"mean_fixed", "var_fixed"}
 
 
 def test_sqlite_downgrade_to_base_and_upgrade_again(sqlite_url):

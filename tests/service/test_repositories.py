@@ -10,9 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from service import repositories
-from service.db.models import JOB_STATUSES, Job, JobEvent, RatioSnapshot, User
+from service.db.models import Job, JobEvent, RatioSnapshot, User
 from service.errors import Conflict, InvalidTransition, NotFound, ServiceError
 from service.lifecycle import TRANSITIONS, transition
+from service.vocabulary import JobStatus
 from tests.support.api import snapshot_row
 
 SPEC = {"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}}
@@ -97,7 +98,7 @@ def test_list_jobs_filters_orders_and_paginates(pg_session):
 
 
 LEGAL = [(a, b) for a, targets in TRANSITIONS.items() for b in sorted(targets)]
-ILLEGAL = [(a, b) for a in JOB_STATUSES for b in JOB_STATUSES if b not in TRANSITIONS[a]] + [
+ILLEGAL = [(a, b) for a in JobStatus for b in JobStatus if b not in TRANSITIONS[a]] + [
     ("queued", "unknown")
 ]
 PATH_TO = {  # from queued, how to reach each status

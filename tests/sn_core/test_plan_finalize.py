@@ -14,7 +14,14 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.testing import assert_close
 
 from sn_core.checkpoint import load_finalized, save_finalized
-from sn_core.finalize import apply_plan, concrete_norm, finalize, fold_batchnorm
+from sn_core.finalize import (
+    apply_plan,
+    concrete_norm,
+    describe_norm,
+    finalize,
+    fold_batchnorm,
+    plan_torch_layers,
+)
 from sn_core.layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from sn_core.plan import LayerChoice, NormalizerPlan, plan_from_model
 from sn_core.selected import SelectedNorm
@@ -233,6 +240,30 @@ def test_concrete_norm_reference_variance_and_errors():
         concrete_norm("bn", "bn", 8, dims=4)
 
 
+@pytest.mark.parametrize(
+    "mean,var,dims,words",
+    [
+        ("bn", "bn", 2, "BatchNorm2d(16)"),
+        ("bn", "bn", 1, "BatchNorm1d(16)"),
+        ("bn", "bn", None, "SelectedNorm(16, mean=bn, var=bn)"),
+        ("in", "in", 3, "InstanceNorm3d(16, affine=True)"),
+        ("in", "in", 1, "SelectedNorm(16, mean=in, var=in)"),
+        ("ln", "ln", 2, "GroupNorm(1, 16)"),
+        ("gn", "gn", 2, "GroupNorm(4, 16)"),
+        ("bn", "ln", 2, "SelectedNorm(16, mean=bn, var=ln)"),
+    ],
+)
+def test_plan_torch_layers_in_words(mean, var, dims, words):
+    layer = LayerChoice(
+        name="block.norm", mean=mean, var=var, num_features=16, pool=POOL, groups=4, dims=dims
+    )
+    assert plan_torch_layers(NormalizerPlan(layers=(layer,))) == {"block.norm": words}
+    assert plan_torch_layers(NormalizerPlan(layers=(layer,)), variance="reference") == {
+        "block.norm": f"SelectedNorm(16, mean={mean}, var={var})"
+    }
+    assert describe_norm(nn.Identity()) == "Identity"
+
+
 @pytest.fixture(scope="module")
 def trained_resnet():
     """A float64 SN resnet20 with random fixed choices, trained a few steps, and its finalized."""
@@ -273,6 +304,18 @@ def test_finalize_zoo_model(trained_resnet):
         apply_plan(fresh, NormalizerPlan((LayerChoice("conv1", "bn", "bn", 16),)))
     with pytest.raises(ValueError, match="no choice for SwitchNorm"):
         finalize(model, NormalizerPlan(plan.layers[1:]))
+
+
+def test_plan_torch_layers_names_what_finalize_and_apply_plan_build(trained_resnet):
+    """What the report (and the UI) shows per layer is the layer finalize really built."""
+    model, final, _ = trained_resnet
+    plan = plan_from_model(model)
+    words = plan_torch_layers(plan)
+    finalized = dict(final.named_modules())
+    assert words == {layer.name: describe_norm(finalized[layer.name]) for layer in plan}
+    applied = dict(apply_plan(model, plan).named_modules())
+    assert words == {name: describe_norm(applied[name]) for name in words}
+    assert len(set(words.values())) > 1  # the random choices give more than one layer type
 
 
 # ------------------------------------------------------------------------- fold_batchnorm

@@ -270,6 +270,16 @@ def test_job_from_template_runs_live_and_shows_its_results(digits_job, api, tmp_
     )
     rows = page.get_by_test_id("recommendation-table").get_by_test_id("recommendation-row")
     expect(rows).to_have_count(len(layers))
+    # The torch layer of each row is the one the worker wrote (sn_core's rule), not a UI copy.
+    written = api.get(f"/jobs/{job_id}/report").json()["recommendation"]["torch_layers"]
+    shown = {
+        rows.nth(i).get_attribute("data-layer"): rows.nth(i)
+        .get_by_test_id("torch-layer")
+        .inner_text()
+        .strip()
+        for i in range(rows.count())
+    }
+    assert shown == written and sorted(shown) == sorted(layers), shown
     expect(page.get_by_test_id("verification-table")).to_be_visible()
     expect(page.get_by_test_id("verification-table")).to_contain_text("bn")
 

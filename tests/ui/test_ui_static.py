@@ -73,3 +73,21 @@ def test_the_api_health_and_metrics_routes_are_unaffected(client):
     # The UI routes stay out of the API's OpenAPI document.
     paths = client.get("/api/v1/openapi.json").json()["paths"]
     assert "/" not in paths and not any(p.startswith("/ui") for p in paths)
+
+
+def test_the_ui_reads_the_vocabulary_from_the_api_and_keeps_no_copy(client):
+    """Statuses and normalizer names come from ``GET /api/v1/vocabulary`` (vocabulary.js), the
+    torch layer of a planned layer from the report: no script spells them out or restates
+    sn_core's layer rule."""
+    vocabulary = client.get("/api/v1/vocabulary", headers=bearer(client.token)).json()
+    statuses = vocabulary["statuses"]
+    names = [n["name"] for n in vocabulary["normalizers"]]
+    for script in STATIC_DIR.glob("*.js"):
+        source = script.read_text(encoding="utf-8")
+        literals = set(re.findall(r'"([a-z_]+)"', source))
+        assert not set(statuses) <= literals, f"{script.name} lists the job statuses"
+        assert not set(names) <= literals, f"{script.name} lists the normalizers"
+        assert "BatchNorm" not in source and "GroupNorm" not in source, script.name
+    loader = (STATIC_DIR / "vocabulary.js").read_text(encoding="utf-8")
+    assert 'request("vocabulary")' in loader
+    assert "torch_layers" in (STATIC_DIR / "report.js").read_text(encoding="utf-8")

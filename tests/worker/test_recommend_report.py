@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sn_core
-from sn_core import NormalizerPlan
+from sn_core import NormalizerPlan, plan_torch_layers
 from worker.recommend import recommend
 from worker.report import CSV_COLUMNS, plot_ratios, write_report
 from worker.results import TrialOutcome
@@ -201,6 +201,9 @@ def test_write_report(tmp_path, trials, rec):
     assert set(report) == {"spec", "recommendation", "trials", "verification", "extra"}
     assert report["spec"] == spec and report["extra"] == {"duration_s": 1.5}
     assert report["recommendation"]["best_trial"] == "C"
+    # Per planned layer, the torch layer sn_core builds for it (the UI shows this, not a rule).
+    assert report["recommendation"]["torch_layers"] == plan_torch_layers(rec.plan)
+    assert list(report["recommendation"]["torch_layers"]) == list(rec.plan.names)
     by_id = {t["trial_id"]: t for t in report["trials"]}
     assert list(by_id) == ["A", "B", "C", "D", "E"]
     assert by_id["E"]["status"] == "ERROR" and by_id["E"]["error"] == "RuntimeError: boom"

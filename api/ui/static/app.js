@@ -2,8 +2,9 @@
 // the login guard. Each page's render(root, params) returns a cleanup function (stops its
 // timers and streams) that runs before the next page renders.
 
-import { clearSession, getToken, getUser, setFlash, setNext } from "./api.js";
+import { clearSession, getToken, getUser, reportError, setFlash, setNext } from "./api.js";
 import { clearNotice } from "./util.js";
+import { loadVocabulary, vocabularyLoaded } from "./vocabulary.js";
 import * as jobPage from "./page-job.js";
 import * as jobsPage from "./page-jobs.js";
 import * as loginPage from "./page-login.js";
@@ -17,6 +18,7 @@ const ROUTES = [
 ];
 
 let cleanup = null;
+let awaitingVocabulary = false;
 
 function updateNav(active) {
   const nav = document.getElementById("nav");
@@ -39,6 +41,18 @@ function route() {
   if (!target.open && !getToken()) {
     setNext(hash);
     location.replace("#/login");
+    return;
+  }
+  // The pages read the API's vocabulary: fetch it once (after login), then route again (to the
+  // hash of that moment).
+  if (!target.open && !vocabularyLoaded()) {
+    if (!awaitingVocabulary) {
+      awaitingVocabulary = true;
+      loadVocabulary().then(() => { awaitingVocabulary = false; route(); }, (error) => {
+        awaitingVocabulary = false;
+        reportError(error);
+      });
+    }
     return;
   }
   if (typeof cleanup === "function") {

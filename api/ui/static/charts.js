@@ -3,10 +3,10 @@
 // per-layer mean/variance divergence. Colours of the normalizers are fixed everywhere.
 
 import { esc } from "./util.js";
+import { NORM_LABELS, NORMS } from "./vocabulary.js";
 
-export const NORMS = ["in", "ln", "bn", "gn"];
+export { NORM_LABELS, NORMS };
 export const NORM_COLORS = { in: "#4e79a7", ln: "#f28e2b", bn: "#59a14f", gn: "#b07aa1" };
-export const NORM_LABELS = { in: "IN", ln: "LN", bn: "BN", gn: "GN" };
 
 const FONT = 11;
 

@@ -19,9 +19,10 @@ import { jobPageHtml } from "./page-job-view.js";
 import { reportHtml } from "./report.js";
 import { followEvents } from "./sse.js";
 import {
-  ACTIVE_STATUSES, esc, FINISHED_STATUSES, fmtBytes, fmtDate, fmtPct, progressHtml,
+  esc, fmtBytes, fmtDate, fmtPct, progressHtml,
   serial, showNotice, statusBadge, throttle,
 } from "./util.js";
+import { ACTIVE_STATUSES, FINISHED_STATUSES } from "./vocabulary.js";
 
 const EVOLUTION_MAX_POINTS = 20000;
 const TRIALS_THROTTLE_MS = 3000;

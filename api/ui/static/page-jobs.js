@@ -5,8 +5,9 @@
 import { reportError, request } from "./api.js";
 import { DEFAULT_SORT, jobsHash, lastPageOffset, pageRange, readJobsQuery } from "./jobs-query.js";
 import {
-  ACTIVE_STATUSES, JOB_STATUSES, esc, fmtDate, progressHtml, statusBadge,
+  esc, fmtDate, progressHtml, statusBadge,
 } from "./util.js";
+import { ACTIVE_STATUSES, JOB_STATUSES } from "./vocabulary.js";
 
 const PAGE_SIZE = 20;
 const POLL_MS = 5000; // while a job on the page is queued or running

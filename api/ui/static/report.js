@@ -1,20 +1,21 @@
 // A succeeded job's report.json as table rows: the recommendation (one row per planned layer,
-// with the torch layer it becomes) and the verification (each model trained from scratch).
+// with the torch layer it becomes, as the worker wrote it: recommendation.torch_layers, computed
+// by sn_core itself; "–" in reports from before that field) and the verification (each model
+// trained from scratch).
 
 import { ratiosText } from "./charts.js";
-import { torchLayer } from "./plan.js";
 import { esc, fmtNum, fmtPct } from "./util.js";
 
 function normTag(norm) {
   return `<span class="norm norm-${esc(norm)}">${esc(String(norm).toUpperCase())}</span>`;
 }
 
-function recommendationRow(layer, index) {
+function recommendationRow(layer, index, torchLayers) {
   return `<tr data-testid="recommendation-row" data-layer="${esc(layer.name)}">
     <td class="num">${index}</td><td class="mono">${esc(layer.name)}</td>
     <td>${normTag(layer.mean)}</td><td>${normTag(layer.var)}</td>
     <td class="num">${fmtNum(layer.confidence, 2)}</td>
-    <td class="mono" data-testid="torch-layer">${esc(torchLayer(layer))}</td>
+    <td class="mono" data-testid="torch-layer">${esc(torchLayers?.[layer.name] ?? "–")}</td>
     <td class="small">${esc(ratiosText(layer.mean_ratios))}</td>
     <td class="small">${esc(ratiosText(layer.var_ratios))}</td>
   </tr>`;
@@ -40,7 +41,8 @@ export function reportHtml(report) {
   return {
     recommendationInfo: `${layers.length} layers · target batch size ${
       rec.target_batch_size ?? "–"} · from ${(rec.trial_ids || []).length} trial(s)`,
-    recommendationRows: layers.map(recommendationRow).join(""),
+    recommendationRows: layers.map((layer, i) => recommendationRow(layer, i, rec.torch_layers))
+      .join(""),
     verificationInfo: verification
       ? `Trained from scratch: ${verification.epochs} epochs, batch size ${
         verification.batch_size}, seeds ${(verification.seeds || []).join(", ")}.`

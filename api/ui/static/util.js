@@ -51,10 +51,6 @@ export function statusBadge(status, testid = "job-status") {
   return `<span class="badge status-${esc(status)}" data-testid="${testid}">${esc(status)}</span>`;
 }
 
-export const ACTIVE_STATUSES = new Set(["queued", "running"]);
-export const FINISHED_STATUSES = new Set(["succeeded", "failed", "cancelled"]);
-export const JOB_STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
-
 // ---------------------------------------------------------------------------- notice
 
 export function showNotice(message, kind = "error") {
