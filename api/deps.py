@@ -1,5 +1,6 @@
-"""Request dependencies as ``Annotated`` aliases: settings, the database session (committed at
-the end of the request), the Celery app, and the authenticated user.
+"""Request dependencies as ``Annotated`` aliases: settings, the database session (the request's
+unit of work: committed when the handler returns, then the tasks it queued are sent) and the
+authenticated user.
 
 State built once per app (engine, session factory, Celery app) lives on ``app.state`` and is set
 by ``api.app.create_app``; tests build an app with their own ``Settings``.
@@ -10,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from celery import Celery
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
@@ -19,6 +19,7 @@ from service import auth
 from service.db.models import User
 from service.errors import ServiceError
 from service.settings import Settings
+from service.unit_of_work import unit_of_work
 
 
 class Unauthorized(ServiceError):
@@ -40,26 +41,26 @@ async def get_settings(request: Request) -> Settings:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    """One session per request; committed when the handler returns without error, rolled back
-    otherwise. Handlers that must act after the commit (sending a task) commit themselves."""
-    with request.app.state.session_factory() as session:
-        try:
-            yield session
-            session.commit()
-        except Exception:
-            session.rollback()
-            raise
-
-
-async def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+    """One unit of work per request (``service.unit_of_work``): committed when the handler
+    returns without error, then the tasks the handler's service call queued are sent (a send
+    the broker refuses takes its job back and answers 503); rolled back otherwise. Its scope is
+    the handler (``SessionDep``), so all of this happens before the response is sent and a
+    failure reaches the client, never a response for work that was not done."""
+    state = request.app.state
+    with unit_of_work(state.session_factory, state.celery) as session:
+        yield session
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API token: `normsearch token create`.")
 
 
+# Scope "function": the session's exit (commit, sends) runs when the handler returns, before the
+# response is sent. Every dependency uses this one alias, so a request has one session.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+
 def get_current_user(
-    session: Annotated[Session, Depends(get_session)],
+    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
@@ -94,8 +95,6 @@ async def require_json(request: Request) -> None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-SessionDep = Annotated[Session, Depends(get_session)]
-CeleryDep = Annotated[Celery, Depends(get_celery)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 StreamUser = Annotated[User, Depends(get_stream_user)]
 # After CurrentUser in a signature: dependencies are solved in order, so 401 comes before 415.

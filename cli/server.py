@@ -76,7 +76,8 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker on the search queue (broker: NORMSEARCH_BROKER_URL)."""
-    from service.celery_app import SEARCH_QUEUE, celery_app
+    from service.celery_app import SEARCH_QUEUE, make_celery
+    from service.settings import get_settings
 
     chosen = pool or (Pool.solo if concurrency == 1 else Pool.prefork)
     if chosen is Pool.solo and concurrency != 1:
@@ -94,7 +95,7 @@ def worker(
     ]
     if hostname:
         argv += ["--hostname", hostname]
-    celery_app.worker_main(argv)
+    make_celery(get_settings()).worker_main(argv)
 
 
 def up(

@@ -1,9 +1,11 @@
 """The Celery application: broker settings, task names and routes.
 
-The API sends tasks by name (``SEARCH_TASK``) and never imports the worker; only a worker process
-loads ``worker.tasks`` (``include``), which is where torch and Ray come in. Start a worker with::
-
-    celery -A service.celery_app:celery_app worker -Q normsearch.search --pool=solo
+``make_celery(settings)`` builds an app; nothing here builds one at import (settings are read at
+the entry points only): the API's ``create_app``, the worker process (``normsearch worker``, or
+``celery -A worker.main:app worker -Q normsearch.search --pool=solo``) and the tests each build
+their own. The API sends tasks by name (``SEARCH_TASK``) and never imports the worker; only a
+worker process loads ``worker.tasks`` (``include``), which is where torch and Ray come in, and
+whose task registers itself with that process's app by name.
 
 Delivery is at-least-once: a task is acknowledged after it returns (``task_acks_late``) and a
 worker that dies mid-task leaves its message to be redelivered, so tasks must be idempotent (the
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 from celery import Celery
 
-from service.settings import Settings, get_settings
+from service.settings import Settings
 
 SEARCH_TASK = "normsearch.run_search"
 SEARCH_QUEUE = "normsearch.search"
@@ -60,7 +62,8 @@ def broker_transport_options(settings: Settings) -> dict:
 
 
 def make_celery(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` (broker, optional result backend, time limits)."""
+    """A Celery app for ``settings`` (broker, optional result backend, time limits: these hold
+    for the search task, which sets none of its own)."""
     app = Celery("normsearch", include=["worker.tasks"])
     app.conf.update(
         broker_url=settings.broker_url,
@@ -88,6 +91,3 @@ def make_celery(settings: Settings) -> Celery:
         enable_utc=True,
     )
     return app
-
-
-celery_app = make_celery(get_settings())

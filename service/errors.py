@@ -74,3 +74,12 @@ class InvalidInput(ServiceError):
             "field": self.field,
             "errors": [{"field": self.field, "message": self.message}],
         }
+
+
+class BrokerUnavailable(ServiceError):
+    """The task broker refused a job's task after the commit; the job was taken back
+    (``service.unit_of_work``), so nothing is acknowledged that was not queued."""
+
+    status_code = 503
+    code = "broker_unavailable"
+    default_message = "the task broker is unavailable; the job was not queued, try again"

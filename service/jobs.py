@@ -147,36 +147,48 @@ def fail_job(session: Session, *, job_id: str, error: str) -> Job | None:
     return lifecycle.transition(session, job, "failed", message=error)
 
 
-def cancel_job(session: Session, *, job_id: str) -> Job:
-    """Cancel a queued or running job (a running one's worker notices at its next heartbeat and
-    stops the trials). Raises ``NotFound``, or ``InvalidTransition`` when the job is finished."""
+def _locked_job(session: Session, job_id: str) -> Job:
     job = repositories.get_job(session, job_id, for_update=True)
     if job is None:
         raise NotFound(f"job {job_id} does not exist")
+    return job
+
+
+def cancel(session: Session, *, job: Job) -> Job:
+    """Cancel a queued or running ``job``, already loaded and locked by the caller (a running
+    one's worker notices at its next heartbeat and stops the trials). Raises
+    ``InvalidTransition`` when the job is finished."""
     return lifecycle.transition(session, job, "cancelled", message="cancelled by user")
 
 
-def retry_job(session: Session, *, job_id: str) -> Job:
-    """Queue a failed or cancelled job again as a fresh run: ``run + 1`` (a new work directory),
-    ``attempts`` back to 0, its earlier trials (with their ratio history and metrics, by
-    cascade) and artifacts deleted, the error cleared. Raises ``NotFound``, or
-    ``InvalidTransition`` unless the job is failed or cancelled. The caller sends the search
-    task after its commit (``service.dispatch.send_search``)."""
-    job = repositories.get_job(session, job_id, for_update=True)
-    if job is None:
-        raise NotFound(f"job {job_id} does not exist")
+def cancel_job(session: Session, *, job_id: str) -> Job:
+    """``cancel`` the job ``job_id`` (locked here); raises ``NotFound`` when there is none."""
+    return cancel(session, job=_locked_job(session, job_id))
+
+
+def retry(session: Session, *, job: Job) -> Job:
+    """Queue a failed or cancelled ``job`` (loaded and locked by the caller) again as a fresh
+    run: ``run + 1`` (a new work directory), ``attempts`` back to 0, its earlier trials (with
+    their ratio history and metrics, by cascade) and artifacts deleted, the error cleared.
+    Raises ``InvalidTransition`` unless the job is failed or cancelled. Sends nothing: the
+    caller has the search task sent after its commit (``service.unit_of_work``)."""
     if job.status not in ("failed", "cancelled"):  # running -> queued is a requeue, not a retry
         raise InvalidTransition(
-            f"job {job_id} is {job.status}; only a failed or cancelled job can be retried"
+            f"job {job.id} is {job.status}; only a failed or cancelled job can be retried"
         )
     previous_run = job.run or 1
     lifecycle.transition(session, job, "queued", message=f"retried by user: run {previous_run + 1}")
     job.run = previous_run + 1
     job.attempts = 0
-    repositories.delete_run_results(session, job_id=job_id)
+    repositories.delete_run_results(session, job_id=job.id)
     session.flush()
     session.expire(job, ["trials", "artifacts"])
     return job
+
+
+def retry_job(session: Session, *, job_id: str) -> Job:
+    """``retry`` the job ``job_id`` (locked here); raises ``NotFound`` when there is none."""
+    return retry(session, job=_locked_job(session, job_id))
 
 
 def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None = None) -> str | None:

@@ -4,7 +4,8 @@ timeout) and requeues them, or fails them once they have used up their attempts.
 The API process calls ``run_reaper_once`` every ``settings.reaper_interval_s``. Several API
 replicas may do so at once: the stale jobs are locked with ``SELECT ... FOR UPDATE SKIP LOCKED``
 on Postgres, so each is handled by one replica (and a job a worker is starting at that moment is
-skipped, not waited for). The tasks of requeued jobs are sent only after the commit.
+skipped, not waited for). The tasks of requeued jobs are sent only after the commit
+(``service.unit_of_work``).
 
 A requeued run resumes from its work directory (its Ray Tune checkpoints); if the lost worker's
 own message comes back too (Redis redelivers unacknowledged messages after the visibility
@@ -21,9 +22,8 @@ from datetime import datetime, timedelta
 from celery import Celery
 from sqlalchemy.orm import Session
 
-from service import lifecycle, repositories
+from service import lifecycle, repositories, unit_of_work
 from service.db.base import now as utc_now
-from service.dispatch import send_search
 from service.jobs import heartbeat_age_s
 from service.settings import Settings
 from service.vocabulary import JobStatus
@@ -41,7 +41,8 @@ def reap_lost_jobs(
     """Requeue every running job whose heartbeat is older than ``heartbeat_timeout_s`` (event:
     "worker lost: no heartbeat for 130 s; requeued (attempt 2 of 3)"), or fail it (the reason in
     ``jobs.error``) once its attempts reach ``max_attempts``. Returns the ids of the requeued
-    jobs, whose search tasks the caller sends after its commit. Does not commit."""
+    jobs, whose search tasks are recorded on the session to be sent after its commit (in a
+    ``unit_of_work``; a send the broker refuses leaves its job queued). Does not commit."""
     at = now or utc_now()
     stale = repositories.lock_stale_running_jobs(
         session, before=at - timedelta(seconds=heartbeat_timeout_s)
@@ -59,6 +60,7 @@ def reap_lost_jobs(
             message = f"worker lost: {silence}; requeued (attempt {attempts + 1} of {max_attempts})"
             log.warning("job %s: %s", job.id, message)
             lifecycle.transition(session, job, JobStatus.queued, message=message)
+            unit_of_work.send_after_commit(session, job_id=job.id, if_unsent="keep")
             requeued.append(job.id)
     return requeued
 
@@ -66,14 +68,12 @@ def reap_lost_jobs(
 def run_reaper_once(
     session_factory: Callable[[], Session], celery_app: Celery, settings: Settings
 ) -> list[str]:
-    """One pass of the reaper in its own transaction: reap, commit, then send the search task of
-    every requeued job. Returns the requeued job ids."""
-    with session_factory() as session, session.begin():
+    """One pass of the reaper in a unit of work of its own: reap, commit, then send the search
+    task of every requeued job. Returns the requeued job ids."""
+    with unit_of_work.unit_of_work(session_factory, celery_app) as session:
         requeued = reap_lost_jobs(
             session,
             heartbeat_timeout_s=settings.heartbeat_timeout_s,
             max_attempts=settings.max_attempts,
         )
-    for job_id in requeued:
-        send_search(celery_app, job_id)
     return requeued

@@ -1,23 +1,28 @@
-"""Jobs as users see them: submit, look up with ownership, list, delete.
+"""Jobs as users see them: one function per user action (submit, list, get, cancel, retry,
+delete), each checking that the user owns the job, so an HTTP handler only parses, calls and
+presents.
 
-Functions take the ``Session`` first and keyword-only arguments after; none commits (the request
-commits at its edge, then sends the Celery task). Raises ``service.errors`` exceptions, which the
-HTTP edge renders.
+Functions take the ``Session`` first and keyword-only arguments after; none commits and none
+sends: a job to queue is recorded on the session and its task sent after the commit by
+``service.unit_of_work``, which also takes the job back if the broker refuses it. Raises
+``service.errors`` exceptions, which the HTTP edge renders.
 """
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
-from service import lifecycle, paths, repositories
+from service import jobs, paths, repositories, unit_of_work
 from service.db.models import Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
 from service.spec import FILE_DATASETS, JobSpec
 from service.vocabulary import FINISHED_JOB_STATUSES, JobStatus
+
+RETRY_UNSENT_REASON = "retry not queued: the task broker was unavailable"
 
 
 def check_spec_paths(spec: JobSpec, *, data_roots: Sequence[Path]) -> None:
@@ -30,16 +35,19 @@ def check_spec_paths(spec: JobSpec, *, data_roots: Sequence[Path]) -> None:
 def submit_job(
     session: Session,
     *,
-    owner: User,
+    user: User,
     spec: JobSpec,
+    data_roots: Sequence[Path],
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
-    """Queue a job: (the job, whether it was created now). With an ``idempotency_key`` a repeated
-    submission returns the first job (created False); the same key with a different spec is a
-    conflict, not a silent reuse."""
+    """Queue a job for ``user``: (the job, whether it was created now). Its search task is sent
+    after the commit; if the broker refuses it the job is deleted again (``BrokerUnavailable``).
+    With an ``idempotency_key`` a repeated submission returns the first job (created False, no
+    task sent); the same key with a different spec is a conflict, not a silent reuse."""
+    check_spec_paths(spec, data_roots=data_roots)
     payload = spec.model_dump(mode="json")
     job, created = repositories.create_job_once(
-        session, owner_id=owner.id, spec=payload, idempotency_key=idempotency_key
+        session, owner_id=user.id, spec=payload, idempotency_key=idempotency_key
     )
     if idempotency_key is not None and job.spec != payload:
         raise Conflict(
@@ -55,7 +63,71 @@ def submit_job(
             message="submitted",
         )
         session.flush()
+        unit_of_work.send_after_commit(session, job_id=job.id, if_unsent="delete")
     return job, created
+
+
+class JobListing(NamedTuple):
+    items: list[Job]
+    total: int
+
+
+def list_jobs(
+    session: Session,
+    *,
+    user: User,
+    status: Sequence[str] | None = None,
+    sort: str = "-created_at",
+    limit: int = 50,
+    offset: int = 0,
+) -> JobListing:
+    """One page of ``user``'s jobs and how many there are in all (of ``status``, if given);
+    ``sort`` is a key of ``repositories.JOB_SORT_KEYS``, ``-key`` for descending."""
+    rows = repositories.list_jobs(
+        session,
+        owner_id=user.id,
+        status=status,
+        limit=limit,
+        offset=offset,
+        sort=sort.lstrip("-"),
+        newest_first=sort.startswith("-"),
+    )
+    total = repositories.count_jobs(session, owner_id=user.id, status=status)
+    return JobListing(rows, total)
+
+
+def get_job(session: Session, *, user: User, job_id: str) -> Job:
+    """``user``'s job with its events and artifacts (a job page)."""
+    return owned_job(session, job_id=job_id, user=user, with_children=True)
+
+
+def cancel_job(session: Session, *, user: User, job_id: str) -> Job:
+    """Cancel ``user``'s queued or running job (loaded and locked once)."""
+    return jobs.cancel(session, job=owned_job(session, job_id=job_id, user=user, for_update=True))
+
+
+def retry_job(session: Session, *, user: User, job_id: str) -> Job:
+    """Run ``user``'s failed or cancelled job again as a fresh run (``service.jobs.retry``); its
+    search task is sent after the commit, and if the broker refuses it the job ends cancelled
+    with the reason (``BrokerUnavailable``)."""
+    job = owned_job(session, job_id=job_id, user=user, for_update=True)
+    jobs.retry(session, job=job)
+    unit_of_work.send_after_commit(
+        session, job_id=job.id, if_unsent="cancel", reason=RETRY_UNSENT_REASON
+    )
+    return job
+
+
+def delete_job(session: Session, *, user: User, job_id: str, runs_dir: Path) -> None:
+    """Delete ``user``'s finished job with its history; its directory under ``runs_dir`` is
+    removed after the commit. A queued or running job must be cancelled first."""
+    job = owned_job(session, job_id=job_id, user=user, for_update=True)
+    if job.status not in FINISHED_JOB_STATUSES:
+        raise Conflict(f"job {job.id} is {job.status}; cancel it before deleting it")
+    job_dir = job_directory(runs_dir, job.id)
+    repositories.delete_job(session, job)
+    if job_dir is not None:
+        unit_of_work.remove_after_commit(session, job_dir)
 
 
 def owned_job(
@@ -74,28 +146,6 @@ def owned_job(
     if job.owner_id != user.id:
         raise Forbidden(f"job {job_id} belongs to another user")
     return job
-
-
-def delete_job(session: Session, *, job: Job, runs_dir: Path) -> Path | None:
-    """Delete a finished job with its history; returns its directory under ``runs_dir`` for the
-    caller to remove after the commit. A queued or running job must be cancelled first."""
-    if job.status not in FINISHED_JOB_STATUSES:
-        raise Conflict(f"job {job.id} is {job.status}; cancel it before deleting it")
-    job_dir = job_directory(runs_dir, job.id)
-    repositories.delete_job(session, job)
-    return job_dir
-
-
-def remove_job_files(job_dir: Path | None) -> None:
-    if job_dir is not None and job_dir.is_dir():
-        shutil.rmtree(job_dir, ignore_errors=True)
-
-
-def abandon_queued(session: Session, *, job_id: str, reason: str) -> None:
-    """Take back a queued job whose task could not be sent (it ends cancelled, with why)."""
-    job = repositories.get_job(session, job_id, for_update=True)
-    if job is not None and job.status == JobStatus.queued:
-        lifecycle.transition(session, job, JobStatus.cancelled, message=reason)
 
 
 def job_directory(runs_dir: Path, job_id: str) -> Path | None:

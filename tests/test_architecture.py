@@ -12,6 +12,7 @@ so a lazy import cannot hide a dependency that a module-level one would show.
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -213,3 +214,54 @@ def test_service_imports_no_training_stack_and_no_upper_layer():
         imported = top_level_imports(path, module_level_only=False)
         assert not imported & forbidden, f"{path.relative_to(ROOT)} imports {imported & forbidden}"
         assert not sn_core_imports_beyond_vocabulary(path), path
+
+
+# Counts every Celery app the process builds (even one garbage-collected since).
+_COUNT_CELERY_APPS = """
+import celery
+built = []
+_init = celery.Celery.__init__
+def _counting(self, *args, **kwargs):
+    built.append(1)
+    _init(self, *args, **kwargs)
+celery.Celery.__init__ = _counting
+"""
+
+
+def run_python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter on this checkout; its stdout, stripped."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_importing_the_api_builds_no_celery_app_until_create_app():
+    code = _COUNT_CELERY_APPS + (
+        "import api.app, api.deps, api.routes.jobs, service.reaper, service.unit_of_work\n"
+        "print(len(built))\n"
+        "from service.settings import Settings\n"
+        "api.app.create_app(Settings(database_url='sqlite://', broker_url='memory://'))\n"
+        "print(len(built))\n"
+    )
+    assert run_python(code).split() == ["0", "1"]
+
+
+def test_the_celery_modules_read_no_settings_at_import():
+    """With a setting that cannot be parsed in the environment, importing the Celery app module
+    and the worker's tasks still works (and builds no app): they read no settings."""
+    code = _COUNT_CELERY_APPS + (
+        "import service.celery_app, service.dispatch, worker.tasks\n"
+        "print(len(built))\n"
+        "from service.settings import Settings\n"
+        "try:\n"
+        "    Settings()\n"
+        "except ValueError:\n"
+        "    print('unreadable')\n"
+    )
+    assert run_python(code, NORMSEARCH_TASK_TIME_LIMIT_S="not-a-number").split() == [
+        "0",
+        "unreadable",
+    ]

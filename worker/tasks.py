@@ -11,6 +11,11 @@ A cancelled job (or one taken from this worker by the reaper) is noticed by the 
 stops the trials; the task then returns and leaves the job as it is (no failure, no artifacts).
 A retry runs in a fresh ``run-<run+1>`` directory; a requeued or redelivered message of the same
 run resumes from the run's Ray Tune checkpoints.
+
+The task is a ``shared_task``: it registers itself, by name (``SEARCH_TASK``), with the app the
+worker process built (``worker.main``, ``normsearch worker``) when that app loads this module
+(``include``); nothing here builds an app or reads settings at import. Its time limits are the
+app's (``service.celery_app.make_celery``).
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 
+from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
 import sn_core
 from service import jobs
-from service.celery_app import SEARCH_TASK, celery_app, soft_time_limit
+from service.celery_app import SEARCH_TASK
 from service.db import make_engine, make_session_factory
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
@@ -35,8 +41,6 @@ from .heartbeat import Heartbeat
 from .job import epoch_budget, run_job, write_job_report
 
 log = logging.getLogger(__name__)
-
-_settings = get_settings()
 
 
 @lru_cache(maxsize=1)
@@ -51,13 +55,7 @@ def run_dir(settings: Settings, job_id: str, run: int) -> Path:
     return settings.runs_dir.resolve() / job_id / f"run-{run}"
 
 
-@celery_app.task(
-    name=SEARCH_TASK,
-    bind=True,
-    acks_late=True,
-    time_limit=_settings.task_time_limit_s,
-    soft_time_limit=soft_time_limit(_settings),
-)
+@shared_task(name=SEARCH_TASK, bind=True, acks_late=True)
 def run_search(self, job_id: str) -> None:
     settings = get_settings()
     factory = session_factory()

@@ -1,25 +1,24 @@
-"""Jobs: submit, list, read, cancel, retry, delete.
+"""Jobs: submit, list, read, cancel, retry, delete. Each handler parses the request, calls the
+user action in ``service.submissions`` and presents the result; the request's unit of work
+(``api.deps.get_session``) commits and then sends the tasks the action queued.
 
-A submission commits the queued job first and sends the Celery task after the commit, so a worker
-never looks for a job it cannot see; if the broker refuses the task, the job is removed again and
-the client gets 503 (nothing is acknowledged that was not queued).
+A submission is committed before its Celery task is sent, so a worker never looks for a job it
+cannot see; if the broker refuses the task, the job is removed again and the client gets 503
+(nothing is acknowledged that was not queued). A retry the broker refuses ends cancelled, with
+the reason, and answers 503 too.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
-from api.deps import CeleryDep, CurrentUser, JsonBody, SessionDep, SettingsDep
+from api.deps import CurrentUser, JsonBody, SessionDep, SettingsDep
 from api.presenters import job_detail, job_summary
 from api.schemas import ErrorBody, JobDetail, JobPage, JobStatus
-from service import dispatch, jobs, repositories, submissions
-from service.errors import ServiceError
+from service import submissions
 from service.spec import JobSpec
-
-log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -35,23 +34,6 @@ SortKey = Literal[
     "created_at", "-created_at", "updated_at", "-updated_at", "status", "-status", "progress",
     "-progress",
 ]  # fmt: skip
-
-
-class BrokerUnavailable(ServiceError):
-    status_code = 503
-    code = "broker_unavailable"
-    default_message = "the task broker is unavailable; the job was not queued, try again"
-
-
-def _send_or_undo(celery, session, job_id: str, *, undo) -> None:
-    """Send the job's task (after the commit); on failure run ``undo`` and answer 503."""
-    try:
-        dispatch.send_search(celery, job_id)
-    except Exception as error:  # kombu raises a variety of connection errors
-        log.error("job %s: could not send the search task: %s", job_id, error)
-        undo()
-        session.commit()
-        raise BrokerUnavailable() from None
 
 
 @router.post(
@@ -76,7 +58,6 @@ def submit_job(
     _json: JsonBody,
     session: SessionDep,
     settings: SettingsDep,
-    celery: CeleryDep,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -87,19 +68,15 @@ def submit_job(
         ),
     ] = None,
 ) -> JobDetail:
-    submissions.check_spec_paths(spec, data_roots=settings.resolved_data_roots())
     job, created = submissions.submit_job(
-        session, owner=user, spec=spec, idempotency_key=idempotency_key
+        session,
+        user=user,
+        spec=spec,
+        data_roots=settings.resolved_data_roots(),
+        idempotency_key=idempotency_key,
     )
-    session.commit()
     if created:
-        job_id = job.id
-
-        def undo() -> None:
-            repositories.delete_job(session, repositories.get_job(session, job_id))
-
-        _send_or_undo(celery, session, job_id, undo=undo)
-        response.headers["Location"] = str(request.url_for("get_job", job_id=job_id))
+        response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
     else:
         response.status_code = status.HTTP_200_OK
     return job_detail(job, request)
@@ -116,24 +93,16 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobPage:
-    key = sort.lstrip("-")
-    rows = repositories.list_jobs(
-        session,
-        owner_id=user.id,
-        status=status_filter,
-        limit=limit,
-        offset=offset,
-        sort=key,
-        newest_first=sort.startswith("-"),
+    page = submissions.list_jobs(
+        session, user=user, status=status_filter, sort=sort, limit=limit, offset=offset
     )
-    total = repositories.count_jobs(session, owner_id=user.id, status=status_filter)
-    return JobPage(items=[job_summary(j) for j in rows], total=total, limit=limit, offset=offset)
+    items = [job_summary(job) for job in page.items]
+    return JobPage(items=items, total=page.total, limit=limit, offset=offset)
 
 
 @router.get("/{job_id}", response_model=JobDetail, responses=JOB_RESPONSES, summary="Get a job")
 def get_job(job_id: JobId, request: Request, user: CurrentUser, session: SessionDep) -> JobDetail:
-    job = submissions.owned_job(session, job_id=job_id, user=user, with_children=True)
-    return job_detail(job, request)
+    return job_detail(submissions.get_job(session, user=user, job_id=job_id), request)
 
 
 @router.post(
@@ -145,10 +114,7 @@ def get_job(job_id: JobId, request: Request, user: CurrentUser, session: Session
 def cancel_job(
     job_id: JobId, request: Request, user: CurrentUser, session: SessionDep
 ) -> JobDetail:
-    submissions.owned_job(session, job_id=job_id, user=user, for_update=True)
-    job = jobs.cancel_job(session, job_id=job_id)
-    session.commit()
-    return job_detail(job, request)
+    return job_detail(submissions.cancel_job(session, user=user, job_id=job_id), request)
 
 
 @router.post(
@@ -157,19 +123,8 @@ def cancel_job(
     responses={**JOB_RESPONSES, **_CONFLICT, 503: {"model": ErrorBody}},
     summary="Run a failed or cancelled job again, from the start",
 )
-def retry_job(
-    job_id: JobId, request: Request, user: CurrentUser, session: SessionDep, celery: CeleryDep
-) -> JobDetail:
-    submissions.owned_job(session, job_id=job_id, user=user, for_update=True)
-    job = jobs.retry_job(session, job_id=job_id)
-    session.commit()
-
-    def undo() -> None:
-        reason = "retry not queued: the task broker was unavailable"
-        submissions.abandon_queued(session, job_id=job_id, reason=reason)
-
-    _send_or_undo(celery, session, job_id, undo=undo)
-    return job_detail(job, request)
+def retry_job(job_id: JobId, request: Request, user: CurrentUser, session: SessionDep) -> JobDetail:
+    return job_detail(submissions.retry_job(session, user=user, job_id=job_id), request)
 
 
 @router.delete(
@@ -179,8 +134,5 @@ def retry_job(
     summary="Delete a finished job with its history and files",
 )
 def delete_job(job_id: JobId, user: CurrentUser, session: SessionDep, settings: SettingsDep):
-    job = submissions.owned_job(session, job_id=job_id, user=user, for_update=True)
-    job_dir = submissions.delete_job(session, job=job, runs_dir=settings.runs_dir)
-    session.commit()
-    submissions.remove_job_files(job_dir)
+    submissions.delete_job(session, user=user, job_id=job_id, runs_dir=settings.runs_dir)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

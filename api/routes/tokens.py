@@ -38,7 +38,6 @@ def create_token(
 ) -> TokenCreated:
     """A new token for the caller (e.g. one per machine or CI job)."""
     raw, token = auth.create_token(session, user=user, name=body.name)
-    session.commit()
     return TokenCreated(**TokenOut.model_validate(token).model_dump(), token=raw)
 
 
@@ -51,5 +50,4 @@ def revoke_token(
     token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], user: CurrentUser, session: SessionDep
 ):
     auth.revoke_token(session, user_id=user.id, token_id=token_id)
-    session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -159,6 +159,48 @@ def test_idempotency_key_returns_the_first_job(api_client, alice, api_broker):
     queue.close()
 
 
+@pytest.fixture(scope="module")
+def broker_down_client(api_settings):
+    """The same app on the same database, with a broker nothing listens at."""
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    down = api_settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(down, run_reaper=False)) as client:
+        yield client
+
+
+def test_a_submission_the_broker_refuses_is_503_and_leaves_no_job(
+    broker_down_client, alice, factory
+):
+    with factory() as session:
+        before = session.query(Job).count()
+    headers = {**alice, "Idempotency-Key": "refused-by-the-broker"}
+    refused = submit(broker_down_client, headers)
+    assert refused.status_code == 503, refused.text
+    assert refused.json()["code"] == "broker_unavailable"
+    assert "location" not in refused.headers
+    with factory() as session:
+        assert session.query(Job).count() == before
+        assert session.query(Job).filter_by(idempotency_key="refused-by-the-broker").count() == 0
+
+
+def test_a_retry_the_broker_refuses_is_503_and_ends_cancelled_with_the_reason(
+    api_client, broker_down_client, alice, factory
+):
+    job_id = submit(api_client, alice).json()["id"]
+    api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+    refused = broker_down_client.post(f"{API}/jobs/{job_id}/retry", headers=alice)
+    assert refused.status_code == 503 and refused.json()["code"] == "broker_unavailable"
+    job = api_client.get(f"{API}/jobs/{job_id}", headers=alice).json()
+    assert (job["status"], job["run"], job["error"]) == ("cancelled", 2, None)
+    assert [(e["from_status"], e["to_status"], e["message"]) for e in job["events"][-2:]] == [
+        ("cancelled", "queued", "retried by user: run 2"),
+        ("queued", "cancelled", "retry not queued: the task broker was unavailable"),
+    ]
+
+
 @pytest.mark.parametrize(
     ("spec", "field"),
     [

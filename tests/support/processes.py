@@ -124,7 +124,7 @@ def start_worker(
     test with the worker's log if it does not)."""
     hostname = f"test-{uuid.uuid4().hex[:8]}@localhost"
     command = [
-        sys.executable, "-m", "celery", "-A", "service.celery_app:celery_app", "worker",
+        sys.executable, "-m", "celery", "-A", "worker.main:app", "worker",
         "--pool=solo", "--concurrency=1", "-Q", SEARCH_QUEUE, "--loglevel=INFO",
         "--hostname", hostname, "--without-gossip", "--without-mingle",
     ]  # fmt: skip

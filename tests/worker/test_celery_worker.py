@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -183,3 +185,23 @@ def test_dataset_outside_the_data_roots_fails_the_job_once(worker):
         assert repositories.get_job(session, job_id).status == "failed"
         assert repositories.list_trials(session, job_id=job_id) == []
     assert redis.Redis.from_url(BROKER_URL).llen(SEARCH_QUEUE) == 0
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        "from worker.main import app",  # celery -A worker.main:app worker
+        "from service.celery_app import make_celery\n"  # normsearch worker
+        "from service.settings import get_settings\n"
+        "app = make_celery(get_settings())",
+    ],
+    ids=["celery-cli", "normsearch-worker"],
+)
+def test_the_worker_entry_points_find_the_search_task_by_name(build):
+    """A worker process's app, built from settings at its entry point, registers the search
+    task by name once it loads its modules (as a starting worker does)."""
+    code = f"{build}\napp.loader.import_default_modules()\nprint({SEARCH_TASK!r} in app.tasks)\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
