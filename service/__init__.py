@@ -1,5 +1,6 @@
 """What the API and the worker share: settings, the database, repositories, the job spec, the
-job lifecycle and its business rules, and the Celery app definition.
+job lifecycle and its business rules, and the Celery app factory.
 
-No torch, Ray, ``sn_core``, ``worker`` or ``api`` imports, so the API process stays light.
+No torch, Ray, ``worker`` or ``api`` imports, and of ``sn_core`` only its torch-free
+``sn_core.vocabulary``, so the API process stays light.
 """
