@@ -242,6 +242,7 @@ def test_up_serves_consumes_from_the_sqlite_broker_and_stops_cleanly(tmp_path):
     assert compact_sqlite_broker(runs / BROKER_FILE) == 1
 
 
+@pytest.mark.e2e  # the whole embedded stack and a real search
 def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
     """What `make demo` does, with a tiny search: up, token, submit over HTTP, follow, print the
     recommendation and the address, stop (--exit-when-done)."""
