@@ -12,13 +12,14 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import redis
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from service.db.migrate import upgrade
 from service.db.scratch import DatabaseUnavailable, scratch_database
 from service.db.session import make_engine
-from tests.support.processes import flushed_redis
+from tests.support.processes import BROKER_URL, flushed_redis
 
 # The server's maintenance database; override for another server (CI service containers).
 ADMIN_URL = os.environ.get(
@@ -129,3 +130,12 @@ def api_client(api_settings):
 
     with TestClient(create_app(api_settings, run_reaper=False)) as client:
         yield client
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    """A client of the test broker's Redis database, flushed before and after the test."""
+    for url in flushed_redis(BROKER_URL):
+        client = redis.Redis.from_url(url)
+        yield client
+        client.close()

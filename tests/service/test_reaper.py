@@ -6,12 +6,8 @@ other states are left alone; on Postgres a job locked by another transaction is 
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
-import redis
 from sqlalchemy.orm import Session
 from test_jobs_service import make_job, running_job, transitions
 
@@ -20,10 +16,9 @@ from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
 from service.db import make_engine, make_session_factory
 from service.reaper import reap_lost_jobs, run_reaper_once
 from service.settings import Settings
-from tests.support.processes import flushed_redis
+from tests.support.processes import BROKER_URL
 
 TIMEOUT_S = 120.0
-BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 
 
 def reap(session: Session, **kwargs) -> list[str]:
@@ -88,14 +83,6 @@ def test_postgres_skips_jobs_locked_by_another_transaction(module_postgres_url):
             assert repositories.get_job(session, job_id).status == "queued"
     finally:
         engine.dispose()
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    for url in flushed_redis(BROKER_URL):
-        client = redis.Redis.from_url(url)
-        yield client
-        client.close()
 
 
 def test_run_reaper_once_commits_then_sends_the_tasks(sqlite_url, broker):

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-from collections.abc import Iterator
 
 import pytest
 import redis
@@ -28,9 +27,8 @@ from service.settings import Settings
 from service.spec import JobSpec
 from service.unit_of_work import PendingSend
 from tests.support.api import tiny_spec
-from tests.support.processes import flushed_redis
+from tests.support.processes import BROKER_URL
 
-BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 DOWN_BROKER_URL = "redis://127.0.0.1:1/0"  # nothing listens there: every send is refused
 
 
@@ -43,14 +41,6 @@ def factory(request):
     engine = make_engine(url)
     yield make_session_factory(engine)
     engine.dispose()
-
-
-@pytest.fixture
-def broker() -> Iterator[redis.Redis]:
-    for url in flushed_redis(BROKER_URL):
-        client = redis.Redis.from_url(url)
-        yield client
-        client.close()
 
 
 @pytest.fixture

@@ -25,6 +25,8 @@ from celery import Celery
 
 from service.celery_app import SEARCH_QUEUE
 
+# The Redis database the broker tests flush and use (override to run suites side by side).
+BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 60

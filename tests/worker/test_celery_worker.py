@@ -27,12 +27,11 @@ from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, RatioSnapshot, User
 from service.settings import Settings
 from tests.support.api import tiny_spec
-from tests.support.processes import flushed_redis, start_worker, tail, worker_env
+from tests.support.processes import BROKER_URL, flushed_redis, start_worker, tail, worker_env
 
 # End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
 pytestmark = pytest.mark.e2e
 
-BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 JOB_TIMEOUT_S = 180
 EPOCHS = 2
 

@@ -16,7 +16,6 @@ and Postgres unreachable are failures, never skips.
 from __future__ import annotations
 
 import csv
-import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,12 +33,17 @@ from service.dispatch import send_search
 from service.reaper import run_reaper_once
 from service.settings import Settings
 from tests.support.api import tiny_spec
-from tests.support.processes import WorkerProcess, flushed_redis, start_worker, worker_env
+from tests.support.processes import (
+    BROKER_URL,
+    WorkerProcess,
+    flushed_redis,
+    start_worker,
+    worker_env,
+)
 
 # End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
 pytestmark = pytest.mark.e2e
 
-BROKER_URL = os.environ.get("NORMSEARCH_TEST_BROKER_URL", "redis://127.0.0.1:6379/9")
 EPOCHS = 4
 HEARTBEAT_INTERVAL_S = 1.0
 HEARTBEAT_TIMEOUT_S = 5.0
