@@ -26,6 +26,16 @@ SN_CORE_LAZY = {"safetensors", "yaml"}
 SN_CORE_SHARED = "sn_core.vocabulary"
 
 
+def run_python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter on this checkout; its stdout, stripped."""
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 def top_level_imports(path: Path, *, module_level_only: bool) -> set[str]:
     tree = ast.parse(path.read_text())
     nodes = tree.body if module_level_only else list(ast.walk(tree))
@@ -52,8 +62,7 @@ def test_importing_sn_core_loads_no_other_layer_or_optional_format_library():
         "import sys, sn_core; bad = {'service', 'worker', 'api', 'yaml', 'safetensors', "
         "'sklearn'} & {m.split('.')[0] for m in sys.modules}; print(sorted(bad))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    assert run_python(code) == "[]"
 
 
 def test_api_never_imports_worker_or_cli_at_any_depth():
@@ -125,10 +134,7 @@ def test_importing_the_service_and_the_api_loads_no_torch():
         "bad = {'torch', 'numpy', 'ray', 'worker', 'cli'} & {m.split('.')[0] for m in sys.modules};"
         " print(sorted(bad))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
-    )
-    assert out.stdout.strip() == "[]", out.stdout
+    assert run_python(code) == "[]"
 
 
 def test_sn_core_names_resolve_lazily_and_keep_their_meaning():
@@ -146,10 +152,7 @@ def test_sn_core_names_resolve_lazily_and_keep_their_meaning():
         "assert sn_core.NORMALIZERS is sn_core.vocabulary.NORMALIZERS; "
         "assert not hasattr(sn_core, 'no_such_name'); print('ok')"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=False, cwd=ROOT
-    )
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert run_python(code) == "ok"
 
 
 def test_the_python_client_depends_only_on_the_wire_schemas():
@@ -226,16 +229,6 @@ def _counting(self, *args, **kwargs):
     _init(self, *args, **kwargs)
 celery.Celery.__init__ = _counting
 """
-
-
-def run_python(code: str, **env: str) -> str:
-    """Run ``code`` in a fresh interpreter on this checkout; its stdout, stripped."""
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), **env}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=environment, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
 
 
 def test_importing_the_api_builds_no_celery_app_until_create_app():
