@@ -34,6 +34,7 @@ from service.db.models import (
 )
 from service.vocabulary import JobStatus
 from sn_core.vocabulary import NORMALIZERS
+from tests.support.factories import make_user
 
 TABLES = {
     "users",
@@ -52,14 +53,7 @@ STEPS = (100, 200)
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
-# Factories: plain functions that add and flush.
-
-
-def make_user(session: Session, name: str = "alice") -> User:
-    user = User(name=name)
-    session.add(user)
-    session.flush()
-    return user
+# Factories (make_user is shared: tests/support/factories.py): plain functions that add and flush.
 
 
 def make_job(session: Session, owner: User, **fields) -> Job:

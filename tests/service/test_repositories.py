@@ -15,15 +15,9 @@ from service.errors import Conflict, InvalidTransition, NotFound, ServiceError
 from service.lifecycle import TRANSITIONS, transition
 from service.vocabulary import JobStatus
 from tests.support.api import snapshot_row
+from tests.support.factories import make_user
 
 SPEC = {"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}}
-
-
-def make_user(session: Session, name: str = "alice") -> User:
-    user = User(name=name)
-    session.add(user)
-    session.flush()
-    return user
 
 
 def make_job(session: Session, owner: User, **fields) -> Job:
