@@ -21,6 +21,7 @@ from cli.render import (
     console,
     ratio_table,
     recommendation_table,
+    verdict_lines,
     verification_table,
 )
 from cli.specfile import load_spec_file
@@ -118,6 +119,8 @@ def run(
         raise typer.Exit(code=2) from None
     files = write_job_report(result, out, extra={"wall_seconds": time.perf_counter() - started})
     console.print()
+    for line in verdict_lines(result.verification):
+        console.print(line)
     console.print(recommendation_table(result.recommendation))
     if result.recommendation.by_batch_size:
         console.print(batch_size_table(result.recommendation.by_batch_size))

@@ -83,18 +83,40 @@ def batch_size_table(by_batch_size: dict) -> Table:
 
 
 def verification_table(verification: dict) -> Table:
+    metric = verification.get("metric", "final-epoch validation accuracy")
     table = Table(
         title=f"Verification: {verification['epochs']} epochs, batch {verification['batch_size']}, "
-        f"seeds {verification['seeds']}"
+        f"seeds {verification['seeds']} ({metric})"
     )
-    for column in ("model", "val accuracy", "std"):
+    for column in ("model", "val accuracy", "std", "seeds"):
         table.add_column(column)
     for row in verification["results"].values():
-        accuracy = row["val_accuracy"]
+        accuracy, std = row["val_accuracy"], row.get("std")
         table.add_row(
-            row["label"], "-" if accuracy is None else f"{accuracy:.3f}", f"{row['std']:.3f}"
+            row["label"],
+            "-" if accuracy is None else f"{accuracy:.3f}",
+            # one seed has no spread to show (reports before the verdict wrote 0.0 there)
+            "-" if std is None or row.get("n", len(row.get("per_seed", []))) < 2 else f"{std:.3f}",
+            str(row.get("n", len(row.get("per_seed", [])))),
         )
     return table
+
+
+def verdict_lines(verification: dict | None) -> list[str]:
+    """The verdict in plain words and the plan's paired differences (points, 95% CI); empty for
+    a report without a verdict."""
+    decided = (verification or {}).get("verdict")
+    if not decided:
+        return []
+    lines = [f"[bold]verdict[/bold]: {escape(decided['text'])}"]
+    for comparison in decided.get("comparisons", []):
+        low, high = comparison.get("ci_low_points"), comparison.get("ci_high_points")
+        interval = "no interval (1 seed)" if low is None else f"95% CI {low:+.1f} to {high:+.1f}"
+        lines.append(
+            f"  plan - all-{comparison['baseline'].upper()}: "
+            f"{comparison['mean_points']:+.1f} points ({interval}, {comparison['n']} seed(s))"
+        )
+    return lines
 
 
 def when_text(value: datetime | None, *, seconds: bool = True) -> str:
@@ -214,6 +236,8 @@ def recommendation_table_from_report(report: dict[str, Any]) -> Table | None:
 
 
 def print_report(report: dict[str, Any]) -> None:
+    for line in verdict_lines(report.get("verification")):
+        console.print(line)
     table = recommendation_table_from_report(report)
     if table is None:
         console.print("the report holds no recommendation")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import statistics
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from .report import write_report
 from .results import TrialOutcome
 from .search import ensure_ray, run_trials, trial_grid
 from .trainable import load_checkpoint_state
+from .verdict import ConfigStats, verdict
 
 log = logging.getLogger(__name__)
 SPEC_FILE = "spec.json"
@@ -238,7 +238,8 @@ def verify(
     stop_event: threading.Event | None = None,
 ) -> dict[str, Any]:
     """Train the recommended plan and the baselines from scratch with the same budget and seeds;
-    report their validation accuracies beside the SN model's."""
+    report their final-epoch validation accuracies beside the SN model's, and the verdict
+    (``worker.verdict``: paired by seed, which configuration to use)."""
     seeds = spec.search.trials.seeds
     batch = spec.target_batch_size
     variants = [PLAN_VARIANT, *spec.verify.baselines]
@@ -256,31 +257,54 @@ def verify(
         use_scheduler=False,
         stop_event=stop_event,
     )
-    by_variant: dict[str, list[float]] = {v: [] for v in variants}
+    lr = grid[0]["lr"] if grid else spec.lrs[0]
+    accuracies: dict[str, dict[int, float]] = {v: {} for v in variants}
     for outcome in run.outcomes:
         if outcome.val_accuracy is not None and outcome.status == "TERMINATED":
-            by_variant[outcome.variant].append(outcome.val_accuracy)
-    sn_accuracies = [
-        o.val_accuracy
+            accuracies[outcome.variant][outcome.seed] = outcome.val_accuracy
+    # The SN model of each seed: its search trial at the verification's batch size and lr.
+    accuracies[SN_VARIANT] = {
+        o.seed: o.val_accuracy
         for o in outcomes
-        if o.batch_size == batch and o.status == "TERMINATED" and o.val_accuracy is not None
-    ]
-    rows = {"sn": _accuracy_row(sn_accuracies, "SN model (search, annealed)")}
-    for variant in variants:
-        label = "recommended plan" if variant == PLAN_VARIANT else f"all-{variant.upper()}"
-        rows[variant] = _accuracy_row(by_variant[variant], label)
+        if o.batch_size == batch
+        and o.lr == lr
+        and o.status == "TERMINATED"
+        and o.val_accuracy is not None
+    }
+    decided = verdict(accuracies)
+    rows = {}
+    for variant in (SN_VARIANT, *variants):
+        label = VERIFICATION_LABELS.get(variant, f"all-{variant.upper()} (from scratch)")
+        rows[variant] = _accuracy_row(decided.configs.get(variant), label)
     return {
         "epochs": spec.verify_epochs,
         "batch_size": batch,
+        "lr": lr,
         "seeds": list(seeds),
+        "metric": "final-epoch validation accuracy: mean and sample std over seeds",
         "results": rows,
+        "verdict": decided.to_dict(),
     }
 
 
-def _accuracy_row(values: list[float], label: str) -> dict[str, Any]:
+# Row labels of the verification table: what each row is and how it was trained.
+VERIFICATION_LABELS = {
+    SN_VARIANT: "SN model (the search's own trial, annealed)",
+    PLAN_VARIANT: "recommended plan (from scratch)",
+}
+
+
+def _accuracy_row(stats: ConfigStats | None, label: str) -> dict[str, Any]:
+    """One verification row: mean, sample std (None below 2 seeds) and the per-seed values in
+    seed order, for the CLI, the report and the UI."""
+    if stats is None:
+        return {"label": label, "val_accuracy": None, "std": None, "n": 0, "per_seed": []}
+    seeds = sorted(stats.per_seed)
     return {
         "label": label,
-        "val_accuracy": statistics.fmean(values) if values else None,
-        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-        "per_seed": values,
+        "val_accuracy": stats.mean,
+        "std": stats.std,
+        "n": stats.n,
+        "seeds": seeds,
+        "per_seed": [stats.per_seed[seed] for seed in seeds],
     }

@@ -65,3 +65,31 @@ def test_batch_size_table_lists_each_batch_size_in_order():
     text = console.export_text()
     assert text.index(" 4 ") < text.index(" 64 ")
     assert "0.90" in text and "0.70" in text
+
+
+def test_verification_shows_the_verdict_first_and_no_std_for_one_seed():
+    from rich.console import Console
+
+    from cli.render import verdict_lines, verification_table
+    from worker.verdict import verdict
+
+    decided = verdict({"plan": {0: 0.90, 1: 0.92, 2: 0.91}, "bn": {0: 0.60, 1: 0.62, 2: 0.61}})
+    verification = {
+        "epochs": 2,
+        "batch_size": 8,
+        "seeds": [0, 1, 2],
+        "results": {
+            "plan": {"label": "plan", "val_accuracy": 0.91, "std": 0.01, "n": 3},
+            "gn": {"label": "all-GN", "val_accuracy": 0.5, "std": None, "n": 1},
+        },
+        "verdict": decided.to_dict(),
+    }
+    lines = verdict_lines(verification)
+    assert lines[0].endswith(decided.text) and decided.chosen == "plan"
+    assert "plan - all-BN: +30.0 points (95% CI" in lines[1] and "3 seed(s)" in lines[1]
+    assert verdict_lines({"results": {}}) == [] and verdict_lines(None) == []
+    console = Console(width=200, record=True)
+    console.print(verification_table(verification))
+    text = console.export_text()
+    gn_row = next(line for line in text.splitlines() if "all-GN" in line)
+    assert "0.500" in gn_row and "0.0" not in gn_row.replace("0.500", "")  # no std for 1 seed

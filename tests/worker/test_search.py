@@ -88,6 +88,14 @@ def test_digits_search_end_to_end_writes_every_output(tmp_path):
     assert report["verification"]["results"]["plan"]["val_accuracy"] is not None
     assert report["verification"]["results"]["bn"]["val_accuracy"] is not None
     assert report["verification"]["results"]["sn"]["val_accuracy"] is not None
+    # The verdict pairs the configurations on the seeds every one of them finished.
+    decided = report["verification"]["verdict"]
+    verification_seeds = report["verification"]["seeds"]
+    assert decided["chosen"] in {"plan", *spec.verify.baselines} and decided["text"]
+    assert decided["seeds"] == verification_seeds
+    for row in report["verification"]["results"].values():
+        assert row["seeds"] == verification_seeds and row["n"] == len(verification_seeds)
+    assert {c["baseline"] for c in decided["comparisons"]} == set(spec.verify.baselines)
     rows = files["ratios_csv"].read_text().strip().splitlines()
     assert len(rows) - 1 >= 2 * 3 * len(layers)  # trials x epochs x layers (plus verification)
     assert files["ratios_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -32,6 +32,7 @@ export function jobPageHtml(jobId) {
           data-download="checkpoint" hidden>Checkpoint (zip)</button>
         <span class="muted" id="artifact-info"></span>
       </div>
+      <p class="verdict" id="verdict" data-testid="verdict" hidden></p>
     </section>
     <div class="grid-2">
       <section class="card">
@@ -100,8 +101,8 @@ export function jobPageHtml(jobId) {
       <h2>Verification</h2>
       <p class="muted" id="verification-info"></p>
       <table class="table" data-testid="verification-table">
-        <thead><tr><th>Model</th><th>Key</th><th class="num">Val. accuracy</th>
-          <th class="num">Std</th><th class="num">Seeds</th></tr></thead>
+        <thead><tr><th>Model</th><th>Key</th><th class="num">Final-epoch val. accuracy (mean)</th>
+          <th class="num">Std (over seeds)</th><th class="num">Seeds</th></tr></thead>
         <tbody id="verification-body"></tbody>
       </table>
     </section>

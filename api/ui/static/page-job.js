@@ -349,8 +349,10 @@ export function render(root, [jobId]) {
   }
 
   function drawReport(report) {
-    const { recommendationInfo, recommendationRows, verificationInfo, verificationRows } =
-      reportHtml(report);
+    const { verdictText, recommendationInfo, recommendationRows, verificationInfo,
+      verificationRows } = reportHtml(report);
+    $("#verdict").textContent = verdictText;
+    $("#verdict").hidden = !verdictText;
     $("#recommendation-info").textContent = recommendationInfo;
     $("#recommendation-body").innerHTML = recommendationRows;
     $("#verification-info").textContent = verificationInfo;

@@ -28,10 +28,17 @@ function verificationRow([key, row], best) {
     <td>${esc(row.label)}</td><td class="mono">${esc(key)}</td>
     <td class="num">${acc === null || acc === undefined ? "–" : fmtPct(acc, 2)}</td>
     <td class="num">${row.std === null || row.std === undefined ? "–" : fmtPct(row.std, 2)}</td>
-    <td class="num">${(row.per_seed || []).length}</td></tr>`;
+    <td class="num">${(row.seeds || []).join(", ") || (row.per_seed || []).length}</td></tr>`;
 }
 
-/** {recommendationInfo, recommendationRows, verificationInfo, verificationRows} (text, HTML). */
+/** The verification's verdict in plain words ("" for a report without one). */
+export function verdictText(report) {
+  const verdict = report.verification?.verdict;
+  return verdict?.text ? `Verdict: ${verdict.text}` : "";
+}
+
+/** {verdictText, recommendationInfo, recommendationRows, verificationInfo, verificationRows}
+ * (text, HTML). */
 export function reportHtml(report) {
   const rec = report.recommendation || {};
   const layers = rec.plan?.layers || [];
@@ -39,13 +46,16 @@ export function reportHtml(report) {
   const results = Object.entries(verification?.results || {});
   const best = Math.max(...results.map(([, r]) => r.val_accuracy ?? -1));
   return {
+    verdictText: verdictText(report),
     recommendationInfo: `${layers.length} layers · target batch size ${
       rec.target_batch_size ?? "–"} · from ${(rec.trial_ids || []).length} trial(s)`,
     recommendationRows: layers.map((layer, i) => recommendationRow(layer, i, rec.torch_layers))
       .join(""),
     verificationInfo: verification
-      ? `Trained from scratch: ${verification.epochs} epochs, batch size ${
-        verification.batch_size}, seeds ${(verification.seeds || []).join(", ")}.`
+      ? `The recommended plan and the uniform baselines trained from scratch: ${
+        verification.epochs} epochs, batch size ${verification.batch_size}, seeds ${
+        (verification.seeds || []).join(", ")}; the SN row is the search's own annealed trial. ${
+        verification.metric ? `Accuracy: ${verification.metric}.` : ""}`
       : "No verification was run for this job.",
     verificationRows: results.map((entry) => verificationRow(entry, best)).join(""),
   };
