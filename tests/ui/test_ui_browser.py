@@ -282,6 +282,9 @@ def test_job_from_template_runs_live_and_shows_its_results(digits_job, api, tmp_
     assert shown == written and sorted(shown) == sorted(layers), shown
     expect(page.get_by_test_id("verification-table")).to_be_visible()
     expect(page.get_by_test_id("verification-table")).to_contain_text("bn")
+    # The verdict, as the worker wrote it, at the top of the page.
+    verdict_text = api.get(f"/jobs/{job_id}/report").json()["verification"]["verdict"]["text"]
+    expect(page.get_by_test_id("verdict")).to_have_text(f"Verdict: {verdict_text}")
 
     # One layer's history over the steps, and the divergence of the seeds.
     layer_select = page.get_by_test_id("layer-select")
