@@ -121,7 +121,7 @@ def run(
     console.print()
     for line in verdict_lines(result.verification):
         console.print(line)
-    console.print(recommendation_table(result.recommendation))
+    console.print(recommendation_table(result.recommendation.to_dict()))
     if result.recommendation.by_batch_size:
         console.print(batch_size_table(result.recommendation.by_batch_size))
     if result.verification:

@@ -53,15 +53,6 @@ def ratio_table(model) -> Table:
     return table
 
 
-def recommendation_table(recommendation) -> Table:
-    table = Table(title=f"Recommendation (batch size {recommendation.target_batch_size})")
-    for column in ("layer", "mean", "var", "confidence"):
-        table.add_column(column, no_wrap=column == "layer")
-    for layer in recommendation.plan.layers:
-        table.add_row(layer.name, layer.mean, layer.var, f"{layer.confidence:.2f}")
-    return table
-
-
 def batch_size_table(by_batch_size: dict) -> Table:
     """Average ratio of each normalizer over the layers, per batch size (SN paper: the BN share
     grows with batch size)."""
@@ -214,25 +205,41 @@ def size_text(n: int) -> str:
     return str(n)
 
 
-def recommendation_table_from_report(report: dict[str, Any]) -> Table | None:
-    """The per-layer recommendation of a report.json (None when it holds none)."""
-    recommendation = report.get("recommendation") or {}
-    layers = (recommendation.get("plan") or {}).get("layers") or []
+def recommendation_table(recommendation: dict[str, Any]) -> Table | None:
+    """The per-layer recommendation (``Recommendation.to_dict()``, as report.json holds it; None
+    when it has no layer). Layers the trials left undecided are marked "indifferent" and were
+    resolved by the aggregation rule printed under the table; with one trial the confidence
+    column says so instead of a number that measures nothing."""
+    plan = recommendation.get("plan") or {}
+    layers = plan.get("layers") or []
     if not layers:
         return None
+    aggregation = (recommendation.get("summary") or {}).get("aggregation") or {}
+    indifferent = set(aggregation.get("indifferent_layers") or [])
+    single = (plan.get("metadata") or {}).get("trials") == 1
     batch = recommendation.get("target_batch_size")
-    table = Table(title=f"Recommendation (batch size {batch})")
-    for column in ("layer", "mean", "var", "confidence"):
+    table = Table(
+        title=f"Recommendation (batch size {batch})",
+        caption=f"indifferent layers: {escape(aggregation['rule'])}" if indifferent else None,
+    )
+    for column in ("layer", "mean", "var", "confidence", "note"):
         table.add_column(column, no_wrap=column == "layer")
     for layer in layers:
         confidence = layer.get("confidence")
+        name = str(layer.get("name", "?"))
         table.add_row(
-            escape(str(layer.get("name", "?"))),
+            escape(name),
             str(layer.get("mean", "?")),
             str(layer.get("var", "?")),
-            "-" if confidence is None else f"{confidence:.2f}",
+            "1 trial" if single else "-" if confidence is None else f"{confidence:.2f}",
+            "indifferent" if name in indifferent else "",
         )
     return table
+
+
+def recommendation_table_from_report(report: dict[str, Any]) -> Table | None:
+    """The per-layer recommendation of a report.json (None when it holds none)."""
+    return recommendation_table(report.get("recommendation") or {})
 
 
 def print_report(report: dict[str, Any]) -> None:

@@ -1,13 +1,14 @@
 """From the trials of a search to one per-layer normalizer recommendation.
 
-Each successful trial (status ``"TERMINATED"`` with a plan) voted, per layer, for a mean and a
-variance normalizer (its plan entry: the fixed choice, else the argmax of its ratios). The
-recommendation takes, per layer and separately for mean and variance, the majority over the trials
-of the target batch size; ties go to the higher summed final ratio over those trials, then to pool
-order. ``confidence`` is the agreement (share of trials whose choice equals the majority, the
-smaller of mean and variance) times the mean over trials of the final-ratio margin (top ratio minus
-the second, the smaller of mean and variance; 1.0 for one-hot ratios). With one trial it is that
-trial's own ``plan_from_model`` confidence.
+Each successful trial (status ``"TERMINATED"`` with a plan) contributes, per layer, its final mean
+and variance ratios. ``worker.aggregate`` averages them over the trials of the target batch size
+(not only their votes), takes the argmax per side, marks a layer *indifferent* when the trials
+disagree or the aggregated margin is small, and resolves indifferent layers by one cost-aware rule
+(bn/bn, which folds into the convolution, before one standard torch layer, before a mixed pair;
+``AGGREGATION_RULE``). ``confidence`` is the layer's agreement (share of trials whose own choice
+is the aggregated one, the smaller of mean and variance) times its aggregated margin (top ratio
+minus the second, the smaller of mean and variance). With one trial agreement measures nothing:
+the summary and every layer's note say "1 trial".
 
 Final ratios come from the trial's last epoch record (``history[-1]["ratios"]``, a
 ``worker.results.EpochRecord``) and fall back to the ratios stored in its plan when that record
@@ -17,17 +18,25 @@ lacks the layer.
 from __future__ import annotations
 
 import math
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from sn_core import NORMALIZERS, LayerChoice, NormalizerPlan
 
+from .aggregate import AGREEMENT_MIN, MARGIN_MIN, Aggregate, aggregate
 from .results import LayerRatios, TrialOutcome
 
 __all__ = ["Recommendation", "recommend", "successful", "symmetric_kl"]
 
 _RATIO_EPS = 1e-8  # the clamp of sn_core.switch_ratios' divergence
+# How a layer the trials left undecided is resolved (worker.aggregate), in the report's words.
+AGGREGATION_RULE = (
+    "ratios averaged over the trials; a layer is indifferent when less than "
+    f"{AGREEMENT_MIN:.0%} of the trials agree or the averaged margin is below {MARGIN_MIN}, "
+    "and then takes the cheapest choice at inference "
+    "among its near-tied normalizers: bn/bn (folds into the convolution), then one standard torch "
+    "layer (same normalizer for mean and variance), then a mixed pair (SelectedNorm)"
+)
 
 
 def successful(outcomes: list[TrialOutcome]) -> list[TrialOutcome]:
@@ -79,15 +88,9 @@ def _votes(trial: TrialOutcome) -> dict[str, _Vote]:
     return votes
 
 
-def _majority(choices: list[str], ratios: list[dict[str, float]], pool: tuple[str, ...]) -> str:
-    counts = Counter(choices)
-    summed = {k: sum(r.get(k, 0.0) for r in ratios) for k in pool}
-    # most votes, then higher summed final ratio, then pool order
-    return min(counts, key=lambda k: (-counts[k], -summed.get(k, 0.0), pool.index(k)))
-
-
-def _aggregate(trials: list[TrialOutcome]) -> list[LayerChoice]:
-    """One LayerChoice per layer (network order) from trials of the same model."""
+def _aggregate(trials: list[TrialOutcome]) -> tuple[list[LayerChoice], Aggregate]:
+    """One LayerChoice per layer (network order) from trials of the same model, and the
+    aggregation behind the choices (agreement, margin, indifference, notes)."""
     votes = [_votes(t) for t in trials]
     names = [entry["name"] for entry in trials[0].plan["layers"]]  # type: ignore[index]
     for trial, trial_votes in zip(trials, votes, strict=True):
@@ -96,41 +99,41 @@ def _aggregate(trials: list[TrialOutcome]) -> list[LayerChoice]:
                 f"trial {trial.trial_id!r} has different norm layers than trial "
                 f"{trials[0].trial_id!r}; cannot combine plans of different models"
             )
-    n = len(trials)
-    layers = []
     for name in names:
-        layer_votes = [v[name] for v in votes]
-        first = layer_votes[0].entry
-        pool = tuple(first["pool"])
-        for trial, vote in zip(trials, layer_votes, strict=True):
+        first = votes[0][name].entry
+        for trial, trial_votes in zip(trials, votes, strict=True):
             for key in ("pool", "num_features", "groups"):
-                if vote.entry[key] != first[key]:
+                if trial_votes[name].entry[key] != first[key]:
                     raise ValueError(
-                        f"layer {name!r}: trial {trial.trial_id!r} has {key}={vote.entry[key]!r}, "
-                        f"trial {trials[0].trial_id!r} has {first[key]!r}"
+                        f"layer {name!r}: trial {trial.trial_id!r} has "
+                        f"{key}={trial_votes[name].entry[key]!r}, trial "
+                        f"{trials[0].trial_id!r} has {first[key]!r}"
                     )
-        mean_choices = [v.entry["mean"] for v in layer_votes]
-        var_choices = [v.entry["var"] for v in layer_votes]
-        mean = _majority(mean_choices, [v.mean_ratios for v in layer_votes], pool)
-        var = _majority(var_choices, [v.var_ratios for v in layer_votes], pool)
-        agreement = min(mean_choices.count(mean), var_choices.count(var)) / n
-        margin = sum(min(_margin(v.mean_ratios), _margin(v.var_ratios)) for v in layer_votes) / n
+    combined = aggregate(
+        [
+            {name: {"mean": v[name].mean_ratios, "var": v[name].var_ratios} for name in names}
+            for v in votes
+        ]
+    )
+    layers = []
+    for name, agg in zip(names, combined.layers, strict=True):
+        first = votes[0][name].entry
         layers.append(
             LayerChoice(
                 name=name,
-                mean=mean,
-                var=var,
+                mean=agg.mean,
+                var=agg.var,
                 num_features=first["num_features"],
-                mean_ratios={k: sum(v.mean_ratios[k] for v in layer_votes) / n for k in pool},
-                var_ratios={k: sum(v.var_ratios[k] for v in layer_votes) / n for k in pool},
-                confidence=min(1.0, max(0.0, agreement * margin)),
-                pool=pool,
+                mean_ratios=dict(agg.mean_side.ratios),
+                var_ratios=dict(agg.var_side.ratios),
+                confidence=min(1.0, max(0.0, agg.agreement * agg.margin)),
+                pool=tuple(first["pool"]),
                 groups=first["groups"],
                 dims=first.get("dims"),
                 eps=first.get("eps"),
             )
         )
-    return layers
+    return layers, combined
 
 
 def _final_accuracy(trial: TrialOutcome) -> float:
@@ -184,7 +187,7 @@ class Recommendation:
     ``best_trial`` is the id of the used trial with the highest final validation accuracy (ties:
     fewer epochs, then input order). ``by_batch_size`` (keyed by batch size, empty when the
     successful trials share one batch size) has per batch size: the trials, the per-normalizer
-    ratio averaged over layers for mean and variance, and the per-layer majority choices.
+    ratio averaged over layers for mean and variance, and the per-layer aggregated choices.
     """
 
     plan: NormalizerPlan
@@ -219,17 +222,25 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
             f"no successful trial (status TERMINATED with a plan) at batch size "
             f"{target_batch_size}: {len(outcomes)} trial(s), successful batch sizes {seen}"
         )
-    layers = _aggregate(trials)
+    layers, combined = _aggregate(trials)
     metadata = {
         "target_batch_size": target_batch_size,
         "trials": len(trials),
         "seeds": [t.seed for t in trials],
+        "indifferent_layers": combined.indifferent_layers,
+        "rule": AGGREGATION_RULE,
     }
     plan = NormalizerPlan(layers=tuple(layers), metadata=metadata)
     best = min(
         enumerate(trials), key=lambda it: (-_final_accuracy(it[1]), it[1].epochs_used, it[0])
     )[1]
     summary = _summary(layers, plan)
+    summary["aggregation"] = {
+        "summary": combined.summary,
+        "rule": AGGREGATION_RULE,
+        "indifferent_layers": combined.indifferent_layers,
+        "layers": {layer.name: layer.to_dict() for layer in combined.layers},
+    }
     summary["best_trial"] = {
         "trial_id": best.trial_id,
         "seed": best.seed,
@@ -242,7 +253,7 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
     if len(batch_sizes) > 1:
         for bs in batch_sizes:
             group = [t for t in ok if t.batch_size == bs]
-            group_layers = layers if bs == target_batch_size else _aggregate(group)
+            group_layers = layers if bs == target_batch_size else _aggregate(group)[0]
             by_batch_size[bs] = {
                 "trials": len(group),
                 "trial_ids": [t.trial_id for t in group],

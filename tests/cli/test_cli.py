@@ -93,3 +93,33 @@ def test_verification_shows_the_verdict_first_and_no_std_for_one_seed():
     text = console.export_text()
     gn_row = next(line for line in text.splitlines() if "all-GN" in line)
     assert "0.500" in gn_row and "0.0" not in gn_row.replace("0.500", "")  # no std for 1 seed
+
+
+def test_recommendation_table_marks_indifferent_layers_and_a_single_trial():
+    from rich.console import Console
+
+    from cli.render import recommendation_table
+
+    def shown(recommendation) -> str:
+        console = Console(width=300, record=True)
+        console.print(recommendation_table(recommendation))
+        return console.export_text()
+
+    layers = [
+        {"name": "a", "mean": "bn", "var": "bn", "confidence": 0.0},
+        {"name": "b", "mean": "in", "var": "bn", "confidence": 0.75},
+    ]
+    aggregation = {"indifferent_layers": ["a"], "rule": "cheapest at inference"}
+    several = {
+        "target_batch_size": 8,
+        "plan": {"layers": layers, "metadata": {"trials": 3}},
+        "summary": {"aggregation": aggregation},
+    }
+    text = shown(several)
+    row_a = next(line for line in text.splitlines() if "│ a " in line)
+    row_b = next(line for line in text.splitlines() if "│ b " in line)
+    assert "indifferent" in row_a and "indifferent" not in row_b and "0.75" in row_b
+    assert "cheapest at inference" in text
+    single = {**several, "plan": {"layers": layers, "metadata": {"trials": 1}}}
+    assert "1 trial" in shown(single) and "0.75" not in shown(single)
+    assert recommendation_table({}) is None

@@ -12,7 +12,7 @@ import torch
 
 import sn_core
 from sn_core import NormalizerPlan, plan_torch_layers
-from worker.recommend import recommend
+from worker.recommend import AGGREGATION_RULE, recommend
 from worker.report import CSV_COLUMNS, plot_ratios, write_report
 from worker.results import TrialOutcome
 
@@ -101,32 +101,47 @@ def rec(trials):
     return recommend(trials, target_batch_size=32)
 
 
-def test_majority_choices_confidence_and_ties(trials, rec):
+def test_aggregated_choices_confidence_and_indifference(trials, rec):
+    """Choices from the trials' averaged ratios (worker.aggregate); confidence = agreement x
+    aggregated margin (the smaller side of each); undecided layers take the cheapest pair."""
     layers = rec.plan.layers
     assert len(layers) == 21 and rec.plan.names == [n for n in FULL["A"]]
     assert rec.trial_ids == ["A", "B", "C"]
-    assert rec.plan.metadata == {"target_batch_size": 32, "trials": 3, "seeds": [0, 1, 2]}
-    # 2 of 3 seeds agree on the mean, all on the variance, one-hot ratios
-    assert layers[0].choice == "in/bn" and layers[0].confidence == pytest.approx(2 / 3)
+    names = rec.plan.names
+    metadata = dict(rec.plan.metadata)
+    assert metadata.pop("rule") == AGGREGATION_RULE
+    assert metadata == {
+        "target_batch_size": 32,
+        "trials": 3,
+        "seeds": [0, 1, 2],
+        "indifferent_layers": [names[1], names[2]],
+    }
+    # 2 of 3 seeds agree on the mean (in, in, ln), all on the variance; margin 2/3 - 1/3
+    assert layers[0].choice == "in/bn" and layers[0].confidence == pytest.approx(2 / 3 * 1 / 3)
     assert layers[0].mean_ratios == pytest.approx({"in": 2 / 3, "ln": 1 / 3, "bn": 0.0})
-    # three-way split: summed final ratio decides (in 0.6, ln 1.65, bn 0.75), not pool order
+    # three-way split of the trials' argmaxes, but the averaged ratios separate ln (0.55) from
+    # bn (0.25) by more than the margin threshold: ln, indifferent by agreement (1/3)
     assert layers[1].choice == "ln/bn"
     assert layers[1].mean_ratios == pytest.approx({"in": 0.2, "ln": 0.55, "bn": 0.25})
-    margins = (1.0 + 0.2 + 0.05) / 3
-    assert layers[1].confidence == pytest.approx(margins / 3)
-    # three-way split with equal sums: pool order
-    assert layers[2].choice == "in/bn" and layers[2].confidence == pytest.approx(1 / 3)
-    # mean and variance voted separately: a mixed pair
-    assert layers[3].choice == "bn/ln" and layers[3].confidence == pytest.approx(2 / 3)
+    assert layers[1].confidence == pytest.approx(1 / 3 * 0.30)
+    # three-way split with equal averages: undecided, the cheapest pair wins (bn/bn folds)
+    assert layers[2].choice == "bn/bn" and layers[2].confidence == pytest.approx(0.0)
+    # mean and variance decided separately: a mixed pair (var ln 2/3 against bn 1/3)
+    assert layers[3].choice == "bn/ln" and layers[3].confidence == pytest.approx(2 / 3 * 1 / 3)
     assert all(x.choice == "bn/bn" and x.confidence == 1.0 for x in layers[4:])
+    aggregation = rec.summary["aggregation"]
+    assert aggregation["indifferent_layers"] == [names[1], names[2]]
+    assert aggregation["rule"] == AGGREGATION_RULE and aggregation["summary"]
+    assert aggregation["layers"][names[2]]["indifferent"] is True
+    assert aggregation["layers"][names[0]]["indifferent"] is False
 
 
 def test_best_trial_and_summary(rec):
     assert rec.best_trial == "C"  # 0.95 like B, in fewer epochs; D (0.99) is another batch size
     s = rec.summary
     assert s["best_trial"]["trial_id"] == "C"
-    assert s["choices"] == {"bn/bn": 17, "bn/ln": 1, "in/bn": 2, "ln/bn": 1}
-    assert s["mean_counts"] == {"in": 2, "ln": 1, "bn": 18}
+    assert s["choices"] == {"bn/bn": 18, "bn/ln": 1, "in/bn": 1, "ln/bn": 1}
+    assert s["mean_counts"] == {"in": 1, "ln": 1, "bn": 19}
     assert s["var_counts"] == {"in": 0, "ln": 1, "bn": 20}
     depth = s["by_depth"]
     assert [x["layer"] for x in depth] == rec.plan.names

@@ -10,11 +10,15 @@ function normTag(norm) {
   return `<span class="norm norm-${esc(norm)}">${esc(String(norm).toUpperCase())}</span>`;
 }
 
-function recommendationRow(layer, index, torchLayers) {
+// A layer the trials left undecided (resolved by the aggregation rule) and a confidence that a
+// single trial cannot measure are said in words.
+function recommendationRow(layer, index, torchLayers, indifferent, singleTrial) {
+  const note = indifferent.has(layer.name)
+    ? ' <span class="small muted" data-testid="indifferent">indifferent</span>' : "";
   return `<tr data-testid="recommendation-row" data-layer="${esc(layer.name)}">
-    <td class="num">${index}</td><td class="mono">${esc(layer.name)}</td>
+    <td class="num">${index}</td><td class="mono">${esc(layer.name)}${note}</td>
     <td>${normTag(layer.mean)}</td><td>${normTag(layer.var)}</td>
-    <td class="num">${fmtNum(layer.confidence, 2)}</td>
+    <td class="num">${singleTrial ? "1 trial" : fmtNum(layer.confidence, 2)}</td>
     <td class="mono" data-testid="torch-layer">${esc(torchLayers?.[layer.name] ?? "–")}</td>
     <td class="small">${esc(ratiosText(layer.mean_ratios))}</td>
     <td class="small">${esc(ratiosText(layer.var_ratios))}</td>
@@ -45,11 +49,16 @@ export function reportHtml(report) {
   const verification = report.verification;
   const results = Object.entries(verification?.results || {});
   const best = Math.max(...results.map(([, r]) => r.val_accuracy ?? -1));
+  const aggregation = rec.summary?.aggregation;
+  const indifferent = new Set(aggregation?.indifferent_layers || []);
+  const singleTrial = rec.plan?.metadata?.trials === 1;
   return {
     verdictText: verdictText(report),
     recommendationInfo: `${layers.length} layers · target batch size ${
-      rec.target_batch_size ?? "–"} · from ${(rec.trial_ids || []).length} trial(s)`,
-    recommendationRows: layers.map((layer, i) => recommendationRow(layer, i, rec.torch_layers))
+      rec.target_batch_size ?? "–"} · from ${(rec.trial_ids || []).length} trial(s)${
+      indifferent.size ? ` · ${indifferent.size} indifferent: ${aggregation.rule}` : ""}`,
+    recommendationRows: layers
+      .map((layer, i) => recommendationRow(layer, i, rec.torch_layers, indifferent, singleTrial))
       .join(""),
     verificationInfo: verification
       ? `The recommended plan and the uniform baselines trained from scratch: ${

@@ -31,4 +31,28 @@ describe("report", () => {
     assert.match(html.verificationInfo, /SN row is the search's own annealed trial/);
     assert.match(html.verificationInfo, /final-epoch validation accuracy/);
   });
+
+  test("indifferent layers are marked and explained; one trial shows no confidence number", () => {
+    const recommendation = {
+      target_batch_size: 8,
+      trial_ids: ["a", "b"],
+      plan: {
+        metadata: { trials: 2 },
+        layers: [
+          { name: "l0", mean: "bn", var: "bn", confidence: 0, mean_ratios: {}, var_ratios: {} },
+          { name: "l1", mean: "in", var: "bn", confidence: 0.75, mean_ratios: {}, var_ratios: {} },
+        ],
+      },
+      summary: { aggregation: { indifferent_layers: ["l0"], rule: "cheapest first" } },
+    };
+    const html = reportHtml({ recommendation });
+    assert.match(html.recommendationRows, /data-layer="l0"[\s\S]*?indifferent/);
+    assert.doesNotMatch(html.recommendationRows.split('data-layer="l1"')[1], /indifferent/);
+    assert.match(html.recommendationInfo, /1 indifferent: cheapest first/);
+    assert.match(html.recommendationRows, /0\.75/);
+    const single = { ...recommendation, plan: { ...recommendation.plan, metadata: { trials: 1 } } };
+    const rows = reportHtml({ recommendation: single }).recommendationRows;
+    assert.match(rows, /1 trial/);
+    assert.doesNotMatch(rows, /0\.75/);
+  });
 });
