@@ -67,5 +67,14 @@ def job_detail(job: Job, request: Request) -> JobDetail:
     )
 
 
+def _effective_lr(config: dict[str, Any]) -> float | None:
+    """The trial's ``effective_lr`` as its grid point recorded it; trials recorded before batch
+    scaling existed trained with their base ``lr``."""
+    point = config.get("trial") or {}
+    value = point.get("effective_lr", point.get("lr"))
+    return None if value is None else float(value)
+
+
 def trial_out(trial: Trial) -> TrialOut:
-    return TrialOut.model_validate(trial)
+    out = TrialOut.model_validate(trial)
+    return out.model_copy(update={"effective_lr": _effective_lr(trial.config or {})})

@@ -94,6 +94,13 @@ class TrialOut(_Out):
     variant: str
     status: str
     config: dict[str, Any]
+    effective_lr: float | None = Field(
+        default=None,
+        description=(
+            "The learning rate the trial trains with: its base lr (config.trial.lr) scaled to "
+            "its batch size by the spec's training.lr_scaling; null before the trial started."
+        ),
+    )
     best_metrics: dict[str, Any] | None
     error: str | None = None
     epochs_used: int

@@ -11,8 +11,9 @@ from rich.table import Table
 
 
 class LiveTrialsView:
-    """Recorder-shaped: shows one row per trial (variant, seed, batch, lr, epoch, accuracy,
-    fraction of SN choices fixed, status), refreshed as results stream in."""
+    """Recorder-shaped: shows one row per trial (variant, seed, batch, base lr, the effective lr
+    it trains with, epoch, accuracy, fraction of SN choices fixed, status), refreshed as results
+    stream in."""
 
     def __init__(self, console: Console) -> None:
         self._lock = threading.Lock()
@@ -35,6 +36,7 @@ class LiveTrialsView:
             "seed",
             "batch",
             "lr",
+            "lr (effective)",
             "epoch",
             "val acc",
             "fixed",
@@ -50,6 +52,7 @@ class LiveTrialsView:
                 str(row.get("seed", "")),
                 str(row.get("batch_size", "")),
                 f"{row['lr']:g}" if "lr" in row else "",
+                f"{row['effective_lr']:g}" if "effective_lr" in row else "",
                 f"{row.get('epoch', 0)}/{row.get('epochs_budget', '?')}",
                 f"{row['val_accuracy']:.3f}" if "val_accuracy" in row else "",
                 f"{row['fraction_fixed']:.0%}"
@@ -71,7 +74,7 @@ class LiveTrialsView:
             trial_id,
             status="running",
             variant=variant,
-            **{k: trial[k] for k in ("seed", "batch_size", "lr") if k in trial},
+            **{k: trial[k] for k in ("seed", "batch_size", "lr", "effective_lr") if k in trial},
         )
 
     def trial_result(self, trial_id: str, record: dict[str, Any]) -> None:

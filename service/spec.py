@@ -11,7 +11,15 @@ import math
 from importlib.metadata import entry_points
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from sn_core.vocabulary import Normalizer
 
@@ -40,6 +48,24 @@ FILE_DATASETS = ("image_folder", "cifar", "npz")
 DEFAULT_NUM_SAMPLES = {"synthetic": 2000, "mnist1d": 5000}
 MNIST1D_MAX_SAMPLES = 100_000
 MNIST1D_CLASSES = 10
+# The largest learning rate: of training.lr, and of every trial's effective (batch-scaled) rate.
+MAX_LR = 10.0
+LrScaling = Literal["linear", "sqrt", "none"]
+
+
+def scaled_lr(lr: float, batch_size: int, reference_batch_size: int, scaling: LrScaling) -> float:
+    """The learning rate a trial at ``batch_size`` trains with, given the base ``lr`` tuned for
+    ``reference_batch_size``: ``linear`` multiplies it by the batch ratio (Goyal et al. 2017),
+    ``sqrt`` by its square root, ``none`` leaves it. Scaling keeps a batch-size sweep like for
+    like: a small batch takes more steps per epoch, so at an unscaled rate it trains further."""
+    ratio = batch_size / reference_batch_size
+    if scaling == "linear":
+        return lr * ratio
+    if scaling == "sqrt":
+        return lr * math.sqrt(ratio)
+    if scaling == "none":
+        return lr
+    raise ValueError(f"unknown lr_scaling {scaling!r}")
 
 
 def known_archs() -> tuple[str, ...]:
@@ -137,7 +163,16 @@ class TrainingSpec(_Strict):
     epochs: int = Field(default=12, ge=1, le=10_000, description="Budget per trial.")
     batch_size: int = Field(default=32, ge=1, le=65_536)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(default=0.1, gt=0.0, le=10.0)
+    lr: float = Field(
+        default=0.1, gt=0.0, le=MAX_LR, description="Base learning rate, for batch_size."
+    )
+    lr_scaling: LrScaling = Field(
+        default="linear",
+        description=(
+            "How a trial's learning rate follows its batch size b: linear, lr * b / batch_size "
+            "(Goyal et al. 2017); sqrt, lr * sqrt(b / batch_size); none, lr at every batch size."
+        ),
+    )
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
     lr_schedule: Literal["cosine", "onecycle", "step", "constant"] = "onecycle"
@@ -249,6 +284,56 @@ class JobSpec(_Strict):
                 f"{self.batch_sizes}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _effective_lrs_bounded(self) -> JobSpec:
+        """Every trial's effective lr (the verification's are among them: the target batch size
+        is a trial batch size) within ``MAX_LR``. The error is located at ``training.lr_scaling``
+        (or, unscaled, at the lr that is too large), so the API and the UI name that field."""
+        scaling = self.training.lr_scaling
+        for batch in self.batch_sizes:
+            for lr in self.lrs:
+                effective = self.effective_lr(batch, lr)
+                if effective <= MAX_LR:
+                    continue
+                if scaling != "none":
+                    loc: tuple[str, ...] = ("training", "lr_scaling")
+                    why = (
+                        f"training.lr_scaling {scaling!r} relative to training.batch_size "
+                        f"{self.training.batch_size}"
+                    )
+                else:
+                    loc = (
+                        ("search", "trials", "lrs")
+                        if self.search.trials.lrs
+                        else ("training", "lr")
+                    )
+                    why = "training.lr_scaling 'none'"
+                message = (
+                    f"the trial at batch size {batch} with lr {lr:g} would train with an "
+                    f"effective lr of {effective:g} ({why}), above the bound of {MAX_LR:g}; "
+                    "lower the lr (training.lr, search.trials.lrs), change the batch sizes "
+                    "(search.trials.batch_sizes, training.batch_size) or training.lr_scaling"
+                )
+                # A ValidationError raised here keeps its location (a ValueError's would be the
+                # whole spec's).
+                raise ValidationError.from_exception_data(
+                    type(self).__name__,
+                    [
+                        InitErrorDetails(
+                            type=PydanticCustomError("effective_lr_too_large", message),
+                            loc=loc,
+                            input=effective,
+                        )
+                    ],
+                )
+        return self
+
+    def effective_lr(self, batch_size: int, lr: float) -> float:
+        """The learning rate a trial at ``batch_size`` with base ``lr`` trains with
+        (``training.lr_scaling`` relative to ``training.batch_size``)."""
+        training = self.training
+        return scaled_lr(lr, batch_size, training.batch_size, training.lr_scaling)
 
     @property
     def batch_sizes(self) -> list[int]:

@@ -29,7 +29,7 @@ from .recommend import Recommendation, recommend
 from .recorder import Recorder
 from .report import write_report
 from .results import TrialOutcome
-from .search import ensure_ray, run_trials, trial_grid
+from .search import ensure_ray, grid_point, run_trials, trial_grid
 from .trainable import load_checkpoint_state
 from .verdict import ConfigStats, verdict
 
@@ -113,11 +113,12 @@ def check_searchable(spec: JobSpec, data: LoadedDataset) -> int:
 
 
 def verification_grid(spec: JobSpec) -> list[dict[str, Any]]:
-    """The verification's trials: the recommended plan and each baseline, for every seed."""
+    """The verification's trials: the recommended plan and each baseline, for every seed, at the
+    target batch size with the first learning rate, scaled to that batch like a search trial."""
     batch, lr = spec.target_batch_size, spec.lrs[0]
     variants = [PLAN_VARIANT, *spec.verify.baselines]
     return [
-        {"seed": seed, "batch_size": batch, "lr": lr, "variant": variant}
+        grid_point(spec, seed=seed, batch_size=batch, lr=lr, variant=variant)
         for variant in variants
         for seed in spec.search.trials.seeds
     ]

@@ -65,6 +65,7 @@ def _trial_summary(trial: TrialOutcome, used: set[str]) -> dict[str, Any]:
         "seed": trial.seed,
         "batch_size": trial.batch_size,
         "lr": trial.lr,
+        "effective_lr": trial.effective_lr,
         "status": trial.status,
         "epochs_used": trial.epochs_used,
         "epochs_budget": trial.epochs_budget,

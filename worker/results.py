@@ -67,6 +67,13 @@ class TrialOutcome:
     plan: dict[str, Any] | None = None  # sn_core NormalizerPlan.to_dict() of its final model
     checkpoint_dir: str | None = None  # its last checkpoint (model.safetensors + meta.json)
     error: str | None = None
+    # The learning rate it trained with: ``lr`` (its identity, the base rate) scaled to its batch
+    # size by the spec's ``training.lr_scaling``; None means unscaled, ``lr``.
+    effective_lr: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.effective_lr is None:
+            self.effective_lr = self.lr
 
     @property
     def final_ratios(self) -> dict[str, LayerRatios]:

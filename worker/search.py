@@ -34,7 +34,7 @@ from . import cancellation
 from .data import LoadedDataset
 from .recorder import MemoryRecorder, Recorder, TeeRecorder
 from .results import TrialOutcome, epoch_record
-from .trainable import PLAN_FILE, train_trial
+from .trainable import PLAN_FILE, train_trial, trial_effective_lr
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,24 @@ class TrialsRun:
     outcomes: list[TrialOutcome]
 
 
+def grid_point(
+    spec: JobSpec, *, seed: int, batch_size: int, lr: float, **extra: Any
+) -> dict[str, Any]:
+    """One trial of a grid: its identity (seed, batch size, base ``lr``) plus the
+    ``effective_lr`` it trains with (``JobSpec.effective_lr``: the spec's ``lr_scaling``)."""
+    return {
+        "seed": seed,
+        "batch_size": batch_size,
+        "lr": lr,
+        "effective_lr": spec.effective_lr(batch_size, lr),
+        **extra,
+    }
+
+
 def trial_grid(spec: JobSpec) -> list[dict[str, Any]]:
     """The search's trials: seeds x batch sizes x learning rates."""
     return [
-        {"seed": seed, "batch_size": batch, "lr": lr}
+        grid_point(spec, seed=seed, batch_size=batch, lr=lr)
         for seed, batch, lr in itertools.product(
             spec.search.trials.seeds, spec.batch_sizes, spec.lrs
         )
@@ -223,12 +237,20 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
         if checkpoint_dir and (Path(checkpoint_dir) / PLAN_FILE).exists():
             plan = json.loads((Path(checkpoint_dir) / PLAN_FILE).read_text())
         last = history[-1] if history else {}
+        batch_size = int(trial.get("batch_size", spec_default(config, "batch_size")))
+        lr = float(trial.get("lr", spec_default(config, "lr")))
+        if "effective_lr" in trial or not config.get("spec"):
+            effective_lr = float(trial.get("effective_lr", lr))
+        else:  # a grid built without it: the rule the trainable applied
+            spec = JobSpec.model_validate(config["spec"])
+            effective_lr = trial_effective_lr(spec, {"batch_size": batch_size, "lr": lr})
         outcomes.append(
             TrialOutcome(
                 trial_id=trial_id,
                 seed=int(trial.get("seed", 0)),
-                batch_size=int(trial.get("batch_size", spec_default(config, "batch_size"))),
-                lr=float(trial.get("lr", spec_default(config, "lr"))),
+                batch_size=batch_size,
+                lr=lr,
+                effective_lr=effective_lr,
                 status="ERROR" if result.error is not None else "TERMINATED",
                 epochs_used=int(last.get("epoch", 0)),
                 epochs_budget=int(config.get("epochs", 0)),

@@ -267,12 +267,20 @@ class TrialTraining:
                 return
 
 
+def trial_effective_lr(spec: JobSpec, trial: dict[str, Any]) -> float:
+    """The learning rate a grid point trains with: its ``effective_lr``, or for a grid built
+    without one, its base ``lr`` scaled by the spec's rule (``JobSpec.effective_lr``)."""
+    if "effective_lr" in trial:
+        return float(trial["effective_lr"])
+    return spec.effective_lr(int(trial["batch_size"]), float(trial["lr"]))
+
+
 def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     """Ray Tune function trainable (``tune.with_parameters(train_trial, data=...)``)."""
     from ray import tune
 
     spec = JobSpec.model_validate(config["spec"])
-    trial = config["trial"]  # one grid point: seed, batch_size, lr (and optionally variant)
+    trial = config["trial"]  # one grid point (worker.search.grid_point)
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
     training = TrialTraining(
         spec,
@@ -280,7 +288,7 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
         variant=trial.get("variant", config.get("variant", SN_VARIANT)),
         seed=int(trial["seed"]),
         batch_size=int(trial["batch_size"]),
-        lr=float(trial["lr"]),
+        lr=trial_effective_lr(spec, trial),
         epochs=int(config["epochs"]),
         plan=config.get("plan"),
     )

@@ -211,9 +211,11 @@ def test_a_retry_the_broker_refuses_is_503_and_ends_cancelled_with_the_reason(
         (tiny_spec(dataset={"kind": "npz", "path": "../../etc/passwd"}), "dataset.path"),
         (tiny_spec(dataset={"kind": "npz", "path": "/etc/passwd"}), "dataset.path"),
         (tiny_spec(dataset={"kind": "npz", "path": "missing.npz"}), "dataset.path"),
+        # lr 0.1 for batch 128, linearly scaled to batch 16384: 12.8, above the bound of 10.
+        (tiny_spec(search={"trials": {"batch_sizes": [128, 16384]}}), "training.lr_scaling"),
     ],
     ids=["unknown-arch", "negative-epochs", "missing-model", "unknown-field", "dotdot", "abs",
-         "missing-file"],
+         "missing-file", "effective-lr"],
 )  # fmt: skip
 def test_bad_specs_are_422_naming_the_field(api_client, alice, spec, field):
     response = submit(api_client, alice, spec)
@@ -388,6 +390,39 @@ def test_trials_and_metrics(api_client, alice, factory):
     ).json()
     assert [(p["step"], p["value"]) for p in metrics["points"]] == [(3, 3.0), (4, 4.0)]
     assert metrics["last_step"] == 4
+
+
+def test_trial_listing_has_each_trials_effective_lr(api_client, alice, factory):
+    # The trials of a linear-scaled sweep (lr 0.1 for batch 128) as the worker records them: the
+    # grid point (worker.search.grid_point) is the config's "trial"; a row from before scaling
+    # existed has no effective_lr (it trained with its lr), a pending row no config at all.
+    job_id = submit(api_client, alice).json()["id"]
+    configs = {
+        "b32": {"trial": {"seed": 0, "batch_size": 32, "lr": 0.1, "effective_lr": 0.025}},
+        "b128": {"trial": {"seed": 0, "batch_size": 128, "lr": 0.1, "effective_lr": 0.1}},
+        "old": {"trial": {"seed": 0, "batch_size": 32, "lr": 0.2}},
+        "pending": {},
+    }
+    with factory() as session, session.begin():
+        for name, config in configs.items():
+            repositories.upsert_trial(
+                session,
+                job_id=job_id,
+                ray_trial_id=name,
+                variant="sn",
+                config={"variant": "sn", "epochs": 2, **config} if config else {},
+                status="RUNNING",
+                epochs_budget=2,
+            )
+    trials = api_client.get(f"{API}/jobs/{job_id}/trials", headers=alice).json()
+    assert {t["ray_trial_id"]: t["effective_lr"] for t in trials} == {
+        "b32": 0.025,
+        "b128": 0.1,
+        "old": 0.2,
+        "pending": None,
+    }
+    by_id = {t["ray_trial_id"]: t for t in trials}
+    assert by_id["b32"]["config"]["trial"]["lr"] == 0.1  # the base lr stays the identity
 
 
 def test_event_stream_replays_history_and_ends_when_finished(api_client, alice, factory):

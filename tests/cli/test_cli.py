@@ -123,3 +123,27 @@ def test_recommendation_table_marks_indifferent_layers_and_a_single_trial():
     single = {**several, "plan": {"layers": layers, "metadata": {"trials": 1}}}
     assert "1 trial" in shown(single) and "0.75" not in shown(single)
     assert recommendation_table({}) is None
+
+
+def test_live_trials_view_shows_the_base_and_the_effective_lr():
+    from rich.console import Console
+
+    from cli.progress import LiveTrialsView
+
+    console = Console(record=True, width=160, force_terminal=False)
+    with LiveTrialsView(console) as view:
+        point = {"seed": 0, "batch_size": 8, "lr": 0.1, "effective_lr": 0.025}
+        view.trial_started("t-small", {"variant": "sn", "epochs": 2, "trial": point})
+        view.trial_result("t-small", {"epoch": 1, "epochs_budget": 2, "val_accuracy": 0.5})
+    text = console.export_text()
+    (header,) = [line for line in text.splitlines() if "trial" in line and "variant" in line]
+    (row,) = [line for line in text.splitlines() if "t-small" in line]
+    cells = dict(
+        zip(
+            [cell.strip() for cell in header.split("┃")[1:-1]],
+            [cell.strip() for cell in row.split("│")[1:-1]],
+            strict=True,
+        )
+    )
+    assert (cells["batch"], cells["lr"], cells["lr (effective)"]) == ("8", "0.1", "0.025")
+    assert (cells["epoch"], cells["val acc"]) == ("1/2", "0.500")

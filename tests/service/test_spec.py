@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from pydantic import ValidationError
 
@@ -13,6 +15,7 @@ from service.spec import (
     JobSpec,
     format_validation_error,
     job_spec_schema,
+    scaled_lr,
 )
 
 MINIMAL = {"model": {"arch": "resnet20"}, "dataset": {"kind": "digits"}}
@@ -34,6 +37,7 @@ def test_minimal_spec_gets_sensible_defaults():
     assert spec.batch_sizes == [spec.training.batch_size]
     assert spec.target_batch_size == spec.training.batch_size
     assert spec.verify_epochs == spec.training.epochs
+    assert spec.training.lr_scaling == "linear"
 
 
 def test_generated_datasets_default_sample_counts():
@@ -71,6 +75,63 @@ def test_validation_errors_name_field_and_reason(patch, field, reason):
     payload = {**MINIMAL, **patch}
     lines = errors_of(payload)
     assert any(line.startswith(f"{field}:") and reason in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("scaling", "batch", "expected"),
+    [
+        ("linear", 32, 0.1),
+        ("linear", 2, 0.1 / 16),
+        ("linear", 256, 0.8),
+        ("sqrt", 32, 0.1),
+        ("sqrt", 2, 0.025),  # sqrt(1/16) = 1/4
+        ("sqrt", 128, 0.2),
+        ("none", 2, 0.1),
+        ("none", 256, 0.1),
+    ],
+)
+def test_lr_scaling_rule_relative_to_training_batch_size(scaling, batch, expected):
+    assert math.isclose(scaled_lr(0.1, batch, 32, scaling), expected)
+    spec = JobSpec.model_validate(
+        {
+            **MINIMAL,
+            "training": {"batch_size": 32, "lr": 0.1, "lr_scaling": scaling},
+            "search": {"trials": {"batch_sizes": [2, 32, 128, 256]}},
+        }
+    )
+    assert math.isclose(spec.effective_lr(batch, 0.1), expected)
+    assert math.isclose(spec.effective_lr(batch, 0.3), expected * 3)  # each of trials.lrs too
+
+
+def test_lr_scaling_must_be_a_known_mode():
+    lines = errors_of({**MINIMAL, "training": {"lr_scaling": "cubic"}})
+    assert any(line.startswith("training.lr_scaling:") and "'linear'" in line for line in lines)
+
+
+def test_effective_lr_above_the_bound_is_refused_naming_the_field():
+    # lr 0.5 tuned for batch 32, linearly scaled to batch 1024: 16 > 10.
+    payload = {
+        **MINIMAL,
+        "training": {"batch_size": 32, "lr": 0.5},
+        "search": {"trials": {"batch_sizes": [32, 1024]}},
+    }
+    (line,) = errors_of(payload)
+    assert line.startswith("training.lr_scaling: the trial at batch size 1024 with lr 0.5 ")
+    why = "(training.lr_scaling 'linear' relative to training.batch_size 32)"
+    assert f"effective lr of 16 {why}" in line
+    assert "above the bound of 10" in line
+    # sqrt scaling gives 0.5 * sqrt(32) = 2.83: allowed; and so is the unscaled rate.
+    for scaling, expected in (("sqrt", 0.5 * math.sqrt(32)), ("none", 0.5)):
+        payload["training"] = {"batch_size": 32, "lr": 0.5, "lr_scaling": scaling}
+        assert math.isclose(JobSpec.model_validate(payload).effective_lr(1024, 0.5), expected)
+    # Unscaled, each of search.trials.lrs is checked (the field itself has no upper bound).
+    unscaled = {"training": {"lr_scaling": "none"}, "search": {"trials": {"lrs": [0.1, 20]}}}
+    (line,) = errors_of({**MINIMAL, **unscaled})
+    assert line.startswith("search.trials.lrs: the trial at batch size 32 with lr 20 would ")
+    # A rate exactly at the bound is allowed.
+    at_bound = {**MINIMAL, "training": {"batch_size": 1, "lr": 5.0}}
+    at_bound["search"] = {"trials": {"batch_sizes": [1, 2]}}
+    assert JobSpec.model_validate(at_bound).effective_lr(2, 5.0) == 10.0
 
 
 def test_builtin_arch_list_matches_the_zoo():

@@ -37,6 +37,7 @@ def make_trial(
     epochs=3,
     acc=0.9,
     status="TERMINATED",
+    effective_lr=None,
 ):
     """Layers by index: ``fixed`` {i: (mean, var)} (else ``default``); ``soft`` {i: (mean ratios
     over in/ln/bn, fixed var)} leaves the mean free with exactly those softmax ratios."""
@@ -61,6 +62,7 @@ def make_trial(
         seed=seed,
         batch_size=batch_size,
         lr=0.1,
+        effective_lr=effective_lr,
         status=status,
         epochs_used=epochs,
         epochs_budget=3,
@@ -91,7 +93,8 @@ def trials():
     c = make_trial(
         "C", 2, 32, fixed={0: ("ln", "bn")}, soft={1: ([0.4, 0.35, 0.25], "bn")}, epochs=2, acc=0.95
     )
-    d = make_trial("D", 0, 8, default=("ln", "ln"), acc=0.99)
+    # Batch 8 of a sweep whose lr 0.1 is for batch 32, linearly scaled.
+    d = make_trial("D", 0, 8, default=("ln", "ln"), acc=0.99, effective_lr=0.025)
     e = make_trial("E", 3, 32, epochs=1, status="ERROR")
     return [a, b, c, d, e]
 
@@ -224,6 +227,9 @@ def test_write_report(tmp_path, trials, rec):
     assert by_id["E"]["status"] == "ERROR" and by_id["E"]["error"] == "RuntimeError: boom"
     assert by_id["C"]["epochs_used"] == 2 and by_id["C"]["val_accuracy"] == 0.95
     assert by_id["A"]["used"] and not by_id["D"]["used"]
+    # Each trial's identity lr and the rate it trained with (unscaled where none is recorded).
+    assert (by_id["D"]["lr"], by_id["D"]["effective_lr"]) == (0.1, 0.025)
+    assert (by_id["A"]["lr"], by_id["A"]["effective_lr"]) == (0.1, 0.1)
 
     with paths["ratios_csv"].open(newline="") as fh:
         reader = csv.DictReader(fh)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import threading
@@ -18,10 +19,10 @@ import sn_core
 import worker.search
 from service.spec import JobSpec
 from worker.data import load_dataset
-from worker.job import JobStateError, run_job, write_job_report
+from worker.job import JobStateError, run_job, verification_grid, write_job_report
 from worker.recorder import JsonlRecorder, MemoryRecorder
 from worker.search import run_trials, trial_grid
-from worker.trainable import train_trial
+from worker.trainable import load_checkpoint_state, train_trial
 
 # End to end: real processes (Ray trials, Celery workers); not part of `make test-fast`.
 pytestmark = pytest.mark.e2e
@@ -125,6 +126,62 @@ def test_rerunning_a_finished_job_resumes_without_retraining(tmp_path):
     assert [r["epoch"] for r in first.outcomes[0].history] == [1, 2, 3]
     assert again.outcomes[0].history == first.outcomes[0].history
     assert all(not trial["history"] for trial in fresh.trials().values())  # no epoch retrained
+
+
+def lr_sweep_spec(scaling: str, **training) -> JobSpec:
+    return tiny_spec(
+        training={"batch_size": 32, "lr": 0.1, "lr_scaling": scaling, **training},
+        search={"trials": {"seeds": [0], "batch_sizes": [8, 32, 64], "lrs": [0.1, 0.2]}},
+    )
+
+
+@pytest.mark.parametrize(
+    ("scaling", "factors"),
+    [
+        ("linear", {8: 0.25, 32: 1.0, 64: 2.0}),
+        ("sqrt", {8: 0.5, 32: 1.0, 64: math.sqrt(2)}),
+        ("none", {8: 1.0, 32: 1.0, 64: 1.0}),
+    ],
+)
+def test_search_and_verification_grids_carry_each_trials_effective_lr(scaling, factors):
+    spec = lr_sweep_spec(scaling)
+    grid = trial_grid(spec)
+    # The identity (seed, batch size, base lr) is the sweep's, as before; effective_lr is added.
+    assert [(p["seed"], p["batch_size"], p["lr"]) for p in grid] == [
+        (0, b, lr) for b in (8, 32, 64) for lr in (0.1, 0.2)
+    ]
+    for point in grid:
+        assert math.isclose(point["effective_lr"], point["lr"] * factors[point["batch_size"]])
+    # Verification trains at the target batch size (the largest, 64) with the first lr, by the
+    # same rule as the search trial it is compared with.
+    verification = verification_grid(spec)
+    assert {p["variant"] for p in verification} == {"plan", "bn"}
+    assert all(p["batch_size"] == 64 and p["lr"] == 0.1 for p in verification)
+    assert all(math.isclose(p["effective_lr"], 0.1 * factors[64]) for p in verification)
+
+
+def test_trials_train_with_their_effective_lr_and_report_it(tmp_path):
+    # A constant schedule leaves the optimizer's rate at the trial's rate: the checkpoint shows
+    # what it trained with. Batch 16 and 64 around training.batch_size 32, linear scaling.
+    spec = tiny_spec(
+        training={"epochs": 1, "batch_size": 32, "lr": 0.1, "lr_schedule": "constant"},
+        search={"trials": {"seeds": [0], "batch_sizes": [16, 64]}},
+    )
+    recorder = MemoryRecorder()
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    run = run_trials(
+        spec, data, name="lr", storage_dir=tmp_path, recorder=recorder, grid=trial_grid(spec)
+    )
+    expected = {16: 0.05, 64: 0.2}
+    assert [(o.batch_size, o.lr) for o in run.outcomes] == [(16, 0.1), (64, 0.1)]
+    for outcome in run.outcomes:
+        assert outcome.status == "TERMINATED"
+        assert math.isclose(outcome.effective_lr, expected[outcome.batch_size])
+        state, _ = load_checkpoint_state(Path(outcome.checkpoint_dir))
+        rates = {group["name"]: group["lr"] for group in state["optimizer"]["param_groups"]}
+        assert math.isclose(rates["params"], expected[outcome.batch_size]), rates
+        config = recorder.trials()[outcome.trial_id]["config"]
+        assert config["trial"]["effective_lr"] == outcome.effective_lr
 
 
 def test_work_dir_of_another_spec_is_refused(tmp_path):

@@ -2,11 +2,21 @@
 // tested: which trial to show, what a `ratios` event asks to load, the layers in network order,
 // and the bounded ratio history of one layer.
 
-/** A trial's seed and batch size: Ray's config nests them under ``trial`` (older rows: flat). */
+/** A trial's seed, batch size and base lr: Ray's config nests them under ``trial`` (older rows:
+ * flat). */
 export function trialConfig(t) {
   const c = t.config || {};
   const inner = c.trial || {};
-  return { seed: inner.seed ?? c.seed, batch: inner.batch_size ?? c.batch_size };
+  return {
+    seed: inner.seed ?? c.seed, batch: inner.batch_size ?? c.batch_size, lr: inner.lr ?? c.lr,
+  };
+}
+
+/** A trial's base lr and the lr it trains with (the API's ``effective_lr``: the base scaled to
+ * its batch size by the spec's ``training.lr_scaling``); unscaled when the row has none. */
+export function trialLr(t) {
+  const { lr } = trialConfig(t);
+  return { base: lr, effective: t.effective_lr ?? lr };
 }
 
 /** The search trial shown first: the one at the job's target batch size, else the first. */

@@ -44,9 +44,11 @@ export function jobPageHtml(jobId) {
         <div class="table-wrap">
           <table class="table" data-testid="trials-table">
             <thead><tr><th>Trial</th><th>Variant</th><th>Status</th><th class="num">Seed</th>
-              <th class="num">Batch</th><th class="num">Val. accuracy</th>
-              <th class="num">Epochs</th></tr></thead>
-            <tbody id="trials-body"><tr class="empty"><td colspan="7">No trials yet.</td></tr></tbody>
+              <th class="num">Batch</th>
+              <th class="num" title="base lr scaled to the batch size (training.lr_scaling)">
+                lr (effective)</th>
+              <th class="num">Val. accuracy</th><th class="num">Epochs</th></tr></thead>
+            <tbody id="trials-body"><tr class="empty"><td colspan="8">No trials yet.</td></tr></tbody>
           </table>
         </div>
       </section>

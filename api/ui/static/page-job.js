@@ -14,12 +14,13 @@ import {
 } from "./charts.js";
 import {
   defaultTrial, extendHistory, lastEventId, orderedLayers, ratiosNews, stepInfo, trialConfig,
+  trialLr,
 } from "./job-data.js";
 import { jobPageHtml } from "./page-job-view.js";
 import { reportHtml } from "./report.js";
 import { followEvents } from "./sse.js";
 import {
-  esc, fmtBytes, fmtDate, fmtPct, progressHtml,
+  esc, fmtBytes, fmtDate, fmtLr, fmtPct, progressHtml,
   serial, showNotice, statusBadge, throttle,
 } from "./util.js";
 import { ACTIVE_STATUSES, FINISHED_STATUSES } from "./vocabulary.js";
@@ -190,15 +191,17 @@ export function render(root, [jobId]) {
     const body = $("#trials-body");
     body.innerHTML = state.trials.length ? state.trials.map((t) => {
       const { seed, batch } = trialConfig(t);
+      const lr = trialLr(t);
       const acc = t.best_metrics?.val_accuracy;
       return `<tr data-testid="trial-row" data-trial-id="${t.id}" data-variant="${esc(t.variant)}"
         class="${t.id === state.trialId ? "selected" : ""}">
         <td class="mono" title="${esc(t.ray_trial_id)}">#${t.id}</td><td>${esc(t.variant)}</td>
         <td>${statusBadge(t.status.toLowerCase(), "trial-status")}</td>
         <td class="num">${seed ?? "–"}</td><td class="num">${batch ?? "–"}</td>
+        <td class="num" data-testid="trial-lr" title="base lr ${fmtLr(lr.base)}">${fmtLr(lr.effective)}</td>
         <td class="num">${acc === undefined || acc === null ? "–" : fmtPct(acc, 1)}</td>
         <td class="num">${t.epochs_used} / ${t.epochs_budget}</td></tr>`;
-    }).join("") : `<tr class="empty"><td colspan="7">No trials yet.</td></tr>`;
+    }).join("") : `<tr class="empty"><td colspan="8">No trials yet.</td></tr>`;
 
     const search = state.trials.filter((t) => t.variant === SEARCH_VARIANT);
     const options = search.map((t) => {

@@ -27,6 +27,13 @@ export function fmtNum(value, digits = 3) {
   return value === null || value === undefined || !Number.isFinite(v) ? "–" : v.toFixed(digits);
 }
 
+/** A learning rate to 4 significant digits, without trailing zeros (0.1, 0.00625, 1.25e-7). */
+export function fmtLr(value) {
+  const v = Number(value);
+  return value === null || value === undefined || !Number.isFinite(v)
+    ? "–" : String(Number(v.toPrecision(4)));
+}
+
 export function fmtBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB"];
   let v = Number(n) || 0;

@@ -8,7 +8,7 @@ import { describe, test } from "node:test";
 import { decimatedLine, nearestIndex } from "../../../api/ui/static/charts.js";
 import {
   defaultTrial, extendHistory, halvePoints, lastEventId, orderedLayers, ratiosNews, stepInfo,
-  trialConfig,
+  trialConfig, trialLr,
 } from "../../../api/ui/static/job-data.js";
 
 const point = (step, bn = 0.5) => ({ step, mean: { bn }, var: { bn: 1 - bn } });
@@ -133,10 +133,20 @@ describe("nearestIndex (the hover guide's step)", () => {
 
 describe("the job page's other data rules", () => {
   test("trialConfig reads Ray's nested config, else the flat one", () => {
-    assert.deepEqual(trialConfig({ config: { trial: { seed: 1, batch_size: 32 }, seed: 9 } }),
-      { seed: 1, batch: 32 });
-    assert.deepEqual(trialConfig({ config: { seed: 2, batch_size: 8 } }), { seed: 2, batch: 8 });
-    assert.deepEqual(trialConfig({}), { seed: undefined, batch: undefined });
+    assert.deepEqual(
+      trialConfig({ config: { trial: { seed: 1, batch_size: 32, lr: 0.1 }, seed: 9, lr: 5 } }),
+      { seed: 1, batch: 32, lr: 0.1 });
+    assert.deepEqual(trialConfig({ config: { seed: 2, batch_size: 8 } }),
+      { seed: 2, batch: 8, lr: undefined });
+    assert.deepEqual(trialConfig({}), { seed: undefined, batch: undefined, lr: undefined });
+  });
+
+  test("trialLr: the base lr of the config and the API's effective lr, else the base", () => {
+    const config = { trial: { batch_size: 8, lr: 0.1, effective_lr: 0.025 } };
+    assert.deepEqual(trialLr({ config, effective_lr: 0.025 }), { base: 0.1, effective: 0.025 });
+    assert.deepEqual(trialLr({ config: { trial: { lr: 0.1 } }, effective_lr: null }),
+      { base: 0.1, effective: 0.1 });
+    assert.deepEqual(trialLr({ config: {} }), { base: undefined, effective: undefined });
   });
 
   test("defaultTrial: the one at the target batch size, else the first", () => {

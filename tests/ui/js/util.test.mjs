@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
-  debounce, esc, fmtBytes, fmtDate, fmtNum, fmtPct, progressHtml, randomKey, serial, statusBadge,
+  debounce, esc, fmtBytes, fmtDate, fmtLr, fmtNum, fmtPct, progressHtml, randomKey, serial, statusBadge,
   throttle,
 } from "../../../api/ui/static/util.js";
 
@@ -17,6 +17,16 @@ describe("escaping and formatting", () => {
     assert.equal(esc(undefined), "");
     assert.equal(esc(0), "0");
     assert.equal(esc(false), "false");
+  });
+
+  test("fmtLr: 4 significant digits, no trailing zeros; not a number -> a dash", () => {
+    assert.equal(fmtLr(0.1), "0.1");
+    assert.equal(fmtLr(0.00625), "0.00625");
+    assert.equal(fmtLr(0.1 * Math.sqrt(2)), "0.1414");
+    assert.equal(fmtLr(3.2), "3.2");
+    assert.equal(fmtLr(null), "–");
+    assert.equal(fmtLr(undefined), "–");
+    assert.equal(fmtLr(NaN), "–");
   });
 
   test("fmtPct: a fraction as a percentage; not a number -> empty", () => {
