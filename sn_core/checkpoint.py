@@ -5,10 +5,15 @@ A checkpoint is a directory (or, for a path ending in ``.zip``, a zip archive) w
 * ``model.safetensors``: the finalized model's state dict;
 * ``plan.json``: the ``NormalizerPlan`` that turns the zoo model into the finalized one;
 * ``model.json``: ``{"format": "normsearch.model", "version": 1, "spec": {"arch", "num_classes",
-  "in_channels", "kwargs"}}``, the arguments of ``sn_core.zoo.build_model``.
+  "in_channels", "kwargs"}, "batchnorm_folded": false}``, the arguments of
+  ``sn_core.zoo.build_model``; ``batchnorm_folded`` (optional, default false) says that the saved
+  model went through ``sn_core.fold_batchnorm``.
 
-Loading rebuilds the zoo model from the spec, applies the plan and loads the weights strictly;
-nothing in a checkpoint is ever executed.
+Loading rebuilds the zoo model from the spec, applies the plan, folds its BatchNorms the same way
+when ``batchnorm_folded`` is set (the folded pairs depend only on the module graph, so the
+skeleton's state dict has the saved keys) and loads the weights strictly; nothing in a checkpoint
+is ever executed. A reader older than ``batchnorm_folded`` fails on a folded checkpoint with
+"does not match the model", never with wrong weights.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .finalize import apply_plan
+from .finalize import apply_plan, fold_batchnorm
 from .plan import NormalizerPlan
 
 __all__ = ["MODEL_FORMAT", "load_finalized", "save_finalized"]
@@ -74,18 +79,27 @@ def save_finalized(
     plan: NormalizerPlan,
     model_spec: Mapping[str, Any],
     path: str | Path,
+    *,
+    batchnorm_folded: bool = False,
 ) -> Path:
     """Write ``model`` (finalized with ``plan`` from the zoo model ``model_spec``) to ``path``.
 
     ``path`` ending in ``.zip``: a zip archive; otherwise a directory (created if needed). The
-    spec must be JSON-serializable. Returns the path written.
+    spec must be JSON-serializable. ``batchnorm_folded``: ``model`` is ``fold_batchnorm`` of the
+    finalized model (recorded in ``model.json``, so that loading folds its skeleton too).
+    Returns the path written.
     """
     from safetensors.torch import save as save_bytes
 
     spec = _check_spec(model_spec)
     try:
         model_json = json.dumps(
-            {"format": MODEL_FORMAT, "version": MODEL_VERSION, "spec": spec},
+            {
+                "format": MODEL_FORMAT,
+                "version": MODEL_VERSION,
+                "spec": spec,
+                "batchnorm_folded": bool(batchnorm_folded),
+            },
             indent=2,
             allow_nan=False,
         )
@@ -132,7 +146,8 @@ def _read_members(path: Path) -> dict[str, bytes]:
         ) from exc
 
 
-def _read_spec(data: bytes) -> dict[str, Any]:
+def _read_model_doc(data: bytes) -> tuple[dict[str, Any], bool]:
+    """(model spec, batchnorm_folded) of a ``model.json``."""
     try:
         doc = json.loads(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -146,8 +161,13 @@ def _read_spec(data: bytes) -> dict[str, Any]:
         )
     if "spec" not in doc:
         raise ValueError(f"{MODEL_MEMBER} is missing field 'spec'")
+    folded = doc.get("batchnorm_folded", False)
+    if not isinstance(folded, bool):
+        raise ValueError(
+            f"{MODEL_MEMBER}: 'batchnorm_folded' must be true or false, got {folded!r}"
+        )
     try:
-        return _check_spec(doc["spec"])
+        return _check_spec(doc["spec"]), folded
     except ValueError as exc:
         raise ValueError(f"{MODEL_MEMBER}: {exc}") from exc
 
@@ -174,7 +194,7 @@ def load_finalized(
     if not resolved.exists():
         raise FileNotFoundError(f"no checkpoint at {str(path)!r}")
     members = _read_members(resolved)
-    spec = _read_spec(members[MODEL_MEMBER])
+    spec, folded = _read_model_doc(members[MODEL_MEMBER])
     try:
         plan = NormalizerPlan.from_json(members[PLAN_MEMBER])
     except ValueError as exc:
@@ -191,6 +211,8 @@ def load_finalized(
         **spec["kwargs"],
     )
     model = apply_plan(model, plan)
+    if folded:  # the same pairs fold in the fresh skeleton (eval mode, running statistics)
+        model = fold_batchnorm(model.eval())
     float_dtypes = {t.dtype for t in state.values() if t.is_floating_point()}
     if len(float_dtypes) == 1:
         model = model.to(float_dtypes.pop())

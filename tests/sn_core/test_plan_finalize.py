@@ -371,6 +371,33 @@ def test_checkpoint_round_trip(trained_resnet, tmp_path, name):
         load_finalized(path, roots=[tmp_path / "elsewhere"])
 
 
+@pytest.mark.parametrize("name", ["ckpt", "ckpt.zip"])
+def test_folded_checkpoint_round_trip(trained_resnet, tmp_path, name):
+    """A checkpoint saved after fold_batchnorm says so in model.json and loads folded: no
+    BatchNorm left after a convolution, the same outputs as the unfolded model."""
+    model, _, x = trained_resnet
+    plan = NormalizerPlan(
+        tuple(
+            LayerChoice(c.name, "bn", "bn", c.num_features, pool=c.pool, dims=c.dims)
+            for c in plan_from_model(model)
+        )
+    )
+    final = finalize(model, plan).eval()
+    folded = fold_batchnorm(final)
+    path = save_finalized(folded, plan, SPEC, tmp_path / name, batchnorm_folded=True)
+    loaded, loaded_plan, spec = load_finalized(path)
+    assert (loaded_plan, spec) == (plan, SPEC)
+    assert any(isinstance(m, _BatchNorm) for m in final.modules())
+    assert not any(isinstance(m, _BatchNorm) for m in loaded.modules())
+    assert_close(loaded(x), final(x), rtol=1e-10, atol=1e-10)
+    unfolded = save_finalized(final, plan, SPEC, tmp_path / "plain")
+    assert json.loads((unfolded / "model.json").read_text())["batchnorm_folded"] is False
+    # The folded weights under a model.json that does not say so: refused, never misread.
+    misread = save_finalized(folded, plan, SPEC, tmp_path / "misread")
+    with pytest.raises(ValueError, match="does not match the model"):
+        load_finalized(misread)
+
+
 @pytest.mark.parametrize(
     "member,data,match",
     [
