@@ -254,6 +254,20 @@ class VerifySpec(_Strict):
     baselines: list[Normalizer] = Field(default_factory=lambda: ["bn", "gn"])
 
 
+class ExportSpec(_Strict):
+    """How the job's checkpoint (the configuration the verdict chose) is written."""
+
+    fold_batchnorm: bool = Field(
+        default=False,
+        strict=True,
+        description=(
+            "Fold every BatchNorm that directly follows a convolution into it (the inference "
+            "form) before saving the checkpoint; its metadata says whether it was folded. A "
+            "model torch.fx cannot trace (e.g. mlp) is saved unfolded, with the reason."
+        ),
+    )
+
+
 class ResourcesSpec(_Strict):
     cpus_per_trial: float = Field(default=1.0, gt=0.0, le=256)
     gpus_per_trial: float | None = Field(
@@ -273,6 +287,7 @@ class JobSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     search: SearchSpec = Field(default_factory=SearchSpec)
     verify: VerifySpec = Field(default_factory=VerifySpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
 
     @model_validator(mode="after")

@@ -1,4 +1,4 @@
-"""One whole normalization search: search -> recommend -> finalize -> verify.
+"""One whole normalization search: search -> recommend -> verify -> export.
 
 ``run_job`` is what both the standalone CLI (``normsearch run``) and the service's Celery task
 call. All state lives under ``work_dir`` (Ray Tune experiments with their checkpoints), so running
@@ -24,13 +24,20 @@ from sn_core.surgery import SOURCE_NORM_TYPES
 from .cancellation import JobCancelled as JobCancelled  # raised by run_job
 from .cancellation import raise_if_stopped
 from .data import LoadedDataset, load_dataset
-from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
+from .export import (
+    CHECKPOINT_FILE,
+    SEARCH_CHECKPOINT_FILE,
+    chosen_configuration,
+    deliverable_plan,
+    export_checkpoint,
+    export_search_checkpoint,
+)
+from .models import PLAN_VARIANT, SN_VARIANT, build_for_data
 from .recommend import Recommendation, recommend
 from .recorder import Recorder
 from .report import write_report
 from .results import TrialOutcome
 from .search import ensure_ray, grid_point, run_trials, trial_grid
-from .trainable import load_checkpoint_state
 from .verdict import ConfigStats, verdict
 
 log = logging.getLogger(__name__)
@@ -48,17 +55,29 @@ class ModelSpecError(ValueError):
 
 @dataclass
 class JobResult:
+    """A finished job. ``plan`` is what plan.json holds: the configuration the verdict chose
+    (``worker.export.deliverable_plan``); ``recommendation.plan`` is the search's own per-layer
+    plan. ``checkpoint`` (that configuration, trained) and ``search_checkpoint`` (the best search
+    trial, finalized with its own choices) are zip files, None without an ``out_dir``;
+    ``outputs`` holds their metadata (also in report.json)."""
+
     spec: JobSpec
     dataset: dict[str, Any]
     outcomes: list[TrialOutcome]
     recommendation: Recommendation
     verification: dict[str, Any] | None
-    checkpoint_dir: Path | None
+    plan: sn_core.NormalizerPlan
+    checkpoint: Path | None = None
+    search_checkpoint: Path | None = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    verification_outcomes: list[TrialOutcome] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def spec_fingerprint(spec: JobSpec) -> str:
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+    """What identifies a work directory's training state: the spec but for ``export``, which
+    only says how the outputs are written once training is done."""
+    return hashlib.sha256(spec.model_dump_json(exclude={"export"}).encode()).hexdigest()
 
 
 def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
@@ -145,10 +164,11 @@ def run_job(
     data: LoadedDataset | None = None,
     stop_event: threading.Event | None = None,
 ) -> JobResult:
-    """Run (or resume) the job; the finalized checkpoint goes to ``out_dir/checkpoint``.
-    ``data``: the spec's dataset when the caller has already loaded it. Raises ``JobCancelled``
-    once ``stop_event`` is set (checked between the stages; the trials stop at once), and
-    ``ModelSpecError`` before any training for a model with nothing to search."""
+    """Run (or resume) the job; with ``out_dir``, its checkpoints go to ``out_dir``
+    (``checkpoint.zip``: the verdict's configuration; ``search_checkpoint.zip``: the best search
+    trial's own). ``data``: the spec's dataset when the caller has already loaded it. Raises
+    ``JobCancelled`` once ``stop_event`` is set (checked between the stages; the trials stop at
+    once), and ``ModelSpecError`` before any training for a model with nothing to search."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
@@ -172,60 +192,62 @@ def run_job(
         log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
     recommendation = recommend(search.outcomes, target_batch_size=spec.target_batch_size)
 
-    checkpoint_dir = None
-    if out_dir is not None:
-        checkpoint_dir = finalize_best(spec, data, recommendation, search.outcomes, out_dir)
-
-    verification = None
+    verification, verification_outcomes = None, []
     if spec.verify.enabled:
-        verification = verify(
+        verification, verification_outcomes = verify(
             spec, data, recommendation, search.outcomes, work_dir, recorder, stop_event=stop_event
         )
         raise_if_stopped(stop_event)
-    return JobResult(
+    choice = chosen_configuration(verification)
+    plan = deliverable_plan(spec, data, recommendation, choice)
+    result = JobResult(
         spec=spec,
         dataset=data.summary(),
         outcomes=search.outcomes,
         recommendation=recommendation,
         verification=verification,
-        checkpoint_dir=checkpoint_dir,
+        plan=plan,
+        outputs={"plan": plan.metadata},
+        verification_outcomes=verification_outcomes,
     )
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        result.outputs["checkpoint"] = export_checkpoint(
+            spec,
+            data,
+            plan=plan,
+            choice=choice,
+            recommendation=recommendation,
+            search_outcomes=search.outcomes,
+            verification_outcomes=verification_outcomes,
+            path=out_dir / CHECKPOINT_FILE,
+        )
+        result.outputs["search_checkpoint"] = export_search_checkpoint(
+            spec,
+            data,
+            recommendation=recommendation,
+            outcomes=search.outcomes,
+            path=out_dir / SEARCH_CHECKPOINT_FILE,
+        )
+        result.checkpoint = out_dir / CHECKPOINT_FILE
+        result.search_checkpoint = out_dir / SEARCH_CHECKPOINT_FILE
+    return result
 
 
 def write_job_report(
     result: JobResult, out_dir: Path, *, extra: dict[str, Any] | None = None
 ) -> dict[str, Path]:
-    """Write a finished job's plan, report, ratio history and figure into ``out_dir``."""
+    """Write a finished job's plans, report, ratio history and figure into ``out_dir``."""
     return write_report(
         Path(out_dir),
         spec=result.spec.model_dump(mode="json"),
         recommendation=result.recommendation,
         outcomes=result.outcomes,
         verification=result.verification,
+        plan=result.plan,
+        outputs=result.outputs,
         extra={"dataset": result.dataset, **(extra or {})},
     )
-
-
-def finalize_best(
-    spec: JobSpec,
-    data: LoadedDataset,
-    recommendation: Recommendation,
-    outcomes: list[TrialOutcome],
-    out_dir: Path,
-) -> Path:
-    """Rebuild the best trial's SN model from its last checkpoint, finalize it to plain torch
-    layers with its own one-hot choices and save it (safetensors + plan + model spec)."""
-    best = next(o for o in outcomes if o.trial_id == recommendation.best_trial)
-    model = build_for_data(spec, SN_VARIANT, data)
-    state, _ = load_checkpoint_state(Path(best.checkpoint_dir))
-    model.load_state_dict(state["model"])
-    model.eval()
-    plan = sn_core.plan_from_model(model)
-    finalized = sn_core.finalize(model, plan)
-    target = Path(out_dir) / "checkpoint"
-    spec_dict = model_spec(spec, num_classes=data.num_classes, in_channels=data.in_channels)
-    sn_core.save_finalized(finalized, plan, spec_dict, target)
-    return target
 
 
 def verify(
@@ -237,10 +259,11 @@ def verify(
     recorder: Recorder,
     *,
     stop_event: threading.Event | None = None,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[TrialOutcome]]:
     """Train the recommended plan and the baselines from scratch with the same budget and seeds;
     report their final-epoch validation accuracies beside the SN model's, and the verdict
-    (``worker.verdict``: paired by seed, which configuration to use)."""
+    (``worker.verdict``: paired by seed, which configuration to use). Returns that summary and
+    the runs (with their checkpoints: ``worker.export`` saves the chosen one)."""
     seeds = spec.search.trials.seeds
     batch = spec.target_batch_size
     variants = [PLAN_VARIANT, *spec.verify.baselines]
@@ -277,7 +300,7 @@ def verify(
     for variant in (SN_VARIANT, *variants):
         label = VERIFICATION_LABELS.get(variant, f"all-{variant.upper()} (from scratch)")
         rows[variant] = _accuracy_row(decided.configs.get(variant), label)
-    return {
+    summary = {
         "epochs": spec.verify_epochs,
         "batch_size": batch,
         "lr": lr,
@@ -286,6 +309,7 @@ def verify(
         "results": rows,
         "verdict": decided.to_dict(),
     }
+    return summary, run.outcomes
 
 
 # Row labels of the verification table: what each row is and how it was trained.

@@ -1,8 +1,10 @@
 """The output directory of a search: plan, report, ratio histories and a figure.
 
-``write_report`` writes ``plan.json`` / ``plan.yaml`` (the recommended ``NormalizerPlan``),
-``report.json`` (spec, recommendation with the torch layer each planned layer becomes,
-per-trial summaries, verification, extra), ``ratios.csv``
+``write_report`` writes ``plan.json`` / ``plan.yaml`` (the plan of the configuration the
+verification's verdict chose, ``worker.export.deliverable_plan``; without one the recommended
+plan), ``search_plan.json`` (the search's recommended per-layer ``NormalizerPlan``, whatever the
+verdict), ``report.json`` (spec, recommendation with the torch layer each planned layer becomes,
+per-trial summaries, verification, the outputs' metadata, extra), ``ratios.csv``
 (every trial's ratio history in long format) and ``ratios.png`` (the recommended ratios per layer,
 drawn like the SN papers' figures).
 """
@@ -117,16 +119,22 @@ def write_report(
     recommendation: Recommendation,
     outcomes: list[TrialOutcome],
     verification: dict | None,
+    plan: NormalizerPlan | None = None,
+    outputs: dict | None = None,
     extra: dict | None = None,
 ) -> dict[ArtifactKind, Path]:
     """Write the search's output files into ``out_dir`` (created if needed); returns their paths
-    by kind: plan_json, plan_yaml, report_json, ratios_csv, ratios_png."""
+    by kind: plan_json, plan_yaml (``plan``, default the recommended plan), search_plan_json
+    (the recommended plan), report_json, ratios_csv, ratios_png. ``outputs``: the downloads'
+    metadata (``worker.job.JobResult.outputs``), kept in the report."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plan = recommendation.plan
+    search_plan = recommendation.plan
+    delivered = search_plan if plan is None else plan
     paths = {
-        ArtifactKind.plan_json: plan.save(out_dir / "plan.json"),
-        ArtifactKind.plan_yaml: plan.save(out_dir / "plan.yaml"),
+        ArtifactKind.plan_json: delivered.save(out_dir / "plan.json"),
+        ArtifactKind.plan_yaml: delivered.save(out_dir / "plan.yaml"),
+        ArtifactKind.search_plan_json: search_plan.save(out_dir / "search_plan.json"),
     }
     used = set(recommendation.trial_ids)
     report = {
@@ -134,10 +142,12 @@ def write_report(
         "recommendation": {
             **recommendation.to_dict(),
             # Layer name -> the torch layer apply_plan builds for it (sn_core's rule, in words).
-            "torch_layers": plan_torch_layers(plan),
+            "torch_layers": plan_torch_layers(search_plan),
         },
         "trials": [_trial_summary(t, used) for t in outcomes],
         "verification": verification,
+        # What plan.json and the checkpoints are (configuration, verdict, source run, accuracy).
+        "outputs": outputs or {"plan": delivered.metadata},
         "extra": extra,
     }
     report_path = out_dir / "report.json"
@@ -150,7 +160,7 @@ def write_report(
         f"Recommended normalizer ratios, batch size {recommendation.target_batch_size} "
         f"({n} trial{'s' if n != 1 else ''})"
     )
-    paths[ArtifactKind.ratios_png] = plot_ratios(plan, out_dir / "ratios.png", title=title)
+    paths[ArtifactKind.ratios_png] = plot_ratios(search_plan, out_dir / "ratios.png", title=title)
     return paths
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import sn_core
-from sn_core import NormalizerPlan, plan_torch_layers
+from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
 from worker.recommend import AGGREGATION_RULE, recommend
 from worker.report import CSV_COLUMNS, plot_ratios, write_report
 from worker.results import TrialOutcome
@@ -211,12 +211,22 @@ def test_write_report(tmp_path, trials, rec):
         verification={"max_abs_diff": 0.0},
         extra={"duration_s": 1.5},
     )
-    assert set(paths) == {"plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png"}
+    assert set(paths) == {
+        "plan_json",
+        "plan_yaml",
+        "search_plan_json",
+        "report_json",
+        "ratios_csv",
+        "ratios_png",
+    }
+    # Without a plan of the verdict's configuration, plan.json is the search's plan.
     assert NormalizerPlan.load(paths["plan_json"]) == rec.plan
     assert NormalizerPlan.load(paths["plan_yaml"]) == rec.plan
+    assert NormalizerPlan.load(paths["search_plan_json"]) == rec.plan
 
     report = json.loads(paths["report_json"].read_text())
-    assert set(report) == {"spec", "recommendation", "trials", "verification", "extra"}
+    assert set(report) == {"spec", "recommendation", "trials", "verification", "outputs", "extra"}
+    assert report["outputs"] == {"plan": rec.plan.metadata}
     assert report["spec"] == spec and report["extra"] == {"duration_s": 1.5}
     assert report["recommendation"]["best_trial"] == "C"
     # Per planned layer, the torch layer sn_core builds for it (the UI shows this, not a rule).
@@ -244,6 +254,30 @@ def test_write_report(tmp_path, trials, rec):
     assert {r["batch_size"] for r in rows if r["trial_id"] == "D"} == {"8"}
 
     _check_png(paths["ratios_png"], min_width=800)
+
+
+def test_write_report_puts_the_verdicts_plan_in_plan_json(tmp_path, trials, rec):
+    """plan.json follows the verdict; search_plan.json and the report keep the search's plan."""
+    uniform = NormalizerPlan(
+        tuple(LayerChoice(x.name, "bn", "bn", x.num_features, pool=("bn",)) for x in rec.plan),
+        {"configuration": "bn", "verified": True},
+    )
+    outputs = {"plan": uniform.metadata, "checkpoint": {"configuration": "bn", "seed": 1}}
+    paths = write_report(
+        tmp_path,
+        spec={},
+        recommendation=rec,
+        outcomes=trials,
+        verification=None,
+        plan=uniform,
+        outputs=outputs,
+    )
+    assert NormalizerPlan.load(paths["plan_json"]) == NormalizerPlan.load(paths["plan_yaml"])
+    assert NormalizerPlan.load(paths["plan_json"]) == uniform
+    assert NormalizerPlan.load(paths["search_plan_json"]) == rec.plan
+    report = json.loads(paths["report_json"].read_text())
+    assert report["outputs"] == outputs
+    assert report["recommendation"]["plan"] == rec.plan.to_dict()
 
 
 def test_plot_ratios_many_layers_with_gn(tmp_path):

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import ray
@@ -53,7 +54,11 @@ def tiny_spec(**overrides) -> JobSpec:
     return JobSpec.model_validate(payload)
 
 
-def test_digits_search_end_to_end_writes_every_output(tmp_path):
+@pytest.fixture(scope="module")
+def digits_job(local_ray, tmp_path_factory):
+    """One tiny finished job (search, verification, export, report), shared by the tests that
+    read its outputs."""
+    tmp_path = tmp_path_factory.mktemp("digits-job")
     spec = tiny_spec()
     out = tmp_path / "out"
     recorder = JsonlRecorder(tmp_path / "state" / "trials.jsonl")
@@ -61,28 +66,42 @@ def test_digits_search_end_to_end_writes_every_output(tmp_path):
         spec, data_roots=[tmp_path], work_dir=tmp_path / "state", recorder=recorder, out_dir=out
     )
     files = write_job_report(result, out)
+    data = load_dataset(spec.dataset, data_roots=[tmp_path])
+    return SimpleNamespace(spec=spec, result=result, files=files, data=data, tmp_path=tmp_path)
+
+
+def test_digits_search_end_to_end_writes_every_output(digits_job):
+    spec, result, files, tmp_path = (
+        digits_job.spec,
+        digits_job.result,
+        digits_job.files,
+        digits_job.tmp_path,
+    )
     search = [o for o in result.outcomes if o.variant == "sn"]
     assert len(search) == 2 and all(o.status == "TERMINATED" for o in search)
     assert all([r["epoch"] for r in o.history] == [1, 2, 3] for o in search)
     assert all(o.val_accuracy > 0.3 for o in search)  # chance is 0.1
 
-    # plan.json / plan.yaml: one entry per SN layer of resnet20, every choice from the pool.
-    plan = sn_core.NormalizerPlan.load(files["plan_json"])
-    assert plan == sn_core.NormalizerPlan.load(files["plan_yaml"]) == result.recommendation.plan
+    # search_plan.json: one entry per SN layer of resnet20, every choice from the pool.
+    plan = sn_core.NormalizerPlan.load(files["search_plan_json"])
+    assert plan == result.recommendation.plan
     layers = sn_core.switch_layers(sn_core.convert_to_switchnorm(sn_core.build_model("resnet20")))
     assert list(plan.names) == [name for name, _ in layers]
     assert all(
         entry.mean in ("in", "ln", "bn") and entry.var in ("in", "ln", "bn") for entry in plan
     )
+    assert sn_core.NormalizerPlan.load(files["plan_yaml"]) == sn_core.NormalizerPlan.load(
+        files["plan_json"]
+    )
 
-    # The finalized checkpoint loads without pickle and classifies digits like the SN model did.
-    model, ckpt_plan, model_spec = sn_core.load_finalized(result.checkpoint_dir)
+    # The search checkpoint loads without pickle and classifies digits like the SN model did.
+    model, ckpt_plan, model_spec = sn_core.load_finalized(result.search_checkpoint)
     assert model_spec["arch"] == "resnet20" and model_spec["in_channels"] == 1
-    data = load_dataset(spec.dataset, data_roots=[tmp_path])
-    with torch.no_grad():
-        accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    accuracy = _accuracy(model, digits_job.data)
     best = next(o for o in search if o.trial_id == result.recommendation.best_trial)
     assert accuracy == pytest.approx(best.val_accuracy, abs=1e-6)
+    assert ckpt_plan.metadata["checkpoint"]["val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert ckpt_plan.metadata["checkpoint"]["trial_id"] == best.trial_id
     assert not any(isinstance(m, sn_core.SwitchNorm) for m in model.modules())
 
     report = json.loads(files["report_json"].read_text())
@@ -105,6 +124,137 @@ def test_digits_search_end_to_end_writes_every_output(tmp_path):
     recorded = JsonlRecorder(tmp_path / "state" / "trials.jsonl").trials()
     for outcome in search:
         assert [r["epoch"] for r in recorded[outcome.trial_id]["history"]] == [1, 2, 3]
+
+
+def _accuracy(model, data) -> float:
+    with torch.no_grad():
+        return (model.eval()(data.x_val).argmax(1) == data.y_val).float().mean().item()
+
+
+def _layer_choices(plan) -> dict[str, tuple[str, str]]:
+    return {layer.name: (layer.mean, layer.var) for layer in plan}
+
+
+def _best_run(result, config):
+    runs = [o for o in result.verification_outcomes if o.variant == config]
+    return max(runs, key=lambda o: (o.val_accuracy, -o.seed))
+
+
+def _assert_is_run(model, run):
+    """``model``'s weights are exactly the verification run's last checkpoint's."""
+    state, _ = load_checkpoint_state(Path(run.checkpoint_dir))
+    saved = model.state_dict()
+    assert set(saved) == set(state["model"])
+    for key, tensor in state["model"].items():
+        assert torch.equal(saved[key], tensor), key
+
+
+def test_the_checkpoint_and_the_plan_are_the_verdicts_configuration(digits_job):
+    result, files = digits_job.result, digits_job.files
+    chosen = result.verification["verdict"]["chosen"]
+    assert chosen in ("plan", "bn")
+    plan = sn_core.NormalizerPlan.load(files["plan_json"])
+    assert plan.metadata["configuration"] == chosen and plan.metadata["verified"] is True
+    assert plan.metadata["verification"] == result.verification["verdict"]["text"]
+    assert "search_plan.json" in plan.metadata["search_plan"]
+    if chosen == "plan":
+        assert _layer_choices(plan) == _layer_choices(result.recommendation.plan)
+    else:  # a uniform baseline: every norm layer of the network is that normalizer
+        zoo = sn_core.build_model("resnet20").named_modules()
+        norms = [n for n, m in zoo if isinstance(m, torch.nn.BatchNorm2d)]
+        assert plan.names == norms
+        assert set(_layer_choices(plan).values()) == {(chosen, chosen)}
+
+    # The checkpoint zip is that configuration: its layers are plan.json's, its weights the best
+    # verification run's (the highest final-epoch accuracy of the configuration's seeds).
+    model, ckpt_plan, _ = sn_core.load_finalized(result.checkpoint)
+    assert result.checkpoint.suffix == ".zip"
+    assert _layer_choices(ckpt_plan) == _layer_choices(plan)
+    run = _best_run(result, chosen)
+    _assert_is_run(model, run)
+    info = ckpt_plan.metadata["checkpoint"]
+    assert info == json.loads(files["report_json"].read_text())["outputs"]["checkpoint"]
+    assert (info["configuration"], info["seed"], info["trial_id"]) == (
+        chosen,
+        run.seed,
+        run.trial_id,
+    )
+    assert info["verified"] is True and info["batchnorm_folded"] is False
+    assert (
+        info["val_accuracy"]
+        == run.val_accuracy
+        == pytest.approx(_accuracy(model, digits_job.data), abs=1e-6)
+    )
+    per_seed = result.verification["verdict"]["configs"][chosen]["per_seed"]
+    assert info["val_accuracy"] == max(per_seed.values())
+
+
+@pytest.mark.parametrize("config", ["plan", "bn"])
+def test_each_configuration_exports_folded_or_not(digits_job, config, tmp_path):
+    """Whichever configuration a verdict picks, its checkpoint is its best run; folding removes
+    every BatchNorm after a convolution and keeps the outputs."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from worker.export import Choice, deliverable_plan, export_checkpoint
+
+    spec, data, result = digits_job.spec, digits_job.data, digits_job.result
+    choice = Choice(config, True, "within_noise", "chosen by this test")
+    plan = deliverable_plan(spec, data, result.recommendation, choice)
+    paths = {}
+    for fold in (False, True):
+        folded_spec = spec.model_copy(
+            update={"export": spec.export.model_copy(update={"fold_batchnorm": fold})}
+        )
+        paths[fold] = tmp_path / f"checkpoint-{fold}.zip"
+        export_checkpoint(
+            folded_spec,
+            data,
+            plan=plan,
+            choice=choice,
+            recommendation=result.recommendation,
+            search_outcomes=result.outcomes,
+            verification_outcomes=result.verification_outcomes,
+            path=paths[fold],
+        )
+    plain, plain_plan, _ = sn_core.load_finalized(paths[False])
+    folded, folded_plan, _ = sn_core.load_finalized(paths[True])
+    _assert_is_run(plain, _best_run(result, config))
+    assert _layer_choices(plain_plan) == _layer_choices(folded_plan) == _layer_choices(plan)
+    bn_layers = sum(choice == ("bn", "bn") for choice in _layer_choices(plan).values())
+    info = folded_plan.metadata["checkpoint"]
+    assert info["batchnorm_folded"] is (bn_layers > 0) and info["folded_layers"] == bn_layers
+    # every BatchNorm of resnet20 follows a convolution: none is left
+    assert not any(isinstance(m, _BatchNorm) for m in folded.modules())
+    with torch.no_grad():
+        torch.testing.assert_close(folded(data.x_val), plain(data.x_val), rtol=1e-4, atol=1e-4)
+
+
+def test_without_verification_the_checkpoint_is_the_search_model_with_the_recommended_plan(
+    digits_job, tmp_path
+):
+    from worker.export import chosen_configuration, deliverable_plan, export_checkpoint
+
+    spec, data, result = digits_job.spec, digits_job.data, digits_job.result
+    choice = chosen_configuration(None)
+    plan = deliverable_plan(spec, data, result.recommendation, choice)
+    assert _layer_choices(plan) == _layer_choices(result.recommendation.plan)
+    assert plan.metadata["verified"] is False
+    assert plan.metadata["verification"].startswith("not verified")
+    path = tmp_path / "checkpoint.zip"
+    info = export_checkpoint(
+        spec,
+        data,
+        plan=plan,
+        choice=choice,
+        recommendation=result.recommendation,
+        search_outcomes=result.outcomes,
+        verification_outcomes=[],
+        path=path,
+    )
+    model, ckpt_plan, _ = sn_core.load_finalized(path)
+    assert _layer_choices(ckpt_plan) == _layer_choices(result.recommendation.plan)
+    assert info["verified"] is False and info["trial_id"] == result.recommendation.best_trial
+    assert info["val_accuracy"] == pytest.approx(_accuracy(model, data), abs=1e-6)
 
 
 def test_rerunning_a_finished_job_resumes_without_retraining(tmp_path):

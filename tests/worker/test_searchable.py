@@ -131,12 +131,21 @@ def test_every_zoo_arch_searches_to_a_plan(arch, local_ray, tmp_path):
     assert bool(reduced) == (arch in SINGLE_ELEMENT_ARCHS)
     assert all(list(entry.pool) == ["ln", "bn"] for entry in reduced)
 
-    # The finalized checkpoint has no SN layer left and classifies as the trial did.
-    model, ckpt_plan, _ = sn_core.load_finalized(result.checkpoint_dir)
+    # The search checkpoint has no SN layer left and classifies as the trial did.
+    model, ckpt_plan, _ = sn_core.load_finalized(result.search_checkpoint)
     assert not sn_core.switch_layers(model) and ckpt_plan.names == plan.names
     with torch.no_grad():
         accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
     assert accuracy == pytest.approx(trial.val_accuracy, abs=1e-6)
+    # Not verified: the checkpoint is that SN model finalized with the recommended plan, with
+    # the accuracy it has after finalization.
+    model, ckpt_plan, _ = sn_core.load_finalized(result.checkpoint)
+    assert [(x.mean, x.var) for x in ckpt_plan] == [(x.mean, x.var) for x in plan]
+    info = ckpt_plan.metadata["checkpoint"]
+    assert info["verified"] is False and info["trial_id"] == trial.trial_id
+    with torch.no_grad():
+        accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
+    assert info["val_accuracy"] == pytest.approx(accuracy, abs=1e-6)
 
     # The plan also applies to a fresh model (what verification trains).
     fresh = sn_core.apply_plan(sn_core.build_model(arch, **_builder_args(spec, data)), plan)
