@@ -22,7 +22,6 @@ import json
 import os
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import closing, contextmanager
 from pathlib import Path
@@ -48,14 +47,17 @@ from api.schemas import (
 
 API_PREFIX = "/api/v1"
 DEFAULT_TIMEOUT_S = 30.0
-# The checkpoint's stored SHA-256 is that of this member of the zip (not of the zip itself).
-CHECKPOINT_WEIGHTS = "model.safetensors"
 # What ``download_all`` writes: file name -> (route below /jobs/{id}, query).
 ALL_OUTPUTS: dict[str, tuple[str, dict[str, str]]] = {
     "plan.json": ("recommendation", {"format": "json"}),
     "plan.yaml": ("recommendation", {"format": "yaml"}),
     "checkpoint.zip": ("checkpoint", {}),
     "report.json": ("report", {}),
+}
+# ... and, when the job has them (jobs from before these kinds do not): file name -> kind.
+SEARCH_OUTPUTS: dict[str, ArtifactKind] = {
+    "search_plan.json": ArtifactKind.search_plan_json,
+    "search_checkpoint.zip": ArtifactKind.search_checkpoint,
 }
 
 _TRIALS = TypeAdapter(list[TrialOut])
@@ -217,18 +219,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _checkpoint_sha256(path: Path) -> str | None:
-    """SHA-256 of the weights inside a checkpoint zip (None when it holds none)."""
-    try:
-        with zipfile.ZipFile(path) as archive, archive.open(CHECKPOINT_WEIGHTS) as member:
-            digest = hashlib.sha256()
-            for chunk in iter(lambda: member.read(1 << 20), b""):
-                digest.update(chunk)
-            return digest.hexdigest()
-    except (KeyError, zipfile.BadZipFile):
-        return None
 
 
 class NormsearchClient:
@@ -528,9 +518,10 @@ class NormsearchClient:
         dest: str | os.PathLike[str],
         *,
         params: Any = None,
-        checkpoint: bool = False,
     ) -> Path:
-        """Stream a file to ``dest`` (written atomically) and check its SHA-256."""
+        """Stream a file to ``dest`` (written atomically) and check the SHA-256 of the whole
+        file against the ``X-Content-SHA256`` it came with (the digest the artifact list
+        shows)."""
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
@@ -547,7 +538,7 @@ class NormsearchClient:
                 except httpx.TransportError as error:
                     raise self._unreachable(error) from None
             if expected:
-                actual = _checkpoint_sha256(tmp) if checkpoint else _sha256_file(tmp)
+                actual = _sha256_file(tmp)
                 if actual != expected.strip().lower():
                     raise ChecksumMismatch(dest, expected, str(actual))
             os.replace(tmp, dest)
@@ -559,35 +550,38 @@ class NormsearchClient:
     def download_recommendation(
         self, job_id: str, fmt: Literal["json", "yaml"] = "json", dest=None
     ) -> Path:
-        """The recommended plan (``sn_core.NormalizerPlan``) as plan.json / plan.yaml."""
+        """The plan of the configuration the verdict chose (``sn_core.NormalizerPlan``) as
+        plan.json / plan.yaml; its metadata says which configuration and whether it was
+        verified."""
         dest = dest if dest is not None else f"plan.{fmt}"
         return self._download(f"/jobs/{_q(job_id)}/recommendation", dest, params={"format": fmt})
 
     def download_checkpoint(self, job_id: str, dest="checkpoint.zip") -> Path:
-        """The finalized checkpoint zip (``sn_core.load_finalized`` reads it once unpacked)."""
-        return self._download(f"/jobs/{_q(job_id)}/checkpoint", dest, checkpoint=True)
+        """The checkpoint zip: a trained model of the configuration the verdict chose
+        (``sn_core.load_finalized`` reads it; ``plan.metadata["checkpoint"]`` says which run)."""
+        return self._download(f"/jobs/{_q(job_id)}/checkpoint", dest)
+
+    def download_search_checkpoint(self, job_id: str, dest="search_checkpoint.zip") -> Path:
+        """The search checkpoint zip: the best search trial finalized with its own choices."""
+        return self._download(f"/jobs/{_q(job_id)}/search-checkpoint", dest)
 
     def download_report(self, job_id: str, dest="report.json") -> Path:
         return self._download(f"/jobs/{_q(job_id)}/report", dest)
 
     def download_artifact(self, job_id: str, kind: ArtifactKind | str, dest) -> Path:
         """Any stored output by kind (an ``ArtifactKind``: plan_json, plan_yaml, report_json,
-        ratios_csv, ratios_png, checkpoint)."""
-        return self._download(
-            f"/jobs/{_q(job_id)}/artifacts/{kind}",
-            dest,
-            checkpoint=kind == ArtifactKind.checkpoint,
-        )
+        ratios_csv, ratios_png, checkpoint, search_plan_json, search_checkpoint)."""
+        return self._download(f"/jobs/{_q(job_id)}/artifacts/{kind}", dest)
 
     def download_all(self, job_id: str, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
-        """plan.json, plan.yaml, checkpoint.zip and report.json into ``out_dir``."""
+        """plan.json, plan.yaml, checkpoint.zip and report.json into ``out_dir``, and
+        search_plan.json and search_checkpoint.zip when the job has them."""
         out = Path(out_dir)
         written = {}
         for name, (route, params) in ALL_OUTPUTS.items():
-            written[name] = self._download(
-                f"/jobs/{_q(job_id)}/{route}",
-                out / name,
-                params=params,
-                checkpoint=name.endswith("zip"),
-            )
+            written[name] = self._download(f"/jobs/{_q(job_id)}/{route}", out / name, params=params)
+        kinds = {artifact.kind for artifact in self.artifacts(job_id)}
+        for name, kind in SEARCH_OUTPUTS.items():
+            if kind in kinds:
+                written[name] = self.download_artifact(job_id, kind, out / name)
         return written

@@ -19,6 +19,7 @@ import typer
 from cli.render import (
     batch_size_table,
     console,
+    outputs_lines,
     ratio_table,
     recommendation_table,
     verdict_lines,
@@ -126,7 +127,10 @@ def run(
         console.print(batch_size_table(result.recommendation.by_batch_size))
     if result.verification:
         console.print(verification_table(result.verification))
-    console.print(f"wrote {', '.join(str(p) for p in files.values())} and {result.checkpoint_dir}/")
+    for line in outputs_lines(result.outputs):
+        console.print(line)
+    written = [*files.values(), result.checkpoint, result.search_checkpoint]
+    console.print(f"wrote {', '.join(str(p) for p in written if p is not None)}")
 
 
 def schema() -> None:

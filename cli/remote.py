@@ -242,8 +242,9 @@ def download(
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Download a succeeded job's plan.json, plan.yaml, checkpoint.zip and report.json (each
-    checked against the server's SHA-256)."""
+    """Download a succeeded job's plan.json, plan.yaml and checkpoint.zip (the configuration the
+    verdict chose), report.json, and search_plan.json and search_checkpoint.zip (what the search
+    itself produced), each checked against the server's SHA-256 of the file."""
     with remote(url, token) as client:
         written = client.download_all(job_id, out)
     for path in written.values():

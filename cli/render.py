@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from api.schemas import JobDetail, JobStatus, JobSummary
+from api.schemas import ArtifactKind, JobDetail, JobStatus, JobSummary
 from sn_core.vocabulary import NORMALIZER_LABELS, NORMALIZERS
 
 # Wide enough for the ratio tables when the output is a pipe or a log file.
@@ -188,13 +188,68 @@ def events_table(job: JobDetail) -> Table:
     return table
 
 
+# What each output is, in words (the artifact list shows it beside the kind).
+ARTIFACT_WHAT = {
+    ArtifactKind.plan_json: "plan of the configuration the verdict chose",
+    ArtifactKind.plan_yaml: "the same plan, YAML",
+    ArtifactKind.checkpoint: "trained model of the configuration the verdict chose",
+    ArtifactKind.search_plan_json: "the search's per-layer plan",
+    ArtifactKind.search_checkpoint: "best search trial, finalized with its own choices",
+    ArtifactKind.report_json: "report",
+    ArtifactKind.ratios_csv: "ratio history",
+    ArtifactKind.ratios_png: "ratio figure",
+}
+
+
 def artifacts_table(job: JobDetail) -> Table:
-    table = Table(title="outputs")
-    for column in ("kind", "size", "sha256"):
-        table.add_column(column, no_wrap=True)
+    """The job's outputs with the size and SHA-256 of the file a download sends."""
+    table = Table(title="outputs (size and sha256 of the downloaded file)")
+    for column in ("kind", "what", "size", "sha256"):
+        table.add_column(column, no_wrap=column != "what")
     for artifact in job.artifacts:
-        table.add_row(artifact.kind, size_text(artifact.size_bytes), artifact.sha256[:16] + "…")
+        table.add_row(
+            artifact.kind,
+            ARTIFACT_WHAT.get(artifact.kind, ""),
+            size_text(artifact.size_bytes),
+            artifact.sha256[:16] + "…",
+        )
     return table
+
+
+def checkpoint_line(name: str, info: dict[str, Any]) -> str:
+    """One checkpoint's metadata (report.json ``outputs``) in words: which configuration,
+    which run, its accuracy and what that accuracy is, verified or not, folded or not."""
+    what = info.get("configuration_label") or "the search's own choices"
+    accuracy = info.get("val_accuracy")
+    acc = "-" if accuracy is None else f"{accuracy:.3f}"
+    text = (
+        f"{name}: {what}; {info.get('source', '?')}, seed {info.get('seed', '?')}: "
+        f"val accuracy {acc} ({info.get('accuracy', '?')})"
+    )
+    if not info.get("verified"):
+        text += "; not verified"
+    if info.get("fold_batchnorm"):
+        text += f"; BatchNorm fold {info['fold_batchnorm']}"
+    return escape(text)
+
+
+def outputs_lines(outputs: dict[str, Any] | None) -> list[str]:
+    """What plan.json and the two checkpoints are (empty for a report from before)."""
+    outputs = outputs or {}
+    lines = []
+    plan = outputs.get("plan") or {}
+    if plan.get("configuration_label"):
+        lines.append(
+            escape(
+                f"plan.json: {plan['configuration_label']} "
+                f"({'verified' if plan.get('verified') else 'not verified'}); "
+                f"{plan.get('search_plan', '')}"
+            )
+        )
+    for name, key in (("checkpoint", "checkpoint"), ("search checkpoint", "search_checkpoint")):
+        if outputs.get(key):
+            lines.append(checkpoint_line(name, outputs[key]))
+    return lines
 
 
 def size_text(n: int) -> str:
@@ -250,6 +305,8 @@ def print_report(report: dict[str, Any]) -> None:
         console.print("the report holds no recommendation")
         return
     console.print(table)
+    for line in outputs_lines(report.get("outputs")):
+        console.print(line)
     recommendation = report.get("recommendation") or {}
     try:
         if recommendation.get("by_batch_size"):

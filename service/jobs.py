@@ -14,7 +14,6 @@ requeues (``service.reaper``) applies to each run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from service import lifecycle, repositories
+from service.artifacts import sha256_file
 from service.db.base import now as utc_now
 from service.db.models import Artifact, Job
 from service.errors import InvalidTransition, NotFound
@@ -31,33 +31,14 @@ from service.vocabulary import FINISHED_JOB_STATUSES
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 1 << 20
-
 
 @dataclass(frozen=True)
 class ArtifactFile:
-    """A job output: ``path`` is a file or a directory; ``digest_of`` the file whose SHA-256
-    identifies it (default: ``path`` itself, which must then be a file)."""
+    """A job output: ``path`` is the file a download sends (a checkpoint is one zip), so the
+    SHA-256 and size recorded for it are those of what users receive."""
 
     kind: str
     path: Path
-    digest_of: Path | None = None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def total_size(path: Path) -> int:
-    """Bytes of a file, or of every file under a directory."""
-    path = Path(path)
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def start_job(
@@ -120,11 +101,9 @@ def finish_job(session: Session, *, job_id: str, files: list[ArtifactFile]) -> J
     existing: Mapping[str, Artifact] = {artifact.kind: artifact for artifact in job.artifacts}
     for file in files:
         path = Path(file.path).resolve()
-        values = {
-            "path": str(path),
-            "sha256": sha256_file(file.digest_of or path),
-            "size_bytes": total_size(path),
-        }
+        if not path.is_file():
+            raise ValueError(f"artifact {file.kind!r}: {path} is not a file")
+        values = {"path": str(path), "sha256": sha256_file(path), "size_bytes": path.stat().st_size}
         artifact = existing.get(file.kind)
         if artifact is None:
             job.artifacts.append(Artifact(kind=file.kind, **values))

@@ -28,7 +28,12 @@ FINISHED_JOB_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobSta
 
 
 class ArtifactKind(StrEnum):
-    """The output files of a succeeded job, one per kind (``artifacts.kind``)."""
+    """The output files of a succeeded job, one per kind (``artifacts.kind``).
+
+    ``plan_json``/``plan_yaml`` and ``checkpoint`` are the configuration the verification's
+    verdict chose (its plan; a model of it, trained); ``search_plan_json`` and
+    ``search_checkpoint`` are what the search itself produced (its recommended per-layer plan; its
+    best trial finalized with its own choices). Jobs from before those two have none."""
 
     plan_json = "plan_json"
     plan_yaml = "plan_yaml"
@@ -36,3 +41,5 @@ class ArtifactKind(StrEnum):
     ratios_csv = "ratios_csv"
     ratios_png = "ratios_png"
     checkpoint = "checkpoint"
+    search_plan_json = "search_plan_json"
+    search_checkpoint = "search_checkpoint"

@@ -27,7 +27,6 @@ from pathlib import Path
 from celery import shared_task
 from sqlalchemy.orm import Session, sessionmaker
 
-import sn_core
 from service import jobs
 from service.celery_app import SEARCH_TASK
 from service.db import make_engine, make_session_factory
@@ -101,10 +100,14 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
         )
         paths = write_job_report(result, out_dir)
         files = [jobs.ArtifactFile(kind, path) for kind, path in paths.items()]
-        if result.checkpoint_dir is not None:
-            ckpt = result.checkpoint_dir
-            weights = ckpt / sn_core.checkpoint.WEIGHTS_MEMBER
-            files.append(jobs.ArtifactFile(ArtifactKind.checkpoint, ckpt, digest_of=weights))
+        # The checkpoints are zip files, the very files a download sends: their SHA-256 and size
+        # are computed once, here, and are those of what users receive.
+        for kind, path in (
+            (ArtifactKind.checkpoint, result.checkpoint),
+            (ArtifactKind.search_checkpoint, result.search_checkpoint),
+        ):
+            if path is not None:
+                files.append(jobs.ArtifactFile(kind, path))
         recorder.close()  # every snapshot is in before the job reads as succeeded
         with factory() as session, session.begin():
             jobs.finish_job(session, job_id=job_id, files=files)

@@ -1,6 +1,7 @@
-"""A finished job's outputs: the recommendation (plan JSON or YAML), the finalized checkpoint (a
-zip that ``sn_core.load_finalized`` reads), the report, and every stored artifact by kind. Files
-are served from the runs directory only, with their SHA-256 as ETag."""
+"""A finished job's outputs: the plan (JSON or YAML) and the checkpoint (a zip that
+``sn_core.load_finalized`` reads) of the configuration the verification's verdict chose, the
+search's own checkpoint, the report, and every stored artifact by kind. Files are served from the
+runs directory only, with the SHA-256 of the very bytes sent as ETag and ``X-Content-SHA256``."""
 
 from __future__ import annotations
 
@@ -28,14 +29,18 @@ MEDIA_TYPES = {
     ArtifactKind.ratios_csv: "text/csv",
     ArtifactKind.ratios_png: "image/png",
     ArtifactKind.checkpoint: "application/zip",
+    ArtifactKind.search_plan_json: "application/json",
+    ArtifactKind.search_checkpoint: "application/zip",
 }
+_ZIP_CONTENT = {"application/zip": {"schema": {"type": "string", "format": "binary"}}}
 
 
 def _file(session, settings, user, job_id: str, kind: ArtifactKind) -> FileResponse:
     job = submissions.owned_job(session, job_id=job_id, user=user)
     artifact, path = submissions.artifact_file(job, kind, runs_dir=settings.runs_dir)
-    if path.is_dir():
-        path = artifacts.zipped_directory(path)
+    digest = artifact.sha256  # of the stored file, which is what is sent
+    if path.is_dir():  # an older job's directory checkpoint: sent as a zip, with that zip's digest
+        path, digest = artifacts.zipped_directory(path)
         filename = f"{job_id}-{kind}.zip"
     else:
         filename = f"{job_id}-{path.name}"
@@ -43,7 +48,7 @@ def _file(session, settings, user, job_id: str, kind: ArtifactKind) -> FileRespo
         path,
         media_type=MEDIA_TYPES.get(kind, "application/octet-stream"),
         filename=filename,
-        headers={"ETag": f'"{artifact.sha256}"', "X-Content-SHA256": artifact.sha256},
+        headers={"ETag": f'"{digest}"', "X-Content-SHA256": digest},
     )
 
 
@@ -71,7 +76,7 @@ def list_artifacts(
 def download_artifact(
     job_id: JobId, kind: ArtifactKind, user: CurrentUser, session: SessionDep, settings: SettingsDep
 ):
-    """One output file (the checkpoint directory as a zip)."""
+    """One output file, by kind."""
     return _file(session, settings, user, job_id, kind)
 
 
@@ -81,7 +86,7 @@ def download_artifact(
     responses={
         **RESPONSES,
         200: {
-            "description": "The recommended per-layer normalizer plan.",
+            "description": "The plan of the configuration the verdict chose.",
             "content": {"application/json": {}, "application/yaml": {}},
         },
     },
@@ -93,7 +98,9 @@ def recommendation(
     settings: SettingsDep,
     format: Annotated[Literal["json", "yaml"], Query(description="Plan format.")] = "json",
 ):
-    """The recommended plan (``sn_core.NormalizerPlan``: ``apply_plan`` builds the model)."""
+    """The plan of the configuration the verdict chose (``sn_core.NormalizerPlan``:
+    ``apply_plan`` builds the model): the search's per-layer plan, or a uniform baseline's;
+    its metadata says which (the search's own plan: artifact ``search_plan_json``)."""
     return _file(session, settings, user, job_id, ArtifactKind(f"plan_{format}"))
 
 
@@ -104,13 +111,33 @@ def recommendation(
         **RESPONSES,
         200: {
             "description": "Zip: model.safetensors, plan.json, model.json.",
-            "content": {"application/zip": {"schema": {"type": "string", "format": "binary"}}},
+            "content": _ZIP_CONTENT,
         },
     },
 )
 def checkpoint(job_id: JobId, user: CurrentUser, session: SessionDep, settings: SettingsDep):
-    """The finalized checkpoint (plain torch layers); ``sn_core.load_finalized`` loads it."""
+    """A trained model of the configuration the verdict chose (plain torch layers; its plan
+    equals the recommendation's download), e.g. the best all-BN verification run; without
+    verification the best search trial finalized with the recommended plan, marked "not
+    verified" in its plan's metadata. ``sn_core.load_finalized`` loads it."""
     return _file(session, settings, user, job_id, ArtifactKind.checkpoint)
+
+
+@router.get(
+    "/search-checkpoint",
+    response_class=FileResponse,
+    responses={
+        **RESPONSES,
+        200: {
+            "description": "Zip: model.safetensors, plan.json, model.json.",
+            "content": _ZIP_CONTENT,
+        },
+    },
+)
+def search_checkpoint(job_id: JobId, user: CurrentUser, session: SessionDep, settings: SettingsDep):
+    """The best search trial's SN model finalized with its own one-hot choices (what the search
+    trained, not verified); ``sn_core.load_finalized`` loads it."""
+    return _file(session, settings, user, job_id, ArtifactKind.search_checkpoint)
 
 
 @router.get(

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 
 import pytest
 import redis
@@ -460,8 +459,10 @@ def test_event_stream_replays_history_and_ends_when_finished(api_client, alice, 
 
 
 def seed_outputs(factory, job_id: str, runs_dir) -> dict:
-    """Files as a succeeded job leaves them, registered as artifacts."""
+    """Files as a succeeded job leaves them (the checkpoints as zip files), recorded by the
+    worker's own calls (``service.jobs.start_job`` / ``finish_job``)."""
     import sn_core
+    from service import jobs
 
     out = runs_dir / job_id / "run-1" / "out"
     out.mkdir(parents=True)
@@ -472,28 +473,23 @@ def seed_outputs(factory, job_id: str, runs_dir) -> dict:
     plan = sn_core.plan_from_model(model)
     plan.save(out / "plan.json")
     plan.save(out / "plan.yaml")
+    plan.save(out / "search_plan.json")
     (out / "report.json").write_text(json.dumps({"recommendation": {"layers": []}}))
     final = sn_core.finalize(model, plan)
-    sn_core.save_finalized(final, plan, model_spec, out / "checkpoint")
+    sn_core.save_finalized(final, plan, model_spec, out / "checkpoint.zip")
+    sn_core.save_finalized(final, plan, model_spec, out / "search_checkpoint.zip")
     files = {
         "plan_json": out / "plan.json",
         "plan_yaml": out / "plan.yaml",
+        "search_plan_json": out / "search_plan.json",
         "report_json": out / "report.json",
-        "checkpoint": out / "checkpoint",
+        "checkpoint": out / "checkpoint.zip",
+        "search_checkpoint": out / "search_checkpoint.zip",
     }
     with factory() as session, session.begin():
-        job = session.get(Job, job_id)
-        for kind, path in files.items():
-            digest_of = path / "model.safetensors" if path.is_dir() else path
-            job.artifacts.append(
-                Artifact(
-                    kind=kind,
-                    path=str(path),
-                    sha256=hashlib.sha256(digest_of.read_bytes()).hexdigest(),
-                    size_bytes=1,
-                )
-            )
-        job.status = "succeeded"
+        jobs.start_job(session, job_id=job_id)
+        artifact_files = [jobs.ArtifactFile(kind, path) for kind, path in files.items()]
+        jobs.finish_job(session, job_id=job_id, files=artifact_files)
     return files
 
 
@@ -521,22 +517,68 @@ def test_outputs_download_and_load_with_sn_core(
     )
     assert bad_format.status_code == 422 and bad_format.json()["field"] == "format"
 
-    checkpoint = api_client.get(f"{API}/jobs/{job_id}/checkpoint", headers=alice)
-    assert checkpoint.status_code == 200
-    archive = tmp_path / "checkpoint.zip"
-    archive.write_bytes(checkpoint.content)
-    with zipfile.ZipFile(archive) as zf:
-        weights = zf.read("model.safetensors")
-    assert hashlib.sha256(weights).hexdigest() == checkpoint.headers["x-content-sha256"]
-    model, plan, model_spec = sn_core.load_finalized(archive)
-    assert model_spec["arch"] == "mlp"
-    assert plan.to_json() == sn_core.NormalizerPlan.load(files["plan_json"]).to_json()
+    # The checksum and size users are shown are those of the bytes they download: the zip.
+    listed = api_client.get(f"{API}/jobs/{job_id}/artifacts", headers=alice).json()
+    assert {a["kind"] for a in listed} == set(files)
+    by_kind = {a["kind"]: a for a in listed}
+    for route, kind in (("checkpoint", "checkpoint"), ("search-checkpoint", "search_checkpoint")):
+        response = api_client.get(f"{API}/jobs/{job_id}/{route}", headers=alice)
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "application/zip"
+        assert response.content == files[kind].read_bytes()
+        digest = hashlib.sha256(response.content).hexdigest()
+        assert response.headers["x-content-sha256"] == digest == by_kind[kind]["sha256"]
+        assert response.headers["etag"] == f'"{digest}"'
+        assert by_kind[kind]["size_bytes"] == len(response.content)
+        archive = tmp_path / f"{kind}.zip"
+        archive.write_bytes(response.content)
+        model, plan, model_spec = sn_core.load_finalized(archive)
+        assert model_spec["arch"] == "mlp"
+        assert plan.to_json() == sn_core.NormalizerPlan.load(files["plan_json"]).to_json()
+    for kind, path in files.items():
+        response = api_client.get(f"{API}/jobs/{job_id}/artifacts/{kind}", headers=alice)
+        assert response.content == path.read_bytes(), kind
+        assert by_kind[kind]["sha256"] == hashlib.sha256(response.content).hexdigest(), kind
 
     report = api_client.get(f"{API}/jobs/{job_id}/report", headers=alice)
     assert report.json() == {"recommendation": {"layers": []}}
-    listed = api_client.get(f"{API}/jobs/{job_id}/artifacts", headers=alice).json()
-    assert {a["kind"] for a in listed} == set(files)
     assert api_client.get(f"{API}/jobs/{job_id}/checkpoint", headers=bob).status_code == 403
+    assert api_client.get(f"{API}/jobs/{job_id}/search-checkpoint", headers=bob).status_code == 403
+
+
+def test_an_older_jobs_directory_checkpoint_downloads_as_a_zip_with_its_checksum(
+    api_client, alice, factory, api_settings, tmp_path
+):
+    """Jobs recorded before checkpoints were zip files stored a directory (and the SHA-256 of its
+    weights): it is still served, as a zip whose header carries that zip's own SHA-256."""
+    import sn_core
+
+    job_id = submit(api_client, alice).json()["id"]
+    out = api_settings.runs_dir / job_id / "run-1" / "out"
+    model = sn_core.build_model("mlp", num_classes=3, in_channels=1, input_size=16)
+    spec = {"arch": "mlp", "num_classes": 3, "in_channels": 1, "kwargs": {"input_size": 16}}
+    directory = sn_core.save_finalized(model, sn_core.NormalizerPlan(), spec, out / "checkpoint")
+    weights = (directory / "model.safetensors").read_bytes()
+    with factory() as session, session.begin():
+        job = session.get(Job, job_id)
+        job.artifacts.append(
+            Artifact(
+                kind="checkpoint",
+                path=str(directory),
+                sha256=hashlib.sha256(weights).hexdigest(),
+                size_bytes=len(weights),
+            )
+        )
+        job.status = "succeeded"
+    first = api_client.get(f"{API}/jobs/{job_id}/checkpoint", headers=alice)
+    again = api_client.get(f"{API}/jobs/{job_id}/checkpoint", headers=alice)
+    assert first.status_code == again.status_code == 200
+    assert first.content == again.content  # built once
+    digest = hashlib.sha256(first.content).hexdigest()
+    assert first.headers["x-content-sha256"] == again.headers["x-content-sha256"] == digest
+    (tmp_path / "old.zip").write_bytes(first.content)
+    loaded, _, _ = sn_core.load_finalized(tmp_path / "old.zip")
+    assert set(loaded.state_dict()) == set(model.state_dict())
 
 
 def test_artifact_paths_outside_the_runs_dir_are_not_served(api_client, alice, factory, tmp_path):
@@ -562,7 +604,7 @@ def test_openapi_documents_every_route_with_error_schemas(api_client):
         "/jobs", "/jobs/{job_id}", "/jobs/{job_id}/cancel", "/jobs/{job_id}/retry",
         "/jobs/{job_id}/trials", "/jobs/{job_id}/ratios", "/jobs/{job_id}/metrics",
         "/jobs/{job_id}/events", "/jobs/{job_id}/recommendation", "/jobs/{job_id}/checkpoint",
-        "/jobs/{job_id}/report", "/tokens", "/me",
+        "/jobs/{job_id}/search-checkpoint", "/jobs/{job_id}/report", "/tokens", "/me",
     ]:  # fmt: skip
         assert f"{API}{path}" in paths, path
     post = paths[f"{API}/jobs"]["post"]
@@ -581,7 +623,8 @@ def test_vocabulary_is_what_the_ui_reads_and_is_documented(api_client, alice):
         "statuses": ["queued", "running", "succeeded", "failed", "cancelled"],
         "finished_statuses": ["succeeded", "failed", "cancelled"],
         "artifact_kinds": [
-            "plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint"
+            "plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint",
+            "search_plan_json", "search_checkpoint",
         ],
         "normalizers": [
             {"name": "in", "label": "IN"}, {"name": "ln", "label": "LN"},

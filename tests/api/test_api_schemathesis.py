@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import zipfile
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,7 @@ MUST_REACH = {
     "GET /api/v1/jobs/{job_id}/artifacts/{kind}": {200, 409},
     "GET /api/v1/jobs/{job_id}/recommendation": {200, 409},
     "GET /api/v1/jobs/{job_id}/checkpoint": {200},
+    "GET /api/v1/jobs/{job_id}/search-checkpoint": {200},
     "GET /api/v1/jobs/{job_id}/report": {200},
     "POST /api/v1/jobs/{job_id}/cancel": {200, 409},
     "POST /api/v1/jobs/{job_id}/retry": {200, 409},
@@ -153,10 +155,11 @@ def _artifact_files(job_dir: Path) -> list[jobs.ArtifactFile]:
     (job_dir / "report.json").write_text(json.dumps({"recommendation": plan}))
     (job_dir / "ratios.csv").write_text("step,layer,mean_bn\n1,layer1.bn,0.5\n")
     (job_dir / "ratios.png").write_bytes(b"\x89PNG\r\n\x1a\n" + hashlib.sha256().digest())
-    checkpoint = job_dir / "checkpoint"
-    checkpoint.mkdir()
-    (checkpoint / "model.json").write_text(json.dumps({"arch": "resnet20"}))
-    (checkpoint / "plan.json").write_text(json.dumps(plan))
+    for name in ("checkpoint.zip", "search_checkpoint.zip"):
+        with zipfile.ZipFile(job_dir / name, "w") as archive:
+            archive.writestr("model.json", json.dumps({"arch": "resnet20"}))
+            archive.writestr("plan.json", json.dumps(plan))
+    (job_dir / "search_plan.json").write_text(json.dumps(plan))
     files = [
         jobs.ArtifactFile(kind, job_dir / name)
         for kind, name in (
@@ -165,9 +168,11 @@ def _artifact_files(job_dir: Path) -> list[jobs.ArtifactFile]:
             ("report_json", "report.json"),
             ("ratios_csv", "ratios.csv"),
             ("ratios_png", "ratios.png"),
+            ("checkpoint", "checkpoint.zip"),
+            ("search_plan_json", "search_plan.json"),
+            ("search_checkpoint", "search_checkpoint.zip"),
         )
     ]
-    files.append(jobs.ArtifactFile("checkpoint", checkpoint, digest_of=checkpoint / "model.json"))
     return files
 
 

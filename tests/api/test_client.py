@@ -4,6 +4,7 @@ real app on Postgres (``api_client``: no worker runs, so submitted jobs stay que
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import uuid
 import zipfile
@@ -298,13 +299,23 @@ def test_parse_sse_fields_comments_and_multiline_data():
 
 
 # --------------------------------------------------------------------------- downloads
+def _zip(members: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
 def _fake_outputs(api_settings, job_id: str, *, tamper: bool = False) -> dict[str, bytes]:
-    """Store the artifacts a worker would (files under the runs directory + their rows)."""
+    """Store the artifacts a worker would (files under the runs directory + their rows, each
+    with the SHA-256 of the file). ``tamper``: plan.json's digest is wrong, and the checkpoint's
+    is that of its weights member (what jobs recorded before the zip was the artifact)."""
     from service.db import make_engine, make_session_factory
     from service.db.models import Artifact
 
     out = api_settings.runs_dir / job_id / "run-1"
-    (out / "checkpoint").mkdir(parents=True)
+    out.mkdir(parents=True)
     report = {
         "recommendation": {
             "target_batch_size": 128,
@@ -312,47 +323,94 @@ def _fake_outputs(api_settings, job_id: str, *, tamper: bool = False) -> dict[st
         },
         "verification": None,
     }
+    weights = b"\x00weights" * 100
+    plan = b'{"format": "normalizer-plan"}\n'
     files = {
-        "plan_json": (out / "plan.json", b'{"format": "normalizer-plan"}\n'),
+        "plan_json": (out / "plan.json", plan),
         "plan_yaml": (out / "plan.yaml", b"format: normalizer-plan\n"),
         "report_json": (out / "report.json", json.dumps(report).encode()),
+        "search_plan_json": (out / "search_plan.json", b'{"format": "search-plan"}\n'),
+        "checkpoint": (
+            out / "checkpoint.zip",
+            _zip({"model.safetensors": weights, "plan.json": plan}),
+        ),
+        "search_checkpoint": (
+            out / "search_checkpoint.zip",
+            _zip({"model.safetensors": weights[::-1]}),
+        ),
     }
-    weights = b"\x00weights" * 100
     for path, content in files.values():
         path.write_bytes(content)
-    (out / "checkpoint" / "model.safetensors").write_bytes(weights)
-    (out / "checkpoint" / "plan.json").write_bytes(files["plan_json"][1])
     rows = {
         kind: (path, hashlib.sha256(content).hexdigest()) for kind, (path, content) in files.items()
     }
-    rows["checkpoint"] = (out / "checkpoint", hashlib.sha256(weights).hexdigest())
     if tamper:
         rows["plan_json"] = (rows["plan_json"][0], "0" * 64)
+        rows["checkpoint"] = (rows["checkpoint"][0], hashlib.sha256(weights).hexdigest())
     engine = make_engine(api_settings.database_url)
     try:
         with make_session_factory(engine)() as session, session.begin():
             for kind, (path, sha) in rows.items():
-                size = path.stat().st_size if path.is_file() else len(weights)
+                size = path.stat().st_size
                 session.add(
                     Artifact(job_id=job_id, kind=kind, path=str(path), sha256=sha, size_bytes=size)
                 )
     finally:
         engine.dispose()
-    return {kind: content for kind, (_, content) in files.items()} | {"weights": weights}
+    return {kind: content for kind, (_, content) in files.items()}
+
+
+ALL_FILES = [
+    "checkpoint.zip",
+    "plan.json",
+    "plan.yaml",
+    "report.json",
+    "search_checkpoint.zip",
+    "search_plan.json",
+]
 
 
 def test_download_all_writes_the_outputs_and_checks_them(client, api_settings, tmp_path):
     job = client.submit(tiny_spec())
     stored = _fake_outputs(api_settings, job.id)
     written = client.download_all(job.id, tmp_path / "out")
-    assert sorted(written) == ["checkpoint.zip", "plan.json", "plan.yaml", "report.json"]
-    assert written["plan.json"].read_bytes() == stored["plan_json"]
-    assert written["plan.yaml"].read_bytes() == stored["plan_yaml"]
-    assert written["report.json"].read_bytes() == stored["report_json"]
-    with zipfile.ZipFile(written["checkpoint.zip"]) as archive:
-        assert archive.read("model.safetensors") == stored["weights"]
+    assert sorted(written) == ALL_FILES
+    for name, kind in [
+        ("plan.json", "plan_json"),
+        ("plan.yaml", "plan_yaml"),
+        ("report.json", "report_json"),
+        ("checkpoint.zip", "checkpoint"),
+        ("search_plan.json", "search_plan_json"),
+        ("search_checkpoint.zip", "search_checkpoint"),
+    ]:
+        assert written[name].read_bytes() == stored[kind], name
+    # What the artifact list shows is the digest and size of the downloaded file.
+    listed = {a.kind: a for a in client.artifacts(job.id)}
+    checkpoint = written["checkpoint.zip"].read_bytes()
+    assert listed["checkpoint"].sha256 == hashlib.sha256(checkpoint).hexdigest()
+    assert listed["checkpoint"].size_bytes == len(checkpoint)
+    search = client.download_search_checkpoint(job.id, tmp_path / "s.zip")
+    assert search.read_bytes() == stored["search_checkpoint"]
     assert client.report(job.id)["recommendation"]["target_batch_size"] == 128
     assert {a.kind for a in client.get_job(job.id).artifacts} >= {"plan_json", "checkpoint"}
+
+
+def test_download_all_of_an_older_job_skips_the_search_outputs(client, api_settings, tmp_path):
+    from service.db import make_engine, make_session_factory
+    from service.db.models import Artifact
+
+    job = client.submit(tiny_spec())
+    _fake_outputs(api_settings, job.id)
+    engine = make_engine(api_settings.database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            for row in session.query(Artifact).filter_by(job_id=job.id):
+                if row.kind.startswith("search_"):
+                    session.delete(row)
+    finally:
+        engine.dispose()
+    written = client.download_all(job.id, tmp_path / "out")
+    assert sorted(written) == ["checkpoint.zip", "plan.json", "plan.yaml", "report.json"]
 
 
 def test_a_download_that_does_not_match_its_checksum_is_refused(client, api_settings, tmp_path):
@@ -360,8 +418,11 @@ def test_a_download_that_does_not_match_its_checksum_is_refused(client, api_sett
     _fake_outputs(api_settings, job.id, tamper=True)
     with pytest.raises(ChecksumMismatch):
         client.download_recommendation(job.id, "json", tmp_path / "plan.json")
+    # The whole downloaded zip is checked, not a member of it.
+    with pytest.raises(ChecksumMismatch):
+        client.download_checkpoint(job.id, tmp_path / "c.zip")
     assert list(tmp_path.iterdir()) == []
-    assert client.download_checkpoint(job.id, tmp_path / "c.zip").exists()
+    assert client.download_recommendation(job.id, "yaml", tmp_path / "plan.yaml").exists()
 
 
 # --------------------------------------------------------------------------- CLI
@@ -423,14 +484,10 @@ def test_cli_download_and_status_show_the_outputs(cli, client, token, api_settin
     _fake_outputs(api_settings, job.id)
     result = cli("download", job.id, "--out", tmp_path / "dl", "--token", token)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [
-        "checkpoint.zip",
-        "plan.json",
-        "plan.yaml",
-        "report.json",
-    ]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ALL_FILES
     shown = cli("status", job.id, "--token", token)
-    assert "plan_json" in shown.output and "checkpoint" in shown.output
+    assert "plan_json" in shown.output and "search_checkpoint" in shown.output
+    assert "configuration the verdict chose" in shown.output
     unfinished = client.submit(tiny_spec())
     refused = cli("download", unfinished.id, "--out", tmp_path / "no", "--token", token)
     assert refused.exit_code == 2 and "succeeds" in refused.output

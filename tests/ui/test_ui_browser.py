@@ -327,6 +327,15 @@ def test_job_from_template_runs_live_and_shows_its_results(digits_job, api, tmp_
         assert "model.safetensors" in archive.namelist()
     model, restored, _spec = sn_core.load_finalized(checkpoint)
     assert sorted(restored.names) == sorted(layers) and model is not None
+    # The checkpoint is the plan's configuration; the search's own model and plan come apart.
+    assert [(x.mean, x.var) for x in restored] == [
+        (x.mean, x.var) for x in sn_core.NormalizerPlan.load(plan_json)
+    ]
+    search_checkpoint = download("download-search-checkpoint", ".zip")
+    _, own, _ = sn_core.load_finalized(search_checkpoint)
+    assert own.metadata["checkpoint"]["artifact"] == "search_checkpoint"
+    search_plan = sn_core.NormalizerPlan.load(download("download-search-plan", ".json"))
+    assert sorted(search_plan.names) == sorted(layers)
 
     metrics = download("download-csv", ".csv")
     header = next(csv.reader(io.StringIO(metrics.read_text())))

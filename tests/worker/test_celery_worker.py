@@ -8,6 +8,7 @@ and Postgres unreachable are failures, never skips.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -137,22 +138,34 @@ def test_search_job_runs_in_a_real_worker(worker):
         artifacts = {
             a.kind: a for a in session.scalars(select(Artifact).where(Artifact.job_id == job_id))
         }
-    kinds = {"plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint"}
+    kinds = {
+        "plan_json",
+        "plan_yaml",
+        "report_json",
+        "ratios_csv",
+        "ratios_png",
+        "checkpoint",
+        "search_plan_json",
+        "search_checkpoint",
+    }
     assert set(artifacts) == kinds
+    # Every artifact is the one file a download sends, with that file's SHA-256 and size.
     for artifact in artifacts.values():
         path = Path(artifact.path)
-        assert path.exists() and artifact.size_bytes > 0, artifact.kind
-    plan_json = Path(artifacts["plan_json"].path)
-    assert artifacts["plan_json"].sha256 == hashlib.sha256(plan_json.read_bytes()).hexdigest()
-    assert artifacts["plan_json"].size_bytes == plan_json.stat().st_size
-    checkpoint = Path(artifacts["checkpoint"].path)
-    weights = (checkpoint / "model.safetensors").read_bytes()
-    assert artifacts["checkpoint"].sha256 == hashlib.sha256(weights).hexdigest()
-    assert artifacts["checkpoint"].size_bytes == sum(p.stat().st_size for p in checkpoint.iterdir())
-    model, plan, model_spec = sn_core.load_finalized(checkpoint)
-    assert model_spec["arch"] == "resnet20" and len(plan.names) == len(layers)
-    # The checkpoint carries the best trial's own choices; plan.json the aggregated ones.
-    assert list(plan.names) == list(sn_core.NormalizerPlan.load(plan_json).names)
+        assert path.is_file() and artifact.size_bytes == path.stat().st_size > 0, artifact.kind
+        assert artifact.sha256 == hashlib.sha256(path.read_bytes()).hexdigest(), artifact.kind
+    plan = sn_core.NormalizerPlan.load(Path(artifacts["plan_json"].path))
+    report = json.loads(Path(artifacts["report_json"].path).read_text())
+    chosen = report["verification"]["verdict"]["chosen"]
+    assert plan.metadata["configuration"] == chosen
+    # The checkpoint is the verdict's configuration: its layers are plan.json's.
+    model, ckpt_plan, model_spec = sn_core.load_finalized(Path(artifacts["checkpoint"].path))
+    assert model_spec["arch"] == "resnet20"
+    assert [(x.name, x.mean, x.var) for x in ckpt_plan] == [(x.name, x.mean, x.var) for x in plan]
+    assert ckpt_plan.metadata["checkpoint"]["configuration"] == chosen
+    # The search checkpoint carries the best trial's own choices, one per SN layer.
+    _, own, _ = sn_core.load_finalized(Path(artifacts["search_checkpoint"].path))
+    assert list(own.names) == [name for name, _ in layers]
 
 
 def test_model_with_nothing_to_search_fails_the_job_before_training(worker):

@@ -25,11 +25,19 @@ export function jobPageHtml(jobId) {
         <button type="button" class="button" data-testid="download-csv"
           data-download="csv">Ratio history (CSV)</button>
         <button type="button" class="button" data-testid="download-json" data-download="json"
-          hidden>Plan (JSON)</button>
+          title="The plan of the configuration the verdict chose" hidden>Plan (JSON)</button>
         <button type="button" class="button" data-testid="download-yaml" data-download="yaml"
-          hidden>Plan (YAML)</button>
+          title="The plan of the configuration the verdict chose" hidden>Plan (YAML)</button>
         <button type="button" class="button" data-testid="download-checkpoint"
-          data-download="checkpoint" hidden>Checkpoint (zip)</button>
+          data-download="checkpoint" title="A trained model of the configuration the verdict chose"
+          hidden>Checkpoint, verdict's choice (zip)</button>
+        <button type="button" class="button" data-testid="download-search-plan"
+          data-download="search-plan" title="The search's own per-layer plan"
+          hidden>Search plan (JSON)</button>
+        <button type="button" class="button" data-testid="download-search-checkpoint"
+          data-download="search-checkpoint"
+          title="The best search trial, finalized with its own choices (not verified)"
+          hidden>Search checkpoint (zip)</button>
         <span class="muted" id="artifact-info"></span>
       </div>
       <p class="verdict" id="verdict" data-testid="verdict" hidden></p>

@@ -79,8 +79,11 @@ export function render(root, [jobId]) {
     $("[data-download=json]").hidden = !kinds.has("plan_json");
     $("[data-download=yaml]").hidden = !kinds.has("plan_yaml");
     $("[data-download=checkpoint]").hidden = !kinds.has("checkpoint");
+    $("[data-download=search-plan]").hidden = !kinds.has("search_plan_json");
+    $("[data-download=search-checkpoint]").hidden = !kinds.has("search_checkpoint");
+    // Size and sha256 of the file the button downloads (the zip itself).
     const ckpt = (job.artifacts || []).find((a) => a.kind === "checkpoint");
-    $("#artifact-info").textContent = ckpt ? `checkpoint ${fmtBytes(ckpt.size_bytes)}, sha256 ${
+    $("#artifact-info").textContent = ckpt ? `checkpoint.zip ${fmtBytes(ckpt.size_bytes)}, sha256 ${
       ckpt.sha256.slice(0, 12)}…` : "";
     $("#spec-view").textContent = JSON.stringify(job.spec, null, 2);
   }
@@ -370,6 +373,8 @@ export function render(root, [jobId]) {
     json: ["/recommendation", `${jobId}-plan.json`],
     yaml: ["/recommendation?format=yaml", `${jobId}-plan.yaml`],
     checkpoint: ["/checkpoint", `${jobId}-checkpoint.zip`],
+    "search-plan": ["/artifacts/search_plan_json", `${jobId}-search_plan.json`],
+    "search-checkpoint": ["/search-checkpoint", `${jobId}-search_checkpoint.zip`],
   };
 
   root.addEventListener("click", async (event) => {
