@@ -147,3 +147,35 @@ def test_live_trials_view_shows_the_base_and_the_effective_lr():
     )
     assert (cells["batch"], cells["lr"], cells["lr (effective)"]) == ("8", "0.1", "0.025")
     assert (cells["epoch"], cells["val acc"]) == ("1/2", "0.500")
+
+
+def test_outputs_lines_say_what_the_plan_and_each_checkpoint_are():
+    from cli.render import outputs_lines
+    from worker.export import Choice, chosen_configuration
+
+    choice = Choice("bn", True, "within_noise", "use all-BN: the plan is not better")
+    checkpoint = {
+        **choice.metadata(),
+        "source": "verification run of all-BN (trained from scratch)",
+        "seed": 1,
+        "val_accuracy": 0.9861,
+        "accuracy": "final-epoch validation accuracy of this run, the highest of 2 seeds (0, 1)",
+        "fold_batchnorm": "requested: 19 BatchNorm layer(s) folded into their convolution",
+    }
+    unverified = {
+        **chosen_configuration(None).metadata(),
+        "source": "the best search trial's SN model, finalized with the recommended plan",
+        "seed": 0,
+        "val_accuracy": 0.5,
+        "accuracy": "validation accuracy of this model, evaluated after finalization",
+    }
+    lines = outputs_lines(
+        {"plan": choice.metadata(), "checkpoint": checkpoint, "search_checkpoint": unverified}
+    )
+    assert lines[0].startswith("plan.json: all-BN (verified)") and "search_plan.json" in lines[0]
+    assert lines[1].startswith("checkpoint: all-BN; verification run") and "seed 1" in lines[1]
+    assert "0.986 (final-epoch validation accuracy" in lines[1] and "not verified" not in lines[1]
+    assert "19 BatchNorm layer(s) folded" in lines[1]
+    assert lines[2].startswith("search checkpoint: the per-layer plan")
+    assert lines[2].endswith("; not verified")
+    assert outputs_lines(None) == [] and outputs_lines({"plan": {"target_batch_size": 8}}) == []
