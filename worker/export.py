@@ -58,6 +58,7 @@ __all__ = [
     "deliverable_plan",
     "export_checkpoint",
     "export_search_checkpoint",
+    "fold_for_export",
     "load_run_weights",
     "uniform_plan",
 ]
@@ -223,7 +224,7 @@ def _count_batchnorms(model: nn.Module) -> int:
     return sum(isinstance(m, _BatchNorm) for m in model.modules())
 
 
-def _fold(model: nn.Module, requested: bool) -> tuple[nn.Module, dict[str, Any]]:
+def fold_for_export(model: nn.Module, requested: bool) -> tuple[nn.Module, dict[str, Any]]:
     """``model`` with its BatchNorms folded when ``requested``, and what was done, in words."""
     model.eval()
     if not requested:
@@ -363,7 +364,7 @@ def export_checkpoint(
             "accuracy": "validation accuracy of this model, evaluated after finalization",
             "search_trial_val_accuracy": trial.val_accuracy,
         }
-    model, fold = _fold(model, spec.export.fold_batchnorm)
+    model, fold = fold_for_export(model, spec.export.fold_batchnorm)
     info |= fold
     _save(spec, data, model, plan, info, path, folded=fold["batchnorm_folded"])
     return info

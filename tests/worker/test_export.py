@@ -74,3 +74,31 @@ def test_the_chosen_configuration_follows_the_verdict():
         False,
         "verification_disabled",
     )
+
+
+def test_folding_on_request_says_what_it_did():
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from worker.export import fold_for_export
+
+    resnet = sn_core.build_model("resnet20", num_classes=3, in_channels=1)
+    _randomize(resnet)
+    same, info = fold_for_export(resnet, False)
+    assert same is resnet and info["batchnorm_folded"] is False
+    assert "not requested" in info["fold_batchnorm"]
+    folded, info = fold_for_export(resnet, True)
+    count = sum(isinstance(m, _BatchNorm) for m in resnet.modules())
+    assert info["batchnorm_folded"] is True and info["folded_layers"] == count > 0
+    assert not any(isinstance(m, _BatchNorm) for m in folded.modules())
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), resnet(x), rtol=1e-4, atol=1e-4)
+    # A model torch.fx cannot trace is kept as it is, and the reason is given.
+    mlp = sn_core.build_model("mlp", num_classes=3, in_channels=1, input_size=12)
+    kept, info = fold_for_export(mlp, True)
+    assert kept is mlp and info["batchnorm_folded"] is False
+    assert info["fold_batchnorm"].startswith("requested, not done: fold_batchnorm: torch.fx")
+    # Nothing to fold (all-GN): not marked folded.
+    gn = sn_core.build_model("resnet20", num_classes=3, in_channels=1, norm_layer="gn")
+    _, info = fold_for_export(gn, True)
+    assert info["batchnorm_folded"] is False and "no BatchNorm" in info["fold_batchnorm"]
