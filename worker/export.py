@@ -389,7 +389,7 @@ def export_search_checkpoint(
         "verified": False,
         "source": (
             "the best search trial's SN model (annealed), finalized with its own one-hot choices; "
-            "the recommended plan is in plan.json, the verified model in checkpoint.zip"
+            "the configuration the verdict chose is in plan.json and checkpoint.zip"
         ),
         "trial_id": trial.trial_id,
         "seed": trial.seed,
