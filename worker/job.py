@@ -283,9 +283,16 @@ def verify(
     )
     lr = grid[0]["lr"] if grid else spec.lrs[0]
     accuracies: dict[str, dict[int, float]] = {v: {} for v in variants}
+    diverged: dict[str, list[int]] = {}
     for outcome in run.outcomes:
-        if outcome.val_accuracy is not None and outcome.status == "TERMINATED":
+        # A diverged run counts with the accuracy it ended with: dropping its seed would hide
+        # that the configuration is unstable and flatter it in the paired comparison.
+        if outcome.val_accuracy is not None and (
+            outcome.status == "TERMINATED" or outcome.diverged
+        ):
             accuracies[outcome.variant][outcome.seed] = outcome.val_accuracy
+        if outcome.diverged:
+            diverged.setdefault(outcome.variant, []).append(outcome.seed)
     # The SN model of each seed: its search trial at the verification's batch size and lr.
     accuracies[SN_VARIANT] = {
         o.seed: o.val_accuracy
@@ -300,6 +307,10 @@ def verify(
     for variant in (SN_VARIANT, *variants):
         label = VERIFICATION_LABELS.get(variant, f"all-{variant.upper()} (from scratch)")
         rows[variant] = _accuracy_row(decided.configs.get(variant), label)
+        if diverged.get(variant):  # in the label too, so every table that shows it says so
+            seeds_text = ", ".join(str(seed) for seed in sorted(diverged[variant]))
+            rows[variant]["diverged_seeds"] = sorted(diverged[variant])
+            rows[variant]["label"] += f"; diverged: seed {seeds_text} (counted at its accuracy)"
     summary = {
         "epochs": spec.verify_epochs,
         "batch_size": batch,

@@ -9,7 +9,7 @@ Everything here is JSON-serializable.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class LayerRatios(TypedDict):
@@ -31,7 +31,7 @@ class EpochRecord(TypedDict):
     epoch: int  # 1-based: the epochs completed
     epochs_budget: int
     train_loss: float
-    val_loss: float
+    val_loss: float | None  # None when not finite (a diverged model)
     val_accuracy: float
     fraction_fixed: float  # share of SN choices already one-hot
     all_fixed: bool
@@ -40,14 +40,23 @@ class EpochRecord(TypedDict):
     ratios: dict[str, LayerRatios]  # by layer name, in network order
     done: bool  # the trial's last epoch (budget reached or stopped early)
     train_seconds: float  # wall time of the epoch's training steps
+    # Only in the last record of a trial whose training loss stopped being finite: what happened
+    # (step, loss, learning rate, what to change); the epoch was cut short there and the model
+    # evaluated as it was (``worker.trainable.TrialTraining.epochs``).
+    diverged: NotRequired[str]
 
 
-EPOCH_KEYS: tuple[str, ...] = tuple(EpochRecord.__annotations__)
+# Spelled out: with postponed annotations a TypedDict cannot tell NotRequired keys apart.
+OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged",)
+EPOCH_KEYS: tuple[str, ...] = tuple(
+    key for key in EpochRecord.__annotations__ if key not in OPTIONAL_EPOCH_KEYS
+)  # in every record
 
 
 def epoch_record(result: dict[str, Any]) -> EpochRecord:
     """The trial-reported part of a Ray Tune result."""
-    return {key: result[key] for key in EPOCH_KEYS if key in result}  # type: ignore[return-value]
+    keys = (*EPOCH_KEYS, *OPTIONAL_EPOCH_KEYS)
+    return {key: result[key] for key in keys if key in result}  # type: ignore[return-value]
 
 
 @dataclass
@@ -70,6 +79,10 @@ class TrialOutcome:
     # The learning rate it trained with: ``lr`` (its identity, the base rate) scaled to its batch
     # size by the spec's ``training.lr_scaling``; None means unscaled, ``lr``.
     effective_lr: float | None = None
+    # Set when its training loss stopped being finite (then ``status`` is "ERROR" and ``error``
+    # says the same): a search trial so cut short gives no ratios to aggregate; a verification
+    # run keeps its measured accuracy, a loss for its configuration rather than a dropped seed.
+    diverged: str | None = None
 
     def __post_init__(self) -> None:
         if self.effective_lr is None:

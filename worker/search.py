@@ -87,7 +87,11 @@ class RecorderCallback(tune.Callback):
         self.recorder.trial_result(trial.trial_id, epoch_record(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        self.recorder.trial_finished(trial.trial_id, "TERMINATED")
+        diverged = (trial.last_result or {}).get("diverged")
+        if diverged:  # it stopped itself: a failure with its reason, not a finished trial
+            self.recorder.trial_finished(trial.trial_id, "ERROR", diverged)
+        else:
+            self.recorder.trial_finished(trial.trial_id, "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         error = getattr(trial, "error_file", None) or "trial failed"
@@ -244,6 +248,10 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
         else:  # a grid built without it: the rule the trainable applied
             spec = JobSpec.model_validate(config["spec"])
             effective_lr = trial_effective_lr(spec, {"batch_size": batch_size, "lr": lr})
+        diverged = last.get("diverged")
+        error = diverged
+        if result.error is not None:
+            error = f"{type(result.error).__name__}: {result.error}"
         outcomes.append(
             TrialOutcome(
                 trial_id=trial_id,
@@ -251,7 +259,7 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
                 batch_size=batch_size,
                 lr=lr,
                 effective_lr=effective_lr,
-                status="ERROR" if result.error is not None else "TERMINATED",
+                status="ERROR" if error is not None else "TERMINATED",
                 epochs_used=int(last.get("epoch", 0)),
                 epochs_budget=int(config.get("epochs", 0)),
                 val_accuracy=last.get("val_accuracy"),
@@ -259,9 +267,8 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
                 variant=str(trial.get("variant", config.get("variant", "sn"))),
                 plan=plan,
                 checkpoint_dir=checkpoint_dir,
-                error=None
-                if result.error is None
-                else f"{type(result.error).__name__}: {result.error}",
+                error=error,
+                diverged=diverged,
             )
         )
     return sorted(outcomes, key=lambda o: (o.batch_size, o.lr, o.seed))

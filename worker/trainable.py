@@ -93,6 +93,15 @@ def _ratio_snapshot(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _finite_ratios(ratios: dict[str, Any]) -> bool:
+    return all(
+        math.isfinite(p)
+        for info in ratios.values()
+        for role in ("mean", "var")
+        for p in info[role].values()
+    )
+
+
 def _choices(ratios: dict[str, Any]) -> dict[str, tuple[str, str]]:
     return {
         name: (max(info["mean"], key=info["mean"].get), max(info["var"], key=info["var"].get))
@@ -208,7 +217,7 @@ class TrialTraining:
             order = torch.randperm(
                 len(x_train), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
             )
-            loss_sum = 0.0
+            loss_sum, seen, diverged = 0.0, 0, None
             for i, start in enumerate(range(0, len(x_train), batch_size)):
                 step = epoch * self.steps_per_epoch + i
                 factor = _lr_factor(spec.training.lr_schedule, step, total_steps)
@@ -218,6 +227,10 @@ class TrialTraining:
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, enabled=self.use_amp):
                     loss = loss_fn(model(xb), yb)
+                value = loss.item()
+                if not math.isfinite(value):
+                    diverged = self._divergence(value, epoch, i, optimizer)
+                    break
                 self.scaler.scale(loss).backward()
                 if spec.training.grad_clip is not None:
                     self.scaler.unscale_(optimizer)
@@ -228,11 +241,13 @@ class TrialTraining:
                     (step + 1) % self.controller_every == 0 or i == last_step
                 ):
                     self.controller.step((step + 1) / total_steps)
-                loss_sum += loss.item() * len(idx)
+                loss_sum, seen = loss_sum + value * len(idx), seen + len(idx)
 
             train_seconds = time.perf_counter() - epoch_started
             val_loss, val_accuracy = evaluate(model, self.data.x_val, self.data.y_val, device)
             ratios = _ratio_snapshot(model)
+            if diverged is not None and not _finite_ratios(ratios):
+                ratios = {}  # NaN ratios would reach JSON (API, database) and mean nothing
             fraction_fixed = sn_core.fraction_fixed(model)
             all_fixed = bool(ratios) and fraction_fixed == 1.0
             choices = _choices(ratios)
@@ -248,12 +263,12 @@ class TrialTraining:
                 and all_fixed
                 and self.stable_evals >= spec.search.stop_when_stable.patience
             )
-            done = stop_early or epoch + 1 == epochs
-            yield EpochRecord(
+            done = stop_early or epoch + 1 == epochs or diverged is not None
+            record = EpochRecord(
                 epoch=epoch + 1,
                 epochs_budget=epochs,
-                train_loss=loss_sum / len(x_train),
-                val_loss=val_loss,
+                train_loss=loss_sum / max(seen, 1),  # over the steps with a finite loss
+                val_loss=val_loss if math.isfinite(val_loss) else None,
                 val_accuracy=val_accuracy,
                 fraction_fixed=fraction_fixed,
                 all_fixed=all_fixed,
@@ -263,8 +278,21 @@ class TrialTraining:
                 done=done,
                 train_seconds=train_seconds,
             )
+            if diverged is not None:
+                record["diverged"] = diverged
+            yield record
             if done:
                 return
+
+    def _divergence(self, loss: float, epoch: int, index: int, optimizer) -> str:
+        """What a user is told when the training loss stops being finite, and why it stops:
+        another step would only spread NaN through the weights (and the ratios)."""
+        lr = max(group["lr"] for group in optimizer.param_groups)
+        return (
+            f"training diverged: the loss was {loss} at epoch {epoch + 1}, step {index + 1} of "
+            f"{self.steps_per_epoch} (batch size {self.batch_size}, learning rate {lr:.3g}); "
+            "lower training.lr or use a larger batch size"
+        )
 
 
 def trial_effective_lr(spec: JobSpec, trial: dict[str, Any]) -> float:

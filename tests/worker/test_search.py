@@ -19,6 +19,7 @@ import yaml
 import sn_core
 import worker.search
 from service.spec import JobSpec
+from tests.support.datasets import poisoned_digits
 from worker.data import load_dataset
 from worker.job import JobStateError, run_job, verification_grid, write_job_report
 from worker.recorder import JsonlRecorder, MemoryRecorder
@@ -437,3 +438,27 @@ def test_asha_scheduler_runs_and_reports_every_trial(tmp_path):
     )  # fmt: skip
     assert len(run.outcomes) == 2
     assert all(o.status == "TERMINATED" and 1 <= o.epochs_used <= 4 for o in run.outcomes)
+
+
+def test_a_diverged_trial_fails_with_its_reason_and_complete_history(tmp_path):
+    spec = tiny_spec(
+        model={"arch": "mlp"},
+        training={"epochs": 2, "batch_size": 64},
+        search={"pool": ["ln", "bn"], "trials": {"seeds": [0]}},
+    )
+    recorder = MemoryRecorder()
+    run = run_trials(
+        spec,
+        poisoned_digits(),
+        name="diverge",
+        storage_dir=tmp_path,
+        recorder=recorder,
+        grid=trial_grid(spec),
+    )
+    (outcome,) = run.outcomes
+    assert outcome.status == "ERROR" and outcome.diverged
+    assert outcome.error == outcome.diverged and "training diverged" in outcome.error
+    assert outcome.epochs_used == 1 and len(outcome.history) == 1  # one epoch, then it stopped
+    stored = recorder.trials()[outcome.trial_id]
+    assert stored["status"] == "ERROR" and stored["error"] == outcome.diverged
+    json.dumps(outcome.to_dict(), allow_nan=False)
