@@ -302,7 +302,7 @@ def verify(
         and o.status == "TERMINATED"
         and o.val_accuracy is not None
     }
-    decided = verdict(accuracies)
+    decided = verdict(accuracies, plan_uniform=uniform_normalizer(recommendation.plan))
     rows = {}
     for variant in (SN_VARIANT, *variants):
         label = VERIFICATION_LABELS.get(variant, f"all-{variant.upper()} (from scratch)")
@@ -321,6 +321,12 @@ def verify(
         "verdict": decided.to_dict(),
     }
     return summary, run.outcomes
+
+
+def uniform_normalizer(plan: sn_core.NormalizerPlan) -> str | None:
+    """The normalizer a plan uses for the mean and the variance of every layer, if one."""
+    kinds = {kind for layer in plan.layers for kind in (layer.mean, layer.var)}
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 # Row labels of the verification table: what each row is and how it was trained.

@@ -53,6 +53,7 @@ COST_ORDER = (*UNIFORM, PLAN)  # cheapest first
 CONFIDENCE = 0.95
 REASONS = (
     "plan_better",  # the plan beats every baseline that matters: use it
+    "plan_is_baseline",  # the plan uses that baseline's normalizer in every layer
     "within_noise",  # a uniform baseline; the plan's interval against it contains 0
     "plan_worse",  # a uniform baseline; the plan's interval against it lies below 0
     "single_seed",  # one common seed: the best observed accuracy, no interval
@@ -244,10 +245,15 @@ def _seeds(n: int) -> str:
 
 
 def verdict(
-    accuracies: Mapping[str, Mapping[int, float]], *, confidence: float = CONFIDENCE
+    accuracies: Mapping[str, Mapping[int, float]],
+    *,
+    confidence: float = CONFIDENCE,
+    plan_uniform: str | None = None,
 ) -> Verdict:
     """The statistics and the decision (see the module docstring) for ``accuracies``:
     configuration -> {seed: final validation accuracy in [0, 1]}, one entry per finished run.
+    ``plan_uniform``: the normalizer the plan uses in every layer (mean and variance), if one
+    does; when the verdict picks that baseline, the words say the search found it.
     Raises ValueError on unknown configurations or accuracies outside [0, 1]."""
     data = _validated(accuracies)
     configs = {c: _stats(c, s) for c, s in data.items()}
@@ -321,7 +327,15 @@ def verdict(
         )
         return done(PLAN, "plan_better", text, comps)
 
-    if PLAN in finished:
+    if PLAN in finished and plan_uniform == chosen:
+        d = diff(PLAN, chosen)
+        reason = "plan_is_baseline"
+        text = (
+            f"use {label(chosen)}: the search chose {chosen.upper()} for every layer, so the plan "
+            f"is {label(chosen)} itself (trained twice: {_num(d.mean_points, True)} points, "
+            f"{_ci(d)}; {n})"
+        )
+    elif PLAN in finished:
         d = diff(PLAN, chosen)
         reason = "plan_worse" if d.worse else "within_noise"
         how = "worse" if d.worse else "not better, within noise"

@@ -64,6 +64,26 @@ def test_within_noise_picks_the_cheapest_uniform_baseline():
     assert d.ci_low_points < 0 < d.ci_high_points
 
 
+def test_a_plan_that_is_a_uniform_baseline_says_the_search_found_it():
+    # The MLP at batch 2: the search picks GN everywhere, BN collapses.
+    plan = {0: 0.978, 1: 0.975, 2: 0.980, 3: 0.977}
+    gn = {0: 0.979, 1: 0.976, 2: 0.978, 3: 0.977}
+    bn = {0: 0.72, 1: 0.80, 2: 0.75, 3: 0.77}
+    v = verdict({"plan": plan, "bn": bn, "gn": gn}, plan_uniform="gn")
+    assert (v.chosen, v.reason) == ("gn", "plan_is_baseline")
+    assert v.text.startswith(
+        "use all-GN: the search chose GN for every layer, so the plan is all-GN itself "
+        "(trained twice: "
+    )
+    assert "; all-GN beats the cheaper all-BN by +" in v.text and "within noise" not in v.text
+    # The same accuracies with a mixed plan: the usual words.
+    mixed = verdict({"plan": plan, "bn": bn, "gn": gn})
+    assert (mixed.chosen, mixed.reason) == ("gn", "within_noise")
+    # A uniform plan that loses to a cheaper baseline is not that baseline's verdict.
+    cheaper = verdict({"plan": gn, "bn": plan}, plan_uniform="gn")
+    assert cheaper.chosen == "bn" and cheaper.reason == "within_noise"
+
+
 def test_plan_worse():
     v = verdict({"plan": {0: 0.80, 1: 0.83, 2: 0.81}, "bn": {0: 0.90, 1: 0.92, 2: 0.91}})
     assert (v.chosen, v.reason) == ("bn", "plan_worse")
