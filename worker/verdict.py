@@ -9,14 +9,16 @@ per-seed difference removes most of the run-to-run noise that separate means wou
 comparison uses the seeds on which all compared configurations finished (a failed run drops its
 seed everywhere, and the verdict says so), which keeps the comparisons mutually consistent.
 
-Decision rule. Configurations are ordered by what they cost at inference: ``bn`` (folds into the
-preceding convolution), ``gn``, ``ln``, ``in`` (standard layers), then the plan (which may need the
-custom SelectedNorm layer, and is one more thing to maintain). Configuration A *beats* B when the
-95% paired Student-t interval of A - B lies entirely above 0. The verdict picks the first
-configuration in that order that nothing beats. So the plan is chosen only when it beats every
-uniform baseline that is not itself beaten (in particular the best one); otherwise the cheapest
-uniform baseline that is statistically as good as the best wins, and the words say whether the
-plan is worse than it or within noise. No practical tolerance is added on top: with the usual 2-5
+Decision rule. Configurations are grouped by what they cost at inference (``COST_CLASS``):
+``bn`` (folds into the preceding convolution), then ``gn``, ``ln``, ``in`` (one standard layer
+each), then the plan (which may need the custom SelectedNorm layer, and is one more thing to
+maintain). Configuration A *beats* B when the 95% paired Student-t interval of A - B lies entirely
+above 0. The verdict takes the configurations that nothing beats and, among them, the cheapest
+class; within that class the baseline the plan itself is (a plan with one normalizer everywhere:
+the search found it), else the best mean, then the order ``bn, gn, ln, in``. So the plan is chosen
+only when it beats every uniform baseline that is not itself beaten (in particular the best one);
+otherwise the cheapest uniform baseline that is statistically as good as the best wins, and the
+words say whether the plan is that baseline, worse than it, or within noise. No practical tolerance is added on top: with the usual 2-5
 verification seeds the interval is already wide, and the cost order settles every doubt in favour
 of the cheaper layer. With one common seed there is no interval: the verdict takes the highest
 accuracy on that seed (ties by the cost order), reason ``"single_seed"``, and claims no confidence.
@@ -50,6 +52,9 @@ PLAN = "plan"
 SN = "sn"
 UNIFORM = ("bn", "gn", "ln", "in")  # also their preference order on ties
 COST_ORDER = (*UNIFORM, PLAN)  # cheapest first
+# What each costs at inference: BN folds into the convolution (0); GN, LN and IN are one standard
+# layer each (1); a per-layer plan may need SelectedNorm and is one more thing to maintain (2).
+COST_CLASS = {"bn": 0, "gn": 1, "ln": 1, "in": 1, PLAN: 2}
 CONFIDENCE = 0.95
 REASONS = (
     "plan_better",  # the plan beats every baseline that matters: use it
@@ -316,7 +321,14 @@ def verdict(
     # paired means add up over common seeds, so the top mean is never beaten (the default only
     # guards against rounding)
     top_mean = max(finished, key=lambda c: (mean_on_common[c], -COST_ORDER.index(c)))
-    chosen = next((c for c in finished if c not in beaten_by), top_mean)
+    unbeaten = [c for c in finished if c not in beaten_by] or [top_mean]
+    cheapest = min(COST_CLASS[c] for c in unbeaten)
+    # Among unbeaten configurations of the cheapest class: the one the search itself found, else
+    # the best mean (same cost at inference: no reason to take the lower one), then cost order.
+    chosen = max(
+        (c for c in unbeaten if COST_CLASS[c] == cheapest),
+        key=lambda c: (c == plan_uniform, mean_on_common[c], -COST_ORDER.index(c)),
+    )
     n = _seeds(len(common))
 
     if chosen == PLAN:
@@ -347,12 +359,16 @@ def verdict(
         d = diff(best_uniform, chosen)
         text += (
             f"; {label(best_uniform)} scores {_num(d.mean_points, True)} points more, within "
-            f"noise ({_ci(d)}), and {label(chosen)} is cheaper at inference"
+            f"noise ({_ci(d)})"
         )
+        if COST_CLASS[best_uniform] > COST_CLASS[chosen]:
+            text += f", and {label(chosen)} is cheaper at inference"
+        else:
+            text += f", at the same cost at inference as {label(chosen)}"
         if chosen == "bn":
             text += " (BN folds into the convolution)"
     for c in COST_ORDER[: COST_ORDER.index(chosen)]:
-        if c in beaten_by:
+        if c in beaten_by and COST_CLASS[c] <= COST_CLASS[chosen]:
             d = beaten_by[c]
             text += (
                 f"; {label(d.config)} beats the cheaper {label(c)} by "

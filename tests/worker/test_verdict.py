@@ -98,10 +98,21 @@ def test_a_cheaper_baseline_within_noise_wins_over_a_slightly_better_one():
     assert v.chosen == "bn"
     assert "all-GN scores +0.2 points more, within noise" in v.text
     assert "BN folds into the convolution" in v.text
-    # the same for ln against in, and without a plan
-    v = verdict({"in": gn, "ln": bn})
-    assert (v.chosen, v.reason) == ("ln", "no_plan")
     assert COST_ORDER == ("bn", "gn", "ln", "in", "plan")
+
+
+def test_between_baselines_of_the_same_cost_the_better_mean_wins():
+    lower = {0: 0.900, 1: 0.921, 2: 0.909}
+    higher = {0: 0.905, 1: 0.920, 2: 0.910}  # within noise of lower
+    v = verdict({"in": higher, "ln": lower})  # one standard layer each
+    assert (v.chosen, v.reason) == ("in", "no_plan")
+    v = verdict({"plan": lower, "gn": lower, "ln": higher})
+    assert v.chosen == "ln" and "cheaper" not in v.text
+    # ... unless the plan is one of them: the search found it, and it is as good
+    v = verdict({"plan": lower, "gn": lower, "ln": higher}, plan_uniform="gn")
+    assert (v.chosen, v.reason) == ("gn", "plan_is_baseline")
+    assert "all-LN scores +0.2 points more, within noise (" in v.text
+    assert v.text.endswith("at the same cost at inference as all-GN")
 
 
 def test_a_significantly_better_baseline_beats_the_cheaper_one():
