@@ -18,13 +18,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
-# The service on this machine (SQLite database, SQLite broker, local Ray): submits the digits
+# The service on this machine (SQLite database, SQLite broker, local Ray): submits the MLP digits
 # example over HTTP, follows it, prints the recommendation, then serves until Ctrl-C.
 # `make demo DEMO_FLAGS=--exit-when-done` stops once the job has finished.
 DEMO_FLAGS ?=
 
 demo: $(STAMP)
-	$(BIN)/normsearch up --submit examples/digits.yaml $(DEMO_FLAGS)
+	$(BIN)/normsearch up --submit examples/mlp_digits.yaml $(DEMO_FLAGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sn_layer.py
 	$(BIN)/python bench/sn_network.py
 	$(BIN)/python bench/search_cost.py
+	$(BIN)/python bench/search_quality.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/api_load.py
 

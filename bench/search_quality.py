@@ -13,9 +13,10 @@ to it (``training.lr_scaling: linear`` relative to the case's reference batch si
 Markdown:
 
 - per job: each configuration's final-epoch validation accuracy (mean and sample std over the four
-  seeds), the verdict in the service's words, the agreement of two independent searches (the
-  recommendation from seeds {0, 1} against the one from {2, 3}: share of layers with the same
-  (mean, var) choice), the indifferent layers, and wall time;
+  seeds), the verdict in the service's words, the agreement of two independent searches (seeds
+  {0, 1} against {2, 3}: share of layers with the same (mean, var) choice), once for their raw
+  per-layer plans and once for their final choices (each half's plan verified from scratch like
+  the job's and judged by the same verdict), the indifferent layers, and wall time;
 - per case: the mean BN ratio per batch size (BN's share of the final, annealed ratios, averaged
   over layers, mean and variance sides and the four search trials);
 - the targets of the search-quality issue, each with its measured figure.
@@ -53,6 +54,7 @@ class Case:
     batch_sizes: tuple[int, ...]
     epochs: dict[int, int]  # search epochs per batch size (verification: the same)
     baselines: tuple[str, ...]
+    verify_at: tuple[int, ...] | None = None  # batch sizes with a verification (None: all)
     overrides: dict[str, Any] = field(default_factory=dict)  # merged into the spec's sections
     note: str = ""
 
@@ -74,6 +76,7 @@ CASES = {
             batch_sizes=(2, 8, 32),
             epochs={2: 2, 8: 3, 32: 6},
             baselines=("bn", "gn"),
+            verify_at=(32,),  # the sweep is for the ratios; every normalizer works on digits
             note="the SN paper's sweep: ratios against the batch size",
         ),
         Case(
@@ -129,7 +132,11 @@ def case_spec(case: Case, batch_size: int):
                 "target_batch_size": batch_size,
                 "stop_when_stable": {"enabled": False},
             },
-            "verify": {"enabled": True, "epochs": epochs, "baselines": list(case.baselines)},
+            "verify": {
+                "enabled": case.verify_at is None or batch_size in case.verify_at,
+                "epochs": epochs,
+                "baselines": list(case.baselines),
+            },
             "resources": {"cpus_per_trial": 1},
         },
     )
@@ -166,23 +173,93 @@ def half_agreement(outcomes, batch_size: int) -> float | None:
     return plan_agreement(a, b)
 
 
+def _choices(plan) -> dict[str, tuple[str, str]]:
+    return {layer.name: (layer.mean, layer.var) for layer in plan.layers}
+
+
+def final_choice_agreement(spec, data, result, batch_size: int, work_dir: Path) -> dict:
+    """Agreement of what two independent searches would deliver: each seed half's own plan,
+    trained from scratch on seeds 0-3 (the job's plan runs when it is the same plan), judged
+    against the job's baseline runs by the service's verdict; the final choice of a layer is
+    the plan's when the verdict picks the plan, else the chosen uniform normalizer."""
+    from worker.aggregate import plan_agreement
+    from worker.job import uniform_normalizer
+    from worker.models import PLAN_VARIANT
+    from worker.recommend import recommend
+    from worker.recorder import MemoryRecorder
+    from worker.search import grid_point, run_trials
+    from worker.verdict import verdict
+
+    measured: dict[str, dict[int, float]] = {}
+    for o in result.verification_outcomes:
+        if o.val_accuracy is not None and (o.status == "TERMINATED" or o.diverged):
+            measured.setdefault(o.variant, {})[o.seed] = o.val_accuracy
+    job_plan = _choices(result.recommendation.plan)
+    finals, verdicts = [], []
+    for index, half in enumerate(HALVES):
+        recommendation = recommend(
+            [o for o in result.outcomes if o.seed in half], target_batch_size=batch_size
+        )
+        choices = _choices(recommendation.plan)
+        if choices == job_plan:
+            plan_accuracy = measured.get(PLAN_VARIANT, {})
+        else:
+            grid = [
+                grid_point(spec, seed=s, batch_size=batch_size, lr=spec.lrs[0], variant="plan")
+                for s in SEEDS
+            ]
+            with contextlib.redirect_stdout(sys.stderr):
+                run = run_trials(
+                    spec,
+                    data,
+                    name=f"verify-half{index}",
+                    storage_dir=work_dir,
+                    recorder=MemoryRecorder(),
+                    grid=grid,
+                    variant=PLAN_VARIANT,
+                    epochs=spec.verify_epochs,
+                    plan=recommendation.plan.to_dict(),
+                    use_scheduler=False,
+                )
+            plan_accuracy = {
+                o.seed: o.val_accuracy
+                for o in run.outcomes
+                if o.val_accuracy is not None and (o.status == "TERMINATED" or o.diverged)
+            }
+        accuracies = {k: v for k, v in measured.items() if k != PLAN_VARIANT}
+        decided = verdict(
+            {**accuracies, PLAN_VARIANT: plan_accuracy},
+            plan_uniform=uniform_normalizer(recommendation.plan),
+        )
+        chosen = decided.chosen
+        finals.append(
+            choices if chosen == PLAN_VARIANT else {name: (chosen, chosen) for name in choices}
+        )
+        verdicts.append(chosen)
+    return {"agreement": plan_agreement(*finals), "verdicts": verdicts}
+
+
 def run_case_job(
     case: Case, batch_size: int, storage: Path, dump: Path | None = None
 ) -> dict[str, Any]:
+    from worker.data import load_dataset
     from worker.job import run_job
     from worker.recorder import MemoryRecorder
 
     spec = case_spec(case, batch_size)
     log(f"{case.name} batch {batch_size}: {spec.training.epochs} epochs, seeds {list(SEEDS)} ...")
     start = time.perf_counter()
+    data = load_dataset(spec.dataset, data_roots=[storage])
+    work_dir = storage / f"{case.name}-b{batch_size}"
     with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout is the report
         result = run_job(
-            spec,
-            data_roots=[storage],
-            work_dir=storage / f"{case.name}-b{batch_size}",
-            recorder=MemoryRecorder(),
+            spec, data_roots=[storage], work_dir=work_dir, recorder=MemoryRecorder(), data=data
         )
     wall = time.perf_counter() - start
+    final = {"agreement": None, "verdicts": []}
+    if spec.verify.enabled:
+        final = final_choice_agreement(spec, data, result, batch_size, work_dir)
+    extra_wall = time.perf_counter() - start - wall
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
         outcomes = [o.to_dict() for o in (*result.outcomes, *result.verification_outcomes)]
@@ -214,6 +291,10 @@ def run_case_job(
         "verdict_reason": decided.get("reason"),
         "verdict_text": decided.get("text"),
         "agreement": half_agreement(result.outcomes, batch_size),
+        "verified": spec.verify.enabled,
+        "final_agreement": final["agreement"],
+        "half_verdicts": final["verdicts"],
+        "agreement_wall_s": extra_wall,
         "bn_share": bn_share(result.outcomes),
         "layers": len(plan_layers),
         "plan": {layer.name: f"{layer.mean}/{layer.var}" for layer in plan_layers},
@@ -229,6 +310,12 @@ def pct(value: float | None) -> str:
 
 def ratio_cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
+
+
+def final_cell(job: dict) -> str:
+    if job["final_agreement"] is None:
+        return "- (not verified)"
+    return f"{pct(job['final_agreement'])}% ({' / '.join(map(str, job['half_verdicts']))})"
 
 
 def config_cell(config: dict | None) -> str:
@@ -249,6 +336,8 @@ def check_targets(jobs: list[dict], total_s: float) -> list[tuple[str, str, bool
             if k in ("bn", "gn", "ln", "in") and c["mean"] is not None
         }
         plan = job["configs"].get("plan", {}).get("mean")
+        if not job["verified"]:  # a search-only point of a sweep: only its ratios count
+            continue
         if not uniform or plan is None:
             out.append((f"{where}: verification finished", "no", False))
             continue
@@ -284,9 +373,10 @@ def check_targets(jobs: list[dict], total_s: float) -> list[tuple[str, str, bool
             )
         out.append(
             (
-                f"{where}: two independent searches agree on >= 90% of the layers",
-                pct(job["agreement"]) + "%",
-                job["agreement"] is not None and job["agreement"] >= 0.9,
+                f"{where}: two independent searches agree on the final choice of >= 90% of the "
+                "layers",
+                f"{pct(job['final_agreement'])}% (plans alone: {pct(job['agreement'])}%)",
+                job["final_agreement"] is not None and job["final_agreement"] >= 0.9,
             )
         )
     for name in dict.fromkeys(job["case"] for job in jobs):
@@ -310,8 +400,8 @@ def check_targets(jobs: list[dict], total_s: float) -> list[tuple[str, str, bool
 def render(jobs: list[dict], total_s: float) -> str:
     lines = [
         "| case | batch | lr | epochs | plan | all-BN | all-GN | all-LN | SN model | verdict "
-        "| agreement | BN ratio | indifferent | wall |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| plans agree | final choices agree | BN ratio | indifferent | wall |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for job in jobs:
         c = job["configs"]
@@ -321,20 +411,26 @@ def render(jobs: list[dict], total_s: float) -> str:
             f"| {config_cell(c.get('gn'))} | {config_cell(c.get('ln'))} "
             f"| {config_cell(c.get('sn'))} | {job['verdict'] or '-'} "
             f"| {pct(job['agreement'])}% of {job['layers']} "
+            f"| {final_cell(job)} "
             f"| {ratio_cell(job['bn_share'])} "
-            f"| {job['indifferent']} | {job['wall_s']:.0f} s |"
+            f"| {job['indifferent']} | {job['wall_s']:.0f} + {job['agreement_wall_s']:.0f} s |"
         )
     lines += [
         "",
         "Accuracies: final-epoch validation accuracy in %, mean ± sample std over seeds 0-3 "
         "(each configuration trained from scratch; SN model: the search's own annealed trials). "
-        "Agreement: the recommendations of seeds {0, 1} and {2, 3}. BN ratio: BN's share of the "
-        "final ratios.",
+        "Plans agree: the per-layer recommendations of seeds {0, 1} and of seeds {2, 3} (share "
+        "of layers with the same mean/var choice). Final choices agree: the same for what each "
+        "would deliver, its plan verified from scratch on seeds 0-3 against the job's baseline "
+        "runs (in brackets: each half's verdict). BN ratio: BN's share of the final ratios of the "
+        "search trials. Wall: the job (search and verification), then the halves' extra "
+        "verification.",
         "",
         "Verdicts:",
         "",
     ]
-    lines += [f"- {j['case']} b{j['batch_size']}: {j['verdict_text']}" for j in jobs]
+    verified = [j for j in jobs if j["verified"]]
+    lines += [f"- {j['case']} b{j['batch_size']}: {j['verdict_text']}" for j in verified]
     failed = [f"{j['case']} b{j['batch_size']}: {f}" for j in jobs for f in j["failed"]]
     if failed:
         lines += ["", "Failed or diverged runs:", ""] + [f"- {f}" for f in failed]
