@@ -187,7 +187,9 @@ def test_by_batch_size_has_each_layers_final_ratios_averaged_over_its_trials(tri
     # B's soft (0.2, 0.3, 0.5) and C's soft (0.4, 0.35, 0.25).
     expected = {
         k: (a + b + c) / 3
-        for k, a, b, c in zip("in ln bn".split(), (0, 1, 0), (0.2, 0.3, 0.5), (0.4, 0.35, 0.25))
+        for k, a, b, c in zip(
+            ["in", "ln", "bn"], (0, 1, 0), (0.2, 0.3, 0.5), (0.4, 0.35, 0.25), strict=True
+        )
     }
     assert by[32]["layers"][names[1]]["mean"] == pytest.approx(expected)
     assert by[32]["layers"][names[1]]["mean"] == pytest.approx(rec.plan.layers[1].mean_ratios)
