@@ -32,16 +32,20 @@ function yAxis(x0, y0, h, w, ticks = [0, 0.25, 0.5, 0.75, 1], fmtTick = (t) => t
   }).join("");
 }
 
-// The plot is never narrower than MIN_PLOT_W viewBox units: with few layers the bars spread
-// out (at most MAX_BAR wide) instead of the chart shrinking to a corner of its card.
+// Charts are drawn at the pixel width of the box they go into (``width``, the viewBox's), so
+// that they fill their card at their natural text size; the SVG's width="100%" keeps them
+// fitted when the window changes. Without a width, the plot is MIN_PLOT_W units. With few
+// layers the bars spread out (at most MAX_BAR wide); with many, a bar is at least 3 units and
+// the chart scales down to fit.
 const MIN_PLOT_W = 520;
 const MAX_BAR = 44;
+const LAYER_MARGIN = 50; // left axis + right padding of the layer charts
 
-export function layerGeometry(n) {
+export function layerGeometry(n, width = null) {
   const count = Math.max(n, 1);
-  const plotW = Math.max(Math.max(3, Math.min(28, 960 / count)) * count, MIN_PLOT_W);
-  const step = plotW / count;
-  return { step, bar: Math.max(2, Math.min(step * 0.78, MAX_BAR)), plotW };
+  const target = width ? Math.max(width - LAYER_MARGIN, 120) : MIN_PLOT_W;
+  const step = Math.max(3, target / count);
+  return { step, bar: Math.max(2, Math.min(step * 0.78, MAX_BAR)), plotW: step * count };
 }
 
 function xLabels(layers, x0, y, step) {
@@ -57,9 +61,9 @@ function xLabels(layers, x0, y, step) {
  * mean_fixed, var_fixed}]. Each layer's group is <g data-testid="layer-bar" data-layer=...>
  * with one <rect data-norm=...> per normalizer of its pool.
  */
-export function ratioBarsSvg(layers, { part, testid, selected = null, title = "" }) {
+export function ratioBarsSvg(layers, { part, testid, selected = null, title = "", width = null }) {
   const n = layers.length;
-  const { step, bar, plotW } = layerGeometry(n);
+  const { step, bar, plotW } = layerGeometry(n, width);
   const m = { l: 40, r: 10, t: 22, b: 30 };
   const h = 190;
   const W = m.l + plotW + m.r;
@@ -102,9 +106,10 @@ export function divergence(layer) {
   return 0.5 * sum;
 }
 
-export function divergenceSvg(layers, { testid = "divergence-chart", selected = null } = {}) {
+export function divergenceSvg(layers, { testid = "divergence-chart", selected = null,
+  width = null } = {}) {
   const n = layers.length;
-  const { step, bar, plotW } = layerGeometry(n);
+  const { step, bar, plotW } = layerGeometry(n, width);
   const m = { l: 40, r: 10, t: 22, b: 30 };
   const h = 90;
   const W = m.l + plotW + m.r;
@@ -172,8 +177,8 @@ export function decimatedLine(points, part, norm, xOf, yOf) {
  * of its pool, a dashed mark where the part became fixed. ``points`` ascending by step. A hover
  * guide (one delegated listener, see attachEvolutionHover) reads ``data-*`` of the SVG.
  */
-export function evolutionSvg(points, { layer, testid = "layer-evolution-chart" } = {}) {
-  const W = 760;
+export function evolutionSvg(points, { layer, testid = "layer-evolution-chart", width = null } = {}) {
+  const W = Math.max(width || 760, 320);
   const m = { l: 40, r: 12, t: 22, b: 30 };
   const ph = 130;
   const gap = 34;

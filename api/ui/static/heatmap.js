@@ -7,6 +7,8 @@
 
 import { esc } from "./util.js";
 
+export const MAX_WIDTH = 900;
+
 /**
  * The heatmap's model from ``by_batch_size`` ({"8": {layers: {name: {mean, var}}, choices,
  * trials, mean_ratio, var_ratio}, ...}): {batchSizes (ascending), layers (network order),
@@ -67,10 +69,12 @@ export function trendText(model, normLabel, part) {
  * written in the cell when rows are tall enough.
  */
 export function heatmapSvg(model, { testid = "batch-heatmap", color, normLabel, part = "mean",
-  title = "" } = {}) {
+  title = "", width = null } = {}) {
   const cols = model.batchSizes.length;
   const rows = model.layers.length;
-  const W = 560;
+  // The box's pixel width, at most MAX_WIDTH (the CSS caps the SVG there too): wide cells say
+  // nothing more.
+  const W = Math.min(Math.max(width || 560, 320), MAX_WIDTH);
   const m = { l: 150, r: 10, t: 40, b: 8 };
   const cellW = (W - m.l - m.r) / Math.max(cols, 1);
   const cellH = rows > 60 ? 6 : rows > 30 ? 10 : 18;

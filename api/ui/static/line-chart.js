@@ -18,8 +18,9 @@ export function lineColor(index) { return LINE_COLORS[index % LINE_COLORS.length
  * range (accuracy: [0, 1]) or null for one fitted to the data. Each drawn line is
  * <polyline data-series=key data-points=n>; the SVG carries data-lines and data-x-ticks.
  */
-export function lineChartSvg(lines, { testid, title, yLabel, domain = null, percent = false }) {
-  const W = 560;
+export function lineChartSvg(lines, { testid, title, yLabel, domain = null, percent = false,
+  width = null }) {
+  const W = Math.max(width || 560, 280); // the box's pixel width: text at its natural size
   const H = 250;
   const m = { l: 46, r: 12, t: 22, b: 34 };
   const plotW = W - m.l - m.r;

@@ -12,6 +12,11 @@ import { esc, fmtPct } from "./util.js";
 
 const HEATMAP_NORM = "bn"; // the SN paper's finding is about BN's share
 
+/** The pixel width a chart is drawn at (null while its card is hidden: the chart's default). */
+function boxWidth(root, sel) {
+  return root.querySelector(sel)?.clientWidth || null;
+}
+
 /** "final-epoch 97.1% (epoch 10) · best-epoch 97.5% (epoch 8)" of one line (for a loss the
  * best epoch is the lowest). */
 export function summaryText(points, metric) {
@@ -41,6 +46,7 @@ export function drawCurveCharts(root, { trials, metrics, metric }) {
   const searchLines = search.map((l) => ({ ...l, color: lineColor(batches.indexOf(l.batch) + 1) }));
   $("#chart-search-curves").innerHTML = lineChartSvg(searchLines, {
     ...chart, testid: "search-curves", title: `search trials: ${label} per epoch`,
+    width: boxWidth(root, "#chart-search-curves"),
   });
   $("#search-curves-legend").innerHTML = searchLines
     .map((l) => legendItem(l.key, l.color, l.label, summaryText(l.points, metric))).join("");
@@ -62,6 +68,7 @@ export function drawCurveCharts(root, { trials, metrics, metric }) {
   });
   $("#chart-config-curves").innerHTML = configs.length ? lineChartSvg(lines, {
     ...chart, testid: "config-curves", title: `verification: ${label} per epoch`,
+    width: boxWidth(root, "#chart-config-curves"),
   }) : `<p class="muted">No verification trials yet.</p>`;
   $("#config-curves-legend").innerHTML = legend.join("");
 }
@@ -85,7 +92,7 @@ export function drawBatchHeatmap(root, report, part) {
   const model = heatmapModel(byBatch, { part, norm });
   $("#batch-trend").textContent = `${trendText(model, normLabel, part)} (final-epoch ratios)`;
   $("#chart-heatmap").innerHTML = heatmapSvg(model, {
-    color: NORM_COLORS[norm] ?? "#59a14f", normLabel, part,
+    color: NORM_COLORS[norm] ?? "#59a14f", normLabel, part, width: boxWidth(root, "#chart-heatmap"),
     title: `${normLabel} share of each layer's ${part === "mean" ? "mean" : "variance"} ratios`,
   });
   $("#heatmap-info").textContent = model.complete

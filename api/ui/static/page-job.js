@@ -59,6 +59,8 @@ export function render(root, [jobId]) {
   root.innerHTML = jobPageHtml(jobId);
 
   const $ = (sel) => root.querySelector(sel);
+  // The pixel width a chart is drawn at (null while its card is hidden: the default).
+  const boxWidth = (sel) => $(sel)?.clientWidth || null;
   const trialSelect = $("#trial-select");
   const layerSelect = $("#layer-select");
   const metricSelect = $("#metric-select");
@@ -305,10 +307,11 @@ export function render(root, [jobId]) {
       const selected = state.layer;
       $("#bar-charts").classList.toggle("stacked", layers.length > 40); // full width each
       $("#chart-mean").innerHTML = ratioBarsSvg(layers, { part: "mean", testid: "ratio-chart-mean",
-        selected, title: "mean ratios" });
+        selected, title: "mean ratios", width: boxWidth("#chart-mean") });
       $("#chart-var").innerHTML = ratioBarsSvg(layers, { part: "var", testid: "ratio-chart-var",
-        selected, title: "variance ratios" });
-      $("#chart-divergence").innerHTML = divergenceSvg(layers, { selected });
+        selected, title: "variance ratios", width: boxWidth("#chart-var") });
+      $("#chart-divergence").innerHTML = divergenceSvg(layers, { selected,
+        width: boxWidth("#chart-divergence") });
       updateLayerOptions(layers);
     });
   }
@@ -367,7 +370,8 @@ export function render(root, [jobId]) {
       evoFrame = 0;
       if (!alive) return;
       const { points, layer, downsampled } = state.evo;
-      $("#chart-evolution").innerHTML = evolutionSvg(points, { layer });
+      $("#chart-evolution").innerHTML = evolutionSvg(points, { layer,
+        width: boxWidth("#chart-evolution") });
       const last = points.at(-1);
       $("#evolution-info").textContent = last ? `${layer}: ${points.length} steps${
         downsampled ? " (evenly downsampled)" : ""}; newest step ${last.step}: mean ${

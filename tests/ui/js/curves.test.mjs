@@ -75,6 +75,8 @@ describe("lineChartSvg", () => {
     assert.doesNotMatch(svg, /height="\d/); // the height follows the width
     assert.match(svg, /data-series="trial-1"[\s\S]*?data-points="2"/);
     assert.match(svg, />100%</);
+    const wide = lineChartSvg(lines, { testid: "t", title: "", yLabel: "", width: 610 });
+    assert.match(wide, /viewBox="0 0 610 250"/); // the box's pixel width: text keeps its size
   });
 
   test("every epoch is a tick for a short run; integer ticks only for a long one", () => {

@@ -63,6 +63,8 @@ describe("heatmapSvg", () => {
     assert.match(svg, /no BN in the pool/);
     assert.match(svg, /width="100%"/);
     assert.match(svg, /batch 8<[\s\S]*batch 128</);
+    assert.match(heatmapSvg(heatmapModel(BY), { color: "#59a14f", width: 700 }), /viewBox="0 0 700 /);
+    assert.match(heatmapSvg(heatmapModel(BY), { color: "#59a14f", width: 3000 }), /viewBox="0 0 900 /);
   });
 });
 
@@ -70,6 +72,9 @@ describe("ratio charts fill their card", () => {
   test("few layers spread over the plot; many keep a readable step", () => {
     const few = layerGeometry(4);
     assert.ok(few.plotW >= 520 && few.bar <= 44 && few.step * 4 === few.plotW);
+    const boxed = layerGeometry(21, 600); // drawn at the box's pixel width
+    assert.ok(Math.abs(boxed.plotW + 50 - 600) < 1e-9 && boxed.bar <= 44);
+    assert.equal(layerGeometry(400, 600).step, 3); // too many for the box: scaled down to fit
     const many = layerGeometry(200);
     assert.ok(many.step >= 3 && many.plotW === many.step * 200);
     const svg = ratioBarsSvg([{ layer: "a", layer_index: 0, mean: { bn: 1 } }], { part: "mean", testid: "x" });
