@@ -411,6 +411,7 @@ def check_curves_and_heatmap(page, api, job_id: str, layers: list[str]) -> None:
     expect(page.get_by_test_id("batch-trend")).to_contain_text("final-epoch")
     page.get_by_test_id("heatmap-part").select_option("var")
     expect(page.get_by_test_id("batch-heatmap")).to_have_attribute("data-part", "var")
+    page.get_by_test_id("heatmap-part").select_option("mean")
 
     for hook in ("ratio-chart-mean", "search-curves", "config-curves"):
         assert fills_its_box(page.get_by_test_id(hook)), hook
