@@ -142,7 +142,7 @@ def verification_table(verification: dict) -> Table:
         title=f"Verification: {verification['epochs']} epochs, batch {verification['batch_size']}, "
         f"seeds {verification['seeds']} ({metric})"
     )
-    for column in ("model", "val accuracy", "std", "seeds"):
+    for column in ("model", "final-epoch val acc (mean)", "std", "seeds"):
         table.add_column(column)
     for row in verification["results"].values():
         accuracy, std = row["val_accuracy"], row.get("std")

@@ -146,7 +146,7 @@ def test_live_trials_view_shows_the_base_and_the_effective_lr():
         )
     )
     assert (cells["batch"], cells["lr"], cells["lr (effective)"]) == ("8", "0.1", "0.025")
-    assert (cells["epoch"], cells["val acc"]) == ("1/2", "0.500")
+    assert (cells["epoch"], cells["val acc (newest epoch)"]) == ("1/2", "0.500")
 
 
 def test_outputs_lines_say_what_the_plan_and_each_checkpoint_are():
