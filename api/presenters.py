@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
+from pydantic import ValidationError
 
-from api.schemas import ArtifactOut, JobDetail, JobEventOut, JobSummary, TrialOut
+from api.schemas import ArtifactOut, JobDetail, JobEventOut, JobResult, JobSummary, TrialOut
 from service.db.models import Job, Trial
 
 
@@ -27,6 +28,17 @@ def _dataset_label(spec: dict[str, Any]) -> str:
     return f"{kind}:{dataset['path']}" if dataset.get("path") else kind
 
 
+def _job_result(job: Job) -> JobResult | None:
+    """The stored short result; one the schema cannot read (a future worker's) is left out
+    rather than failing the whole listing."""
+    if not job.result:
+        return None
+    try:
+        return JobResult.model_validate(job.result)
+    except ValidationError:
+        return None
+
+
 def job_summary(job: Job) -> JobSummary:
     spec = job.spec or {}
     return JobSummary(
@@ -44,6 +56,7 @@ def job_summary(job: Job) -> JobSummary:
         started_at=job.started_at,
         finished_at=job.finished_at,
         heartbeat_at=job.heartbeat_at,
+        result=_job_result(job),
     )
 
 

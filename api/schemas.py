@@ -45,8 +45,33 @@ class JobEventOut(_Out):
     message: str | None
 
 
+class JobResult(BaseModel):
+    """A succeeded job's result in short, as the worker wrote it when the job succeeded: the
+    configuration the verification's verdict chose and its final-epoch validation accuracy
+    (mean and sample std over the seeds), or the search plan, not verified."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    configuration: str | None = Field(
+        description="plan, bn, gn, ... (the verdict's choice), search_plan (not verified), or "
+        "null when the verdict could choose nothing.",
+        examples=["plan"],
+    )
+    label: str = Field(examples=["plan"])
+    verified: bool
+    reason: str = Field(description="The verdict's reason code (worker.verdict.REASONS).")
+    accuracy: float | None = Field(description="Mean validation accuracy (a fraction).")
+    std: float | None = Field(description="Sample std over the seeds; null below 2.")
+    n: int = Field(description="Seeds (verified) or search trials (not verified) averaged.")
+    accuracy_kind: str = Field(
+        description="Which epoch the accuracy is from.", examples=["final epoch"]
+    )
+    text: str = Field(examples=["plan 0.981 ± 0.004 (4 seeds, final epoch)"])
+
+
 class JobSummary(_Out):
-    """A job as listed: enough for a jobs table."""
+    """A job as listed: enough for a jobs table. ``result``: null until it succeeded (and for
+    jobs that finished before results were recorded); a failed job's reason is ``error``."""
 
     id: str
     status: JobStatus
@@ -62,6 +87,7 @@ class JobSummary(_Out):
     started_at: datetime | None
     finished_at: datetime | None
     heartbeat_at: datetime | None
+    result: JobResult | None = None
 
 
 class ArtifactOut(_Out):

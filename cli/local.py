@@ -18,6 +18,7 @@ import typer
 
 from cli.render import (
     batch_size_table,
+    bn_trend_table,
     console,
     outputs_lines,
     ratio_table,
@@ -125,6 +126,9 @@ def run(
     console.print(recommendation_table(result.recommendation.to_dict()))
     if result.recommendation.by_batch_size:
         console.print(batch_size_table(result.recommendation.by_batch_size))
+        trend = bn_trend_table(result.recommendation.to_dict()["by_batch_size"])
+        if trend is not None:
+            console.print(trend)
     if result.verification:
         console.print(verification_table(result.verification))
     for line in outputs_lines(result.outputs):

@@ -38,7 +38,7 @@ class LiveTrialsView:
             "lr",
             "lr (effective)",
             "epoch",
-            "val acc",
+            "val acc (newest epoch)",
             "fixed",
             "status",
         ):

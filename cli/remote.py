@@ -30,14 +30,17 @@ from api.client import ApiError, NormsearchClient, ServerUnreachable, WaitTimeou
 from api.schemas import JobDetail, JobStatus
 from cli.render import (
     artifacts_table,
+    bn_trend_table,
     console,
     err_console,
     events_table,
     job_summary_table,
     jobs_table,
     print_report,
+    print_wide,
     size_text,
     status_text,
+    verdict_lines,
     when_text,
 )
 from cli.specfile import load_spec_file
@@ -206,18 +209,41 @@ def list_jobs(
         console.print("no jobs" if page.total == 0 else f"no jobs past offset {offset}")
         return
     shown = f"{offset + 1}-{offset + len(page.items)} of {page.total}"
-    console.print(jobs_table(page.items, title=f"jobs ({shown})"))
+    # The result column is long ("plan 0.981 ± 0.004 (4 seeds, final epoch)"): one line per
+    # job in a log file too.
+    print_wide(jobs_table(page.items, title=f"jobs ({shown})"), needed=180)
 
 
 def status(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
     """A job's state, its lifecycle events and its outputs."""
     with remote(url, token) as client:
         job = client.get_job(job_id)
+        report = _report_or_none(client, job)
     console.print(job_summary_table(job))
     if job.events:
         console.print(events_table(job))
     if job.artifacts:
         console.print(artifacts_table(job))
+    if report is not None:
+        for line in verdict_lines(report.get("verification")):
+            console.print(line)
+        by_batch_size = (report.get("recommendation") or {}).get("by_batch_size") or {}
+        trend = bn_trend_table(by_batch_size) if by_batch_size else None
+        if trend is not None:
+            console.print(trend)
+
+
+def _report_or_none(client: NormsearchClient, job: JobDetail) -> dict | None:
+    """A succeeded job's report.json (the verdict and the BN trend of ``status``); None when the
+    job has none to show (not succeeded, or its report is missing)."""
+    if job.status != JobStatus.succeeded:
+        return None
+    try:
+        return client.report(job.id)
+    except ApiError as error:
+        if error.status in (404, 409):
+            return None
+        raise
 
 
 def cancel(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:

@@ -23,6 +23,16 @@ _width = None if sys.stdout.isatty() else 110
 console = Console(width=_width)
 err_console = Console(stderr=True, width=_width)
 
+
+def print_wide(renderable, *, needed: int) -> None:
+    """Print at a terminal's own width, but in a pipe or a log file (nothing to fit) at least
+    ``needed`` columns wide, so that a row of a wide table stays on one line."""
+    if console.is_terminal or console.width >= needed:
+        console.print(renderable)
+    else:
+        Console(file=console.file, width=needed).print(renderable)
+
+
 STATUS_STYLES = {
     JobStatus.queued: "yellow",
     JobStatus.running: "cyan",
@@ -58,7 +68,10 @@ def batch_size_table(by_batch_size: dict) -> Table:
     grows with batch size)."""
     present = {k for row in by_batch_size.values() for k in row["mean_ratio"]}
     norms = [norm for norm in NORMALIZERS if norm in present]
-    table = Table(title="How the choices move with batch size (average ratio over layers)")
+    table = Table(
+        title="How the choices move with batch size (final-epoch ratios, averaged over the "
+        "trials and layers)"
+    )
     table.add_column("batch size")
     for part in ("mean", "var"):
         for norm in norms:
@@ -73,13 +86,63 @@ def batch_size_table(by_batch_size: dict) -> Table:
     return table
 
 
+def _depth_thirds(names: list[str]) -> list[tuple[str, list[str]]]:
+    """The layers in network order cut into early, middle and late thirds (fewer parts below
+    three layers)."""
+    n = len(names)
+    parts = [("early", 0, n // 3), ("middle", n // 3, 2 * n // 3), ("late", 2 * n // 3, n)]
+    return [(label, names[a:b]) for label, a, b in parts if b > a]
+
+
+def bn_trend_table(by_batch_size: dict) -> Table | None:
+    """BN's share by batch size, the SN paper's trend at a glance: per batch size the mean BN
+    ratio over all layers (mean and variance), over the early, middle and late thirds of the
+    network (mean side; from each layer's ratios, reports with them), and how many layers chose
+    BN. All final-epoch ratios averaged over that batch size's trials. None when BN is not in
+    the pool."""
+    rows = sorted(by_batch_size.items(), key=lambda item: int(item[0]))
+    if not rows or not any("bn" in row.get("mean_ratio", {}) for _, row in rows):
+        return None
+    first = next((row["layers"] for _, row in rows if row.get("layers")), None)
+    thirds = _depth_thirds(list(first)) if first else []
+    table = Table(
+        title="BN's share by batch size (final-epoch ratios, averaged over each batch size's "
+        "trials)",
+        caption="SN paper: BN's share grows with the batch size",
+    )
+    table.add_column("batch size", justify="right")
+    table.add_column("trials", justify="right")
+    table.add_column("BN mean ratio", justify="right")
+    table.add_column("BN var ratio", justify="right")
+    for label, names in thirds:
+        table.add_column(f"BN mean, {label} ({len(names)} layers)", justify="right")
+    table.add_column("layers choosing BN (mean/var)", justify="right")
+    for batch, row in rows:
+        layers = row.get("layers") or {}
+        cells = [
+            str(batch),
+            str(row.get("trials", "-")),
+            f"{row['mean_ratio'].get('bn', 0.0):.2f}",
+            f"{row['var_ratio'].get('bn', 0.0):.2f}",
+        ]
+        for _label, names in thirds:
+            values = [layers[n]["mean"].get("bn", 0.0) for n in names if n in layers]
+            cells.append(f"{sum(values) / len(values):.2f}" if values else "-")
+        choices = list((row.get("choices") or {}).values())
+        mean_bn = sum(c.split("/")[0] == "bn" for c in choices)
+        var_bn = sum(c.split("/")[-1] == "bn" for c in choices)
+        cells.append(f"{mean_bn}/{var_bn} of {len(choices)}" if choices else "-")
+        table.add_row(*cells)
+    return table
+
+
 def verification_table(verification: dict) -> Table:
     metric = verification.get("metric", "final-epoch validation accuracy")
     table = Table(
         title=f"Verification: {verification['epochs']} epochs, batch {verification['batch_size']}, "
         f"seeds {verification['seeds']} ({metric})"
     )
-    for column in ("model", "val accuracy", "std", "seeds"):
+    for column in ("model", "final-epoch val acc (mean)", "std", "seeds"):
         table.add_column(column)
     for row in verification["results"].values():
         accuracy, std = row["val_accuracy"], row.get("std")
@@ -122,14 +185,25 @@ def status_text(status: str) -> str:
     return f"[{style}]{status}[/{style}]"
 
 
+def result_text(job: JobSummary) -> str:
+    """A job's result in short: the worker's line for a succeeded job (the verdict's
+    configuration, its final-epoch accuracy and spread), the reason of a failed one, "-" else
+    (also for a job that succeeded before results were recorded)."""
+    if job.result is not None:
+        return job.result.text
+    if job.status == JobStatus.failed and job.error:
+        return f"failed: {job.error}"
+    return "-"
+
+
 def jobs_table(items: list[JobSummary], *, title: str | None = None) -> Table:
-    notes = [job.error or (f"run {job.run}" if job.run > 1 else "") for job in items]
+    notes = [f"run {job.run}" if job.run > 1 else "" for job in items]
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    columns = ["id", "status", "done", "model", "dataset", "batch", "created"]
+    columns = ["id", "status", "done", "model", "dataset", "batch", "created", "result"]
     for column in columns + (["note"] if any(notes) else []):
         table.add_column(
             column,
-            no_wrap=column != "note",
+            no_wrap=column not in ("note", "result"),
             justify="right" if column in ("done", "batch") else "left",
             overflow="fold",
         )
@@ -142,6 +216,7 @@ def jobs_table(items: list[JobSummary], *, title: str | None = None) -> Table:
             escape(job.dataset),
             "-" if job.target_batch_size is None else str(job.target_batch_size),
             when_text(job.created_at, seconds=False),
+            escape(result_text(job)),
         ]
         table.add_row(*cells, *([escape(note)] if any(notes) else []))
     return table
@@ -167,6 +242,8 @@ def job_summary_table(job: JobDetail) -> Table:
         rows.append(("heartbeat", when_text(job.heartbeat_at)))
     if job.idempotency_key:
         rows.append(("idempotency key", escape(job.idempotency_key)))
+    if job.result is not None:
+        rows.append(("result", escape(job.result.text)))
     if job.error:
         rows.append(("error", f"[red]{escape(job.error)}[/red]"))
     for name, value in rows:
@@ -311,6 +388,9 @@ def print_report(report: dict[str, Any]) -> None:
     try:
         if recommendation.get("by_batch_size"):
             console.print(batch_size_table(recommendation["by_batch_size"]))
+            trend = bn_trend_table(recommendation["by_batch_size"])
+            if trend is not None:
+                console.print(trend)
         if report.get("verification"):
             console.print(verification_table(report["verification"]))
     except (KeyError, TypeError, ValueError):  # an older or partial report: the table is enough

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -92,9 +93,15 @@ def as_utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
-def finish_job(session: Session, *, job_id: str, files: list[ArtifactFile]) -> Job:
-    """Record the job's output files (one artifact per kind, replacing an earlier one) and mark
-    it succeeded."""
+def finish_job(
+    session: Session,
+    *,
+    job_id: str,
+    files: list[ArtifactFile],
+    result: Mapping[str, Any] | None = None,
+) -> Job:
+    """Record the job's output files (one artifact per kind, replacing an earlier one) and its
+    ``result`` (the short form the jobs list shows, plain JSON data) and mark it succeeded."""
     job = repositories.get_job(session, job_id, for_update=True)
     if job is None:
         raise LookupError(f"job {job_id} does not exist")
@@ -110,6 +117,7 @@ def finish_job(session: Session, *, job_id: str, files: list[ArtifactFile]) -> J
         else:
             for name, value in values.items():
                 setattr(artifact, name, value)
+    job.result = None if result is None else dict(result)
     lifecycle.transition(session, job, "succeeded")
     return job
 
@@ -148,7 +156,8 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
 def retry(session: Session, *, job: Job) -> Job:
     """Queue a failed or cancelled ``job`` (loaded and locked by the caller) again as a fresh
     run: ``run + 1`` (a new work directory), ``attempts`` back to 0, its earlier trials (with
-    their ratio history and metrics, by cascade) and artifacts deleted, the error cleared.
+    their ratio history and metrics, by cascade) and artifacts deleted, the error and result
+    cleared.
     Raises ``InvalidTransition`` unless the job is failed or cancelled. Sends nothing: the
     caller has the search task sent after its commit (``service.unit_of_work``)."""
     if job.status not in ("failed", "cancelled"):  # running -> queued is a requeue, not a retry
@@ -159,6 +168,7 @@ def retry(session: Session, *, job: Job) -> Job:
     lifecycle.transition(session, job, "queued", message=f"retried by user: run {previous_run + 1}")
     job.run = previous_run + 1
     job.attempts = 0
+    job.result = None
     repositories.delete_run_results(session, job_id=job.id)
     session.flush()
     session.expire(job, ["trials", "artifacts"])

@@ -187,7 +187,9 @@ class Recommendation:
     ``best_trial`` is the id of the used trial with the highest final validation accuracy (ties:
     fewer epochs, then input order). ``by_batch_size`` (keyed by batch size, empty when the
     successful trials share one batch size) has per batch size: the trials, the per-normalizer
-    ratio averaged over layers for mean and variance, and the per-layer aggregated choices.
+    ratio averaged over layers for mean and variance, the per-layer aggregated choices, and
+    ``layers``: per layer, the final-epoch mean and variance ratios averaged over its trials
+    (the SN paper's finding, BN's share growing with the batch, is read off these).
     """
 
     plan: NormalizerPlan
@@ -260,6 +262,12 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
                 "mean_ratio": _average_ratio(group_layers, "mean"),
                 "var_ratio": _average_ratio(group_layers, "var"),
                 "choices": {layer.name: layer.choice for layer in group_layers},
+                # Per layer (network order): its final-epoch ratios averaged over the trials
+                # of this batch size, the cells of the UI's layers x batch sizes heatmap.
+                "layers": {
+                    layer.name: {"mean": dict(layer.mean_ratios), "var": dict(layer.var_ratios)}
+                    for layer in group_layers
+                },
             }
     return Recommendation(
         plan=plan,

@@ -3,7 +3,8 @@
 ``run_search(job_id)`` marks the job running (``service.jobs.start_job``: a duplicate message of
 a job a live worker runs is dropped), runs the search (``worker.job.run_job``) in the run's work
 directory ``runs_dir/<job_id>/run-<run>/`` (``state`` and ``out``) with a ``DatabaseRecorder``
-and a heartbeat thread, writes the report, records the artifacts and marks the job succeeded;
+and a heartbeat thread, writes the report, records the artifacts and the job's short result
+(``worker.outcome``, the jobs list's column) and marks the job succeeded;
 any error marks it failed with the error's text. Failures are not re-raised: the job row carries
 the outcome, and a re-raised error would only be retried against the same inputs.
 
@@ -38,6 +39,7 @@ from .cancellation import JobCancelled
 from .db_recorder import DatabaseRecorder
 from .heartbeat import Heartbeat
 from .job import epoch_budget, run_job, write_job_report
+from .outcome import job_result
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +111,10 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
             if path is not None:
                 files.append(jobs.ArtifactFile(kind, path))
         recorder.close()  # every snapshot is in before the job reads as succeeded
+        # The jobs list's short result: the verdict's configuration, final-epoch accuracy.
+        summary = job_result(result.verification, result.recommendation, result.outcomes)
         with factory() as session, session.begin():
-            jobs.finish_job(session, job_id=job_id, files=files)
+            jobs.finish_job(session, job_id=job_id, files=files, result=summary)
         log.info("job %s: succeeded", job_id)
     except JobCancelled:
         log.info("job %s: stopped (%s); leaving it as it is", job_id, heartbeat.status)

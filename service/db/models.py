@@ -85,6 +85,10 @@ class Job(Base):
     )
     progress: Mapped[float] = mapped_column(Double, default=0.0, server_default="0")
     error: Mapped[str | None] = mapped_column(Text)
+    # A succeeded job's result in short (the verdict's configuration and its final-epoch
+    # accuracy, ``worker.outcome``), for the jobs list; null before it succeeded, and for jobs
+    # that finished before the column existed.
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The run number: a user retry starts run + 1 in a fresh work directory; a requeue after a

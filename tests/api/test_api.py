@@ -276,6 +276,35 @@ def test_list_paginates_filters_and_sorts(api_client, api_settings, factory):
     assert both["total"] == 5
 
 
+def test_the_jobs_list_carries_each_succeeded_jobs_result(api_client, api_settings, factory):
+    """``result`` as the worker wrote it (``service.jobs.finish_job``); null for a job without
+    one (running, failed, or finished before results were recorded) and for a stored value the
+    schema cannot read, which never breaks the listing."""
+    from service import jobs
+
+    dave = bearer(create_user_token(api_settings.database_url))
+    done, failed, older, odd = (submit(api_client, dave).json()["id"] for _ in range(4))
+    result = {
+        "configuration": "plan", "label": "plan", "verified": True, "reason": "plan_better",
+        "accuracy": 0.981, "std": 0.004, "n": 4, "accuracy_kind": "final epoch",
+        "metric": "validation accuracy", "text": "plan 0.981 ± 0.004 (4 seeds, final epoch)",
+    }  # fmt: skip
+    with factory() as session, session.begin():
+        jobs.start_job(session, job_id=done)
+        jobs.finish_job(session, job_id=done, files=[], result=result)
+    set_status(factory, failed, "failed", error="ValueError: no trial succeeded")
+    set_status(factory, older, "succeeded")
+    set_status(factory, odd, "succeeded", result={"text": 3})
+    items = {j["id"]: j for j in api_client.get(f"{API}/jobs", headers=dave).json()["items"]}
+    shown = dict(items[done]["result"])
+    assert shown.pop("text") == result["text"] and shown["accuracy_kind"] == "final epoch"
+    assert shown == {k: v for k, v in result.items() if k not in ("text", "metric")}
+    assert items[failed]["result"] is None and items[failed]["error"].startswith("ValueError")
+    assert items[older]["result"] is None and items[odd]["result"] is None
+    detail = api_client.get(f"{API}/jobs/{done}", headers=dave).json()
+    assert detail["result"]["text"] == result["text"]
+
+
 def test_cancel_retry_and_delete(api_client, alice, api_settings, factory):
     job_id = submit(api_client, alice).json()["id"]
     cancelled = api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)

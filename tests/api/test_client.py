@@ -307,7 +307,9 @@ def _zip(members: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def _fake_outputs(api_settings, job_id: str, *, tamper: bool = False) -> dict[str, bytes]:
+def _fake_outputs(
+    api_settings, job_id: str, *, tamper: bool = False, report: dict | None = None
+) -> dict[str, bytes]:
     """Store the artifacts a worker would (files under the runs directory + their rows, each
     with the SHA-256 of the file). ``tamper``: plan.json's digest is wrong, and the checkpoint's
     is that of its weights member (what jobs recorded before the zip was the artifact)."""
@@ -316,7 +318,7 @@ def _fake_outputs(api_settings, job_id: str, *, tamper: bool = False) -> dict[st
 
     out = api_settings.runs_dir / job_id / "run-1"
     out.mkdir(parents=True)
-    report = {
+    report = report or {
         "recommendation": {
             "target_batch_size": 128,
             "plan": {"layers": [{"name": "bn1", "mean": "bn", "var": "ln", "confidence": 0.93}]},
@@ -451,6 +453,69 @@ def test_cli_submit_ls_status_cancel(cli, client, token, tmp_path):
     assert again.exit_code == 2 and "error:" in again.output
     retried = cli("retry", job.id, "--token", token)
     assert retried.exit_code == 0 and "queued" in retried.output and "run 2" in retried.output
+
+
+def test_cli_ls_shows_each_jobs_result_and_status_the_bn_trend(cli, client, token, api_settings):
+    """``ls``: the worker's result line of a succeeded job, the reason of a failed one, "-" for
+    the others (and for a job that finished before results were recorded). ``status`` of a
+    succeeded job: the result, the verdict and BN's share by batch size, final-epoch labelled."""
+    from sqlalchemy import update
+
+    from service.db import make_engine, make_session_factory
+    from service.db.models import Job
+    from worker.verdict import verdict
+
+    decided = verdict({"plan": {0: 0.98, 1: 0.985, 2: 0.975}, "bn": {0: 0.90, 1: 0.91, 2: 0.89}})
+    by_batch_size = {
+        str(bs): {
+            "trials": 2, "trial_ids": ["t1", "t2"],
+            "mean_ratio": {"ln": 1 - bn, "bn": bn}, "var_ratio": {"ln": 1 - bn, "bn": bn},
+            "choices": {"l0": "bn/bn" if bn > 0.5 else "ln/ln", "l1": "ln/ln"},
+            "layers": {name: {"mean": {"ln": 1 - bn, "bn": bn}, "var": {"ln": 1 - bn, "bn": bn}}
+                       for name in ("l0", "l1")},
+        }
+        for bs, bn in ((8, 0.2), (128, 0.8))
+    }  # fmt: skip
+    report = {
+        "recommendation": {"target_batch_size": 128, "plan": {"layers": []},
+                           "by_batch_size": by_batch_size},
+        "verification": {"verdict": decided.to_dict()},
+    }  # fmt: skip
+    done, failed, older, queued = (client.submit(tiny_spec()) for _ in range(4))
+    _fake_outputs(api_settings, done.id, report=report)
+    _finish_job(api_settings, failed.id, "failed")
+    _finish_job(api_settings, older.id, "succeeded")
+    text = "plan 0.980 ± 0.005 (3 seeds, final epoch)"
+    result = {
+        "configuration": "plan", "label": "plan", "verified": True, "reason": decided.reason,
+        "accuracy": 0.98, "std": 0.005, "n": 3, "accuracy_kind": "final epoch", "text": text,
+    }  # fmt: skip
+    engine = make_engine(api_settings.database_url)
+    try:
+        with make_session_factory(engine)() as session, session.begin():
+            values = {"status": "succeeded", "progress": 1.0, "result": result}
+            session.execute(update(Job).where(Job.id == done.id).values(**values))
+    finally:
+        engine.dispose()
+
+    listed = cli("ls", "--token", token)
+    assert listed.exit_code == 0, listed.output
+    lines = {job.id: line for job in (done, failed, older, queued) for line in
+             listed.output.splitlines() if job.id in line}  # fmt: skip
+    assert text in lines[done.id]  # one line per job, in a pipe too
+    assert "failed: trial 0 diverged" in lines[failed.id]
+    assert lines[older.id].rstrip().endswith("-") and lines[queued.id].rstrip().endswith("-")
+
+    shown = cli("status", done.id, "--token", token)
+    assert shown.exit_code == 0, shown.output
+    assert text in shown.output and decided.text[:40] in shown.output
+    assert "BN's share by batch size (final-epoch ratios" in shown.output
+    after = shown.output[shown.output.index("BN's share by batch size") :]
+    trend = [line for line in after.splitlines() if line.startswith("│ ")]
+    assert [line.split("│")[1].strip() for line in trend] == ["8", "128"]
+    assert "0.20" in trend[0] and "0.80" in trend[1]
+    quiet = cli("status", older.id, "--token", token)  # succeeded, no report: no trend, no error
+    assert quiet.exit_code == 0 and "BN's share" not in quiet.output
 
 
 def test_cli_reads_the_token_from_the_environment(cli, token, monkeypatch):

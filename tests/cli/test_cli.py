@@ -146,7 +146,7 @@ def test_live_trials_view_shows_the_base_and_the_effective_lr():
         )
     )
     assert (cells["batch"], cells["lr"], cells["lr (effective)"]) == ("8", "0.1", "0.025")
-    assert (cells["epoch"], cells["val acc"]) == ("1/2", "0.500")
+    assert (cells["epoch"], cells["val acc (newest epoch)"]) == ("1/2", "0.500")
 
 
 def test_outputs_lines_say_what_the_plan_and_each_checkpoint_are():
@@ -179,3 +179,53 @@ def test_outputs_lines_say_what_the_plan_and_each_checkpoint_are():
     assert lines[2].startswith("search checkpoint: the per-layer plan")
     assert lines[2].endswith("; not verified")
     assert outputs_lines(None) == [] and outputs_lines({"plan": {"target_batch_size": 8}}) == []
+
+
+def _mlp_trial(trial_id: str, seed: int, batch_size: int, choice: str):
+    """A finished search trial of a small SN MLP whose every layer is fixed to ``choice``."""
+    import sn_core
+    from worker.results import TrialOutcome
+
+    model = sn_core.convert_to_switchnorm(
+        sn_core.build_model("mlp", num_classes=3, in_channels=1, input_size=16)
+    )
+    for _, layer in sn_core.switch_layers(model):
+        layer.fix(choice, choice)
+    ratios = {
+        name: {key: r[key] for key in ("mean", "var", "fixed")}
+        for name, r in sn_core.switch_ratios(model).items()
+    }
+    return TrialOutcome(
+        trial_id=trial_id, seed=seed, batch_size=batch_size, lr=0.1, status="TERMINATED",
+        epochs_used=1, epochs_budget=1, val_accuracy=0.9,
+        history=[{"epoch": 1, "val_accuracy": 0.9, "ratios": ratios}],
+        plan=sn_core.plan_from_model(model).to_dict(),
+    )  # fmt: skip
+
+
+def test_bn_trend_table_shows_bns_share_growing_with_the_batch_final_epoch_labelled():
+    """From a real recommendation's report.json form: BN's share per batch size, overall and
+    per depth third, and the layers choosing BN."""
+    from rich.console import Console
+
+    from cli.render import bn_trend_table
+    from worker.recommend import recommend
+
+    trials = [
+        _mlp_trial("a", 0, 4, "ln"),
+        _mlp_trial("b", 1, 64, "bn"),
+        _mlp_trial("c", 2, 64, "bn"),
+    ]
+    by_batch_size = recommend(trials, target_batch_size=64).to_dict()["by_batch_size"]
+    layers = len(by_batch_size["64"]["layers"])
+    console = Console(record=True, width=250)
+    console.print(bn_trend_table(by_batch_size))
+    text = console.export_text()
+    assert "final-epoch ratios" in text
+    row4 = next(line for line in text.splitlines() if line.strip().startswith("│          4"))
+    row64 = next(line for line in text.splitlines() if line.strip().startswith("│         64"))
+    assert "0.00" in row4 and f"0/0 of {layers}" in row4
+    assert "1.00" in row64 and f"{layers}/{layers} of {layers}" in row64 and "│      2 │" in row64
+    assert text.index(row4) < text.index(row64)
+    no_bn = {"8": {"mean_ratio": {"ln": 1.0}, "var_ratio": {"ln": 1.0}, "choices": {}}}
+    assert bn_trend_table(no_bn) is None  # BN not in the pool: nothing to trend

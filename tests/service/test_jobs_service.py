@@ -172,6 +172,27 @@ def test_retry_needs_a_failed_or_cancelled_job(session, status):
     assert job.status == status and job.run == 1
 
 
+def test_finish_job_stores_the_short_result_and_a_retry_clears_it(session):
+    result = {
+        "configuration": "plan",
+        "accuracy": 0.981,
+        "std": 0.004,
+        "n": 4,
+        "accuracy_kind": "final epoch",
+        "text": "plan 0.981 ± 0.004 (4 seeds, final epoch)",
+    }
+    job = make_job(session)
+    assert job.result is None  # a job has no result before it succeeds
+    jobs.start_job(session, job_id=job.id)
+    jobs.finish_job(session, job_id=job.id, files=[], result=result)
+    session.expire_all()
+    stored = repositories.get_job(session, job.id)
+    assert stored.status == "succeeded" and stored.result == result  # JSON, read back whole
+    other = make_job(session, result={"text": "stale"}, status="failed")
+    jobs.retry_job(session, job_id=other.id)
+    assert other.result is None
+
+
 # Heartbeat and progress
 
 

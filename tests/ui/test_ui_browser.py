@@ -134,6 +134,8 @@ def shrink(spec: dict) -> dict:
     spec["search"]["stop_when_stable"].update(tiny["search"]["stop_when_stable"])
     spec["search"]["trials"].update(tiny["search"]["trials"])
     spec["verify"].update(tiny["verify"])
+    # Two batch sizes, so that the page has per-layer choices to set side by side.
+    spec["search"]["trials"]["batch_sizes"] = [32, 128]
     return spec
 
 
@@ -286,6 +288,8 @@ def test_job_from_template_runs_live_and_shows_its_results(digits_job, api, tmp_
     verdict_text = api.get(f"/jobs/{job_id}/report").json()["verification"]["verdict"]["text"]
     expect(page.get_by_test_id("verdict")).to_have_text(f"Verdict: {verdict_text}")
 
+    check_curves_and_heatmap(page, api, job_id, layers)
+
     # One layer's history over the steps, and the divergence of the seeds.
     layer_select = page.get_by_test_id("layer-select")
     layer_select.select_option(layers[-1])
@@ -340,6 +344,78 @@ def test_job_from_template_runs_live_and_shows_its_results(digits_job, api, tmp_
     metrics = download("download-csv", ".csv")
     header = next(csv.reader(io.StringIO(metrics.read_text())))
     assert ",".join(header).startswith("ray_trial_id,variant,step"), header
+
+
+def fills_its_box(locator, cap: float | None = None) -> bool:
+    """The SVG is as wide as the box that holds it (not half of it), or as its ``cap``."""
+    svg, box = locator.evaluate("svg => [svg.getBoundingClientRect().width, "
+                                "svg.parentElement.getBoundingClientRect().width]")  # fmt: skip
+    return svg >= 0.95 * min(box, cap or box) > 0
+
+
+def check_curves_and_heatmap(page, api, job_id: str, layers: list[str]) -> None:
+    """Training curves per search trial and per verification configuration, final- and
+    best-epoch labelled; the layers x batch sizes heatmap of the report; charts that fill their
+    card."""
+    trials = api.get(f"/jobs/{job_id}/trials").json()
+    search = [t for t in trials if t["variant"] == "sn"]
+    configs = {t["variant"] for t in trials if t["variant"] != "sn"}
+    seeds = {t["variant"]: 0 for t in trials}
+    for t in trials:
+        seeds[t["variant"]] += 1
+    assert len(search) == 2 and configs == {"plan", "bn"}, trials
+
+    curves = page.get_by_test_id("search-curves")
+    expect(curves).to_have_attribute("data-lines", str(len(search)))
+    expect(curves).to_have_attribute("data-x-ticks", "1,2")  # every epoch, each once
+    for t in search:
+        line = curves.locator(f'[data-series="trial-{t["id"]}"] polyline')
+        expect(line).to_have_attribute("data-points", "2")
+    legend = page.get_by_test_id("search-curves-legend")
+    expect(legend.locator("li")).to_have_count(len(search))
+    for text in legend.locator("li").all_inner_texts():
+        assert "final-epoch" in text and "best-epoch" in text, text
+    # Verification: per configuration its mean (thick) and each seed (thin).
+    config_curves = page.get_by_test_id("config-curves")
+    expected_lines = sum(seeds[c] + 1 for c in configs)
+    expect(config_curves).to_have_attribute("data-lines", str(expected_lines))
+    for config in configs:
+        expect(config_curves.locator(f'[data-series="config-{config}"] polyline')).to_have_count(1)
+    config_legend = page.get_by_test_id("config-curves-legend").locator("li")
+    expect(config_legend).to_have_count(len(configs))
+    assert all("mean over 1 seed: final-epoch" in t for t in config_legend.all_inner_texts())
+    # Final-epoch and best-epoch accuracies side by side in the trials table, labelled.
+    table = page.get_by_test_id("trials-table")
+    expect(table).to_contain_text("Final-epoch val. acc.")
+    expect(table).to_contain_text("Best-epoch val. acc.")
+    finals = table.get_by_test_id("trial-final-acc").all_inner_texts()
+    assert len(finals) == len(trials) and all("(ep " in f for f in finals), finals
+    # Another metric: the same lines, a loss axis.
+    page.get_by_test_id("metric-select").select_option("val_loss")
+    expect(curves).to_have_attribute("aria-label", re.compile("validation loss"))
+    expect(curves).to_have_attribute("data-lines", str(len(search)))
+    page.get_by_test_id("metric-select").select_option("val_accuracy")
+
+    # The heatmap: one cell per layer and batch size, the report's own ratios.
+    by_batch = api.get(f"/jobs/{job_id}/report").json()["recommendation"]["by_batch_size"]
+    assert sorted(by_batch, key=int) == ["32", "128"]
+    cells = page.get_by_test_id("batch-heatmap").get_by_test_id("heatmap-cell")
+    expect(cells).to_have_count(len(layers) * 2)
+    for batch in ("32", "128"):
+        cell = page.get_by_test_id("batch-heatmap").locator(
+            f'[data-testid="heatmap-cell"][data-layer="{layers[0]}"][data-batch="{batch}"]'
+        )
+        bn = by_batch[batch]["layers"][layers[0]]["mean"]["bn"]
+        assert float(cell.get_attribute("data-value")) == pytest.approx(bn, abs=1e-9)
+    expect(page.get_by_test_id("batch-trend")).to_contain_text("batch 32")
+    expect(page.get_by_test_id("batch-trend")).to_contain_text("final-epoch")
+    page.get_by_test_id("heatmap-part").select_option("var")
+    expect(page.get_by_test_id("batch-heatmap")).to_have_attribute("data-part", "var")
+    page.get_by_test_id("heatmap-part").select_option("mean")
+
+    for hook in ("ratio-chart-mean", "search-curves", "config-curves"):
+        assert fills_its_box(page.get_by_test_id(hook)), hook
+    assert fills_its_box(page.get_by_test_id("batch-heatmap"), cap=900)  # wider says no more
 
 
 # -- 3. inline validation --------------------------------------------------------------------
@@ -398,6 +474,11 @@ def test_jobs_list_filter_cancel_and_retry(digits_job, logged_in, base_url, api)
     expect(other_row).to_be_visible()
     expect(done_row.get_by_test_id("job-status")).to_have_text("succeeded")
     expect(done_row.get_by_test_id("job-progress")).to_be_visible()
+    # The result column: the worker's line for the succeeded job, "-" for the running one.
+    result = api.get(f"/jobs/{done_id}").json()["result"]
+    assert "final epoch" in result["text"] and result["configuration"], result
+    expect(done_row.get_by_test_id("job-result")).to_have_text(result["text"])
+    expect(other_row.get_by_test_id("job-result")).to_have_text("-")
     expect(page.get_by_test_id("jobs-total")).to_contain_text("2")
     expect(page.get_by_test_id("prev-page")).to_be_disabled()
     expect(page.get_by_test_id("next-page")).to_be_disabled()

@@ -158,6 +158,11 @@ def test_search_job_runs_in_a_real_worker(worker):
     report = json.loads(Path(artifacts["report_json"].path).read_text())
     chosen = report["verification"]["verdict"]["chosen"]
     assert plan.metadata["configuration"] == chosen
+    # The jobs list's result is the verdict's configuration with its final-epoch accuracy.
+    stats = report["verification"]["verdict"]["configs"][chosen]
+    assert job.result["configuration"] == chosen and job.result["n"] == stats["n"] == 1
+    assert job.result["accuracy"] == stats["mean"] and job.result["accuracy_kind"] == "final epoch"
+    assert job.result["text"].endswith("(1 seed: no interval, final epoch)"), job.result
     # The checkpoint is the verdict's configuration: its layers are plan.json's.
     model, ckpt_plan, model_spec = sn_core.load_finalized(Path(artifacts["checkpoint"].path))
     assert model_spec["arch"] == "resnet20"

@@ -174,6 +174,31 @@ def test_by_batch_size_moves_with_batch_size(rec):
     assert list(rec.to_dict()["by_batch_size"]) == ["8", "32"]
 
 
+def test_by_batch_size_has_each_layers_final_ratios_averaged_over_its_trials(trials, rec):
+    """The heatmap's cells: per batch size and layer, the trials' final-epoch ratios averaged."""
+    by = rec.by_batch_size
+    names = rec.plan.names
+    for bs in (8, 32):
+        assert list(by[bs]["layers"]) == names  # network order
+    # Batch 8 is trial D alone (every layer ln/ln): its final ratios, one-hot.
+    assert by[8]["layers"][names[0]]["mean"] == pytest.approx({"in": 0.0, "ln": 1.0, "bn": 0.0})
+    assert by[8]["layers"][names[5]]["var"] == pytest.approx({"in": 0.0, "ln": 1.0, "bn": 0.0})
+    # Batch 32: A, B and C averaged (the failed E left out); layer 1's mean is A's one-hot ln,
+    # B's soft (0.2, 0.3, 0.5) and C's soft (0.4, 0.35, 0.25).
+    expected = {
+        k: (a + b + c) / 3
+        for k, a, b, c in zip(
+            ["in", "ln", "bn"], (0, 1, 0), (0.2, 0.3, 0.5), (0.4, 0.35, 0.25), strict=True
+        )
+    }
+    assert by[32]["layers"][names[1]]["mean"] == pytest.approx(expected)
+    assert by[32]["layers"][names[1]]["mean"] == pytest.approx(rec.plan.layers[1].mean_ratios)
+    # The SN paper's trend, per layer: BN's share is larger at the larger batch everywhere.
+    for name in names:
+        assert by[32]["layers"][name]["mean"]["bn"] >= by[8]["layers"][name]["mean"]["bn"]
+    json.dumps(rec.to_dict()["by_batch_size"], allow_nan=False)
+
+
 def test_single_trial_matches_sn_core_and_errors(trials):
     one = recommend(trials, target_batch_size=8)
     assert one.trial_ids == ["D"] and one.best_trial == "D"

@@ -2,6 +2,7 @@
 // ratio bars per SN layer (the SN papers' figure), a layer's ratio evolution over steps, and the
 // per-layer mean/variance divergence. Colours of the normalizers are fixed everywhere.
 
+import { integerTicks } from "./ticks.js";
 import { esc } from "./util.js";
 import { NORM_LABELS, NORMS } from "./vocabulary.js";
 
@@ -31,9 +32,20 @@ function yAxis(x0, y0, h, w, ticks = [0, 0.25, 0.5, 0.75, 1], fmtTick = (t) => t
   }).join("");
 }
 
-function layerGeometry(n) {
-  const step = Math.max(3, Math.min(28, 960 / Math.max(n, 1)));
-  return { step, bar: Math.max(2, step * 0.78), plotW: Math.max(step * n, 120) };
+// Charts are drawn at the pixel width of the box they go into (``width``, the viewBox's), so
+// that they fill their card at their natural text size; the SVG's width="100%" keeps them
+// fitted when the window changes. Without a width, the plot is MIN_PLOT_W units. With few
+// layers the bars spread out (at most MAX_BAR wide); with many, a bar is at least 3 units and
+// the chart scales down to fit.
+const MIN_PLOT_W = 520;
+const MAX_BAR = 44;
+const LAYER_MARGIN = 50; // left axis + right padding of the layer charts
+
+export function layerGeometry(n, width = null) {
+  const count = Math.max(n, 1);
+  const target = width ? Math.max(width - LAYER_MARGIN, 120) : MIN_PLOT_W;
+  const step = Math.max(3, target / count);
+  return { step, bar: Math.max(2, Math.min(step * 0.78, MAX_BAR)), plotW: step * count };
 }
 
 function xLabels(layers, x0, y, step) {
@@ -49,9 +61,9 @@ function xLabels(layers, x0, y, step) {
  * mean_fixed, var_fixed}]. Each layer's group is <g data-testid="layer-bar" data-layer=...>
  * with one <rect data-norm=...> per normalizer of its pool.
  */
-export function ratioBarsSvg(layers, { part, testid, selected = null, title = "" }) {
+export function ratioBarsSvg(layers, { part, testid, selected = null, title = "", width = null }) {
   const n = layers.length;
-  const { step, bar, plotW } = layerGeometry(n);
+  const { step, bar, plotW } = layerGeometry(n, width);
   const m = { l: 40, r: 10, t: 22, b: 30 };
   const h = 190;
   const W = m.l + plotW + m.r;
@@ -77,7 +89,7 @@ export function ratioBarsSvg(layers, { part, testid, selected = null, title = ""
 ${ratiosText(ratios)}</title>${rects.join("")}</g>`);
   });
   return `<svg data-testid="${testid}" class="chart ratio-chart" viewBox="0 0 ${W} ${H}"
-    width="${W}" height="${H}" role="img" aria-label="${esc(title)}" data-part="${part}"
+    width="100%" preserveAspectRatio="xMinYMin meet" role="img" aria-label="${esc(title)}" data-part="${part}"
     data-layers="${n}">
     <text class="chart-title" x="${m.l}" y="14">${esc(title)}</text>
     ${yAxis(m.l, m.t, h, plotW)}
@@ -94,9 +106,10 @@ export function divergence(layer) {
   return 0.5 * sum;
 }
 
-export function divergenceSvg(layers, { testid = "divergence-chart", selected = null } = {}) {
+export function divergenceSvg(layers, { testid = "divergence-chart", selected = null,
+  width = null } = {}) {
   const n = layers.length;
-  const { step, bar, plotW } = layerGeometry(n);
+  const { step, bar, plotW } = layerGeometry(n, width);
   const m = { l: 40, r: 10, t: 22, b: 30 };
   const h = 90;
   const W = m.l + plotW + m.r;
@@ -111,7 +124,7 @@ ${esc(layer.layer)}: ${d.toFixed(3)}</title><rect x="${x}" y="${(m.t + h - hh).t
       width="${bar.toFixed(2)}" height="${hh.toFixed(2)}"/></g>`;
   });
   return `<svg data-testid="${testid}" class="chart divergence-chart" viewBox="0 0 ${W} ${H}"
-    width="${W}" height="${H}" role="img" aria-label="mean/variance divergence per layer">
+    width="100%" preserveAspectRatio="xMinYMin meet" role="img" aria-label="mean/variance divergence per layer">
     <text class="chart-title" x="${m.l}" y="14">mean vs. variance divergence (½·L1 of the ratios)</text>
     ${yAxis(m.l, m.t, h, plotW, [0, 0.5, 1])}
     ${bars.join("")}
@@ -164,8 +177,8 @@ export function decimatedLine(points, part, norm, xOf, yOf) {
  * of its pool, a dashed mark where the part became fixed. ``points`` ascending by step. A hover
  * guide (one delegated listener, see attachEvolutionHover) reads ``data-*`` of the SVG.
  */
-export function evolutionSvg(points, { layer, testid = "layer-evolution-chart" } = {}) {
-  const W = 760;
+export function evolutionSvg(points, { layer, testid = "layer-evolution-chart", width = null } = {}) {
+  const W = Math.max(width || 760, 320);
   const m = { l: 40, r: 12, t: 22, b: 30 };
   const ph = 130;
   const gap = 34;
@@ -173,7 +186,7 @@ export function evolutionSvg(points, { layer, testid = "layer-evolution-chart" }
   const H = m.t + ph * 2 + gap + m.b;
   if (!points.length) {
     return `<svg data-testid="${testid}" class="chart evolution-chart" viewBox="0 0 ${W} 60"
-      width="${W}" height="60" data-points="0"><text class="muted-text" x="${m.l}" y="30">
+      width="100%" preserveAspectRatio="xMinYMin meet" data-points="0"><text class="muted-text" x="${m.l}" y="30">
       No ratio history for ${esc(layer || "this layer")} yet.</text></svg>`;
   }
   const s0 = points[0].step;
@@ -197,17 +210,14 @@ export function evolutionSvg(points, { layer, testid = "layer-evolution-chart" }
     return `<text class="chart-title" x="${m.l}" y="${top - 6}">${part === "mean" ? "mean" :
       "variance"} ratios</text>${yAxis(m.l, top, ph, plotW, [0, 0.5, 1])}${mark}${lines.join("")}`;
   });
-  const ticks = [];
-  const tickSteps = new Set();
-  for (let i = 0; i <= 5; i += 1) tickSteps.add(Math.round(s0 + (span * i) / 5));
-  for (const s of [...tickSteps].filter((t) => t <= s1)) {
-    ticks.push(`<text class="tick" x="${xOf(s).toFixed(1)}" y="${H - m.b + 14}"
-      text-anchor="middle">${s}</text>`);
-  }
+  // Steps are integers: ticks at a nice step, each labelled once (ticks.js).
+  const ticks = integerTicks(s0, s1, 8).ticks.map((s) => `<text class="tick"
+    x="${xOf(s).toFixed(1)}" y="${H - m.b + 14}" text-anchor="middle">${s}</text>`);
   return `<svg data-testid="${testid}" class="chart evolution-chart" viewBox="0 0 ${W} ${H}"
-    width="${W}" height="${H}" role="img" aria-label="ratio evolution of ${esc(layer)}"
+    width="100%" preserveAspectRatio="xMinYMin meet" role="img" aria-label="ratio evolution of ${esc(layer)}"
     data-layer="${esc(layer)}" data-points="${points.length}" data-x0="${m.l}"
-    data-x1="${m.l + plotW}" data-s0="${s0}" data-s1="${s1}">
+    data-x1="${m.l + plotW}" data-s0="${s0}" data-s1="${s1}"
+    data-x-ticks="${integerTicks(s0, s1, 8).ticks.join(",")}">
     ${parts.join("")}
     ${ticks.join("")}
     <text class="axis-label" x="${m.l + plotW / 2}" y="${H - 2}" text-anchor="middle">step</text>

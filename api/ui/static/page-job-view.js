@@ -2,6 +2,7 @@
 // a stable hook of the browser tests.
 
 import { legendHtml, NORMS } from "./charts.js";
+import { METRICS } from "./curves.js";
 import { esc, progressHtml } from "./util.js";
 
 export function jobPageHtml(jobId) {
@@ -55,12 +56,38 @@ export function jobPageHtml(jobId) {
               <th class="num">Batch</th>
               <th class="num" title="base lr scaled to the batch size (training.lr_scaling)">
                 lr (effective)</th>
-              <th class="num">Val. accuracy</th><th class="num">Epochs</th></tr></thead>
-            <tbody id="trials-body"><tr class="empty"><td colspan="8">No trials yet.</td></tr></tbody>
+              <th class="num" title="validation accuracy of the last epoch trained">
+                Final-epoch val. acc.</th>
+              <th class="num" title="the highest validation accuracy over the epochs, and its epoch">
+                Best-epoch val. acc.</th><th class="num">Epochs</th></tr></thead>
+            <tbody id="trials-body"><tr class="empty"><td colspan="9">No trials yet.</td></tr></tbody>
           </table>
         </div>
       </section>
     </div>
+    <section class="card" id="curves-card">
+      <div class="toolbar">
+        <h2>Training curves</h2>
+        <span class="spacer"></span>
+        <label>Metric
+          <select data-testid="metric-select" id="metric-select">
+            ${Object.entries(METRICS).map(([name, m]) =>
+    `<option value="${name}">${esc(m.label)}</option>`).join("")}
+          </select>
+        </label>
+      </div>
+      <div class="charts" id="curve-charts">
+        <div class="chart-box"><div id="chart-search-curves"><p class="muted">No epochs yet.</p></div>
+          <ul class="series-legend small" data-testid="search-curves-legend"
+            id="search-curves-legend"></ul></div>
+        <div class="chart-box"><div id="chart-config-curves"></div>
+          <ul class="series-legend small" data-testid="config-curves-legend"
+            id="config-curves-legend"></ul></div>
+      </div>
+      <p class="muted small">Per epoch, as the trials reported it. Search: one line per trial.
+        Verification: one thick line per configuration, the mean over its seeds, and one thin
+        line per seed. The legends give each line's final-epoch and best-epoch values.</p>
+    </section>
     <section class="card" id="ratios-card">
       <div class="toolbar">
         <h2>Per-layer switch ratios</h2>
@@ -115,6 +142,20 @@ export function jobPageHtml(jobId) {
           <th class="num">Std (over seeds)</th><th class="num">Seeds</th></tr></thead>
         <tbody id="verification-body"></tbody>
       </table>
+    </section>
+    <section class="card" id="batch-card" data-testid="batch-card" hidden>
+      <div class="toolbar">
+        <h2>Per-layer choices by batch size</h2>
+        <span class="spacer"></span>
+        <label>Ratios
+          <select data-testid="heatmap-part" id="heatmap-part">
+            <option value="mean">mean</option><option value="var">variance</option>
+          </select>
+        </label>
+      </div>
+      <p class="muted" data-testid="batch-trend" id="batch-trend"></p>
+      <div class="chart-box" id="chart-heatmap"></div>
+      <p class="muted small" id="heatmap-info"></p>
     </section>
     <section class="card">
       <details><summary>Job spec</summary><pre class="spec" id="spec-view"></pre></details>

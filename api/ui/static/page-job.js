@@ -12,10 +12,12 @@ import { ApiError, download, reportError, request } from "./api.js";
 import {
   attachEvolutionHover, divergenceSvg, evolutionSvg, ratioBarsSvg, ratiosText,
 } from "./charts.js";
+import { finalByTrial, METRICS } from "./curves.js";
 import {
   defaultTrial, extendHistory, lastEventId, orderedLayers, ratiosNews, stepInfo, trialConfig,
   trialLr,
 } from "./job-data.js";
+import { drawBatchHeatmap, drawCurveCharts } from "./page-job-results.js";
 import { jobPageHtml } from "./page-job-view.js";
 import { reportHtml } from "./report.js";
 import { followEvents } from "./sse.js";
@@ -27,6 +29,7 @@ import { ACTIVE_STATUSES, FINISHED_STATUSES } from "./vocabulary.js";
 
 const EVOLUTION_MAX_POINTS = 20000;
 const TRIALS_THROTTLE_MS = 3000;
+const CURVES_THROTTLE_MS = 5000;
 const SEARCH_VARIANT = "sn";
 
 const loader = (fn) => serial(fn, reportError);
@@ -42,6 +45,9 @@ export function render(root, [jobId]) {
     evo: { trialId: null, layer: null, lastStep: null, points: [] },
     layer: null, // the selected layer
     reportFor: null, // the run whose report is shown
+    report: null,
+    metrics: [], // every trial's per-epoch metric points (GET /metrics)
+    metric: "val_accuracy", // the curves shown
     streamState: "",
     gen: 0, // bumped when the trial selection resets; older answers are dropped
   };
@@ -53,8 +59,12 @@ export function render(root, [jobId]) {
   root.innerHTML = jobPageHtml(jobId);
 
   const $ = (sel) => root.querySelector(sel);
+  // The pixel width a chart is drawn at (null while its card is hidden: the default).
+  const boxWidth = (sel) => $(sel)?.clientWidth || null;
   const trialSelect = $("#trial-select");
   const layerSelect = $("#layer-select");
+  const metricSelect = $("#metric-select");
+  const heatmapPart = $("#heatmap-part");
 
   // ------------------------------------------------------------------ header and lifecycle
 
@@ -167,10 +177,12 @@ export function render(root, [jobId]) {
       if (news.evolution) loadEvolution();
       if (news.trialsNow) refreshTrials.now();
       else refreshTrials();
+      refreshCurves(); // metrics are written with the snapshots of the same epoch
     } else if (name === "end") {
       setStatus(data.status);
       refreshJob();
       refreshTrials.now();
+      refreshCurves.now();
     }
   }
 
@@ -192,19 +204,25 @@ export function render(root, [jobId]) {
 
   function drawTrials() {
     const body = $("#trials-body");
+    const finals = finalByTrial(state.metrics, "val_accuracy");
     body.innerHTML = state.trials.length ? state.trials.map((t) => {
       const { seed, batch } = trialConfig(t);
       const lr = trialLr(t);
-      const acc = t.best_metrics?.val_accuracy;
+      const best = t.best_metrics?.val_accuracy;
+      const bestEpoch = t.best_metrics?.epoch;
+      const final = finals.get(t.id);
       return `<tr data-testid="trial-row" data-trial-id="${t.id}" data-variant="${esc(t.variant)}"
         class="${t.id === state.trialId ? "selected" : ""}">
         <td class="mono" title="${esc(t.ray_trial_id)}">#${t.id}</td><td>${esc(t.variant)}</td>
         <td>${statusBadge(t.status.toLowerCase(), "trial-status")}</td>
         <td class="num">${seed ?? "–"}</td><td class="num">${batch ?? "–"}</td>
         <td class="num" data-testid="trial-lr" title="base lr ${fmtLr(lr.base)}">${fmtLr(lr.effective)}</td>
-        <td class="num">${acc === undefined || acc === null ? "–" : fmtPct(acc, 1)}</td>
+        <td class="num" data-testid="trial-final-acc">${final ? `${fmtPct(final.value, 1)} (ep ${
+  final.epoch})` : "–"}</td>
+        <td class="num" data-testid="trial-best-acc">${best === undefined || best === null ? "–" : `${
+  fmtPct(best, 1)}${bestEpoch ? ` (ep ${bestEpoch})` : ""}`}</td>
         <td class="num">${t.epochs_used} / ${t.epochs_budget}</td></tr>`;
-    }).join("") : `<tr class="empty"><td colspan="8">No trials yet.</td></tr>`;
+    }).join("") : `<tr class="empty"><td colspan="9">No trials yet.</td></tr>`;
 
     const search = state.trials.filter((t) => t.variant === SEARCH_VARIANT);
     const options = search.map((t) => {
@@ -238,6 +256,28 @@ export function render(root, [jobId]) {
     loadEvolution();
   }
 
+  // ------------------------------------------------------------------ training curves
+
+  const loadCurves = loader(async () => {
+    const params = new URLSearchParams();
+    for (const name of Object.keys(METRICS)) params.append("name", name);
+    const answer = await request(`${base}/metrics?${params}`, { signal });
+    if (!alive) return;
+    state.metrics = answer.points;
+    drawCurves();
+    drawTrials();
+  });
+  const refreshCurves = throttle(loadCurves, CURVES_THROTTLE_MS);
+  refreshCurves.now = loadCurves;
+
+  function drawCurves() {
+    drawCurveCharts(root, { trials: state.trials, metrics: state.metrics, metric: state.metric });
+  }
+
+  function drawHeatmap() {
+    if (state.report) drawBatchHeatmap(root, state.report, heatmapPart.value);
+  }
+
   // ------------------------------------------------------------------ ratios: newest step
 
   const loadNewest = loader(async () => {
@@ -267,10 +307,11 @@ export function render(root, [jobId]) {
       const selected = state.layer;
       $("#bar-charts").classList.toggle("stacked", layers.length > 40); // full width each
       $("#chart-mean").innerHTML = ratioBarsSvg(layers, { part: "mean", testid: "ratio-chart-mean",
-        selected, title: "mean ratios" });
+        selected, title: "mean ratios", width: boxWidth("#chart-mean") });
       $("#chart-var").innerHTML = ratioBarsSvg(layers, { part: "var", testid: "ratio-chart-var",
-        selected, title: "variance ratios" });
-      $("#chart-divergence").innerHTML = divergenceSvg(layers, { selected });
+        selected, title: "variance ratios", width: boxWidth("#chart-var") });
+      $("#chart-divergence").innerHTML = divergenceSvg(layers, { selected,
+        width: boxWidth("#chart-divergence") });
       updateLayerOptions(layers);
     });
   }
@@ -329,7 +370,8 @@ export function render(root, [jobId]) {
       evoFrame = 0;
       if (!alive) return;
       const { points, layer, downsampled } = state.evo;
-      $("#chart-evolution").innerHTML = evolutionSvg(points, { layer });
+      $("#chart-evolution").innerHTML = evolutionSvg(points, { layer,
+        width: boxWidth("#chart-evolution") });
       const last = points.at(-1);
       $("#evolution-info").textContent = last ? `${layer}: ${points.length} steps${
         downsampled ? " (evenly downsampled)" : ""}; newest step ${last.step}: mean ${
@@ -351,7 +393,9 @@ export function render(root, [jobId]) {
       throw error;
     }
     if (!alive) return;
+    state.report = report;
     drawReport(report);
+    drawHeatmap();
   }
 
   function drawReport(report) {
@@ -397,6 +441,10 @@ export function render(root, [jobId]) {
         addEvents(job.events || []);
         if (action === "retry") {
           $("#results-card").hidden = true;
+          $("#batch-card").hidden = true;
+          state.report = null;
+          state.metrics = [];
+          drawCurves();
           state.reportFor = null;
           state.trialId = null;
           state.gen += 1;
@@ -419,6 +467,11 @@ export function render(root, [jobId]) {
     if (trialSelect.value) selectTrial(Number(trialSelect.value));
   });
   layerSelect.addEventListener("change", () => selectLayer(layerSelect.value));
+  metricSelect.addEventListener("change", () => {
+    state.metric = metricSelect.value;
+    drawCurves();
+  });
+  heatmapPart.addEventListener("change", drawHeatmap);
   attachEvolutionHover($("#chart-evolution"), () => state.evo.points);
 
   // ------------------------------------------------------------------ start
@@ -428,6 +481,7 @@ export function render(root, [jobId]) {
       await loadJob();
       if (!alive) return;
       await loadTrials();
+      await loadCurves();
       startStream();
     } catch (error) {
       if (error instanceof ApiError && error.status === 404) {
@@ -443,6 +497,7 @@ export function render(root, [jobId]) {
     stream?.stop();
     controller.abort();
     refreshTrials.cancel();
+    refreshCurves.cancel();
     cancelAnimationFrame(barsFrame);
     cancelAnimationFrame(evoFrame);
   };
