@@ -18,10 +18,11 @@ class; within that class the baseline the plan itself is (a plan with one normal
 the search found it), else the best mean, then the order ``bn, gn, ln, in``. So the plan is chosen
 only when it beats every uniform baseline that is not itself beaten (in particular the best one);
 otherwise the cheapest uniform baseline that is statistically as good as the best wins, and the
-words say whether the plan is that baseline, worse than it, or within noise. No practical tolerance is added on top: with the usual 2-5
-verification seeds the interval is already wide, and the cost order settles every doubt in favour
-of the cheaper layer. With one common seed there is no interval: the verdict takes the highest
-accuracy on that seed (ties by the cost order), reason ``"single_seed"``, and claims no confidence.
+words say whether the plan is that baseline, worse than it, or within noise. No practical
+tolerance is added on top: with the usual 2-5 verification seeds the interval is already wide,
+and the cost order settles every doubt in favour of the cheaper layer. With one common seed there
+is no interval: the verdict takes the highest accuracy on that seed (ties by the cost order),
+reason ``"single_seed"``, and claims no confidence.
 """
 
 from __future__ import annotations
