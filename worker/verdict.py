@@ -356,8 +356,7 @@ def verdict(
         text += f"{_ci(d)}; {n})"
     else:
         reason, text = "no_plan", f"the per-layer plan has no finished run; use {label(chosen)}"
-    if best_uniform != chosen:
-        d = diff(best_uniform, chosen)
+    if best_uniform != chosen and (d := diff(best_uniform, chosen)).mean_points >= 0.05:
         text += (
             f"; {label(best_uniform)} scores {_num(d.mean_points, True)} points more, within "
             f"noise ({_ci(d)})"
@@ -369,8 +368,9 @@ def verdict(
         if chosen == "bn":
             text += " (BN folds into the convolution)"
     for c in COST_ORDER[: COST_ORDER.index(chosen)]:
-        if c in beaten_by and COST_CLASS[c] <= COST_CLASS[chosen]:
-            d = beaten_by[c]
+        if c in beaten_by and COST_CLASS[c] < COST_CLASS[chosen]:
+            # the chosen configuration's own margin when it beats c, else what does
+            d = mine if (mine := diff(chosen, c)).better else beaten_by[c]
             text += (
                 f"; {label(d.config)} beats the cheaper {label(c)} by "
                 f"{_num(d.mean_points, True)} points ({_ci(d)})"

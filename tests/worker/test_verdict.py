@@ -108,6 +108,14 @@ def test_between_baselines_of_the_same_cost_the_better_mean_wins():
     assert (v.chosen, v.reason) == ("in", "no_plan")
     v = verdict({"plan": lower, "gn": lower, "ln": higher})
     assert v.chosen == "ln" and "cheaper" not in v.text
+    # The MLP at batch 2: the plan is all-LN, all-GN ties it, both beat all-BN by far.
+    ln = {0: 0.978, 1: 0.975, 2: 0.980, 3: 0.977}
+    gn = {0: 0.9785, 1: 0.975, 2: 0.980, 3: 0.977}  # +0.0 points: not worth a clause
+    bn = {0: 0.72, 1: 0.80, 2: 0.75, 3: 0.77}
+    v = verdict({"plan": ln, "bn": bn, "gn": gn, "ln": ln}, plan_uniform="ln")
+    assert (v.chosen, v.reason) == ("ln", "plan_is_baseline")
+    assert "all-GN" not in v.text  # neither "scores more" nor "beats the cheaper"
+    assert "; all-LN beats the cheaper all-BN by +" in v.text
     # ... unless the plan is one of them: the search found it, and it is as good
     v = verdict({"plan": lower, "gn": lower, "ln": higher}, plan_uniform="gn")
     assert (v.chosen, v.reason) == ("gn", "plan_is_baseline")
