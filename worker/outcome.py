@@ -14,7 +14,7 @@ from typing import Any
 
 from .recommend import Recommendation
 from .results import TrialOutcome
-from .verdict import PLAN, SN
+from .verdict import label
 
 __all__ = ["ACCURACY_KIND", "job_result", "result_text", "short_label"]
 
@@ -23,11 +23,7 @@ ACCURACY_KIND = "final epoch"  # which epoch every accuracy of the result is
 
 def short_label(config: str) -> str:
     """A configuration as a jobs-list cell names it: "plan", "SN model", "all-BN"."""
-    if config == PLAN:
-        return "plan"
-    if config == SN:
-        return "SN model"
-    return f"all-{config.upper()}"
+    return label(config, short=True)
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:

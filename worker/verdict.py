@@ -70,12 +70,13 @@ REASONS = (
 )
 
 
-def label(config: str) -> str:
-    """How a configuration is named in the verdict's words."""
+def label(config: str, *, short: bool = False) -> str:
+    """How a configuration is named in the verdict's words, or ``short`` in a table cell (the
+    jobs list): "the per-layer plan" / "plan", "all-BN" either way."""
     if config == PLAN:
-        return "the per-layer plan"
+        return "plan" if short else "the per-layer plan"
     if config == SN:
-        return "the SN model (search, annealed)"
+        return "SN model" if short else "the SN model (search, annealed)"
     return f"all-{config.upper()}"
 
 
