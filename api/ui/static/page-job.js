@@ -198,6 +198,9 @@ export function render(root, [jobId]) {
     if (!alive) return;
     state.trials = trials;
     drawTrials();
+    // The curves group the metrics by trial: redraw them with trials that arrived after the
+    // metrics (on "end" both load at once, and a verification trial may be new to the page).
+    drawCurves();
   });
   const refreshTrials = throttle(loadTrials, TRIALS_THROTTLE_MS);
   refreshTrials.now = loadTrials;
