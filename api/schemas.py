@@ -66,7 +66,7 @@ class JobResult(BaseModel):
     accuracy_kind: str = Field(
         description="Which epoch the accuracy is from.", examples=["final epoch"]
     )
-    text: str = Field(examples=["plan 0.981 ± 0.004 (4 seeds, final epoch)"])
+    text: str = Field(examples=["all-LN 0.978 ± 0.002 (4 seeds, final epoch)"])
 
 
 class JobSummary(_Out):
