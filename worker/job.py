@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sn_core
+from service.limits import ModelLimits
 from service.spec import JobSpec
 from sn_core.surgery import SOURCE_NORM_TYPES
 
@@ -32,6 +33,7 @@ from .export import (
     export_checkpoint,
     export_search_checkpoint,
 )
+from .model_size import measure_model, size_problems
 from .models import PLAN_VARIANT, SN_VARIANT, build_for_data
 from .recommend import Recommendation, recommend
 from .recorder import Recorder
@@ -97,14 +99,44 @@ def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
     )
 
 
-def check_searchable(spec: JobSpec, data: LoadedDataset) -> int:
+def check_model_size(spec: JobSpec, data: LoadedDataset, limits: ModelLimits) -> None:
+    """Refuse a model over ``limits`` (parameters, activation memory at the largest batch size)
+    with ``ModelSpecError`` naming each limit's variable: measured on the meta device, so
+    nothing is allocated, before the real model is built."""
+    arch = spec.model.arch
+    try:
+        size = measure_model(
+            spec,
+            input_shape=tuple(data.x_train.shape[1:]),
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+        )
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ModelSpecError(
+            f"model {arch!r} cannot be built for dataset {data.name!r} (input shape "
+            f"{list(data.x_train.shape[1:])}): {exc}"
+        ) from exc
+    problems = size_problems(size, limits)
+    if problems:
+        raise ModelSpecError(
+            f"model {arch!r} is too large to train here: {'; '.join(problems)}; make it smaller "
+            "(model.kwargs, search.trials.batch_sizes) or have the operator raise the limit"
+        )
+
+
+def check_searchable(
+    spec: JobSpec, data: LoadedDataset, model_limits: ModelLimits | None = None
+) -> int:
     """Build the SN model as the trials will and return its number of SwitchNorm layers.
 
-    Raises ``ModelSpecError`` (naming the model) when it does not build or run on the dataset's
+    Raises ``ModelSpecError`` (naming the model) when it is over ``model_limits``
+    (``check_model_size``, before it is built), when it does not build or run on the dataset's
     inputs, or when surgery gives it no SwitchNorm layer: without one every trial would train
     plain norms and the job fail only after all the training, with no plan to recommend.
     """
     arch = spec.model.arch
+    if model_limits is not None:
+        check_model_size(spec, data, model_limits)
     try:
         model = build_for_data(spec, SN_VARIANT, data)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -163,17 +195,21 @@ def run_job(
     ray_num_cpus: int | None = None,
     data: LoadedDataset | None = None,
     stop_event: threading.Event | None = None,
+    model_limits: ModelLimits | None = None,
 ) -> JobResult:
     """Run (or resume) the job; with ``out_dir``, its checkpoints go to ``out_dir``
     (``checkpoint.zip``: the verdict's configuration; ``search_checkpoint.zip``: the best search
     trial's own). ``data``: the spec's dataset when the caller has already loaded it. Raises
     ``JobCancelled`` once ``stop_event`` is set (checked between the stages; the trials stop at
-    once), and ``ModelSpecError`` before any training for a model with nothing to search."""
+    once), and ``ModelSpecError`` before any training for a model with nothing to search or
+    one over ``model_limits`` (the service's; None: unbounded, as a local run is)."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
-    check_searchable(spec, data)  # before Ray starts: a spec error fails the job at once
+    check_searchable(
+        spec, data, model_limits
+    )  # before Ray starts: a spec error fails the job at once
     ensure_ray(ray_address, ray_num_cpus)
     raise_if_stopped(stop_event)
 
