@@ -38,12 +38,11 @@ from typing import IO
 from sqlalchemy.engine import make_url
 
 from cli.supervisor import ChildSpec, Supervisor
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, sqlite_url
 
 log = logging.getLogger(__name__)
 
 API_FACTORY = "api.app:create_app"
-DATABASE_FILE = "normsearch.db"
 BROKER_FILE = "broker.sqlite"
 LOCK_FILE = ".up.lock"
 # The command line of a child: the ``normsearch`` app of this interpreter, so the children run
@@ -103,9 +102,7 @@ def embedded_config(
     settings = settings or get_settings()
     explicit = settings.model_fields_set
     runs = (runs_dir or settings.runs_dir).expanduser().resolve()
-    database_url = (
-        settings.database_url if "database_url" in explicit else f"sqlite:///{runs / DATABASE_FILE}"
-    )
+    database_url = settings.database_url if "database_url" in explicit else sqlite_url(runs)
     owns_broker = "broker_url" not in explicit
     broker_url = f"sqla+sqlite:///{runs / BROKER_FILE}" if owns_broker else settings.broker_url
     host = host if host is not None else settings.api_host

@@ -14,6 +14,13 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DATABASE_FILE = "normsearch.db"
+
+
+def sqlite_url(runs_dir: Path) -> str:
+    """The URL of the SQLite database in ``runs_dir`` (relative paths stay relative)."""
+    return f"sqlite:///{Path(runs_dir).expanduser() / DATABASE_FILE}"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NORMSEARCH_", extra="ignore")
@@ -35,9 +42,12 @@ class Settings(BaseSettings):
         default=None, ge=1, description="CPUs of a local Ray (default: all)."
     )
     database_url: str = Field(
-        default="sqlite:///runs/normsearch.db",
+        # The runs directory's file, as `normsearch up` uses: every command that reads these
+        # settings (serve, worker, token, db) finds the same database.
+        default_factory=lambda data: sqlite_url(data.get("runs_dir", Path("runs"))),
         description="SQLAlchemy URL of the service database (NORMSEARCH_DATABASE_URL), e.g. "
-        "postgresql+psycopg://user@host/db; default: a SQLite file under runs/.",
+        "postgresql+psycopg://user@host/db; default: normsearch.db, a SQLite file in the runs "
+        "directory (NORMSEARCH_RUNS_DIR).",
     )
 
     broker_url: str = Field(
