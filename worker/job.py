@@ -50,6 +50,11 @@ class JobStateError(ValueError):
     """The work directory belongs to a different job spec."""
 
 
+class TrialsFailed(RuntimeError):
+    """No trial of the search succeeded where the recommendation needs one; the message leads
+    with the first failed trial's exception, the reason users need."""
+
+
 class ModelSpecError(ValueError):
     """The spec's model cannot be searched on its dataset (it does not build, or it gets no
     SwitchNorm layer); raised before any training."""
@@ -163,6 +168,24 @@ def check_searchable(
     return len(layers)
 
 
+def recommend_or_explain(outcomes: list[TrialOutcome], target_batch_size: int) -> Recommendation:
+    """``recommend``; when it has no successful trial to combine, ``TrialsFailed`` naming the
+    first failed trial (by batch size, lr, seed) with its exception type and message."""
+    failed = [o for o in outcomes if o.status != "TERMINATED"]
+    for outcome in failed:
+        log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
+    try:
+        return recommend(outcomes, target_batch_size=target_batch_size)
+    except ValueError as exc:
+        first = next((o for o in failed if o.error), None)
+        if first is None:
+            raise
+        raise TrialsFailed(
+            f"{len(failed)} of {len(outcomes)} trial(s) failed; the first (seed {first.seed}, "
+            f"batch size {first.batch_size}, lr {first.lr:g}) with {first.error} ({exc})"
+        ) from exc
+
+
 def verification_grid(spec: JobSpec) -> list[dict[str, Any]]:
     """The verification's trials: the recommended plan and each baseline, for every seed, at the
     target batch size with the first learning rate, scaled to that batch like a search trial."""
@@ -223,10 +246,7 @@ def run_job(
         stop_event=stop_event,
     )
     raise_if_stopped(stop_event)
-    failed = [o for o in search.outcomes if o.status != "TERMINATED"]
-    for outcome in failed:
-        log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
-    recommendation = recommend(search.outcomes, target_batch_size=spec.target_batch_size)
+    recommendation = recommend_or_explain(search.outcomes, spec.target_batch_size)
 
     verification, verification_outcomes = None, []
     if spec.verify.enabled:
