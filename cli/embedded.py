@@ -50,6 +50,12 @@ LOCK_FILE = ".up.lock"
 CLI_PREFIX = ("-c", "from cli.main import app; app(prog_name='normsearch')")
 
 
+# The embedded worker's own Ray listens on loopback only: with Ray clusters off (the variable Ray
+# reads when it is imported, its default on macOS and Windows) a local Ray takes 127.0.0.1 as
+# its node address, and its servers bind to that address instead of one every host can reach.
+LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 class EmbeddedError(RuntimeError):
     """The embedded stack could not start or a child it cannot do without ended."""
 
@@ -69,11 +75,15 @@ class EmbeddedConfig:
     base_url: str
     # The broker is the stack's own SQLite file (compacted at start; nobody else consumes it).
     owns_broker: bool = False
+    # No RAY_ADDRESS: the worker starts a Ray of its own, bound to loopback (LOOPBACK_RAY_ENV).
+    local_ray: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
-        """The ``NORMSEARCH_*`` variables the children read their settings from."""
+        """The ``NORMSEARCH_*`` variables the children read their settings from (and, for a
+        local Ray, the variable that keeps it on loopback)."""
         return {
+            **(LOOPBACK_RAY_ENV if self.local_ray else {}),
             "NORMSEARCH_RUNS_DIR": str(self.runs_dir),
             "NORMSEARCH_DATABASE_URL": self.database_url,
             "NORMSEARCH_BROKER_URL": self.broker_url,
@@ -116,6 +126,7 @@ def embedded_config(
         port=port,
         base_url=base_url,
         owns_broker=owns_broker,
+        local_ray=settings.ray_address is None,
     )
 
 

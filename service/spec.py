@@ -65,7 +65,7 @@ SizeArg = Annotated[int, Strict(), Field(ge=1, le=MAX_SIZE)]
 Flag = Annotated[bool, Strict()]
 # The keyword-only arguments of the zoo's built-in builders (beyond num_classes, in_channels and
 # norm_layer), with their JSON types: checked here without torch, so an unknown or mistyped
-# argument is a 422 at submission. tests/service/test_spec_kwargs.py keeps it in sync with the
+# argument is a 422 at submission. tests/service/test_limits.py keeps it in sync with the
 # builders' signatures. A plug-in's arguments are checked by the worker, when it builds the model.
 _RESNET_KWARGS = {"small_input": Flag, "width": SizeArg, "zero_init_residual": Flag}
 _CIFAR_RESNET_KWARGS = {"zero_init_residual": Flag}
