@@ -282,8 +282,8 @@ def test_a_local_ray_is_kept_on_loopback_and_a_cluster_is_joined_as_it_is(tmp_pa
 
 
 # Run in a child with the embedded environment: start the worker's local Ray, then list the
-# listening TCP sockets of Ray's processes (socket inodes of /proc/net/tcp* matched to the
-# /proc/<pid>/fd of processes whose command line runs from the ray package).
+# listening TCP sockets of Ray's processes, the child's descendants (socket inodes of
+# /proc/net/tcp* matched to their /proc/<pid>/fd; other Rays on this machine are not looked at).
 LISTENERS = """
 import json, os
 from pathlib import Path
@@ -300,11 +300,19 @@ for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         fields = line.split()
         if fields[3] == "0A":  # LISTEN
             listening[fields[9]] = fields[1]
-opened = set()
-for proc in Path("/proc").glob("[0-9]*"):
+parents = {}
+for stat in Path("/proc").glob("[0-9]*/stat"):
     try:
-        if b"/ray/" not in (proc / "cmdline").read_bytes():
-            continue
+        parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        continue
+mine = {os.getpid()}
+for _ in range(8):  # grandchildren of grandchildren at most
+    mine |= {pid for pid, parent in parents.items() if parent in mine}
+opened = set()
+for pid in mine - {os.getpid()}:
+    proc = Path(f"/proc/{pid}")
+    try:
         for fd in (proc / "fd").iterdir():
             target = os.readlink(fd)
             if target.startswith("socket:[") and target[8:-1] in listening:
@@ -335,5 +343,9 @@ def test_the_embedded_workers_local_ray_listens_on_loopback_only(tmp_path):
     assert seen["ip"] == "127.0.0.1" and seen["gcs"].startswith("127.0.0.1:")
     assert seen["opened"], "Ray opened no listening socket?"
     # /proc/net/tcp spells 127.0.0.1 as 0100007F (IPv6 loopback: 0...01000000).
-    loopback = ("0100007F:", "00000000000000000000000001000000:")
+    loopback = (
+        "0100007F:",
+        "00000000000000000000000001000000:",
+        "0000000000000000FFFF00000100007F:",  # ::ffff:127.0.0.1
+    )
     assert all(address.startswith(loopback) for address in seen["opened"]), seen["opened"]
