@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from api.errors import ERROR_RESPONSES, BodySizeLimit, install_error_handlers
+from api.errors import ERROR_RESPONSES, BodySizeLimit, JsonDepthLimit, install_error_handlers
 from api.observability import Metrics, MetricsMiddleware
 from api.routes import health, history, jobs, outputs, specs, tokens, vocabulary
 from api.ui import mount_ui
@@ -98,6 +98,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     for router in (module.router for module in routers):
         app.include_router(router, prefix=API_PREFIX, responses=ERROR_RESPONSES)
     app.include_router(health.router)
+    # Added first, so inside BodySizeLimit: the body it buffers is already bounded.
+    app.add_middleware(JsonDepthLimit, max_depth=settings.max_json_depth)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     mount_ui(app)

@@ -2,13 +2,15 @@
 
 Domain errors (``service.errors.ServiceError``) carry their status; request validation errors
 become 422 naming every field at fault (``training.epochs``, not ``body -> training -> epochs``);
-framework errors (404 route, 405, 413 body too large) keep their status with the same body shape.
+framework errors (404 route, 405, 413 body too large) keep their status with the same body shape;
+a JSON body nested too deep is a 422 before it is parsed (``JsonDepthLimit``).
 Unexpected exceptions are logged with their traceback and answered with a bare 500.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -129,6 +131,82 @@ class BodySizeLimit:
                 raise
         if state["over"] and not state["answered"]:
             await self._too_large()(scope, receive, send)
+
+
+_JSON_SPECIAL = re.compile(rb'[\[\]{}"\\]')
+
+
+def json_nesting_over(body: bytes, limit: int) -> bool:
+    """Whether ``body``'s arrays and objects nest deeper than ``limit``, read from the bytes
+    without parsing them: one pass over its brackets, quotes and backslashes, skipping what is
+    inside strings (malformed JSON is left to the parser)."""
+    depth, in_string, escaped_at = 0, False, -1
+    for match in _JSON_SPECIAL.finditer(body):
+        at, char = match.start(), match.group()
+        if at == escaped_at:  # the character after a backslash, inside a string
+            continue
+        if in_string:
+            if char == b"\\":
+                escaped_at = at + 1
+            elif char == b'"':
+                in_string = False
+        elif char == b'"':
+            in_string = True
+        elif char in (b"[", b"{"):
+            depth += 1
+            if depth > limit:
+                return True
+        elif char in (b"]", b"}"):
+            depth = max(depth - 1, 0)
+    return False
+
+
+class JsonDepthLimit:
+    """422 for a JSON request body nested deeper than ``max_depth``, before anything parses or
+    serializes it: Python's parser and pydantic's serializer fail on deep nesting with errors
+    that would otherwise end as a 500. Sits inside ``BodySizeLimit``, so what it buffers is
+    bounded; bodies that declare a type other than JSON pass untouched."""
+
+    def __init__(self, app: ASGIApp, max_depth: int) -> None:
+        self.app = app
+        self.max_depth = max_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+            await self.app(scope, receive, send)
+            return
+        content_type = dict(scope.get("headers") or ()).get(b"content-type", b"json")
+        if b"json" not in content_type.lower():
+            await self.app(scope, receive, send)
+            return
+        chunks, message = [], {"type": "http.request", "more_body": True}
+        while message["type"] == "http.request" and message.get("more_body", False):
+            message = await receive()
+            chunks.append(message.get("body", b""))
+        if message["type"] != "http.request":  # the client went away
+            await self.app(scope, _replay(message, receive), send)
+            return
+        body = b"".join(chunks)
+        if json_nesting_over(body, self.max_depth):
+            reason = (
+                f"JSON nested deeper than {self.max_depth} levels; the limit is "
+                "NORMSEARCH_MAX_JSON_DEPTH"
+            )
+            error = {"type": "json_too_deep", "loc": ("body",), "msg": reason}
+            await validation_response([error])(scope, receive, send)
+            return
+        replayed = {"type": "http.request", "body": body, "more_body": False}
+        await self.app(scope, _replay(replayed, receive), send)
+
+
+def _replay(first: Message, receive: Receive) -> Receive:
+    """A ``receive`` that answers ``first`` once, then whatever ``receive`` answers."""
+    pending = [first]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -38,17 +38,22 @@ from typing import IO
 from sqlalchemy.engine import make_url
 
 from cli.supervisor import ChildSpec, Supervisor
-from service.settings import Settings, get_settings
+from service.settings import Settings, get_settings, sqlite_url
 
 log = logging.getLogger(__name__)
 
 API_FACTORY = "api.app:create_app"
-DATABASE_FILE = "normsearch.db"
 BROKER_FILE = "broker.sqlite"
 LOCK_FILE = ".up.lock"
 # The command line of a child: the ``normsearch`` app of this interpreter, so the children run
 # the same code and environment as ``up`` itself, with or without the console script on PATH.
 CLI_PREFIX = ("-c", "from cli.main import app; app(prog_name='normsearch')")
+
+
+# The embedded worker's own Ray listens on loopback only: with Ray clusters off (the variable Ray
+# reads when it is imported, its default on macOS and Windows) a local Ray takes 127.0.0.1 as
+# its node address, and its servers bind to that address instead of one every host can reach.
+LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 class EmbeddedError(RuntimeError):
@@ -70,11 +75,15 @@ class EmbeddedConfig:
     base_url: str
     # The broker is the stack's own SQLite file (compacted at start; nobody else consumes it).
     owns_broker: bool = False
+    # No RAY_ADDRESS: the worker starts a Ray of its own, bound to loopback (LOOPBACK_RAY_ENV).
+    local_ray: bool = False
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
     def environment(self) -> dict[str, str]:
-        """The ``NORMSEARCH_*`` variables the children read their settings from."""
+        """The ``NORMSEARCH_*`` variables the children read their settings from (and, for a
+        local Ray, the variable that keeps it on loopback)."""
         return {
+            **(LOOPBACK_RAY_ENV if self.local_ray else {}),
             "NORMSEARCH_RUNS_DIR": str(self.runs_dir),
             "NORMSEARCH_DATABASE_URL": self.database_url,
             "NORMSEARCH_BROKER_URL": self.broker_url,
@@ -103,9 +112,7 @@ def embedded_config(
     settings = settings or get_settings()
     explicit = settings.model_fields_set
     runs = (runs_dir or settings.runs_dir).expanduser().resolve()
-    database_url = (
-        settings.database_url if "database_url" in explicit else f"sqlite:///{runs / DATABASE_FILE}"
-    )
+    database_url = settings.database_url if "database_url" in explicit else sqlite_url(runs)
     owns_broker = "broker_url" not in explicit
     broker_url = f"sqla+sqlite:///{runs / BROKER_FILE}" if owns_broker else settings.broker_url
     host = host if host is not None else settings.api_host
@@ -119,6 +126,7 @@ def embedded_config(
         port=port,
         base_url=base_url,
         owns_broker=owns_broker,
+        local_ray=settings.ray_address is None,
     )
 
 

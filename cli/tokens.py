@@ -3,6 +3,7 @@ cannot come from the API, which needs one). The raw token is printed once, to st
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -15,17 +16,38 @@ UrlOption = Annotated[
 ]
 
 
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
 def _session_factory(url: str | None):
+    """The service database's sessions: ``--url``, else the settings' (the runs directory's
+    SQLite file by default, as `normsearch up` uses). A missing or unreachable database is one
+    line on stderr and exit status 2, never a traceback (nor a new empty SQLite file)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
     from service.db import make_engine, make_session_factory
     from service.db.migrate import current
     from service.settings import get_settings
 
     url = url or get_settings().database_url
-    if current(url) is None:
-        typer.echo(
-            "error: the database has no tables yet; run `normsearch db upgrade` first", err=True
-        )
-        raise typer.Exit(2)
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database).expanduser()
+        if not path.is_file():
+            raise _fail(
+                f"no database at {path.resolve()} (NORMSEARCH_RUNS_DIR, NORMSEARCH_DATABASE_URL "
+                "or --url name it); start `normsearch up` once, or run `normsearch db upgrade`"
+            )
+    try:
+        revision = current(url)
+    except SQLAlchemyError as error:
+        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
+        raise _fail(f"cannot open the database {parsed.render_as_string()}: {reason}") from None
+    if revision is None:
+        raise _fail("the database has no tables yet; run `normsearch db upgrade` first")
     return make_session_factory(make_engine(url))
 
 

@@ -14,6 +14,13 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+DATABASE_FILE = "normsearch.db"
+
+
+def sqlite_url(runs_dir: Path) -> str:
+    """The URL of the SQLite database in ``runs_dir`` (relative paths stay relative)."""
+    return f"sqlite:///{Path(runs_dir).expanduser() / DATABASE_FILE}"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NORMSEARCH_", extra="ignore")
@@ -35,9 +42,12 @@ class Settings(BaseSettings):
         default=None, ge=1, description="CPUs of a local Ray (default: all)."
     )
     database_url: str = Field(
-        default="sqlite:///runs/normsearch.db",
+        # The runs directory's file, as `normsearch up` uses: every command that reads these
+        # settings (serve, worker, token, db) finds the same database.
+        default_factory=lambda data: sqlite_url(data.get("runs_dir", Path("runs"))),
         description="SQLAlchemy URL of the service database (NORMSEARCH_DATABASE_URL), e.g. "
-        "postgresql+psycopg://user@host/db; default: a SQLite file under runs/.",
+        "postgresql+psycopg://user@host/db; default: normsearch.db, a SQLite file in the runs "
+        "directory (NORMSEARCH_RUNS_DIR).",
     )
 
     broker_url: str = Field(
@@ -102,6 +112,94 @@ class Settings(BaseSettings):
         default=1 << 20,
         ge=1024,
         description="Largest request body the API accepts (NORMSEARCH_MAX_BODY_BYTES).",
+    )
+
+    # Bounds on what one job spec may ask for (service.limits: the API refuses a spec over any
+    # of them with a 422 naming the limit and its variable; the worker checks the model's size).
+    max_json_depth: int = Field(
+        default=32,
+        ge=8,
+        le=256,
+        description="Deepest nesting of objects and arrays in a JSON request body "
+        "(NORMSEARCH_MAX_JSON_DEPTH).",
+    )
+    max_seeds: int = Field(
+        default=16, ge=1, le=64, description="Seeds of a search (NORMSEARCH_MAX_SEEDS)."
+    )
+    max_batch_sizes: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Batch sizes of a search (NORMSEARCH_MAX_BATCH_SIZES).",
+    )
+    max_lrs: int = Field(
+        default=8, ge=1, le=64, description="Learning rates of a search (NORMSEARCH_MAX_LRS)."
+    )
+    max_trials: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Trials of a job, the search grid and the verification together "
+        "(NORMSEARCH_MAX_TRIALS).",
+    )
+    max_epochs: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Epochs of one trial, training.epochs and verify.epochs "
+        "(NORMSEARCH_MAX_EPOCHS).",
+    )
+    max_trial_epochs: int = Field(
+        default=20_000,
+        ge=1,
+        le=100_000_000,
+        description="Epochs of a whole job, summed over its trials (search and verification) "
+        "(NORMSEARCH_MAX_TRIAL_EPOCHS).",
+    )
+    max_batch_size: int = Field(
+        default=4096,
+        ge=1,
+        le=65_536,
+        description="Batch size of a trial (NORMSEARCH_MAX_BATCH_SIZE).",
+    )
+    max_num_samples: int = Field(
+        default=200_000,
+        ge=20,
+        le=10_000_000,
+        description="Generated samples of a dataset, dataset.num_samples "
+        "(NORMSEARCH_MAX_NUM_SAMPLES).",
+    )
+    max_num_classes: int = Field(
+        default=1000,
+        ge=2,
+        le=100_000,
+        description="Classes, dataset.num_classes and model.num_classes "
+        "(NORMSEARCH_MAX_NUM_CLASSES).",
+    )
+    max_in_channels: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="Input channels, model.in_channels (NORMSEARCH_MAX_IN_CHANNELS).",
+    )
+    max_image_size: int = Field(
+        default=512,
+        ge=4,
+        le=1024,
+        description="Side of the resized images, dataset.image_size (NORMSEARCH_MAX_IMAGE_SIZE).",
+    )
+    max_model_params: int = Field(
+        default=100_000_000,
+        ge=1000,
+        description="Parameters of the model a job trains, counted by the worker before any "
+        "training (NORMSEARCH_MAX_MODEL_PARAMS).",
+    )
+    max_activation_mib: int = Field(
+        default=16_384,
+        ge=1,
+        description="Estimated activation memory of one training step at the largest batch "
+        "size, in MiB, checked by the worker before any training "
+        "(NORMSEARCH_MAX_ACTIVATION_MIB).",
     )
 
     @field_validator("data_roots", mode="before")

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from importlib.metadata import entry_points
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -51,6 +53,75 @@ MNIST1D_CLASSES = 10
 # The largest learning rate: of training.lr, and of every trial's effective (batch-scaled) rate.
 MAX_LR = 10.0
 LrScaling = Literal["linear", "sqrt", "none"]
+# Type-level ceilings: what a field could never sensibly hold (a seed numpy cannot take, a count
+# no database column stores). The operator's lower bounds are settings (``service.limits``).
+MAX_SEED = 2**32 - 1
+MAX_LIST = 64
+MAX_SIZE = 1 << 20  # the largest width, depth or length a model argument may name
+MAX_KWARGS_DEPTH = 4
+
+# Strict scalars (a flag is no 1, a width no "8" or 8.5); lists lax, so a tuple is a list.
+SizeArg = Annotated[int, Strict(), Field(ge=1, le=MAX_SIZE)]
+Flag = Annotated[bool, Strict()]
+# The keyword-only arguments of the zoo's built-in builders (beyond num_classes, in_channels and
+# norm_layer), with their JSON types: checked here without torch, so an unknown or mistyped
+# argument is a 422 at submission. tests/service/test_limits.py keeps it in sync with the
+# builders' signatures. A plug-in's arguments are checked by the worker, when it builds the model.
+_RESNET_KWARGS = {"small_input": Flag, "width": SizeArg, "zero_init_residual": Flag}
+_CIFAR_RESNET_KWARGS = {"zero_init_residual": Flag}
+ARCH_KWARGS: dict[str, dict[str, Any]] = {
+    "cnn1d": {
+        "channels": SizeArg,
+        "depth": Annotated[int, Strict(), Field(ge=1, le=1024)],
+        "kernel_size": SizeArg,
+        "pooled_length": SizeArg,
+    },
+    "mlp": {
+        "hidden": Annotated[list[SizeArg], Field(max_length=MAX_LIST)],
+        "input_size": SizeArg,
+    },
+    "mobilenetv2": {
+        "width_mult": Annotated[float, Strict(), Field(gt=0.0, le=1024.0)],
+        "small_input": Flag,
+        "dropout": Annotated[float, Strict(), Field(ge=0.0, lt=1.0)],
+        "zero_init_residual": Flag,
+    },
+    "resnet18": _RESNET_KWARGS,
+    "resnet34": _RESNET_KWARGS,
+    "resnet50": _RESNET_KWARGS,
+    "resnet20": _CIFAR_RESNET_KWARGS,
+    "resnet32": _CIFAR_RESNET_KWARGS,
+    "resnet56": _CIFAR_RESNET_KWARGS,
+    "vgg11": {"width": SizeArg, "small_input": Flag},
+    "vgg_small": {"width": SizeArg},
+}
+_KWARGS_MODELS = {
+    arch: create_model(
+        f"{arch}_kwargs",
+        __config__=ConfigDict(extra="forbid"),
+        **{name: (kind, None) for name, kind in fields.items()},
+    )
+    for arch, fields in ARCH_KWARGS.items()
+}
+
+
+def json_depth(value: Any) -> int:
+    """How deeply ``value``'s dicts and lists nest (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            depth += 1
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def _no_duplicates(values: list | None, what: str) -> None:
+    if values is not None and len(set(values)) != len(values):
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        raise ValueError(f"{what} {repeated} appear more than once")
 
 
 def scaled_lr(lr: float, batch_size: int, reference_batch_size: int, scaling: LrScaling) -> float:
@@ -81,10 +152,10 @@ class ModelSpec(_Strict):
     arch: str = Field(description="Model zoo architecture, e.g. resnet20.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
     num_classes: int | None = Field(
-        default=None, ge=2, description="Output classes; default: from the dataset."
+        default=None, ge=2, le=100_000, description="Output classes; default: from the dataset."
     )
     in_channels: int | None = Field(
-        default=None, ge=1, description="Input channels; default: from the dataset."
+        default=None, ge=1, le=4096, description="Input channels; default: from the dataset."
     )
 
     @field_validator("arch")
@@ -96,6 +167,17 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown arch {arch!r}; known: {', '.join(known)}")
         return arch
 
+    @field_validator("kwargs", mode="before")
+    @classmethod
+    def _shallow_kwargs(cls, kwargs: Any) -> Any:
+        # Before pydantic walks it: a deeply nested value would fail its serialization later.
+        if json_depth(kwargs) > MAX_KWARGS_DEPTH:
+            raise ValueError(
+                f"nested more than {MAX_KWARGS_DEPTH} levels deep; builder arguments are "
+                "numbers, flags and short lists"
+            )
+        return kwargs
+
     @field_validator("kwargs")
     @classmethod
     def _no_reserved_kwargs(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -103,6 +185,33 @@ class ModelSpec(_Strict):
         if reserved:
             raise ValueError(f"{sorted(reserved)} are set by the service, not in kwargs")
         return kwargs
+
+    @model_validator(mode="after")
+    def _builder_kwargs(self) -> ModelSpec:
+        """A built-in's arguments by name and type (``ARCH_KWARGS``); each error located at
+        ``kwargs.<name>``, so the 422 names the key."""
+        schema = _KWARGS_MODELS.get(self.arch)
+        if schema is None:
+            return self
+        try:
+            schema.model_validate(self.kwargs)
+        except ValidationError as error:
+            known = ", ".join(ARCH_KWARGS[self.arch]) or "none"
+            details = []
+            for item in error.errors():
+                if item["type"] == "extra_forbidden":
+                    message = f"{self.arch} takes no argument {item['loc'][0]!r}; it takes: {known}"
+                else:
+                    message = f"{self.arch} argument: {item['msg']}"
+                details.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("model_kwargs", message),
+                        loc=("kwargs", *item["loc"]),
+                        input=item.get("input"),
+                    )
+                )
+            raise ValidationError.from_exception_data(type(self).__name__, details) from None
+        return self
 
 
 class DatasetSpec(_Strict):
@@ -114,17 +223,20 @@ class DatasetSpec(_Strict):
         default=None, ge=4, le=1024, description="Resize images to this side (file datasets)."
     )
     val_fraction: float = Field(default=0.2, gt=0.0, lt=1.0)
-    seed: int = Field(default=0, ge=0, description="Seed of the train/validation split.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of the train/validation split."
+    )
     num_samples: int | None = Field(
         default=None,
         ge=20,
+        le=10_000_000,
         description=(
             "synthetic: number of images (default 2000); mnist1d: number of sequences, a multiple "
             f"of 10 up to {MNIST1D_MAX_SAMPLES} (default 5000, the published dataset's size)."
         ),
     )
     num_classes: int = Field(
-        default=10, ge=2, le=1000, description="synthetic: classes (mnist1d: always 10)."
+        default=10, ge=2, le=100_000, description="synthetic: classes (mnist1d: always 10)."
     )
 
     @model_validator(mode="after")
@@ -201,24 +313,36 @@ class SparsitySpec(_Strict):
 class StopWhenStable(_Strict):
     enabled: bool = True
     patience: int = Field(
-        default=2, ge=1, description="Evaluations with every layer fixed and unchanged."
+        default=2, ge=1, le=10_000, description="Evaluations with every layer fixed and unchanged."
     )
 
 
 class TrialsSpec(_Strict):
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=64)
+    seeds: list[Annotated[int, Field(ge=0, le=MAX_SEED)]] = Field(
+        default_factory=lambda: [0], min_length=1, max_length=MAX_LIST
+    )
     batch_sizes: list[int] | None = Field(
-        default=None, min_length=1, description="Default: [training.batch_size]."
+        default=None,
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Default: [training.batch_size].",
     )
     lrs: list[float] | None = Field(
-        default=None, min_length=1, description="Default: [training.lr]."
+        default=None, min_length=1, max_length=MAX_LIST, description="Default: [training.lr]."
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique_seeds(cls, values: list[int]) -> list[int]:
+        _no_duplicates(values, "seeds")
+        return values
 
     @field_validator("batch_sizes")
     @classmethod
     def _positive_batches(cls, values: list[int] | None) -> list[int] | None:
-        if values is not None and any(v < 1 for v in values):
-            raise ValueError("batch sizes must be >= 1")
+        if values is not None and any(not 1 <= v <= 65_536 for v in values):
+            raise ValueError("batch sizes must be between 1 and 65536")
+        _no_duplicates(values, "batch sizes")
         return values
 
     @field_validator("lrs")
@@ -226,6 +350,7 @@ class TrialsSpec(_Strict):
     def _positive_lrs(cls, values: list[float] | None) -> list[float] | None:
         if values is not None and any(not (v > 0 and math.isfinite(v)) for v in values):
             raise ValueError("learning rates must be finite and > 0")
+        _no_duplicates(values, "learning rates")
         return values
 
 
@@ -237,7 +362,10 @@ class SearchSpec(_Strict):
     trials: TrialsSpec = Field(default_factory=TrialsSpec)
     scheduler: Literal["none", "asha"] = "none"
     target_batch_size: int | None = Field(
-        default=None, ge=1, description="Batch size the recommendation is for (default: largest)."
+        default=None,
+        ge=1,
+        le=65_536,
+        description="Batch size the recommendation is for (default: largest).",
     )
 
     @field_validator("pool")
@@ -250,8 +378,16 @@ class SearchSpec(_Strict):
 
 class VerifySpec(_Strict):
     enabled: bool = True
-    epochs: int | None = Field(default=None, ge=1, description="Default: training.epochs.")
+    epochs: int | None = Field(
+        default=None, ge=1, le=10_000, description="Default: training.epochs."
+    )
     baselines: list[Normalizer] = Field(default_factory=lambda: ["bn", "gn"])
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, baselines: list[str]) -> list[str]:
+        _no_duplicates(baselines, "baselines")
+        return baselines
 
 
 class ExportSpec(_Strict):
@@ -357,6 +493,30 @@ class JobSpec(_Strict):
     @property
     def lrs(self) -> list[float]:
         return list(self.search.trials.lrs or [self.training.lr])
+
+    @property
+    def search_trial_count(self) -> int:
+        """Trials of the search grid: seeds x batch sizes x learning rates."""
+        return len(self.search.trials.seeds) * len(self.batch_sizes) * len(self.lrs)
+
+    @property
+    def verification_trial_count(self) -> int:
+        """Trials of the verification: the plan and each baseline, for every seed (0: off)."""
+        if not self.verify.enabled:
+            return 0
+        return (1 + len(self.verify.baselines)) * len(self.search.trials.seeds)
+
+    @property
+    def trial_count(self) -> int:
+        return self.search_trial_count + self.verification_trial_count
+
+    @property
+    def trial_epochs(self) -> int:
+        """Epochs of all trials at most (early stopping only makes it smaller)."""
+        return (
+            self.search_trial_count * self.training.epochs
+            + self.verification_trial_count * self.verify_epochs
+        )
 
     @property
     def target_batch_size(self) -> int:

@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 from service import jobs, paths, repositories, unit_of_work
 from service.db.models import Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
+from service.limits import check_spec_limits
+from service.settings import Settings
 from service.spec import FILE_DATASETS, JobSpec
 from service.vocabulary import FINISHED_JOB_STATUSES, JobStatus
 
@@ -32,19 +34,27 @@ def check_spec_paths(spec: JobSpec, *, data_roots: Sequence[Path]) -> None:
         paths.resolve_data_path(spec.dataset.path, data_roots)
 
 
+def check_spec(spec: JobSpec, *, settings: Settings) -> None:
+    """What a submission checks beyond the spec's schema, before anything is queued: the
+    operator's bounds (``service.limits``, 422 naming each limit and its variable) and the
+    dataset path's confinement."""
+    check_spec_limits(spec, settings)
+    check_spec_paths(spec, data_roots=settings.resolved_data_roots())
+
+
 def submit_job(
     session: Session,
     *,
     user: User,
     spec: JobSpec,
-    data_roots: Sequence[Path],
+    settings: Settings,
     idempotency_key: str | None = None,
 ) -> tuple[Job, bool]:
     """Queue a job for ``user``: (the job, whether it was created now). Its search task is sent
     after the commit; if the broker refuses it the job is deleted again (``BrokerUnavailable``).
     With an ``idempotency_key`` a repeated submission returns the first job (created False, no
     task sent); the same key with a different spec is a conflict, not a silent reuse."""
-    check_spec_paths(spec, data_roots=data_roots)
+    check_spec(spec, settings=settings)
     payload = spec.model_dump(mode="json")
     job, created = repositories.create_job_once(
         session, owner_id=user.id, spec=payload, idempotency_key=idempotency_key

@@ -348,7 +348,9 @@ def test_service_environment_loads_into_settings(services, name, monkeypatch):
         field = known.get(variable.upper())
         if field is None:
             continue
-        default = Settings.model_fields[field].get_default(call_default_factory=True)
+        default = Settings.model_fields[field].get_default(
+            call_default_factory=True, validated_data={}
+        )
         assert getattr(settings, field) != default, f"{name}: {variable} did not reach {field}"
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.broker_url.startswith("redis://redis:")
@@ -643,7 +645,10 @@ def test_readme_documents_every_setting():
     documented = set(rows)
     known = settings_env_names()
     for name, field_name in known.items():
-        default = Settings.model_fields[field_name].get_default(call_default_factory=True)
+        field = Settings.model_fields[field_name]
+        # validated_data: for a default derived from another field (the database URL from the
+        # runs directory), from that field's default.
+        default = field.get_default(call_default_factory=True, validated_data={})
         if name in rows and default is not None:
             cell = rows[name]
             assert any(

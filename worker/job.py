@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sn_core
+from service.limits import ModelLimits
 from service.spec import JobSpec
 from sn_core.surgery import SOURCE_NORM_TYPES
 
@@ -32,6 +33,7 @@ from .export import (
     export_checkpoint,
     export_search_checkpoint,
 )
+from .model_size import measure_model, size_problems
 from .models import PLAN_VARIANT, SN_VARIANT, build_for_data
 from .recommend import Recommendation, recommend
 from .recorder import Recorder
@@ -46,6 +48,11 @@ SPEC_FILE = "spec.json"
 
 class JobStateError(ValueError):
     """The work directory belongs to a different job spec."""
+
+
+class TrialsFailed(RuntimeError):
+    """No trial of the search succeeded where the recommendation needs one; the message leads
+    with the first failed trial's exception, the reason users need."""
 
 
 class ModelSpecError(ValueError):
@@ -97,14 +104,44 @@ def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
     )
 
 
-def check_searchable(spec: JobSpec, data: LoadedDataset) -> int:
+def check_model_size(spec: JobSpec, data: LoadedDataset, limits: ModelLimits) -> None:
+    """Refuse a model over ``limits`` (parameters, activation memory at the largest batch size)
+    with ``ModelSpecError`` naming each limit's variable: measured on the meta device, so
+    nothing is allocated, before the real model is built."""
+    arch = spec.model.arch
+    try:
+        size = measure_model(
+            spec,
+            input_shape=tuple(data.x_train.shape[1:]),
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+        )
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise ModelSpecError(
+            f"model {arch!r} cannot be built for dataset {data.name!r} (input shape "
+            f"{list(data.x_train.shape[1:])}): {exc}"
+        ) from exc
+    problems = size_problems(size, limits)
+    if problems:
+        raise ModelSpecError(
+            f"model {arch!r} is too large to train here: {'; '.join(problems)}; make it smaller "
+            "(model.kwargs, search.trials.batch_sizes) or have the operator raise the limit"
+        )
+
+
+def check_searchable(
+    spec: JobSpec, data: LoadedDataset, model_limits: ModelLimits | None = None
+) -> int:
     """Build the SN model as the trials will and return its number of SwitchNorm layers.
 
-    Raises ``ModelSpecError`` (naming the model) when it does not build or run on the dataset's
+    Raises ``ModelSpecError`` (naming the model) when it is over ``model_limits``
+    (``check_model_size``, before it is built), when it does not build or run on the dataset's
     inputs, or when surgery gives it no SwitchNorm layer: without one every trial would train
     plain norms and the job fail only after all the training, with no plan to recommend.
     """
     arch = spec.model.arch
+    if model_limits is not None:
+        check_model_size(spec, data, model_limits)
     try:
         model = build_for_data(spec, SN_VARIANT, data)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -129,6 +166,24 @@ def check_searchable(spec: JobSpec, data: LoadedDataset) -> int:
     if all(len(layer.pool) == 1 for _, layer in layers):
         log.warning("model %r: every SwitchNorm layer has a single normalizer to choose", arch)
     return len(layers)
+
+
+def recommend_or_explain(outcomes: list[TrialOutcome], target_batch_size: int) -> Recommendation:
+    """``recommend``; when it has no successful trial to combine, ``TrialsFailed`` naming the
+    first failed trial (by batch size, lr, seed) with its exception type and message."""
+    failed = [o for o in outcomes if o.status != "TERMINATED"]
+    for outcome in failed:
+        log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
+    try:
+        return recommend(outcomes, target_batch_size=target_batch_size)
+    except ValueError as exc:
+        first = next((o for o in failed if o.error), None)
+        if first is None:
+            raise
+        raise TrialsFailed(
+            f"{len(failed)} of {len(outcomes)} trial(s) failed; the first (seed {first.seed}, "
+            f"batch size {first.batch_size}, lr {first.lr:g}) with {first.error} ({exc})"
+        ) from exc
 
 
 def verification_grid(spec: JobSpec) -> list[dict[str, Any]]:
@@ -163,17 +218,21 @@ def run_job(
     ray_num_cpus: int | None = None,
     data: LoadedDataset | None = None,
     stop_event: threading.Event | None = None,
+    model_limits: ModelLimits | None = None,
 ) -> JobResult:
     """Run (or resume) the job; with ``out_dir``, its checkpoints go to ``out_dir``
     (``checkpoint.zip``: the verdict's configuration; ``search_checkpoint.zip``: the best search
     trial's own). ``data``: the spec's dataset when the caller has already loaded it. Raises
     ``JobCancelled`` once ``stop_event`` is set (checked between the stages; the trials stop at
-    once), and ``ModelSpecError`` before any training for a model with nothing to search."""
+    once), and ``ModelSpecError`` before any training for a model with nothing to search or
+    one over ``model_limits`` (the service's; None: unbounded, as a local run is)."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
-    check_searchable(spec, data)  # before Ray starts: a spec error fails the job at once
+    check_searchable(
+        spec, data, model_limits
+    )  # before Ray starts: a spec error fails the job at once
     ensure_ray(ray_address, ray_num_cpus)
     raise_if_stopped(stop_event)
 
@@ -187,10 +246,7 @@ def run_job(
         stop_event=stop_event,
     )
     raise_if_stopped(stop_event)
-    failed = [o for o in search.outcomes if o.status != "TERMINATED"]
-    for outcome in failed:
-        log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
-    recommendation = recommend(search.outcomes, target_batch_size=spec.target_batch_size)
+    recommendation = recommend_or_explain(search.outcomes, spec.target_batch_size)
 
     verification, verification_outcomes = None, []
     if spec.verify.enabled:

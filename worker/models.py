@@ -18,7 +18,8 @@ SN_VARIANT = "sn"  # the searched model; plan and baseline variants are named be
 PLAN_VARIANT = "plan"
 
 
-def _zoo_model(spec: JobSpec, num_classes: int, in_channels: int, norm_layer=None) -> nn.Module:
+def zoo_model(spec: JobSpec, num_classes: int, in_channels: int, norm_layer=None) -> nn.Module:
+    """The spec's zoo model with its plain norms (``norm_layer``: the builder's default)."""
     return sn_core.build_model(
         spec.model.arch,
         num_classes=spec.model.num_classes or num_classes,
@@ -40,7 +41,7 @@ def build_variant(
     """``variant``: "sn" (every norm -> SwitchNorm over the spec's pool), "plan" (the given
     NormalizerPlan applied to a fresh model) or a baseline norm name ("bn", "gn", "ln", "in")."""
     if variant == SN_VARIANT:
-        model = _zoo_model(spec, num_classes, in_channels)
+        model = zoo_model(spec, num_classes, in_channels)
         return sn_core.convert_to_switchnorm(
             model,
             pool=tuple(spec.search.pool),
@@ -50,9 +51,9 @@ def build_variant(
     if variant == PLAN_VARIANT:
         if plan is None:
             raise ValueError("the plan variant needs a plan")
-        model = _zoo_model(spec, num_classes, in_channels)
+        model = zoo_model(spec, num_classes, in_channels)
         return sn_core.apply_plan(model, sn_core.NormalizerPlan.from_dict(plan))
-    return _zoo_model(spec, num_classes, in_channels, norm_layer=variant)
+    return zoo_model(spec, num_classes, in_channels, norm_layer=variant)
 
 
 def build_for_data(spec: JobSpec, variant: str, data, plan: dict[str, Any] | None = None):

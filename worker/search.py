@@ -94,8 +94,37 @@ class RecorderCallback(tune.Callback):
             self.recorder.trial_finished(trial.trial_id, "TERMINATED")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = getattr(trial, "error_file", None) or "trial failed"
-        self.recorder.trial_finished(trial.trial_id, "ERROR", str(error))
+        self.recorder.trial_finished(trial.trial_id, "ERROR", trial_error_text(trial))
+
+
+MAX_ERROR_CHARS = 2000
+
+
+def exception_text(error: BaseException) -> str:
+    """``Type: message`` of a trial's exception, unwrapped from Ray's ``RayTaskError`` (whose
+    own text is the whole remote traceback): what users read as the trial's error."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        error = cause
+    return f"{type(error).__name__}: {error}".strip()[:MAX_ERROR_CHARS]
+
+
+def trial_error_text(trial) -> str:
+    """A failed trial's exception as text, read from what Ray stored for it (the pickled
+    exception, else the last line of its traceback file), never the file's path, which names
+    a file on the Ray host that API users cannot read."""
+    try:
+        error = trial.get_pickled_error()
+    except Exception:  # noqa: BLE001 - an unpicklable or missing error: try the text trace
+        error = None
+    if error is not None:
+        return exception_text(error)
+    try:
+        traceback = trial.get_error()
+    except Exception:  # noqa: BLE001
+        traceback = None
+    lines = [line for line in str(traceback or "").splitlines() if line.strip()]
+    return lines[-1].strip()[:MAX_ERROR_CHARS] if lines else "the trial failed (Ray kept no error)"
 
 
 def gpus_per_trial(spec: JobSpec) -> float:
@@ -251,7 +280,7 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
         diverged = last.get("diverged")
         error = diverged
         if result.error is not None:
-            error = f"{type(result.error).__name__}: {result.error}"
+            error = exception_text(result.error)
         outcomes.append(
             TrialOutcome(
                 trial_id=trial_id,

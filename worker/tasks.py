@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from service import jobs
 from service.celery_app import SEARCH_TASK
 from service.db import make_engine, make_session_factory
+from service.limits import ModelLimits
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
 from service.vocabulary import ArtifactKind
@@ -99,6 +100,7 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
             ray_address=settings.ray_address,
             ray_num_cpus=settings.ray_num_cpus,
             stop_event=heartbeat.stop,
+            model_limits=ModelLimits.from_settings(settings),
         )
         paths = write_job_report(result, out_dir)
         files = [jobs.ArtifactFile(kind, path) for kind, path in paths.items()]

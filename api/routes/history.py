@@ -160,6 +160,11 @@ def _look(session_factory, job_id: str, after_event: int | None):
         return events, job.status, float(job.progress or 0.0), steps
 
 
+# Event ids are the database's INTEGER keys (32-bit in Postgres): a larger Last-Event-ID is a 422
+# before the stream starts, never an overflow inside it.
+MAX_EVENT_ID = 2**31 - 1
+
+
 def _json_error(description: str, schema: str = "ErrorBody") -> dict:
     """An error response of the event stream route: JSON, not the route's text/event-stream
     (FastAPI documents a ``model`` response in the route's media type)."""
@@ -198,7 +203,15 @@ def _owned_job_for_stream(job_id: JobId, request: Request, user: StreamUser) -> 
 async def job_events(
     job_id: JobId,
     request: Request,
-    last_event_id: Annotated[int | None, Header(alias="Last-Event-ID", ge=0)] = None,
+    last_event_id: Annotated[
+        int | None,
+        Header(
+            alias="Last-Event-ID",
+            ge=0,
+            le=MAX_EVENT_ID,
+            description="Resume after this event id (an id the stream sent).",
+        ),
+    ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """Live updates of one job until it finishes."""
     factory = request.app.state.session_factory

@@ -72,7 +72,7 @@ def submit_job(
         session,
         user=user,
         spec=spec,
-        data_roots=settings.resolved_data_roots(),
+        settings=settings,
         idempotency_key=idempotency_key,
     )
     if created:

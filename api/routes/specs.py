@@ -57,7 +57,7 @@ def spec_examples(_user: CurrentUser) -> list[Example]:
 def validate_spec(
     spec: JobSpec, _user: CurrentUser, _json: JsonBody, settings: SettingsDep
 ) -> SpecValid:
-    """Validate a spec without submitting it: the same checks (422 naming each field), and the
-    spec with its defaults filled in."""
-    submissions.check_spec_paths(spec, data_roots=settings.resolved_data_roots())
+    """Validate a spec without submitting it: the same checks (422 naming each field or limit),
+    and the spec with its defaults filled in."""
+    submissions.check_spec(spec, settings=settings)
     return SpecValid(spec=spec.model_dump(mode="json"))

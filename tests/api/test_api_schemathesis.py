@@ -79,6 +79,7 @@ CHECKS = [getattr(schemathesis_checks, name) for name in CHECK_NAMES + EXTRA_CHE
 MUST_REACH = {
     "GET /api/v1/jobs": {200},
     "POST /api/v1/jobs": {201, 422},
+    "POST /api/v1/spec/validate": {200, 422},
     "GET /api/v1/jobs/{job_id}": {200, 404},
     "GET /api/v1/jobs/{job_id}/trials": {200},
     "GET /api/v1/jobs/{job_id}/ratios": {200},
@@ -96,6 +97,40 @@ MUST_REACH = {
     "GET /api/v1/me": {200},
     "POST /api/v1/tokens": {201},
 }
+
+
+SPEC_PATHS = ("/api/v1/jobs", "/api/v1/spec/validate")
+
+
+def _nested(depth: int) -> dict:
+    root: dict = {}
+    inner = root
+    for _ in range(depth):
+        inner["a"] = {}
+        inner = inner["a"]
+    return root
+
+
+# Probes of issue 11: model.kwargs nested 300 deep (a 500 once), integers past 64 bits, 1056
+# trials (over NORMSEARCH_MAX_TRIALS), duplicate baselines. Deeper nesting is tested in
+# test_api_limits.py: Python's own encoder, which schemathesis uses, gives up near 1000 levels.
+ABUSIVE_SPECS = [
+    tiny_spec(model={"arch": "resnet20", "kwargs": _nested(300)}),
+    tiny_spec(verify={"epochs": 10**30}),
+    tiny_spec(model={"arch": "resnet20", "num_classes": 2**64}),
+    tiny_spec(dataset={"kind": "synthetic", "num_samples": 10**9}),
+    tiny_spec(
+        training={"epochs": 1, "batch_size": 32, "lr": 0.001, "lr_scaling": "none"},
+        search={
+            "trials": {
+                "seeds": list(range(16)),
+                "batch_sizes": [1, 2, 4, 8, 16, 32, 64, 128],
+                "lrs": [0.001 * n for n in range(1, 9)],
+            }
+        },
+    ),
+    tiny_spec(verify={"baselines": ["bn"] * 1000}),
+]
 
 
 @dataclass
@@ -292,11 +327,13 @@ def api_schema(api_settings, seeded):
     @schema.hook
     def flatmap_body(context, body):
         # A spec passes JSON Schema long before it passes the spec's own validators (known
-        # architecture, dataset path, ...): mix a valid one in, so submissions succeed too.
+        # architecture, dataset path, ...): mix a valid one in, so submissions succeed too,
+        # and the abusive ones (deep nesting, huge integers, a grid over the limits), which
+        # must be 4xx like any other bad body.
         operation = context.operation
-        if operation.method.upper() != "POST" or operation.path != "/api/v1/jobs":
+        if operation.method.upper() != "POST" or operation.path not in SPEC_PATHS:
             return st.just(body)
-        return st.sampled_from([body, tiny_spec(epochs=1)])
+        return st.sampled_from([body, tiny_spec(epochs=1), *ABUSIVE_SPECS])
 
     yield schema
     # schemathesis started the app's lifespan on its own event loop; end it (closes the engine).

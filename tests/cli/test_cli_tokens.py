@@ -38,3 +38,38 @@ def test_token_commands_explain_problems(sqlite_url, tmp_path):
     assert "Traceback" not in result.output
     missing = runner.invoke(app, ["token", "revoke", "7", "--user", "nobody", "--url", sqlite_url])
     assert missing.exit_code == 2 and "no user named 'nobody'" in missing.output
+
+
+def test_token_create_finds_the_runs_dirs_database_as_up_does(tmp_path, monkeypatch):
+    from cli.embedded import embedded_config, prepare_database
+    from service.settings import Settings, get_settings
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("NORMSEARCH_RUNS_DIR", str(runs))
+    monkeypatch.delenv("NORMSEARCH_DATABASE_URL", raising=False)
+    monkeypatch.chdir(tmp_path / "..")  # not where a relative runs/ would be
+    get_settings.cache_clear()
+    try:
+        missing = runner.invoke(app, ["token", "create", "--user", "alice"])
+        assert missing.exit_code == 2 and "Traceback" not in missing.output
+        (line,) = missing.output.strip().splitlines()
+        assert line.startswith(f"error: no database at {runs.resolve() / 'normsearch.db'} ")
+        assert not runs.exists()  # nothing was created by looking
+        config = embedded_config(Settings())  # what `normsearch up` opens
+        prepare_database(config.database_url)
+        created = runner.invoke(app, ["token", "create", "--user", "alice"])
+    finally:
+        get_settings.cache_clear()
+    assert created.exit_code == 0, created.output
+    engine = make_engine(config.database_url)
+    with make_session_factory(engine)() as session:
+        assert auth.authenticate(session, created.output.strip()).name == "alice"
+    engine.dispose()
+
+
+def test_an_unreachable_database_is_one_line(tmp_path):
+    url = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+    result = runner.invoke(app, ["token", "create", "--user", "alice", "--url", url])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: cannot open the database postgresql+psycopg://nobody@")

@@ -272,3 +272,80 @@ def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
     token = runs / "demo-token"
     assert token.read_text().startswith("ns_") and (token.stat().st_mode & 0o777) == 0o600
     assert token.read_text().strip() not in output  # the secret is saved, never printed
+
+
+def test_a_local_ray_is_kept_on_loopback_and_a_cluster_is_joined_as_it_is(tmp_path):
+    local = embedded_config(Settings(), runs_dir=tmp_path).environment()
+    assert local["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0"
+    joined = embedded_config(Settings(RAY_ADDRESS="ray-head:6379"), runs_dir=tmp_path)
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in joined.environment()
+
+
+# Run in a child with the embedded environment: start the worker's local Ray, then list the
+# listening TCP sockets of Ray's processes, the child's descendants (socket inodes of
+# /proc/net/tcp* matched to their /proc/<pid>/fd; other Rays on this machine are not looked at).
+LISTENERS = """
+import json, os
+from pathlib import Path
+
+from worker.search import ensure_ray
+import ray
+
+ensure_ray(None, 1)
+ip = ray.util.get_node_ip_address()
+gcs = ray.get_runtime_context().gcs_address
+listening = {}
+for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+    for line in Path(table).read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A":  # LISTEN
+            listening[fields[9]] = fields[1]
+parents = {}
+for stat in Path("/proc").glob("[0-9]*/stat"):
+    try:
+        parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        continue
+mine = {os.getpid()}
+for _ in range(8):  # grandchildren of grandchildren at most
+    mine |= {pid for pid, parent in parents.items() if parent in mine}
+opened = set()
+for pid in mine - {os.getpid()}:
+    proc = Path(f"/proc/{pid}")
+    try:
+        for fd in (proc / "fd").iterdir():
+            target = os.readlink(fd)
+            if target.startswith("socket:[") and target[8:-1] in listening:
+                opened.add(listening[target[8:-1]])
+    except OSError:
+        continue
+ray.shutdown()
+print(json.dumps({"ip": ip, "gcs": gcs, "opened": sorted(opened)}))
+"""
+
+
+@pytest.mark.e2e
+def test_the_embedded_workers_local_ray_listens_on_loopback_only(tmp_path):
+    import json
+
+    env = {**os.environ, **embedded_config(Settings(), runs_dir=tmp_path).environment()}
+    env.pop("RAY_ADDRESS", None)
+    result = subprocess.run(
+        [sys.executable, "-c", LISTENERS],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    assert seen["ip"] == "127.0.0.1" and seen["gcs"].startswith("127.0.0.1:")
+    assert seen["opened"], "Ray opened no listening socket?"
+    # /proc/net/tcp spells 127.0.0.1 as 0100007F (IPv6 loopback: 0...01000000).
+    loopback = (
+        "0100007F:",
+        "00000000000000000000000001000000:",
+        "0000000000000000FFFF00000100007F:",  # ::ffff:127.0.0.1
+    )
+    assert all(address.startswith(loopback) for address in seen["opened"]), seen["opened"]

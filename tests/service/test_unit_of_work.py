@@ -180,10 +180,16 @@ def test_send_after_commit_checks_its_arguments(session):
 def test_submit_and_retry_record_their_sends(session, tmp_path):
     user = new_user(session)
     spec = JobSpec.model_validate(tiny_spec())
-    job, created = submissions.submit_job(session, user=user, spec=spec, data_roots=[tmp_path])
+    job, created = submissions.submit_job(
+        session, user=user, spec=spec, settings=Settings(data_roots=[tmp_path])
+    )
     assert created and job.status == "queued"
     again, created = submissions.submit_job(
-        session, user=user, spec=spec, data_roots=[tmp_path], idempotency_key=None
+        session,
+        user=user,
+        spec=spec,
+        settings=Settings(data_roots=[tmp_path]),
+        idempotency_key=None,
     )
     assert created and again.id != job.id
     submissions.cancel_job(session, user=user, job_id=job.id)
@@ -199,10 +205,10 @@ def test_an_idempotent_repeat_sends_nothing(session, tmp_path):
     user = new_user(session)
     spec = JobSpec.model_validate(tiny_spec())
     first, _ = submissions.submit_job(
-        session, user=user, spec=spec, data_roots=[tmp_path], idempotency_key="k"
+        session, user=user, spec=spec, settings=Settings(data_roots=[tmp_path]), idempotency_key="k"
     )
     again, created = submissions.submit_job(
-        session, user=user, spec=spec, data_roots=[tmp_path], idempotency_key="k"
+        session, user=user, spec=spec, settings=Settings(data_roots=[tmp_path]), idempotency_key="k"
     )
     assert again.id == first.id and not created
     assert [send.job_id for send in unit_of_work.pending_sends(session)] == [first.id]

@@ -462,3 +462,27 @@ def test_a_diverged_trial_fails_with_its_reason_and_complete_history(tmp_path):
     stored = recorder.trials()[outcome.trial_id]
     assert stored["status"] == "ERROR" and stored["error"] == outcome.diverged
     json.dumps(outcome.to_dict(), allow_nan=False)
+
+
+def test_a_failing_trial_reports_its_exception_not_a_file_path(tmp_path):
+    # Batch size 0 passes no spec (a grid point made here): the trainable divides by it.
+    spec = tiny_spec(
+        model={"arch": "mlp"},
+        training={"epochs": 1, "batch_size": 64},
+        search={"pool": ["ln", "bn"], "trials": {"seeds": [0]}},
+    )
+    recorder = MemoryRecorder()
+    run = run_trials(
+        spec,
+        load_dataset(spec.dataset),
+        name="fails",
+        storage_dir=tmp_path,
+        recorder=recorder,
+        grid=[worker.search.grid_point(spec, seed=0, batch_size=0, lr=0.1)],
+    )
+    (outcome,) = run.outcomes
+    assert outcome.status == "ERROR"
+    assert outcome.error == "ZeroDivisionError: division by zero"
+    stored = recorder.trials()[outcome.trial_id]
+    # What the database (and GET /jobs/{id}/trials) gets: the exception, not error.txt's path.
+    assert stored["status"] == "ERROR" and stored["error"] == "ZeroDivisionError: division by zero"
