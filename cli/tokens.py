@@ -55,6 +55,14 @@ def _session_factory(url: str | None):
 def create(
     user: Annotated[str, typer.Option("--user", help="User name (created if new).")],
     name: Annotated[str, typer.Option("--name", help="A label for this token.")] = "cli",
+    admin: Annotated[
+        bool | None,
+        typer.Option(
+            "--admin/--no-admin",
+            help="Make the user an admin (exempt from the quotas per user), or a plain user "
+            "again; unset: the user stays as they are (new users are plain).",
+        ),
+    ] = None,
     url: UrlOption = None,
 ) -> None:
     """Create a user's API token and print it (shown once: store it now)."""
@@ -66,8 +74,13 @@ def create(
         raise typer.Exit(2)
     with _session_factory(url)() as session, session.begin():
         owner = auth.get_or_create_user(session, name=user)
+        if admin is not None:
+            owner.is_admin = admin
         raw, _token = auth.create_token(session, user=owner, name=name)
     typer.echo(raw)
+    if admin is not None:
+        role = "an admin (exempt from the quotas)" if admin else "a plain user (quotas apply)"
+        typer.echo(f"{user} is {role}", err=True)
 
 
 @token_app.command("list")
