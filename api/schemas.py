@@ -37,6 +37,17 @@ class ValidationErrorBody(ErrorBody):
     errors: list[FieldError] = Field(default_factory=list)
 
 
+class QuotaErrorBody(ErrorBody):
+    """429 (try again after ``Retry-After``) or 403 (the job alone is over it): a quota per user,
+    named by its setting (``limit``) and environment variable, its value and what is in use."""
+
+    limit: str | None = Field(default=None, examples=["max_jobs_per_user"])
+    variable: str | None = Field(default=None, examples=["NORMSEARCH_MAX_JOBS_PER_USER"])
+    quota: int | None = Field(default=None, examples=[10])
+    in_use: int | None = Field(default=None, examples=[10])
+    requested: int | None = Field(default=None, examples=[1])
+
+
 class JobEventOut(_Out):
     id: int
     at: datetime

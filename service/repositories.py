@@ -51,7 +51,7 @@ def create_job_once(
     same (owner, key) returns the job the first one created, with created False (idempotent
     POST), also when two requests race (the unique constraint decides, inside a savepoint)."""
     if idempotency_key is not None:
-        existing = _job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
+        existing = job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
         if existing is not None:
             return existing, False
     job = Job(
@@ -63,14 +63,15 @@ def create_job_once(
     except IntegrityError:
         if idempotency_key is None:
             raise
-        existing = _job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
+        existing = job_by_key(session, owner_id=owner_id, idempotency_key=idempotency_key)
         if existing is None:
             raise
         return existing, False
     return job, True
 
 
-def _job_by_key(session: Session, *, owner_id: int, idempotency_key: str) -> Job | None:
+def job_by_key(session: Session, *, owner_id: int, idempotency_key: str) -> Job | None:
+    """The job ``owner_id`` submitted with ``idempotency_key``, or None."""
     return session.scalars(
         select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == idempotency_key)
     ).one_or_none()

@@ -202,6 +202,30 @@ class Settings(BaseSettings):
         "(NORMSEARCH_MAX_ACTIVATION_MIB).",
     )
 
+    # Quotas per user (service.quotas: what one user may have in flight at once, checked on
+    # submit and retry in the transaction that queues the job; admins are exempt).
+    max_jobs_per_user: int = Field(
+        default=10,
+        ge=1,
+        le=100_000,
+        description="Queued and running jobs one user may have at once "
+        "(NORMSEARCH_MAX_JOBS_PER_USER).",
+    )
+    max_trial_epochs_per_user: int = Field(
+        default=100_000,
+        ge=1,
+        le=10_000_000_000,
+        description="Trial-epochs one user may have in flight: summed over their queued and "
+        "running jobs, each job's trials x epochs (NORMSEARCH_MAX_TRIAL_EPOCHS_PER_USER).",
+    )
+    quota_retry_after_s: int = Field(
+        default=60,
+        ge=1,
+        le=86_400,
+        description="Seconds a submission over a user's quota is told to wait before trying "
+        "again (the Retry-After of the 429) (NORMSEARCH_QUOTA_RETRY_AFTER_S).",
+    )
+
     @field_validator("data_roots", mode="before")
     @classmethod
     def _split_roots(cls, value):

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
-from service import jobs, paths, repositories, unit_of_work
+from service import jobs, paths, quotas, repositories, unit_of_work
 from service.db.models import Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
 from service.limits import check_spec_limits
@@ -53,9 +53,17 @@ def submit_job(
     """Queue a job for ``user``: (the job, whether it was created now). Its search task is sent
     after the commit; if the broker refuses it the job is deleted again (``BrokerUnavailable``).
     With an ``idempotency_key`` a repeated submission returns the first job (created False, no
-    task sent); the same key with a different spec is a conflict, not a silent reuse."""
+    task sent); the same key with a different spec is a conflict, not a silent reuse. A new job
+    must fit ``user``'s quotas (``service.quotas``: 429, or 403 for a job that never can); the
+    user's row is locked for the check and the insert, so concurrent submissions cannot both
+    take the last free slot."""
     check_spec(spec, settings=settings)
     payload = spec.model_dump(mode="json")
+    user = quotas.lock_user(session, user=user)
+    if idempotency_key is None or not repositories.job_by_key(
+        session, owner_id=user.id, idempotency_key=idempotency_key
+    ):
+        quotas.check_quota(session, user=user, trial_epochs=spec.trial_epochs, settings=settings)
     job, created = repositories.create_job_once(
         session, owner_id=user.id, spec=payload, idempotency_key=idempotency_key
     )
@@ -116,11 +124,16 @@ def cancel_job(session: Session, *, user: User, job_id: str) -> Job:
     return jobs.cancel(session, job=owned_job(session, job_id=job_id, user=user, for_update=True))
 
 
-def retry_job(session: Session, *, user: User, job_id: str) -> Job:
+def retry_job(session: Session, *, user: User, job_id: str, settings: Settings) -> Job:
     """Run ``user``'s failed or cancelled job again as a fresh run (``service.jobs.retry``); its
     search task is sent after the commit, and if the broker refuses it the job ends cancelled
-    with the reason (``BrokerUnavailable``)."""
+    with the reason (``BrokerUnavailable``). The job is queued again, so it must fit ``user``'s
+    quotas as a new submission would (checked with the user's row locked)."""
+    user = quotas.lock_user(session, user=user)
     job = owned_job(session, job_id=job_id, user=user, for_update=True)
+    if job.status in (JobStatus.failed, JobStatus.cancelled):  # else jobs.retry refuses (409)
+        wanted = quotas.job_trial_epochs(job.spec)
+        quotas.check_quota(session, user=user, trial_epochs=wanted, settings=settings)
     jobs.retry(session, job=job)
     unit_of_work.send_after_commit(
         session, job_id=job.id, if_unsent="cancel", reason=RETRY_UNSENT_REASON

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from api.deps import CurrentUser, JsonBody, SessionDep, SettingsDep
 from api.presenters import job_detail, job_summary
-from api.schemas import ErrorBody, JobDetail, JobPage, JobStatus
+from api.schemas import ErrorBody, JobDetail, JobPage, JobStatus, QuotaErrorBody
 from service import submissions
 from service.spec import JobSpec
 
@@ -29,6 +29,22 @@ _NOT_FOUND = {404: {"model": ErrorBody, "description": "No such job."}}
 _FORBIDDEN = {403: {"model": ErrorBody, "description": "The job belongs to another user."}}
 _CONFLICT = {409: {"model": ErrorBody, "description": "Not allowed in the job's status."}}
 JOB_RESPONSES = {**_NOT_FOUND, **_FORBIDDEN}
+_RETRY_AFTER = {"description": "Seconds to wait", "schema": {"type": "integer"}}
+_OVER_QUOTA = "the job alone exceeds your trial-epoch quota (no wait helps)"
+QUOTA_RESPONSES = {
+    429: {
+        "model": QuotaErrorBody,
+        "description": "Over your quota of jobs or trial-epochs in flight; see Retry-After.",
+        "headers": {"Retry-After": _RETRY_AFTER},
+    },
+    403: {"model": QuotaErrorBody, "description": _OVER_QUOTA.capitalize() + "."},
+}
+_RETRY_FORBIDDEN = {
+    403: {
+        "model": QuotaErrorBody,
+        "description": f"The job belongs to another user, or {_OVER_QUOTA}.",
+    }
+}
 
 SortKey = Literal[
     "created_at", "-created_at", "updated_at", "-updated_at", "status", "-status", "progress",
@@ -46,6 +62,7 @@ SortKey = Literal[
         409: {"model": ErrorBody, "description": "Idempotency-Key reused with another spec."},
         413: {"model": ErrorBody, "description": "Request body too large."},
         415: {"model": ErrorBody, "description": "Body is not JSON."},
+        **QUOTA_RESPONSES,
         503: {"model": ErrorBody, "description": "Broker unavailable; nothing was queued."},
     },
     summary="Submit a search job",
@@ -120,11 +137,20 @@ def cancel_job(
 @router.post(
     "/{job_id}/retry",
     response_model=JobDetail,
-    responses={**JOB_RESPONSES, **_CONFLICT, 503: {"model": ErrorBody}},
-    summary="Run a failed or cancelled job again, from the start",
+    responses={
+        **JOB_RESPONSES,
+        **_CONFLICT,
+        **QUOTA_RESPONSES,
+        **_RETRY_FORBIDDEN,
+        503: {"model": ErrorBody},
+    },
+    summary="Run a failed or cancelled job again, from the start (it counts like a submission)",
 )
-def retry_job(job_id: JobId, request: Request, user: CurrentUser, session: SessionDep) -> JobDetail:
-    return job_detail(submissions.retry_job(session, user=user, job_id=job_id), request)
+def retry_job(
+    job_id: JobId, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep
+) -> JobDetail:
+    job = submissions.retry_job(session, user=user, job_id=job_id, settings=settings)
+    return job_detail(job, request)
 
 
 @router.delete(
