@@ -73,3 +73,34 @@ def test_an_unreachable_database_is_one_line(tmp_path):
     assert result.exit_code == 2 and "Traceback" not in result.output
     (line,) = result.output.strip().splitlines()
     assert line.startswith("error: cannot open the database postgresql+psycopg://nobody@")
+
+
+def test_token_create_admin_sets_and_clears_the_flag(sqlite_url):
+    from sqlalchemy import select
+
+    from service.db.models import User
+
+    def is_admin(name: str) -> bool:
+        engine = make_engine(sqlite_url)
+        try:
+            with make_session_factory(engine)() as session:
+                return session.scalars(select(User).where(User.name == name)).one().is_admin
+        finally:
+            engine.dispose()
+
+    def create(*flags: str):
+        result = runner.invoke(
+            app, ["token", "create", "--user", "root", *flags, "--url", sqlite_url]
+        )
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip().startswith("ns_")  # stdout: the token alone
+        return result
+
+    create()
+    assert not is_admin("root")  # a new user is plain
+    made = create("--admin")
+    assert is_admin("root") and "root is an admin" in made.stderr
+    create()
+    assert is_admin("root")  # unset: the user stays as they are
+    create("--no-admin")
+    assert not is_admin("root")

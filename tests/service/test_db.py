@@ -195,6 +195,58 @@ def test_sqlite_downgrade_to_base_and_upgrade_again(sqlite_url):
     assert current(sqlite_url) == HEAD
 
 
+@contextmanager
+def migrated_database(backend: str, tmp_path) -> Iterator[str]:
+    """A database of the test's own at head (a scratch one on Postgres; dropped after)."""
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'own.db'}"
+        upgrade(url)
+        yield url
+        return
+    from service.db.scratch import scratch_database
+    from tests.conftest import ADMIN_URL
+
+    with scratch_database(ADMIN_URL, prefix="normsearch_migration") as url:
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0004_makes_existing_users_plain_and_downgrades(backend, tmp_path):
+    """Users from before 0004 get ``is_admin`` false (NOT NULL, by the server default); new rows
+    that do not name it are plain too; downgrading drops the column and keeps the users."""
+    with migrated_database(backend, tmp_path) as url:
+        config = alembic_config(url)
+        command.downgrade(config, "0003")
+        engine = make_engine(url)
+        try:
+            assert "is_admin" not in {c["name"] for c in inspect(engine).get_columns("users")}
+            with engine.begin() as connection:
+                connection.execute(
+                    text("INSERT INTO users (name, created_at) VALUES ('old', :at)"),
+                    {"at": "2026-12-01 00:00:00"},
+                )
+            command.upgrade(config, "0004")
+            column = {c["name"]: c for c in inspect(engine).get_columns("users")}["is_admin"]
+            assert column["nullable"] is False
+            with engine.begin() as connection:
+                connection.execute(
+                    text("INSERT INTO users (name, created_at) VALUES ('new', :at)"),
+                    {"at": "2026-12-02 00:00:00"},
+                )
+                connection.execute(text("UPDATE users SET is_admin = true WHERE name = 'new'"))
+                rows = dict(connection.execute(text("SELECT name, is_admin FROM users")).all())
+            assert rows == {"old": False, "new": True}
+            command.downgrade(config, "0003")
+            with engine.connect() as connection:
+                names = set(connection.execute(text("SELECT name FROM users")).scalars())
+            assert names == {"old", "new"}
+            assert "is_admin" not in {c["name"] for c in inspect(engine).get_columns("users")}
+            command.upgrade(config, "head")
+            assert_models_match_migrations(engine)
+        finally:
+            engine.dispose()
+
+
 def test_url_with_percent_sign_reaches_alembic(tmp_path):
     """Percent-encoded URLs (passwords with special characters) must survive Alembic's config."""
     url = f"sqlite:///{tmp_path / 'a%20b.db'}"

@@ -193,7 +193,7 @@ def test_submit_and_retry_record_their_sends(session, tmp_path):
     )
     assert created and again.id != job.id
     submissions.cancel_job(session, user=user, job_id=job.id)
-    submissions.retry_job(session, user=user, job_id=job.id)
+    submissions.retry_job(session, user=user, job_id=job.id, settings=Settings())
     assert unit_of_work.pending_sends(session) == [
         PendingSend(job.id, SEARCH_TASK, "delete"),
         PendingSend(again.id, SEARCH_TASK, "delete"),
