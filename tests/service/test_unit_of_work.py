@@ -236,9 +236,11 @@ def test_cancel_loads_and_locks_the_job_once(pg_session):
 def test_the_user_actions_check_ownership(session, tmp_path):
     owner, other = new_user(session), new_user(session)
     job = make_job(session, owner_id=owner.id, status="failed")
-    for action in (submissions.get_job, submissions.cancel_job, submissions.retry_job):
+    for action in (submissions.get_job, submissions.cancel_job):
         with pytest.raises(Forbidden):
             action(session, user=other, job_id=job.id)
+    with pytest.raises(Forbidden):
+        submissions.retry_job(session, user=other, job_id=job.id, settings=Settings())
     with pytest.raises(Forbidden):
         submissions.delete_job(session, user=other, job_id=job.id, runs_dir=tmp_path)
     assert session.get(Job, job.id).status == "failed"
