@@ -94,13 +94,11 @@ def job_trial_epochs(payload: dict) -> int:
         return 0
 
 
-def usage(session: Session, *, owner_id: int, excluding: str | None = None) -> Usage:
-    """What ``owner_id``'s queued and running jobs occupy (``excluding`` one job by id)."""
+def usage(session: Session, *, owner_id: int) -> Usage:
+    """What ``owner_id``'s queued and running jobs occupy."""
     statement = select(Job.spec).where(
         Job.owner_id == owner_id, Job.status.in_([s.value for s in IN_FLIGHT_STATUSES])
     )
-    if excluding is not None:
-        statement = statement.where(Job.id != excluding)
     specs = list(session.scalars(statement))
     return Usage(jobs=len(specs), trial_epochs=sum(job_trial_epochs(spec) for spec in specs))
 
@@ -128,7 +126,6 @@ def check_quota(
     user: User,
     trial_epochs: int,
     settings: Settings,
-    excluding: str | None = None,
 ) -> None:
     """Raise ``QuotaNeverMet`` (403) or ``QuotaExceeded`` (429) unless ``user`` may queue one
     more job of ``trial_epochs`` (``JobSpec.trial_epochs``); admins may always. Call with the
@@ -149,7 +146,7 @@ def check_quota(
             requested=wanted,
             retry_after_s=retry_after,
         )
-    used = usage(session, owner_id=user.id, excluding=excluding)
+    used = usage(session, owner_id=user.id)
     jobs_quota = settings.max_jobs_per_user
     if used.jobs + 1 > jobs_quota:
         raise QuotaExceeded(
