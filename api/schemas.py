@@ -209,6 +209,9 @@ class TokenCreated(TokenOut):
 class UserOut(_Out):
     id: int
     name: str
+    is_admin: bool = Field(
+        default=False, description="Exempt from the quotas per user (`token create --admin`)."
+    )
     created_at: datetime
 
 

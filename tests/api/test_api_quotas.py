@@ -41,6 +41,7 @@ def post(client, path: str, headers, spec=None):
 
 
 def test_over_the_jobs_quota_is_429_with_retry_after(api_client, user):
+    assert api_client.get(f"{API}/me", headers=user).json()["is_admin"] is False
     first = post(api_client, "/jobs", user)
     assert first.status_code == 201 and post(api_client, "/jobs", user).status_code == 201
     over = post(api_client, "/jobs", user)
@@ -92,6 +93,7 @@ def test_an_admin_is_exempt(api_client, api_settings):
     )
     assert created.exit_code == 0, created.output
     admin = bearer(created.stdout.strip())
+    assert api_client.get(f"{API}/me", headers=admin).json()["is_admin"] is True
     for _ in range(4):
         assert post(api_client, "/jobs", admin).status_code == 201
     assert post(api_client, "/jobs", admin, tiny_spec(epochs=20)).status_code == 201
