@@ -230,9 +230,8 @@ def run_job(
     claim_work_dir(spec, work_dir)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
-    check_searchable(
-        spec, data, model_limits
-    )  # before Ray starts: a spec error fails the job at once
+    # Before Ray starts: a spec error fails the job at once.
+    check_searchable(spec, data, model_limits)
     ensure_ray(ray_address, ray_num_cpus)
     raise_if_stopped(stop_event)
 
@@ -341,11 +340,7 @@ def verify(
     accuracies: dict[str, dict[int, float]] = {v: {} for v in variants}
     diverged: dict[str, list[int]] = {}
     for outcome in run.outcomes:
-        # A diverged run counts with the accuracy it ended with: dropping its seed would hide
-        # that the configuration is unstable and flatter it in the paired comparison.
-        if outcome.val_accuracy is not None and (
-            outcome.status == "TERMINATED" or outcome.diverged
-        ):
+        if outcome.counts_in_verification:
             accuracies[outcome.variant][outcome.seed] = outcome.val_accuracy
         if outcome.diverged:
             diverged.setdefault(outcome.variant, []).append(outcome.seed)
@@ -364,8 +359,9 @@ def verify(
         label = VERIFICATION_LABELS.get(variant, f"all-{variant.upper()} (from scratch)")
         rows[variant] = _accuracy_row(decided.configs.get(variant), label)
         if diverged.get(variant):  # in the label too, so every table that shows it says so
-            seeds_text = ", ".join(str(seed) for seed in sorted(diverged[variant]))
-            rows[variant]["diverged_seeds"] = sorted(diverged[variant])
+            seeds = sorted(diverged[variant])
+            rows[variant]["diverged_seeds"] = seeds
+            seeds_text = ", ".join(map(str, seeds))
             rows[variant]["label"] += f"; diverged: seed {seeds_text} (counted at its accuracy)"
     summary = {
         "epochs": spec.verify_epochs,

@@ -14,7 +14,7 @@ from typing import Any
 
 from .recommend import Recommendation
 from .results import TrialOutcome
-from .verdict import label
+from .verdict import label, mean_and_std
 
 __all__ = ["ACCURACY_KIND", "job_result", "result_text", "short_label"]
 
@@ -27,14 +27,7 @@ def short_label(config: str) -> str:
 
 
 def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    return mean, math.sqrt(var)
+    return mean_and_std([v for v in values if v is not None and math.isfinite(v)])
 
 
 def result_text(result: dict[str, Any]) -> str:

@@ -89,6 +89,15 @@ class TrialOutcome:
             self.effective_lr = self.lr
 
     @property
+    def counts_in_verification(self) -> bool:
+        """Its final accuracy is a verification result: it finished, or it diverged (then it
+        counts at the accuracy it ended with; dropping its seed would flatter an unstable
+        configuration in the paired comparison)."""
+        return self.val_accuracy is not None and (
+            self.status == "TERMINATED" or bool(self.diverged)
+        )
+
+    @property
     def final_ratios(self) -> dict[str, LayerRatios]:
         return self.history[-1]["ratios"] if self.history else {}
 

@@ -45,6 +45,7 @@ __all__ = [
     "PairedDiff",
     "Verdict",
     "label",
+    "mean_and_std",
     "paired_difference",
     "verdict",
 ]
@@ -199,14 +200,19 @@ def paired_difference(
     return PairedDiff(config, baseline, use, mean, mean - half, mean + half, confidence)
 
 
-def _stats(config: str, per_seed: dict[int, float]) -> ConfigStats:
-    values = [per_seed[s] for s in sorted(per_seed)]
+def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean (None without values) and sample std (None below 2 values)."""
     n = len(values)
     mean = math.fsum(values) / n if n else None
     std = None
     if n > 1 and mean is not None:
         std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return ConfigStats(config, n, mean, std, dict(sorted(per_seed.items())))
+    return mean, std
+
+
+def _stats(config: str, per_seed: dict[int, float]) -> ConfigStats:
+    mean, std = mean_and_std([per_seed[s] for s in sorted(per_seed)])
+    return ConfigStats(config, len(per_seed), mean, std, dict(sorted(per_seed.items())))
 
 
 def _validated(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, dict[int, float]]:
