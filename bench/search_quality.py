@@ -156,28 +156,38 @@ def bn_share(outcomes) -> float | None:
     return statistics.fmean(values) if values else None
 
 
-def half_agreement(outcomes, batch_size: int) -> float | None:
-    """Share of layers on which the recommendations of the two seed halves agree."""
-    from worker.aggregate import plan_agreement
-    from worker.recommend import recommend
-
-    plans = []
-    for half in HALVES:
-        trials = [o for o in outcomes if o.seed in half]
-        try:
-            plans.append(recommend(trials, target_batch_size=batch_size).plan)
-        except ValueError as exc:  # a half without a successful trial
-            log(f"agreement: seeds {half}: {exc}")
-            return None
-    a, b = ({layer.name: (layer.mean, layer.var) for layer in p.layers} for p in plans)
-    return plan_agreement(a, b)
-
-
 def _choices(plan) -> dict[str, tuple[str, str]]:
     return {layer.name: (layer.mean, layer.var) for layer in plan.layers}
 
 
-def final_choice_agreement(spec, data, result, batch_size: int, work_dir: Path) -> dict:
+def half_recommendations(outcomes, batch_size: int) -> list | None:
+    """The recommendation of each seed half (two independent searches), None when a half has
+    no successful trial."""
+    from worker.recommend import recommend
+
+    recommendations = []
+    for half in HALVES:
+        trials = [o for o in outcomes if o.seed in half]
+        try:
+            recommendations.append(recommend(trials, target_batch_size=batch_size))
+        except ValueError as exc:
+            log(f"agreement: seeds {half}: {exc}")
+            return None
+    return recommendations
+
+
+def half_agreement(halves: list | None) -> float | None:
+    """Share of layers on which the recommendations of the two seed halves agree."""
+    from worker.aggregate import plan_agreement
+
+    if halves is None:
+        return None
+    return plan_agreement(*(_choices(r.plan) for r in halves))
+
+
+def final_choice_agreement(
+    spec, data, result, halves: list, batch_size: int, work_dir: Path
+) -> dict:
     """Agreement of what two independent searches would deliver: each seed half's own plan,
     trained from scratch on seeds 0-3 (the job's plan runs when it is the same plan), judged
     against the job's baseline runs by the service's verdict; the final choice of a layer is
@@ -185,27 +195,25 @@ def final_choice_agreement(spec, data, result, batch_size: int, work_dir: Path) 
     from worker.aggregate import plan_agreement
     from worker.job import uniform_normalizer
     from worker.models import PLAN_VARIANT
-    from worker.recommend import recommend
     from worker.recorder import MemoryRecorder
     from worker.search import grid_point, run_trials
     from worker.verdict import verdict
 
     measured: dict[str, dict[int, float]] = {}
     for o in result.verification_outcomes:
-        if o.val_accuracy is not None and (o.status == "TERMINATED" or o.diverged):
+        if o.counts_in_verification:
             measured.setdefault(o.variant, {})[o.seed] = o.val_accuracy
     job_plan = _choices(result.recommendation.plan)
     finals, verdicts = [], []
-    for index, half in enumerate(HALVES):
-        recommendation = recommend(
-            [o for o in result.outcomes if o.seed in half], target_batch_size=batch_size
-        )
+    for index, recommendation in enumerate(halves):
         choices = _choices(recommendation.plan)
         if choices == job_plan:
             plan_accuracy = measured.get(PLAN_VARIANT, {})
         else:
             grid = [
-                grid_point(spec, seed=s, batch_size=batch_size, lr=spec.lrs[0], variant="plan")
+                grid_point(
+                    spec, seed=s, batch_size=batch_size, lr=spec.lrs[0], variant=PLAN_VARIANT
+                )
                 for s in SEEDS
             ]
             with contextlib.redirect_stdout(sys.stderr):
@@ -222,9 +230,7 @@ def final_choice_agreement(spec, data, result, batch_size: int, work_dir: Path) 
                     use_scheduler=False,
                 )
             plan_accuracy = {
-                o.seed: o.val_accuracy
-                for o in run.outcomes
-                if o.val_accuracy is not None and (o.status == "TERMINATED" or o.diverged)
+                o.seed: o.val_accuracy for o in run.outcomes if o.counts_in_verification
             }
         accuracies = {k: v for k, v in measured.items() if k != PLAN_VARIANT}
         decided = verdict(
@@ -256,9 +262,10 @@ def run_case_job(
             spec, data_roots=[storage], work_dir=work_dir, recorder=MemoryRecorder(), data=data
         )
     wall = time.perf_counter() - start
+    halves = half_recommendations(result.outcomes, batch_size)
     final = {"agreement": None, "verdicts": []}
-    if spec.verify.enabled:
-        final = final_choice_agreement(spec, data, result, batch_size, work_dir)
+    if spec.verify.enabled and halves is not None:
+        final = final_choice_agreement(spec, data, result, halves, batch_size, work_dir)
     extra_wall = time.perf_counter() - start - wall
     if dump is not None:
         dump.mkdir(parents=True, exist_ok=True)
@@ -290,7 +297,7 @@ def run_case_job(
         "verdict": decided.get("chosen"),
         "verdict_reason": decided.get("reason"),
         "verdict_text": decided.get("text"),
-        "agreement": half_agreement(result.outcomes, batch_size),
+        "agreement": half_agreement(halves),
         "verified": spec.verify.enabled,
         "final_agreement": final["agreement"],
         "half_verdicts": final["verdicts"],
