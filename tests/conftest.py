@@ -109,16 +109,9 @@ def api_broker() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def api_settings(module_postgres_url, api_broker, tmp_path_factory):
-    from service.settings import Settings
+    from tests.support.api import api_test_settings
 
-    base = tmp_path_factory.mktemp("api")
-    (base / "data").mkdir()
-    return Settings(
-        database_url=module_postgres_url,
-        broker_url=api_broker,
-        runs_dir=base / "runs",
-        data_roots=[base / "data"],
-    )
+    return api_test_settings(tmp_path_factory.mktemp("api"), module_postgres_url, api_broker)
 
 
 @pytest.fixture(scope="module")

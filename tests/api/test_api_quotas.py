@@ -8,8 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from service.settings import Settings
-from tests.support.api import bearer, create_user_token, tiny_spec
+from tests.support.api import api_test_settings, bearer, create_user_token, tiny_spec
 
 API = "/api/v1"
 TINY_EPOCHS = 4  # tiny_spec(): 1 search trial x 2 epochs + 2 verification trials x 1 epoch
@@ -18,13 +17,10 @@ TINY_EPOCHS = 4  # tiny_spec(): 1 search trial x 2 epochs + 2 verification trial
 @pytest.fixture(scope="module")
 def api_settings(module_postgres_url, api_broker, tmp_path_factory):
     """The module's app with small quotas: two jobs, or 3 tiny jobs' trial-epochs, per user."""
-    base = tmp_path_factory.mktemp("api-quotas")
-    (base / "data").mkdir()
-    return Settings(
-        database_url=module_postgres_url,
-        broker_url=api_broker,
-        runs_dir=base / "runs",
-        data_roots=[base / "data"],
+    return api_test_settings(
+        tmp_path_factory.mktemp("api-quotas"),
+        module_postgres_url,
+        api_broker,
         max_jobs_per_user=2,
         max_trial_epochs_per_user=3 * TINY_EPOCHS,
         quota_retry_after_s=30,

@@ -3,9 +3,24 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 from service import auth
 from service.db import make_engine, make_session_factory
+from service.settings import Settings
+
+
+def api_test_settings(base: Path, database_url: str, broker_url: str, **overrides) -> Settings:
+    """The settings of a test app: its database and broker, runs and data roots under ``base``
+    (created), plus ``overrides``."""
+    (base / "data").mkdir(parents=True, exist_ok=True)
+    return Settings(
+        database_url=database_url,
+        broker_url=broker_url,
+        runs_dir=base / "runs",
+        data_roots=[base / "data"],
+        **overrides,
+    )
 
 
 def create_user_token(database_url: str, name: str | None = None) -> str:
