@@ -8,7 +8,9 @@ and one Celery worker (``normsearch worker``) run as child processes that read t
 ``NORMSEARCH_*`` environment variables, exactly as they would on separate machines.
 
 ``cli.supervisor.Supervisor`` owns the child processes: a child marked ``restart`` (the worker) is
-started again when it dies, any other (the API) ending is fatal; ``stop()`` sends each child
+started again whenever it dies, after a back-off that doubles per death in a row (1 s up to 60 s),
+and never given up on, so a worker that keeps dying never takes the API down; the API ending is
+fatal; ``stop()`` sends each child
 SIGTERM, then SIGKILL after a timeout. uvicorn shuts down gracefully. Celery's warm shutdown waits
 for a running task, but a search's Ray driver turns SIGTERM into ``SystemExit``: the search stops
 at once and Celery puts its unacknowledged message back on the queue, so the next ``up`` resumes it
@@ -284,8 +286,8 @@ class EmbeddedStack:
     # ---- run
 
     def supervise(self, stop: threading.Event) -> str | None:
-        """Supervise in this thread until ``stop`` is set (None) or the API ends or the worker
-        keeps failing (the message)."""
+        """Supervise in this thread until ``stop`` is set (None) or the API ends (the message);
+        the worker is restarted, with back-off, however often it dies."""
         failure = self.supervisor.watch(stop)
         if failure is not None:
             failure += self._log_hint("api" if failure.startswith("api") else "worker")

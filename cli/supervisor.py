@@ -1,6 +1,13 @@
 """Process supervision for the embedded stack (``normsearch up``): start children, restart the
 ones marked ``restart`` when they die, report the end of any other as fatal, stop them all.
 
+A restarted child is never given up on: each restart waits longer than the last (exponential
+back-off, ``restart_delay_s`` doubled per death, capped at ``max_restart_delay_s``) and a child
+that then stays up for ``stable_after_s`` starts again from the shortest delay. So a worker that
+keeps dying (a job that exhausts its memory, retried by the reaper until ``MAX_ATTEMPTS`` fails
+it) costs restarts spaced ever further apart, never the API: only the end of a child without
+``restart`` is fatal. Each restart is logged once, in one line, and recorded (``restart_log``).
+
 ``stop()`` sends each child its stop signals (SIGTERM by default), then SIGKILL after a timeout;
 each child runs in its own process group and, on Linux, gets SIGTERM if ``up`` itself dies.
 """
@@ -56,20 +63,39 @@ class ChildSpec:
     stop_signals: tuple[int, ...] = (signal.SIGTERM,)
 
 
+@dataclass(frozen=True)
+class Restart:
+    """One restart of a child: when its end was seen (``time.monotonic()``), its exit code, how
+    long it had run, and the back-off before it was started again."""
+
+    at: float
+    exit_code: int | None
+    uptime_s: float
+    delay_s: float
+
+
 @dataclass
 class _Child:
     spec: ChildSpec
     process: subprocess.Popen | None = None
     log: IO[bytes] | None = None
+    started_at: float | None = None
     restart_at: float | None = None
-    restarts: list[float] = field(default_factory=list)
+    restarts: list[Restart] = field(default_factory=list)
+    total_restarts: int = 0
+    consecutive: int = 0  # deaths since it last stayed up for ``stable_after_s``
+
+
+# The restart history kept per child (the newest): enough to see the back-off, bounded for a
+# child that has died thousands of times over weeks.
+RESTART_LOG_SIZE = 100
 
 
 class Supervisor:
-    """Starts child processes, restarts those marked ``restart`` when they die (with a delay, and
-    gives up after ``max_restarts`` within ``restart_window_s``), reports the end of any other as
-    fatal, and stops them all. ``poll()`` does one round of checks and never blocks; ``watch()``
-    polls until asked to stop or something fatal happens. Thread-safe."""
+    """Starts child processes, restarts those marked ``restart`` whenever they die (after an
+    exponential back-off, never giving up), reports the end of any other as fatal, and stops them
+    all. ``poll()`` does one round of checks and never blocks; ``watch()`` polls until asked to
+    stop or something fatal happens. Thread-safe."""
 
     def __init__(
         self,
@@ -80,8 +106,8 @@ class Supervisor:
         log_dir: Path | None = None,
         stop_timeout_s: float = 15.0,
         restart_delay_s: float = 1.0,
-        max_restarts: int = 5,
-        restart_window_s: float = 300.0,
+        max_restart_delay_s: float = 60.0,
+        stable_after_s: float = 300.0,
     ) -> None:
         self._children = {spec.name: _Child(spec) for spec in specs}
         self._env = dict(env) if env is not None else None
@@ -89,8 +115,8 @@ class Supervisor:
         self._log_dir = log_dir
         self._stop_timeout_s = stop_timeout_s
         self._restart_delay_s = restart_delay_s
-        self._max_restarts = max_restarts
-        self._restart_window_s = restart_window_s
+        self._max_restart_delay_s = max(max_restart_delay_s, restart_delay_s)
+        self._stable_after_s = stable_after_s
         self._lock = threading.RLock()
         self._stopping = False
         self.failure: str | None = None
@@ -104,7 +130,17 @@ class Supervisor:
         return self._children[name].process
 
     def restarts(self, name: str) -> int:
-        return len(self._children[name].restarts)
+        """How many times ``name`` was restarted (or is about to be)."""
+        return self._children[name].total_restarts
+
+    def restart_log(self, name: str) -> list[Restart]:
+        """The newest restarts of ``name`` (at most ``RESTART_LOG_SIZE``), oldest first."""
+        with self._lock:
+            return list(self._children[name].restarts)
+
+    def backoff_s(self, deaths: int) -> float:
+        """The delay before the restart after ``deaths`` deaths in a row (1, 2, ...)."""
+        return min(self._restart_delay_s * 2 ** min(deaths - 1, 60), self._max_restart_delay_s)
 
     def _spawn(self, child: _Child) -> None:
         output = None
@@ -125,8 +161,27 @@ class Supervisor:
             start_new_session=True,
             preexec_fn=_PREEXEC,
         )
+        restarted = child.started_at is not None  # its restart was logged when it died
         child.restart_at = None
-        log.info("%s started (pid %s)", child.spec.name, child.process.pid)
+        child.started_at = time.monotonic()
+        log.log(
+            logging.DEBUG if restarted else logging.INFO,
+            "%s started (pid %s)",
+            child.spec.name,
+            child.process.pid,
+        )
+
+    def _respawn(self, child: _Child, now: float) -> None:
+        """Start a dead child again; one that cannot even be started (``OSError``: its program
+        is gone, no memory to fork) is retried after the next back-off, like a death."""
+        try:
+            self._spawn(child)
+        except OSError as error:
+            child.consecutive += 1
+            delay = self.backoff_s(child.consecutive)
+            child.restart_at = now + delay
+            name = child.spec.name
+            log.warning("%s could not be started (%s); trying again in %.1f s", name, error, delay)
 
     def poll(self) -> str | None:
         """Check every child once: schedule or do restarts; the failure message, if any."""
@@ -138,7 +193,7 @@ class Supervisor:
                 process = child.process
                 if child.restart_at is not None:
                     if now >= child.restart_at:
-                        self._spawn(child)
+                        self._respawn(child, now)
                     continue
                 if process is None or process.poll() is None:
                     continue
@@ -147,18 +202,23 @@ class Supervisor:
                 if not child.spec.restart:
                     self.failure = f"{child.spec.name} exited unexpectedly (exit code {code})"
                     return self.failure
-                child.restarts = [t for t in child.restarts if now - t < self._restart_window_s]
-                if len(child.restarts) >= self._max_restarts:
-                    self.failure = (
-                        f"{child.spec.name} exited (exit code {code}) {len(child.restarts) + 1} "
-                        f"times within {self._restart_window_s:.0f} s; giving up"
-                    )
-                    return self.failure
-                child.restarts.append(now)
-                delay = self._restart_delay_s * 2 ** (len(child.restarts) - 1)
+                uptime = now - (child.started_at if child.started_at is not None else now)
+                if uptime >= self._stable_after_s:
+                    child.consecutive = 0  # it had recovered: back to the shortest delay
+                child.consecutive += 1
+                delay = self.backoff_s(child.consecutive)
                 child.restart_at = now + delay
+                child.total_restarts += 1
+                child.restarts.append(Restart(now, code, uptime, delay))
+                del child.restarts[:-RESTART_LOG_SIZE]
                 log.warning(
-                    "%s exited (exit code %s); restarting in %.1f s", child.spec.name, code, delay
+                    "%s exited (exit code %s) after %.1f s; restart %d (%d in a row) in %.1f s",
+                    child.spec.name,
+                    code,
+                    uptime,
+                    child.total_restarts,
+                    child.consecutive,
+                    delay,
                 )
             return None
 

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from service import lifecycle, repositories, unit_of_work
 from service.db.base import now as utc_now
 from service.jobs import heartbeat_age_s
+from service.limits import env_var
 from service.settings import Settings
 from service.vocabulary import JobStatus
 
@@ -40,9 +41,11 @@ def reap_lost_jobs(
 ) -> list[str]:
     """Requeue every running job whose heartbeat is older than ``heartbeat_timeout_s`` (event:
     "worker lost: no heartbeat for 130 s; requeued (attempt 2 of 3)"), or fail it (the reason in
-    ``jobs.error``) once its attempts reach ``max_attempts``. Returns the ids of the requeued
-    jobs, whose search tasks are recorded on the session to be sent after its commit (in a
-    ``unit_of_work``; a send the broker refuses leaves its job queued). Does not commit."""
+    ``jobs.error``) once its attempts reach ``max_attempts``: a job that kills its worker every
+    time (a crash, memory exhausted) ends failed with that reason instead of looping. Returns
+    the ids of the requeued jobs, whose search tasks are recorded on the session to be sent
+    after its commit (in a ``unit_of_work``; a send the broker refuses leaves its job queued).
+    Does not commit."""
     at = now or utc_now()
     stale = repositories.lock_stale_running_jobs(
         session, before=at - timedelta(seconds=heartbeat_timeout_s)
@@ -53,7 +56,11 @@ def reap_lost_jobs(
         silence = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
         attempts = job.attempts or 0
         if attempts >= max_attempts:
-            message = f"worker lost: {silence}; gave up after attempt {attempts} of {max_attempts}"
+            message = (
+                f"worker lost: {silence}; gave up after attempt {attempts} of {max_attempts} "
+                f"({env_var('max_attempts')}): every attempt of this run lost its worker (it "
+                "crashed or was killed, e.g. out of memory)"
+            )
             log.error("job %s: %s", job.id, message)
             lifecycle.transition(session, job, JobStatus.failed, message=message)
         else:

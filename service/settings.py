@@ -41,6 +41,21 @@ class Settings(BaseSettings):
     ray_num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs of a local Ray (default: all)."
     )
+    check_cluster_fit: bool = Field(
+        default=True,
+        description="Refuse a spec whose trial fits on no alive node of the Ray cluster "
+        "(resources.cpus_per_trial/gpus_per_trial): the worker fails it before the experiment "
+        "starts and the API answers 422 while it knows the capacity; turn off for a cluster "
+        "whose autoscaler adds nodes on demand (NORMSEARCH_CHECK_CLUSTER_FIT).",
+    )
+    cluster_capacity_max_age_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="The node shapes a worker publishes in the runs directory (on joining Ray, "
+        "then every minute) count for the API's fit check while younger than this; older or "
+        "missing: unknown, the API accepts and the worker decides "
+        "(NORMSEARCH_CLUSTER_CAPACITY_MAX_AGE_S).",
+    )
     database_url: str = Field(
         # The runs directory's file, as `normsearch up` uses: every command that reads these
         # settings (serve, worker, token, db) finds the same database.

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 from sqlalchemy.orm import Session
 
-from service import jobs, paths, quotas, repositories, unit_of_work
+from service import cluster, jobs, paths, quotas, repositories, unit_of_work
 from service.db.models import Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
 from service.limits import check_spec_limits
@@ -34,12 +34,26 @@ def check_spec_paths(spec: JobSpec, *, data_roots: Sequence[Path]) -> None:
         paths.resolve_data_path(spec.dataset.path, data_roots)
 
 
+def check_spec_fits_cluster(spec: JobSpec, *, settings: Settings) -> None:
+    """A trial must fit on one node of the Ray cluster (``service.cluster``): 422 naming the
+    resource when a worker has published the cluster's capacity lately and no node can take it;
+    with the capacity unknown (or the check off) nothing is refused here, the worker decides."""
+    if not settings.check_cluster_fit:
+        return
+    capacity = cluster.published_capacity(
+        settings.runs_dir, max_age_s=settings.cluster_capacity_max_age_s
+    )
+    if capacity is not None:
+        cluster.check_fit(spec.resources, capacity)
+
+
 def check_spec(spec: JobSpec, *, settings: Settings) -> None:
     """What a submission checks beyond the spec's schema, before anything is queued: the
-    operator's bounds (``service.limits``, 422 naming each limit and its variable) and the
-    dataset path's confinement."""
+    operator's bounds (``service.limits``, 422 naming each limit and its variable), the dataset
+    path's confinement and the fit of a trial on the Ray cluster's nodes."""
     check_spec_limits(spec, settings)
     check_spec_paths(spec, data_roots=settings.resolved_data_roots())
+    check_spec_fits_cluster(spec, settings=settings)
 
 
 def submit_job(

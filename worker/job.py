@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import sn_core
+from service.cluster import check_fit
 from service.limits import ModelLimits
 from service.spec import JobSpec
 from sn_core.surgery import SOURCE_NORM_TYPES
@@ -39,7 +40,14 @@ from .recommend import Recommendation, recommend
 from .recorder import Recorder
 from .report import write_report
 from .results import TrialOutcome
-from .search import ensure_ray, grid_point, run_trials, trial_grid
+from .search import (
+    CapacityPublisher,
+    cluster_capacity,
+    ensure_ray,
+    grid_point,
+    run_trials,
+    trial_grid,
+)
 from .verdict import ConfigStats, verdict
 
 log = logging.getLogger(__name__)
@@ -219,13 +227,19 @@ def run_job(
     data: LoadedDataset | None = None,
     stop_event: threading.Event | None = None,
     model_limits: ModelLimits | None = None,
+    check_cluster_fit: bool = True,
+    publish_capacity_to: Path | None = None,
 ) -> JobResult:
     """Run (or resume) the job; with ``out_dir``, its checkpoints go to ``out_dir``
     (``checkpoint.zip``: the verdict's configuration; ``search_checkpoint.zip``: the best search
     trial's own). ``data``: the spec's dataset when the caller has already loaded it. Raises
     ``JobCancelled`` once ``stop_event`` is set (checked between the stages; the trials stop at
     once), and ``ModelSpecError`` before any training for a model with nothing to search or
-    one over ``model_limits`` (the service's; None: unbounded, as a local run is)."""
+    one over ``model_limits`` (the service's; None: unbounded, as a local run is).
+    ``check_cluster_fit``: once Ray is joined, before the experiment starts, raise
+    ``ClusterFitError`` naming the resource when a trial fits on no alive node (it would wait
+    forever); ``publish_capacity_to``: the runs directory the cluster's capacity is published
+    to, for the API's check at submit (``service.cluster``)."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
@@ -233,6 +247,12 @@ def run_job(
     # Before Ray starts: a spec error fails the job at once.
     check_searchable(spec, data, model_limits)
     ensure_ray(ray_address, ray_num_cpus)
+    if check_cluster_fit or publish_capacity_to is not None:
+        capacity = cluster_capacity()
+        if publish_capacity_to is not None:
+            CapacityPublisher.start(publish_capacity_to, capacity)
+        if check_cluster_fit:
+            check_fit(spec.resources, capacity)
     raise_if_stopped(stop_event)
 
     search = run_trials(

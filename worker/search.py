@@ -28,6 +28,7 @@ from typing import Any
 from ray import tune
 from ray.air.constants import EXPR_RESULT_FILE
 
+from service.cluster import CAPACITY_REFRESH_S, ClusterCapacity, NodeShape, publish_capacity
 from service.spec import JobSpec
 
 from . import cancellation
@@ -63,6 +64,65 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # "local": start a Ray of our own. With no address, ray.init would join any Ray it
         # detects on this machine (another service's, or the leftovers of a killed worker's).
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
+
+
+def cluster_capacity() -> ClusterCapacity:
+    """The shapes (CPUs, GPUs) of the joined Ray cluster's alive nodes: a trial is placed on
+    one node, so these, not ``ray.cluster_resources()``'s sums, say what a trial can get."""
+    import ray
+
+    return ClusterCapacity.of(
+        NodeShape(
+            float(node.get("Resources", {}).get("CPU", 0.0)),
+            float(node.get("Resources", {}).get("GPU", 0.0)),
+        )
+        for node in ray.nodes()
+        if node.get("Alive")
+    )
+
+
+class CapacityPublisher:
+    """Publishes the joined cluster's capacity to the runs directory
+    (``service.cluster.publish_capacity``, what the API's fit check reads) now and every
+    ``interval_s`` after, from a daemon thread, for as long as the process stays connected to
+    Ray (a worker keeps its Ray between jobs). One per process: ``start`` is idempotent."""
+
+    _current: CapacityPublisher | None = None
+    _lock = threading.Lock()
+
+    def __init__(self, runs_dir: Path, interval_s: float = CAPACITY_REFRESH_S) -> None:
+        self.runs_dir = Path(runs_dir)
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="normsearch-capacity", daemon=True)
+
+    @classmethod
+    def start(cls, runs_dir: Path, capacity: ClusterCapacity | None = None) -> CapacityPublisher:
+        with cls._lock:
+            current = cls._current
+            if current is None or current.runs_dir != Path(runs_dir):
+                if current is not None:
+                    current._stop.set()
+                current = cls._current = cls(runs_dir)
+                current.publish(capacity)
+                current._thread.start()
+            return current
+
+    def publish(self, capacity: ClusterCapacity | None = None) -> None:
+        import ray
+
+        try:
+            if capacity is None:
+                if not ray.is_initialized():
+                    return
+                capacity = cluster_capacity()
+            publish_capacity(self.runs_dir, capacity)
+        except Exception as error:  # noqa: BLE001 - a missed refresh only ages the file
+            log.warning("could not publish the Ray cluster's capacity: %s", error)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.publish()
 
 
 class RecorderCallback(tune.Callback):

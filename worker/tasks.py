@@ -101,6 +101,8 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
             ray_num_cpus=settings.ray_num_cpus,
             stop_event=heartbeat.stop,
             model_limits=ModelLimits.from_settings(settings),
+            check_cluster_fit=settings.check_cluster_fit,
+            publish_capacity_to=settings.runs_dir,
         )
         paths = write_job_report(result, out_dir)
         files = [jobs.ArtifactFile(kind, path) for kind, path in paths.items()]

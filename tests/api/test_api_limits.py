@@ -120,3 +120,31 @@ def test_json_nesting_scan_skips_strings_and_escapes():
     assert json_nesting_over(b"[[[1]]]", 2) and not json_nesting_over(b"[[[1]]]", 3)
     assert not json_nesting_over(b"[" + b"[],[]," * 1000 + b"[]]", 2)
     assert not json_nesting_over(b"{not json", 2)  # malformed: left to the parser
+
+
+def test_a_trial_no_node_can_take_is_422_once_the_capacity_is_known(api_client, carol):
+    """With a worker's capacity in the runs directory, a spec whose trial fits no node is
+    refused on validate and submit naming the field; unknown capacity: accepted (the worker
+    decides)."""
+    from service.cluster import CAPACITY_FILE, ClusterCapacity, NodeShape, publish_capacity
+
+    settings = api_client.app.state.settings
+    spec = {**tiny_spec(), "resources": {"cpus_per_trial": 1, "gpus_per_trial": 16}}
+    assert api_client.post(f"{API}/spec/validate", headers=carol, json=spec).status_code == 200
+    publish_capacity(settings.runs_dir, ClusterCapacity.of([NodeShape(4, 0), NodeShape(2, 0)]))
+    try:
+        for path in ("/spec/validate", "/jobs"):
+            response = api_client.post(f"{API}{path}", headers=carol, json=spec)
+            assert response.status_code == 422, response.text
+            body = response.json()
+            assert body["code"] == "does_not_fit_cluster"
+            assert body["field"] == "resources.gpus_per_trial"
+            assert "no node of the Ray cluster has more than 0 GPUs" in body["message"]
+        cpus = {**tiny_spec(), "resources": {"cpus_per_trial": 6}}
+        response = api_client.post(f"{API}/jobs", headers=carol, json=cpus)
+        assert response.status_code == 422
+        assert response.json()["field"] == "resources.cpus_per_trial"
+        fits = {**tiny_spec(), "resources": {"cpus_per_trial": 4}}
+        assert api_client.post(f"{API}/spec/validate", headers=carol, json=fits).status_code == 200
+    finally:
+        (settings.runs_dir / CAPACITY_FILE).unlink()

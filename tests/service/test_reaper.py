@@ -14,6 +14,7 @@ from test_jobs_service import make_job, running_job, transitions
 from service import jobs, repositories
 from service.celery_app import SEARCH_QUEUE, SEARCH_TASK, make_celery
 from service.db import make_engine, make_session_factory
+from service.db.base import now as utc_now
 from service.reaper import reap_lost_jobs, run_reaper_once
 from service.settings import Settings
 from tests.support.processes import BROKER_URL
@@ -51,6 +52,32 @@ def test_a_job_out_of_attempts_is_failed(session):
     assert job.error.startswith("worker lost: no heartbeat for 15") and "3 of 3" in job.error
     assert transitions(session, job.id)[-1] == ("running", "failed", job.error)
     assert reap(session) == []  # failed jobs are not reaped again
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_after_max_attempts(session):
+    """Each start of the run loses its worker (the heartbeat stops as a crash or the OOM killer
+    ends the process): requeued until attempt ``max_attempts``, then failed with that reason,
+    never requeued again."""
+    job = make_job(session)
+    reasons = []
+    for attempt in (1, 2, 3):
+        assert jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S) is job
+        assert (job.status, job.attempts) == ("running", attempt)
+        job.heartbeat_at = utc_now()  # its worker beat once, then died
+        session.flush()
+        dies_at = jobs.as_utc(job.heartbeat_at) + timedelta(seconds=TIMEOUT_S + 10)
+        requeued = reap(session, now=dies_at)
+        reasons.append(transitions(session, job.id)[-1])
+        assert requeued == ([job.id] if attempt < 3 else [])
+    assert [to for _, to, _ in reasons] == ["queued", "queued", "failed"]
+    assert job.status == "failed" and job.finished_at is not None
+    assert job.error == (
+        "worker lost: no heartbeat for 130 s; gave up after attempt 3 of 3 "
+        "(NORMSEARCH_MAX_ATTEMPTS): every attempt of this run lost its worker (it crashed or "
+        "was killed, e.g. out of memory)"
+    )
+    # A redelivered message of the failed job is not run again.
+    assert jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S) is None
 
 
 def test_fresh_heartbeats_and_other_states_are_left_alone(session):

@@ -222,3 +222,36 @@ def test_the_worker_entry_points_find_the_search_task_by_name(build):
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    ("resources", "field", "reason"),
+    [
+        ({"gpus_per_trial": 16}, "resources.gpus_per_trial", "16 GPUs per trial, but no node"),
+        # The worker's local Ray has 2 CPUs (NORMSEARCH_RAY_NUM_CPUS).
+        (
+            {"cpus_per_trial": 3},
+            "resources.cpus_per_trial",
+            "3 CPUs per trial, but no node of the Ray cluster has more than 2 CPUs",
+        ),
+    ],
+)
+def test_a_trial_no_node_can_take_fails_the_job_at_once(worker, resources, field, reason):
+    """Ray would keep such a trial pending forever (and the heartbeat the reaper away): the
+    worker fails the job before the experiment starts, with the field in the reason, and
+    publishes the cluster's capacity for the API's own check."""
+    from service.cluster import published_capacity
+
+    app, factory, log_path = worker
+    job_id = _submit(factory, tiny_payload(resources=resources), app)
+    job = _wait_finished(factory, job_id, log_path)
+    assert job.status == "failed", tail(log_path)
+    assert job.error.startswith(f"ClusterFitError: {field}: {reason}"), job.error
+    assert "Traceback" not in job.error and "\n" not in job.error
+    # Fast: from running to failed without a trial (a Ray that had to start is a few seconds).
+    assert (job.finished_at - job.started_at).total_seconds() < 30
+    with factory() as session:
+        assert repositories.list_trials(session, job_id=job_id) == []
+    runs_dir = log_path.parent / "runs"  # the fixture's NORMSEARCH_RUNS_DIR
+    capacity = published_capacity(runs_dir, max_age_s=600)
+    assert capacity is not None and capacity.max_cpus == 2
