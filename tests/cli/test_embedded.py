@@ -4,6 +4,8 @@ supervisor that restarts a dead worker and stops its children."""
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import signal
 import socket
@@ -146,9 +148,84 @@ def test_supervisor_restarts_a_dead_worker_and_fails_when_the_api_dies():
     assert restarted.poll() is not None and not alive(restarted.pid)
 
 
+CRASHING = [sys.executable, "-c", "raise SystemExit(3)"]
+
+
+def http_server(port: int) -> list[str]:
+    """A child that answers HTTP on ``port`` (standing in for the API)."""
+    return [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"]
+
+
 @pytest.mark.timeout(60)
-def test_supervisor_gives_up_on_a_crash_loop_and_kills_what_ignores_sigterm():
-    crashing = [sys.executable, "-c", "raise SystemExit(3)"]
+def test_a_crash_looping_worker_is_restarted_with_growing_delays_and_the_api_stays_up(caplog):
+    port = free_port()
+    supervisor = Supervisor(
+        [ChildSpec("api", http_server(port)), ChildSpec("worker", CRASHING, restart=True)],
+        restart_delay_s=0.05,
+        max_restart_delay_s=0.4,
+        stop_timeout_s=5,
+    )
+    caplog.set_level(logging.DEBUG, logger="cli.supervisor")
+    supervisor.start()
+    try:
+        api = supervisor.process("api")
+        wait_for(
+            lambda: supervisor.poll() is None and supervisor.restarts("worker") >= 8,
+            30,
+            "eight restarts of the worker",
+        )
+        # Never given up on (the old supervisor stopped everything after 6 deaths), and the API
+        # it never took down still answers.
+        assert supervisor.poll() is None and supervisor.failure is None
+        assert supervisor.process("api") is api and api.poll() is None
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/"), 10, "the API child to answer HTTP")
+        restarts = supervisor.restart_log("worker")[:8]
+        assert [r.exit_code for r in restarts] == [3] * 8
+        # Exponential back-off with a cap, from the supervisor's own record.
+        assert [r.delay_s for r in restarts] == [0.05, 0.1, 0.2, 0.4, 0.4, 0.4, 0.4, 0.4]
+        # Each restart happened only after its delay: deaths are spaced at least that far apart.
+        for earlier, later in itertools.pairwise(restarts):
+            assert later.at - earlier.at >= earlier.delay_s
+    finally:
+        supervisor.stop()
+    # One log line per restart, naming the exit code and the delay; no other line at WARNING.
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == supervisor.restarts("worker")
+    assert lines[0].startswith("worker exited (exit code 3) after ")
+    assert lines[0].endswith("; restart 1 (1 in a row) in 0.1 s")  # 0.05, shown to one digit
+    assert lines[3].endswith("; restart 4 (4 in a row) in 0.4 s")
+    assert all("\n" not in line for line in lines)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.mark.timeout(60)
+def test_a_worker_that_stayed_up_starts_again_from_the_shortest_delay():
+    # It lives 0.3 s each time, longer than stable_after_s: every death is a first one.
+    short_lived = [sys.executable, "-c", "import time; time.sleep(0.3); raise SystemExit(1)"]
+    supervisor = Supervisor(
+        [ChildSpec("worker", short_lived, restart=True)],
+        restart_delay_s=0.05,
+        max_restart_delay_s=10,
+        stable_after_s=0.2,
+    )
+    supervisor.start()
+    try:
+        wait_for(lambda: supervisor.poll() is None and supervisor.restarts("worker") >= 3, 30, "3")
+        restarts = supervisor.restart_log("worker")[:3]
+        assert [r.delay_s for r in restarts] == [0.05, 0.05, 0.05]
+        assert all(r.uptime_s >= 0.3 for r in restarts)
+    finally:
+        supervisor.stop()
+
+
+@pytest.mark.timeout(60)
+def test_stop_kills_what_ignores_sigterm():
     stubborn = [
         sys.executable,
         "-c",
@@ -156,19 +233,13 @@ def test_supervisor_gives_up_on_a_crash_loop_and_kills_what_ignores_sigterm():
         "flush=True); time.sleep(120)",
     ]
     supervisor = Supervisor(
-        [
-            ChildSpec("worker", crashing, restart=True),
-            ChildSpec("stubborn", stubborn),
-        ],
+        [ChildSpec("worker", CRASHING, restart=True), ChildSpec("stubborn", stubborn)],
         restart_delay_s=0.01,
-        max_restarts=2,
         stop_timeout_s=0.5,
     )
     supervisor.start()
     try:
-        failure = wait_for(supervisor.poll, 20, "the crash loop to be given up")
-        assert "worker exited (exit code 3) 3 times" in failure and "giving up" in failure
-        assert supervisor.restarts("worker") == 2
+        wait_for(lambda: supervisor.poll() is None and supervisor.restarts("worker") >= 2, 20, "2")
     finally:
         time.sleep(0.3)  # let the stubborn child install its handler
         started = time.monotonic()
