@@ -91,7 +91,7 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.state.engine = engine
     app.state.session_factory = session_factory
     app.state.celery = make_celery(settings)
-    app.state.metrics = Metrics(session_factory)
+    app.state.metrics = Metrics(session_factory, heartbeat_timeout_s=settings.heartbeat_timeout_s)
 
     install_error_handlers(app)
     routers = (jobs, history, outputs, specs, tokens, vocabulary)

@@ -1,5 +1,7 @@
-"""Prometheus metrics of the API process: request counts and latencies by route template, and
-jobs per status read from the database at scrape time (correct across API replicas)."""
+"""Prometheus metrics of the API process: request counts and latencies by route template, and,
+read from the database at scrape time (correct across API replicas), jobs per status and what
+the workers are doing: each running job's runtime, heartbeat age and progress, and how many are
+stuck (``service.activity``)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import repositories
+from service.activity import worker_activity
 from service.vocabulary import JobStatus
 
 
@@ -31,8 +34,53 @@ class JobsCollector:
         yield gauge
 
 
+class WorkersCollector:
+    """What each busy worker runs, per running job (one worker each): for how long, how old its
+    heartbeat is, how far it got; and the running jobs whose heartbeat is older than the
+    timeout (stuck: a lost or hung worker, until the reaper's next pass)."""
+
+    def __init__(self, session_factory, heartbeat_timeout_s: float) -> None:
+        self.session_factory = session_factory
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+
+    def collect(self):
+        try:
+            with self.session_factory() as session:
+                activity = worker_activity(session, heartbeat_timeout_s=self.heartbeat_timeout_s)
+        except Exception:  # a scrape must not fail because the database is down
+            return
+        runtime = GaugeMetricFamily(
+            "normsearch_running_job_seconds",
+            "Seconds the running job has run (this attempt), per job.",
+            labels=["job"],
+        )
+        heartbeat = GaugeMetricFamily(
+            "normsearch_running_job_heartbeat_age_seconds",
+            "Seconds since the running job's worker last recorded a heartbeat, per job.",
+            labels=["job"],
+        )
+        progress = GaugeMetricFamily(
+            "normsearch_running_job_progress",
+            "Fraction of the running job's epoch budget trained, per job.",
+            labels=["job"],
+        )
+        for job in activity.running:
+            runtime.add_metric([job.job_id], job.runtime_s)
+            if job.heartbeat_age_s is not None:
+                heartbeat.add_metric([job.job_id], job.heartbeat_age_s)
+            progress.add_metric([job.job_id], job.progress)
+        yield runtime
+        yield heartbeat
+        yield progress
+        yield GaugeMetricFamily(
+            "normsearch_stuck_jobs",
+            "Running jobs whose heartbeat is older than NORMSEARCH_HEARTBEAT_TIMEOUT_S.",
+            value=activity.stuck_count,
+        )
+
+
 class Metrics:
-    def __init__(self, session_factory) -> None:
+    def __init__(self, session_factory, *, heartbeat_timeout_s: float = 120.0) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "normsearch_http_requests",
@@ -48,6 +96,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(JobsCollector(session_factory))
+        self.registry.register(WorkersCollector(session_factory, heartbeat_timeout_s))
 
 
 def route_template(scope: Scope) -> str:

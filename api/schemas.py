@@ -235,5 +235,8 @@ class Vocabulary(BaseModel):
 
 
 class Health(BaseModel):
-    status: Literal["ok", "unavailable"]
+    """``ok``; ``degraded``: the API serves but a worker is stuck (readiness still 200);
+    ``unavailable``: the database or the broker is down (503)."""
+
+    status: Literal["ok", "degraded", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)

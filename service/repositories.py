@@ -185,6 +185,30 @@ def delete_run_results(session: Session, *, job_id: str) -> None:
     session.execute(delete(Artifact).where(Artifact.job_id == job_id), execution_options=options)
 
 
+def running_jobs(session: Session, *, limit: int) -> list[Job]:
+    """Running jobs, longest-running first, at most ``limit`` (the service's gauges)."""
+    statement = (
+        select(Job)
+        .where(Job.status == JobStatus.running)
+        .order_by(Job.started_at, Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(statement))
+
+
+def count_stale_running_jobs(session: Session, *, before) -> int:
+    """Running jobs whose last heartbeat is older than ``before`` (or missing)."""
+    statement = (
+        select(func.count())
+        .select_from(Job)
+        .where(
+            Job.status == JobStatus.running,
+            or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)),
+        )
+    )
+    return session.scalar(statement) or 0
+
+
 def lock_stale_running_jobs(session: Session, *, before) -> list[Job]:
     """Running jobs whose last heartbeat is older than ``before`` (or missing), oldest first,
     locked; rows another transaction holds are skipped (Postgres; SQLite has no row locks), so

@@ -11,6 +11,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 from api.schemas import Health
+from service.activity import worker_activity
 
 log = logging.getLogger(__name__)
 
@@ -43,19 +44,52 @@ def _check_broker(request: Request) -> str:
         return f"error: {type(error).__name__}"
 
 
+# Stuck jobs named in the workers check (the count covers them all).
+SHOWN_STUCK = 5
+
+
+def _check_workers(request: Request) -> str:
+    """``ok``, or ``degraded: ...`` naming the running jobs whose heartbeat is older than the
+    timeout (their workers are lost or hung; the reaper requeues or fails them)."""
+    timeout = request.app.state.settings.heartbeat_timeout_s
+    try:
+        with request.app.state.session_factory() as session:
+            activity = worker_activity(session, heartbeat_timeout_s=timeout)
+    except Exception as error:
+        return f"error: {type(error).__name__}"
+    if not activity.stuck_count:
+        return "ok"
+    shown = ", ".join(
+        f"{job.job_id} (no heartbeat for {job.heartbeat_age_s:.0f} s)"
+        if job.heartbeat_age_s is not None
+        else f"{job.job_id} (no heartbeat)"
+        for job in activity.stuck[:SHOWN_STUCK]
+    )
+    return (
+        f"degraded: {activity.stuck_count} running job(s) with no heartbeat within "
+        f"{timeout:g} s: {shown}"
+    )
+
+
 @router.get(
     "/readyz",
     response_model=Health,
     responses={503: {"model": Health, "description": "The database or the broker is down."}},
 )
 async def readyz(request: Request):
-    """Ready to serve: the database answers and the task broker accepts connections."""
+    """Ready to serve: the database answers and the task broker accepts connections (else 503).
+    A stuck worker (a running job whose heartbeat is older than the timeout) is reported as
+    ``checks.workers`` ``degraded: ...`` and ``status`` ``degraded``, with 200: this API can
+    still serve, and taking every replica out of rotation over one lost worker would stop the
+    service over a job."""
     checks = {
         "database": await run_in_threadpool(_check_database, request),
         "broker": await run_in_threadpool(_check_broker, request),
     }
     ready = all(value == "ok" for value in checks.values())
-    body = Health(status="ok" if ready else "unavailable", checks=checks)
+    checks["workers"] = await run_in_threadpool(_check_workers, request)
+    status = "unavailable" if not ready else "ok" if checks["workers"] == "ok" else "degraded"
+    body = Health(status=status, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

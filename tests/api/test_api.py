@@ -56,7 +56,7 @@ def test_health_needs_no_token_and_readiness_checks_database_and_broker(api_clie
     assert api_client.get("/healthz").json() == {"status": "ok", "checks": {}}
     ready = api_client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "ok"}
 
 
 def test_readiness_reports_an_unreachable_broker(api_settings):

@@ -274,7 +274,7 @@ def test_up_serves_consumes_from_the_sqlite_broker_and_stops_cleanly(tmp_path):
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
         ready = httpx.get(f"{base}/readyz", timeout=10)
         assert ready.status_code == 200, ready.text
-        assert ready.json()["checks"] == {"database": "ok", "broker": "ok"}
+        assert ready.json()["checks"] == {"database": "ok", "broker": "ok", "workers": "ok"}
         assert (runs / "normsearch.db").exists()
         children = child_pids(up.pid)
         assert len(children) == 2, children
