@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import sn_core
-from service.cluster import check_fit
 from service.limits import ModelLimits
 from service.spec import JobSpec
 from sn_core.surgery import SOURCE_NORM_TYPES
@@ -42,6 +41,7 @@ from .report import write_report
 from .results import TrialOutcome
 from .search import (
     CapacityPublisher,
+    check_trials_fit,
     cluster_capacity,
     ensure_ray,
     grid_point,
@@ -238,8 +238,9 @@ def run_job(
     one over ``model_limits`` (the service's; None: unbounded, as a local run is).
     ``check_cluster_fit``: once Ray is joined, before the experiment starts, raise
     ``ClusterFitError`` naming the resource when a trial fits on no alive node (it would wait
-    forever); ``publish_capacity_to``: the runs directory the cluster's capacity is published
-    to, for the API's check at submit (``service.cluster``)."""
+    forever), after a grace of ``worker.search.FIT_GRACE_S`` for a node to join;
+    ``publish_capacity_to``: the runs directory the cluster's capacity is published to, for the
+    API's check at submit (``service.cluster``)."""
     work_dir = Path(work_dir).resolve()
     claim_work_dir(spec, work_dir)
     if data is None:
@@ -247,12 +248,10 @@ def run_job(
     # Before Ray starts: a spec error fails the job at once.
     check_searchable(spec, data, model_limits)
     ensure_ray(ray_address, ray_num_cpus)
-    if check_cluster_fit or publish_capacity_to is not None:
-        capacity = cluster_capacity()
-        if publish_capacity_to is not None:
-            CapacityPublisher.start(publish_capacity_to, capacity)
-        if check_cluster_fit:
-            check_fit(spec.resources, capacity)
+    if publish_capacity_to is not None:
+        CapacityPublisher.start(publish_capacity_to, cluster_capacity())
+    if check_cluster_fit:
+        check_trials_fit(spec.resources, stop_event=stop_event)
     raise_if_stopped(stop_event)
 
     search = run_trials(

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,14 @@ from typing import Any
 from ray import tune
 from ray.air.constants import EXPR_RESULT_FILE
 
-from service.cluster import CAPACITY_REFRESH_S, ClusterCapacity, NodeShape, publish_capacity
-from service.spec import JobSpec
+from service.cluster import (
+    CAPACITY_REFRESH_S,
+    ClusterCapacity,
+    NodeShape,
+    fit_problem,
+    publish_capacity,
+)
+from service.spec import JobSpec, ResourcesSpec
 
 from . import cancellation
 from .data import LoadedDataset
@@ -79,6 +86,34 @@ def cluster_capacity() -> ClusterCapacity:
         for node in ray.nodes()
         if node.get("Alive")
     )
+
+
+# How long a trial that fits no node waits for one to join before the job fails: a node that is
+# restarting, or one that starts after the worker (docker compose starts them side by side).
+FIT_GRACE_S = 10.0
+
+
+def check_trials_fit(
+    resources: ResourcesSpec,
+    *,
+    grace_s: float = FIT_GRACE_S,
+    stop_event: threading.Event | None = None,
+) -> ClusterCapacity:
+    """Raise ``service.cluster.ClusterFitError`` (naming the resource) when a trial asking for
+    ``resources`` fits on no alive node of the joined cluster, after re-reading the nodes every
+    second for ``grace_s``; the capacity it fits (or the last read, if ``stop_event`` is set)."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        capacity = cluster_capacity()
+        problem = fit_problem(resources, capacity)
+        if problem is None:
+            return capacity
+        if time.monotonic() >= deadline:
+            raise problem
+        if stop_event is not None and stop_event.wait(1.0):
+            return capacity
+        if stop_event is None:
+            time.sleep(1.0)
 
 
 class CapacityPublisher:

@@ -486,3 +486,31 @@ def test_a_failing_trial_reports_its_exception_not_a_file_path(tmp_path):
     stored = recorder.trials()[outcome.trial_id]
     # What the database (and GET /jobs/{id}/trials) gets: the exception, not error.txt's path.
     assert stored["status"] == "ERROR" and stored["error"] == "ZeroDivisionError: division by zero"
+
+
+def test_the_fit_check_reads_the_nodes_of_the_joined_ray(local_ray, tmp_path):
+    """The local Ray of 2 CPUs is one node of 2 CPUs: a trial of 2 fits, one of 3 cannot (and
+    would pend forever), the GPU that no node has neither; the shapes are what gets published."""
+    from service.cluster import ClusterFitError, published_capacity
+    from service.spec import ResourcesSpec
+    from worker.search import CapacityPublisher, check_trials_fit, cluster_capacity
+
+    capacity = cluster_capacity()
+    gpus = ray.cluster_resources().get("GPU", 0.0)
+    assert [(n.cpus, n.gpus) for n in capacity.nodes] == [(2.0, gpus)]
+    assert check_trials_fit(ResourcesSpec(cpus_per_trial=2), grace_s=0).nodes == capacity.nodes
+    started = time.monotonic()
+    with pytest.raises(ClusterFitError) as raised:
+        check_trials_fit(ResourcesSpec(cpus_per_trial=3, gpus_per_trial=0), grace_s=1.5)
+    assert time.monotonic() - started >= 1.5  # it waited the grace for a node to join
+    assert str(raised.value).startswith(
+        "resources.cpus_per_trial: 3 CPUs per trial, but no node of the Ray cluster has more "
+        "than 2 CPUs"
+    )
+    stop = threading.Event()
+    stop.set()  # cancelled while waiting: no failure, the caller's stop check decides
+    too_many = ResourcesSpec(cpus_per_trial=1, gpus_per_trial=gpus + 1)
+    assert check_trials_fit(too_many, grace_s=30, stop_event=stop).nodes == capacity.nodes
+
+    CapacityPublisher.start(tmp_path)
+    assert published_capacity(tmp_path, max_age_s=60).nodes == capacity.nodes
