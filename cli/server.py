@@ -125,7 +125,7 @@ def up(
 ) -> None:
     """Run the whole service on this machine with nothing to install: a SQLite database and a
     SQLite-backed Celery broker under the runs directory, migrations applied, the API and one
-    worker (restarted if it dies). Ctrl-C stops it."""
+    worker (restarted, with back-off, whenever it dies). Ctrl-C stops it."""
     from cli.embedded import EmbeddedError, EmbeddedStack, embedded_config
 
     spec = None

@@ -248,8 +248,9 @@ def test_a_trial_no_node_can_take_fails_the_job_at_once(worker, resources, field
     assert job.status == "failed", tail(log_path)
     assert job.error.startswith(f"ClusterFitError: {field}: {reason}"), job.error
     assert "Traceback" not in job.error and "\n" not in job.error
-    # Fast: from running to failed without a trial (a Ray that had to start is a few seconds).
-    assert (job.finished_at - job.started_at).total_seconds() < 30
+    # Fast: from running to failed without a trial, the worker's grace for a node to join
+    # (FIT_GRACE_S) included, and a cold start of Ray on a loaded test machine.
+    assert (job.finished_at - job.started_at).total_seconds() < 60
     with factory() as session:
         assert repositories.list_trials(session, job_id=job_id) == []
     runs_dir = log_path.parent / "runs"  # the fixture's NORMSEARCH_RUNS_DIR
