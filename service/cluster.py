@@ -138,7 +138,7 @@ def fit_problem(resources: ResourcesSpec, capacity: ClusterCapacity) -> ClusterF
             f"{_amount(cpus, 'CPU')} and {_amount(gpus, 'GPU')} per trial, but no node of the "
             "Ray cluster has both"
         )
-    return ClusterFitError(f"{what} (alive nodes: {shapes or 'none'}); {advice}", field=field)
+    return ClusterFitError(f"{what} (alive node shapes: {shapes or 'none'}); {advice}", field=field)
 
 
 def check_fit(resources: ResourcesSpec, capacity: ClusterCapacity) -> None:

@@ -50,7 +50,7 @@ def test_more_gpus_than_any_node_names_gpus_per_trial_and_what_exists():
     assert problem.field == "resources.gpus_per_trial"
     assert str(problem).startswith(
         "resources.gpus_per_trial: 16 GPUs per trial, but no node of the Ray cluster has more "
-        "than 0 GPUs (alive nodes: 8 CPUs + 0 GPUs, 2 CPUs + 0 GPUs)"
+        "than 0 GPUs (alive node shapes: 8 CPUs + 0 GPUs, 2 CPUs + 0 GPUs)"
     )
 
 
