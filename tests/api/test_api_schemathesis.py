@@ -25,6 +25,13 @@ are kept away from the jobs and token the other operations need (``_guard``, whi
 the coverage phase, where hooks do not apply): ``DELETE /jobs/{id}`` only ever deletes jobs
 seeded to be deleted, ``DELETE /tokens/{id}`` never revokes the token the test runs with.
 
+Beyond what the fuzzer draws, an explicit set of abusive specs goes through the same checks on
+``POST /jobs`` and ``POST /spec/validate`` and must each be a 422 naming the field: a huge
+integer (2^63, 10^30, -2^63-1) in every integer field of the spec's JSON Schema and of every
+built-in architecture's ``model.kwargs`` (found by walking the schemas, so a new field is
+covered without naming it here), and nesting past the depth limit (33 and 300 levels) in
+``model.kwargs``, in a typed object, in a list and under an unknown key.
+
 The event stream (``GET /jobs/{id}/events``) streams until its job is finished: it is called only
 for finished jobs (the succeeded one, which no operation can change: cancel and retry answer 409,
 and it is never deleted), for another user's job (403) and for unknown ids (404); an unfinished
