@@ -83,6 +83,15 @@ def get_stream_user(
         return user
 
 
+def still_authorized(session_factory, raw_token: str, user_id: int) -> bool:
+    """Whether ``raw_token`` still authenticates ``user_id`` (not revoked, its user not deleted),
+    checked in a short session of its own: a long response re-checks its token with this."""
+    with session_factory() as session:
+        user = auth.authenticate(session, raw_token)
+        session.commit()  # last_used_at, at most once a minute
+        return user is not None and user.id == user_id
+
+
 async def require_json(request: Request) -> None:
     """415 unless the body is declared JSON (before the body is parsed)."""
     content_type = request.headers.get("content-type", "")
@@ -95,6 +104,9 @@ async def require_json(request: Request) -> None:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+# The raw bearer credentials (after StreamUser, which has checked them), for a stream that
+# re-checks its token while it runs.
+BearerCredentials = Annotated[HTTPAuthorizationCredentials, Depends(_bearer)]
 CurrentUser = Annotated[User, Depends(get_current_user)]
 StreamUser = Annotated[User, Depends(get_stream_user)]
 # After CurrentUser in a signature: dependencies are solved in order, so 401 comes before 415.

@@ -60,6 +60,16 @@ def job_summary(job: Job) -> JobSummary:
     )
 
 
+def absolute_url(request: Request, name: str, **path_params: Any) -> str:
+    """The absolute URL of route ``name``: under NORMSEARCH_PUBLIC_URL when it is set (the
+    request's Host header, which any client may forge, is then never echoed), else built from
+    the request as Starlette does."""
+    public_url = request.app.state.settings.public_url
+    if public_url:
+        return public_url + request.app.url_path_for(name, **path_params)
+    return str(request.url_for(name, **path_params))
+
+
 def job_detail(job: Job, request: Request) -> JobDetail:
     artifacts = [
         ArtifactOut(
@@ -67,7 +77,7 @@ def job_detail(job: Job, request: Request) -> JobDetail:
             sha256=a.sha256,
             size_bytes=a.size_bytes,
             created_at=a.created_at,
-            url=str(request.url_for("download_artifact", job_id=job.id, kind=a.kind)),
+            url=absolute_url(request, "download_artifact", job_id=job.id, kind=a.kind),
         )
         for a in sorted(job.artifacts, key=lambda a: a.kind)
     ]

@@ -10,6 +10,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -120,8 +121,19 @@ class Settings(BaseSettings):
     )
     public_url: str | None = Field(
         default=None,
-        description="The address users reach the API and UI at (NORMSEARCH_PUBLIC_URL); "
-        "default: http://API_HOST:API_PORT.",
+        description="The address users reach the API and UI at (NORMSEARCH_PUBLIC_URL), e.g. "
+        "https://normsearch.example.org or https://example.org/normsearch; when set, every "
+        "absolute URL the API answers (artifact urls, Location) starts with it and the request's "
+        "Host header is never echoed; unset: URLs follow the request "
+        "(default address http://API_HOST:API_PORT).",
+    )
+    stream_auth_interval_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="How often an open event stream checks its token again: a stream whose "
+        "token was revoked (or whose user was deleted) since it opened ends within this many "
+        "seconds (NORMSEARCH_STREAM_AUTH_INTERVAL_S).",
     )
     max_body_bytes: int = Field(
         default=1 << 20,
@@ -240,6 +252,23 @@ class Settings(BaseSettings):
         description="Seconds a submission over a user's quota is told to wait before trying "
         "again (the Retry-After of the 429) (NORMSEARCH_QUOTA_RETRY_AFTER_S).",
     )
+
+    @field_validator("public_url", mode="before")
+    @classmethod
+    def _check_public_url(cls, value):
+        """An http(s) URL with a host and no query or fragment, kept without its trailing
+        slash (API paths are appended to it); an empty value is unset."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be a URL string")
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http:// or https:// URL with a host, not {value!r}")
+        if parts.query or parts.fragment:
+            raise ValueError("must have no query or fragment")
+        return value.rstrip("/")
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ has.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -16,7 +17,13 @@ from fastapi.responses import StreamingResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CurrentUser, SessionDep, StreamUser
+from api.deps import (
+    BearerCredentials,
+    CurrentUser,
+    SessionDep,
+    StreamUser,
+    still_authorized,
+)
 from api.presenters import trial_out
 from api.routes.jobs import JOB_RESPONSES, JobId
 from api.schemas import MetricHistory, MetricPoint, RatioHistory, RatioPoint, TrialOut, TrialRatios
@@ -189,7 +196,8 @@ def _owned_job_for_stream(job_id: JobId, request: Request, user: StreamUser) -> 
             "description": "Server-Sent Events: `status` (a lifecycle event; its `id` is the "
             "event id, resumable with Last-Event-ID), `progress` ({status, progress}), `ratios` "
             "({trial_id: newest step}; read the new steps with /ratios?after=), and `end` when "
-            "the job is finished.",
+            'the job is finished; `error` ({code: "unauthorized", message}) ends a stream whose '
+            "token was revoked since it opened.",
             # FastAPI documents each event (``itemSchema``); a ``schema`` here would describe
             # the whole stream as one string, which the parsed stream never is.
             "content": {"text/event-stream": {}},
@@ -203,6 +211,8 @@ def _owned_job_for_stream(job_id: JobId, request: Request, user: StreamUser) -> 
 async def job_events(
     job_id: JobId,
     request: Request,
+    user: StreamUser,
+    credentials: BearerCredentials,
     last_event_id: Annotated[
         int | None,
         Header(
@@ -213,10 +223,24 @@ async def job_events(
         ),
     ] = None,
 ) -> AsyncIterator[ServerSentEvent]:
-    """Live updates of one job until it finishes."""
+    """Live updates of one job until it finishes. The token is checked again every
+    NORMSEARCH_STREAM_AUTH_INTERVAL_S: once it is revoked (or its user deleted) the stream sends
+    an ``error`` event ({code: "unauthorized", message}) and ends; reconnecting answers 401."""
     factory = request.app.state.session_factory
+    recheck_s = request.app.state.settings.stream_auth_interval_s
+    checked_at = time.monotonic()
     after_event, last_progress, last_steps = last_event_id, None, {}
     while True:
+        if time.monotonic() - checked_at >= recheck_s:
+            if not await run_in_threadpool(
+                still_authorized, factory, credentials.credentials, user.id
+            ):
+                message = "the API token was revoked or its user deleted; the stream ends"
+                yield ServerSentEvent(
+                    event="error", data={"code": "unauthorized", "message": message}
+                )
+                return
+            checked_at = time.monotonic()
         events, status, progress, steps = await run_in_threadpool(
             _look, factory, job_id, after_event
         )
@@ -235,4 +259,4 @@ async def job_events(
             return
         if await request.is_disconnected():
             return
-        await asyncio.sleep(POLL_INTERVAL_S)
+        await asyncio.sleep(min(POLL_INTERVAL_S, recheck_s))

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from api.deps import CurrentUser, JsonBody, SessionDep, SettingsDep
-from api.presenters import job_detail, job_summary
+from api.presenters import absolute_url, job_detail, job_summary
 from api.schemas import ErrorBody, JobDetail, JobPage, JobStatus, QuotaErrorBody
 from service import submissions
 from service.spec import JobSpec
@@ -93,7 +93,7 @@ def submit_job(
         idempotency_key=idempotency_key,
     )
     if created:
-        response.headers["Location"] = str(request.url_for("get_job", job_id=job.id))
+        response.headers["Location"] = absolute_url(request, "get_job", job_id=job.id)
     else:
         response.status_code = status.HTTP_200_OK
     return job_detail(job, request)

@@ -25,6 +25,13 @@ are kept away from the jobs and token the other operations need (``_guard``, whi
 the coverage phase, where hooks do not apply): ``DELETE /jobs/{id}`` only ever deletes jobs
 seeded to be deleted, ``DELETE /tokens/{id}`` never revokes the token the test runs with.
 
+Beyond what the fuzzer draws, an explicit set of abusive specs goes through the same checks on
+``POST /jobs`` and ``POST /spec/validate`` and must each be a 422 naming the field: a huge
+integer (2^63, 10^30, -2^63-1) in every integer field of the spec's JSON Schema and of every
+built-in architecture's ``model.kwargs`` (found by walking the schemas, so a new field is
+covered without naming it here), and nesting past the depth limit (33 and 300 levels) in
+``model.kwargs``, in a typed object, in a list and under an unknown key.
+
 The event stream (``GET /jobs/{id}/events``) streams until its job is finished: it is called only
 for finished jobs (the succeeded one, which no operation can change: cancel and retry answer 409,
 and it is never deleted), for another user's job (403) and for unknown ids (404); an unfinished
@@ -131,6 +138,98 @@ ABUSIVE_SPECS = [
     ),
     tiny_spec(verify={"baselines": ["bn"] * 1000}),
 ]
+
+
+# Integers past every bound a field could have: past int64 (the database's widest column, and
+# where a C conversion overflows), far past it, and below int64.
+HUGE_INTEGERS = [2**63, 10**30, -(2**63) - 1]
+DEEP = [33, 300]  # just past NORMSEARCH_MAX_JSON_DEPTH's default, and the issue's probe
+
+
+def integer_paths(schema: dict) -> list[tuple[str, ...]]:
+    """Every integer field of a JSON Schema, as a path ("[]" for an array's items), found by
+    walking its properties, arrays, unions and references: a field added to the spec is fuzzed
+    without this test naming it."""
+    definitions = schema.get("$defs", {})
+    found: list[tuple[str, ...]] = []
+
+    def walk(node: dict, path: tuple[str, ...]) -> None:
+        while "$ref" in node:
+            node = definitions[node["$ref"].rsplit("/", 1)[-1]]
+        for alternative in node.get("anyOf", []) + node.get("oneOf", []) + node.get("allOf", []):
+            walk(alternative, path)
+        if node.get("type") == "integer" and path not in found:
+            found.append(path)
+        if node.get("type") == "array" and isinstance(node.get("items"), dict):
+            walk(node["items"], (*path, "[]"))
+        for name, child in node.get("properties", {}).items():
+            walk(child, (*path, name))
+
+    walk(schema, ())
+    return found
+
+
+def with_value(spec: dict, path: tuple[str, ...], value) -> dict:
+    """A deep copy of ``spec`` with ``value`` at ``path`` (objects made on the way; "[]" makes a
+    one-item list)."""
+    spec = json.loads(json.dumps(spec))
+    node = spec
+    for index, key in enumerate(path[:-1]):
+        if path[index + 1] == "[]":
+            node[key] = [None]
+            node = node[key]
+            continue
+        if key == "[]":
+            node[0] = node[0] if isinstance(node[0], dict) else {}
+            node = node[0]
+            continue
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    if path[-1] == "[]":
+        node[0] = value
+    else:
+        node[path[-1]] = value
+    return spec
+
+
+def huge_integer_specs() -> list[tuple[str, dict]]:
+    """(label, spec): a valid spec with one integer field, of the spec or of a built-in
+    architecture's ``model.kwargs``, set to each of ``HUGE_INTEGERS``."""
+    from service.spec import _KWARGS_MODELS, JobSpec
+
+    base = tiny_spec()
+    cases = []
+    for path in integer_paths(JobSpec.model_json_schema()):
+        for value in HUGE_INTEGERS:
+            cases.append((f"{'.'.join(path)}={value}", with_value(base, path, value)))
+    for arch, kwargs_model in sorted(_KWARGS_MODELS.items()):
+        for path in integer_paths(kwargs_model.model_json_schema()):
+            for value in HUGE_INTEGERS:
+                spec = {**base, "model": {"arch": arch, "kwargs": with_value({}, path, value)}}
+                cases.append((f"{arch}.kwargs.{'.'.join(path)}={value}", spec))
+    return cases
+
+
+def deep_specs() -> list[tuple[str, dict]]:
+    """(label, spec): nesting past the depth limit where a spec holds free-form objects
+    (``model.kwargs``), where it holds typed objects and lists, and under an unknown key."""
+    base = tiny_spec()
+    cases = []
+    for depth in DEEP:
+        nested_list: list = []
+        for _ in range(depth):
+            nested_list = [nested_list]
+        cases += [
+            (f"model.kwargs nested {depth}", with_value(base, ("model", "kwargs"), _nested(depth))),
+            (f"dataset nested {depth}", with_value(base, ("dataset", "extra"), _nested(depth))),
+            (f"seeds nested {depth}", with_value(base, ("search", "trials", "seeds"), nested_list)),
+            (f"unknown key nested {depth}", {**base, "extra": _nested(depth)}),
+        ]
+    return cases
+
+
+EXPLICIT_ABUSE = huge_integer_specs() + deep_specs()
 
 
 @dataclass
@@ -387,3 +486,23 @@ def test_api_conforms_to_its_openapi_document(case, seeded, answered):
     _guard(case, seeded)
     response = case.call_and_validate(checks=CHECKS)
     answered[case.operation.label].add(response.status_code)
+
+
+@pytest.mark.parametrize("path", SPEC_PATHS)
+def test_huge_integers_and_deep_nesting_in_every_field_are_422(api_schema, seeded, path):
+    """The explicit abusive cases, through schemathesis with the same checks as the fuzzer: a
+    huge integer in every integer field of the spec (and of every built-in model's kwargs), and
+    nesting past the depth limit in free-form, typed and unknown places; each a 422 naming the
+    field, none a 5xx."""
+    assert len(EXPLICIT_ABUSE) > 40  # the walk found the spec's integer fields
+    operation = api_schema[path]["POST"]
+    failures = []
+    for label, spec in EXPLICIT_ABUSE:
+        case = operation.Case(
+            body=spec, media_type="application/json", headers=bearer(seeded.token)
+        )
+        response = case.call_and_validate(checks=CHECKS)
+        body = response.json()
+        if response.status_code != 422 or not (body.get("field") or body.get("errors")):
+            failures.append(f"{label}: {response.status_code} {response.text[:200]}")
+    assert not failures, "\n".join(failures)
