@@ -168,13 +168,18 @@ def job_status_and_attempts(session: Session, *, job_id: str) -> tuple[str, int]
     return None if row is None else (row[0], row[1])
 
 
-def job_run_and_status(session: Session, *, job_id: str) -> tuple[int, str] | None:
-    """The job's current run and status, the row share-locked on Postgres (a retry, which
-    locks it for update, waits for the caller's transaction, and the caller for the retry's);
+def job_run_state(session: Session, *, job_id: str) -> tuple[int, str, int] | None:
+    """The job's current run, status and attempts, the row locked ``FOR KEY SHARE`` on
+    Postgres: a retry or a cancel, which lock it ``FOR UPDATE``, wait for the caller's
+    transaction (and the caller for theirs), while heartbeats and progress updates do not;
     None: no such job."""
-    statement = select(Job.run, Job.status).where(Job.id == job_id).with_for_update(read=True)
+    statement = (
+        select(Job.run, Job.status, Job.attempts)
+        .where(Job.id == job_id)
+        .with_for_update(read=True, key_share=True)
+    )
     row = session.execute(statement).one_or_none()
-    return None if row is None else (row[0], row[1])
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def raise_progress(session: Session, *, job_id: str, progress: float) -> bool:

@@ -27,9 +27,9 @@ multi-row inserts that ignore rows already present, so a result replayed after a
 nothing.
 
 With ``run`` (the job run it records, and optionally ``attempt``), every write transaction first
-reads the job's run, attempts and status (share-locked on Postgres, so a concurrent retry waits
-or is waited for) and writes only while the job is ``running`` or ``cancelling`` in that run
-(and attempt): a stale run's writes (the job was cancelled, retried, requeued, deleted) are
+reads the job's run, attempts and status (``FOR KEY SHARE`` on Postgres, so a concurrent retry
+or cancel waits or is waited for, heartbeats do not) and writes only while the job is
+``running`` or ``cancelling`` in that run (and attempt): a stale run's writes (the job was cancelled, retried, requeued, deleted) are
 dropped, with one warning line for the whole recorder, never by a foreign-key error; a write that
 still meets one (a race on SQLite) is re-checked and dropped the same way. ``refused_writes``
 counts the events dropped. A failed flush keeps its rows buffered and raises; the next flush
@@ -235,18 +235,16 @@ class DatabaseRecorder:
         (and attempt); nothing to check without a ``run``."""
         if self.run is None:
             return
-        row = repositories.job_run_and_status(session, job_id=self.job_id)
+        row = repositories.job_run_state(session, job_id=self.job_id)
         if row is None:
             raise StaleRun("the job was deleted")
-        run, status = row
+        run, status, attempts = row
         if run != self.run:
             raise StaleRun(f"the job is at run {run} now ({status})")
         if status not in ACTIVE_RUN_STATUSES:
             raise StaleRun(f"run {run} is {status}")
-        if self.attempt is not None:
-            status_and_attempts = repositories.job_status_and_attempts(session, job_id=self.job_id)
-            if status_and_attempts is not None and status_and_attempts[1] != self.attempt:
-                raise StaleRun(f"attempt {status_and_attempts[1]} of run {run} has taken over")
+        if self.attempt is not None and attempts != self.attempt:
+            raise StaleRun(f"attempt {attempts} of run {run} has taken over")
 
     def _mark_stale(self, reason: str) -> None:
         self.refused_writes += 1
