@@ -31,11 +31,11 @@ reads the job's run, attempts and status (``FOR KEY SHARE`` on Postgres, so a co
 or cancel waits or is waited for, heartbeats do not) and writes only while the job is
 ``running`` or ``cancelling`` in that run (and attempt): a stale run's writes (the job was
 cancelled, retried, requeued, deleted) are dropped, with one warning line for the whole
-recorder, never by a foreign-key error; a write that still meets one (a race on SQLite) is re-checked and dropped the same way. ``refused_writes``
-counts the events dropped. A failed flush keeps its rows buffered and raises; the next flush
-retries them. The service flushes every result (``flush_interval_s=0``): a driver killed after
-Tune checkpointed an epoch then cannot have left that epoch out of the database (a resumed trial
-continues after it).
+recorder, never by a foreign-key error; a write that still meets one (a race on SQLite) is
+re-checked and dropped the same way. ``refused_writes`` counts the events dropped. A failed
+flush keeps its rows buffered and raises; the next flush retries them. The service flushes
+every result (``flush_interval_s=0``): a driver killed after Tune checkpointed an epoch then
+cannot have left that epoch out of the database (a resumed trial continues after it).
 """
 
 from __future__ import annotations
