@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import socket
 import statistics
 import sys
@@ -116,7 +117,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cycles", type=int, default=50)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--runs-dir", type=Path, default=None)
+    parser.add_argument(
+        "--runs-dir", type=Path, default=None, help="Kept (default: a temporary one, removed)."
+    )
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--heartbeat-interval", type=float, default=1.0)
     args = parser.parse_args()
@@ -237,6 +240,8 @@ def main() -> int:
     finally:
         stack.stop()
         engine.dispose()
+        if args.runs_dir is None:
+            shutil.rmtree(runs, ignore_errors=True)
 
     print()
     print(f"cancel -> retry cycles: {args.cycles} (tiny digits job, {args.epochs} epochs)")
