@@ -126,7 +126,8 @@ class JobPage(BaseModel):
 
 
 class TrialOut(_Out):
-    id: int
+    id: int = Field(description="Never reused, not even after a retry deleted earlier trials.")
+    run: int = Field(default=1, description="The job run (the job's ``run``) that ran the trial.")
     ray_trial_id: str
     variant: str
     status: str

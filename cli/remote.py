@@ -247,10 +247,16 @@ def _report_or_none(client: NormsearchClient, job: JobDetail) -> dict | None:
 
 
 def cancel(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    """Cancel a queued or running job (its trials are stopped)."""
+    """Cancel a queued or running job (a running one reads cancelling until its worker has
+    stopped the trials, then cancelled)."""
     with remote(url, token) as client:
         job = client.cancel(job_id)
     console.print(f"job {job.id} {status_text(job.status)}")
+    if job.status == JobStatus.cancelling:
+        console.print(
+            f"its worker is stopping the trials; `normsearch status {job.id}` shows cancelled "
+            "once it has"
+        )
 
 
 def retry(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:

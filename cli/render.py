@@ -38,6 +38,7 @@ STATUS_STYLES = {
     JobStatus.running: "cyan",
     JobStatus.succeeded: "green",
     JobStatus.failed: "red",
+    JobStatus.cancelling: "bright_magenta",
     JobStatus.cancelled: "magenta",
 }
 

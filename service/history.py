@@ -42,8 +42,10 @@ def pick_steps(steps: Sequence[int], keep: int) -> list[int]:
 
 
 def select_trials(session: Session, *, job_id: str, trial_id: int | None) -> list[Trial]:
-    """The job's trials to read: one (by id; 404 if not the job's) or every trial."""
-    trials = repositories.list_trials(session, job_id=job_id)
+    """The job's trials to read (of its current run): one (by id; 404 if not the job's) or
+    every trial."""
+    job = repositories.get_job(session, job_id)
+    trials = repositories.list_trials(session, job_id=job_id, run=None if job is None else job.run)
     if trial_id is None:
         return trials
     chosen = [t for t in trials if t.id == trial_id]

@@ -28,9 +28,12 @@ from service.artifacts import sha256_file
 from service.db.base import now as utc_now
 from service.db.models import Artifact, Job
 from service.errors import InvalidTransition, NotFound
-from service.vocabulary import FINISHED_JOB_STATUSES
+from service.vocabulary import FINISHED_JOB_STATUSES, JobStatus
 
 log = logging.getLogger(__name__)
+
+# A job in one of these has a worker holding its current run.
+ACTIVE_RUN_STATUSES = (JobStatus.running, JobStatus.cancelling)
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,9 @@ def start_job(
         return None
     if job.status in FINISHED_JOB_STATUSES:
         log.info("job %s is already %s; nothing to run", job_id, job.status)
+        return None
+    if job.status == JobStatus.cancelling:  # its worker confirms, or the reaper once it is lost
+        log.info("job %s is cancelling; nothing to run", job_id)
         return None
     if job.status == "running":
         age = heartbeat_age_s(job, now=now)
@@ -105,6 +111,9 @@ def finish_job(
     job = repositories.get_job(session, job_id, for_update=True)
     if job is None:
         raise LookupError(f"job {job_id} does not exist")
+    if job.status == JobStatus.cancelling:  # cancelled while its last stage ran: honour it
+        message = f"cancelled by user; run {job.run} had finished, its outputs are not kept"
+        return lifecycle.transition(session, job, JobStatus.cancelled, message=message)
     existing: Mapping[str, Artifact] = {artifact.kind: artifact for artifact in job.artifacts}
     for file in files:
         path = Path(file.path).resolve()
@@ -123,11 +132,15 @@ def finish_job(
 
 
 def fail_job(session: Session, *, job_id: str, error: str) -> Job | None:
-    """Mark a running job failed with ``error``; a job in another state is left as it is."""
+    """Mark a running job failed with ``error`` (a ``cancelling`` one: cancelled, its run has
+    ended); a job in another state is left as it is."""
     job = repositories.get_job(session, job_id, for_update=True)
     if job is None:
         log.warning("job %s does not exist; cannot record its failure: %s", job_id, error)
         return None
+    if job.status == JobStatus.cancelling:
+        message = f"cancelled by user; run {job.run} ended with {error}"
+        return lifecycle.transition(session, job, JobStatus.cancelled, message=message)
     if not lifecycle.can_transition(job.status, "failed"):
         log.warning("job %s is %s; not marking it failed: %s", job_id, job.status, error)
         return job
@@ -142,10 +155,17 @@ def _locked_job(session: Session, job_id: str) -> Job:
 
 
 def cancel(session: Session, *, job: Job) -> Job:
-    """Cancel a queued or running ``job``, already loaded and locked by the caller (a running
-    one's worker notices at its next heartbeat and stops the trials). Raises
-    ``InvalidTransition`` when the job is finished."""
-    return lifecycle.transition(session, job, "cancelled", message="cancelled by user")
+    """Cancel ``job``, already loaded and locked by the caller: a queued one is ``cancelled``
+    at once; a running one becomes ``cancelling`` (its worker notices at its next heartbeat,
+    stops the trials and confirms, ``confirm_cancelled``); a ``cancelling`` one is left as it
+    is (a repeated cancel). Raises ``InvalidTransition`` when the job is finished."""
+    if job.status == JobStatus.cancelling:
+        return job
+    if job.status == JobStatus.running:
+        return lifecycle.transition(
+            session, job, JobStatus.cancelling, message="cancel requested by user"
+        )
+    return lifecycle.transition(session, job, JobStatus.cancelled, message="cancelled by user")
 
 
 def cancel_job(session: Session, *, job_id: str) -> Job:
@@ -153,13 +173,36 @@ def cancel_job(session: Session, *, job_id: str) -> Job:
     return cancel(session, job=_locked_job(session, job_id))
 
 
+def confirm_cancelled(
+    session: Session, *, job_id: str, run: int, attempt: int | None = None
+) -> Job | None:
+    """The worker of ``run`` (attempt ``attempt``) of job ``job_id`` has stopped its Ray run:
+    a ``cancelling`` job of that run and attempt becomes ``cancelled``. None (nothing changed)
+    when the job is in another state or run: the stop had another cause (a requeue, a later
+    attempt, a deletion)."""
+    job = repositories.get_job(session, job_id, for_update=True)
+    if job is None or job.status != JobStatus.cancelling or job.run != run:
+        return None
+    if attempt is not None and job.attempts != attempt:
+        return None
+    message = f"cancelled by user: the worker stopped run {run}"
+    return lifecycle.transition(session, job, JobStatus.cancelled, message=message)
+
+
 def retry(session: Session, *, job: Job) -> Job:
     """Queue a failed or cancelled ``job`` (loaded and locked by the caller) again as a fresh
     run: ``run + 1`` (a new work directory), ``attempts`` back to 0, its earlier trials (with
     their ratio history and metrics, by cascade) and artifacts deleted, the error and result
-    cleared.
+    cleared. Trial ids are never reused (``Trial``), and the earlier run, which has stopped
+    (a ``cancelling`` job is refused), could not write any more anyway: its recorder's writes
+    carry its run number (``worker.db_recorder``).
     Raises ``InvalidTransition`` unless the job is failed or cancelled. Sends nothing: the
     caller has the search task sent after its commit (``service.unit_of_work``)."""
+    if job.status == JobStatus.cancelling:
+        raise InvalidTransition(
+            f"job {job.id} is cancelling: its run {job.run} has not stopped yet; retry it once "
+            "it is cancelled"
+        )
     if job.status not in ("failed", "cancelled"):  # running -> queued is a requeue, not a retry
         raise InvalidTransition(
             f"job {job.id} is {job.status}; only a failed or cancelled job can be retried"
@@ -182,17 +225,19 @@ def retry_job(session: Session, *, job_id: str) -> Job:
 
 def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None = None) -> str | None:
     """Record that the worker running ``job_id`` is alive; returns the job's status, which tells
-    the worker whether to go on (``running``) or stop (anything else: cancelled, failed by the
+    the worker whether to go on (``running``) or stop (anything else: cancelling, failed by the
     reaper, requeued). None: the job no longer exists, or (with ``attempt``) another attempt of
-    it has taken over, so this worker must stop. Only a running job's heartbeat is written, and
-    ``updated_at`` is left as it is (a heartbeat is not a change of the job)."""
-    if repositories.touch_heartbeat(session, job_id=job_id, attempt=attempt, at=utc_now()):
-        return "running"
+    it has taken over, so this worker must stop. Only a running or cancelling job's heartbeat
+    is written (a cancelling job's worker is still stopping its trials: the reaper must not take
+    it for lost), and ``updated_at`` is left as it is (a heartbeat is not a change of the job)."""
+    status = repositories.touch_heartbeat(session, job_id=job_id, attempt=attempt, at=utc_now())
+    if status is not None:
+        return status
     row = repositories.job_status_and_attempts(session, job_id=job_id)
     if row is None:
         return None
     status, attempts = row
-    if status == "running" and attempt is not None and attempts != attempt:
+    if status in ACTIVE_RUN_STATUSES and attempt is not None and attempts != attempt:
         return None  # a later attempt (another worker) runs the job now
     return status
 

@@ -3,15 +3,23 @@
 ::
 
     queued ----> running ----> succeeded
-      |   ^        |  |------> failed    ---.
-      |   |        |  '------> cancelled ---+--> queued (retry)
-      |   '--------'  (requeue after a lost worker)
-      '--> cancelled (cancelled before a worker picked it up)
+      |   ^        |  |------> failed    --------------------.
+      |   |        |  '------> cancelling ----> cancelled ---+--> queued (retry)
+      |   '--------'           (the worker      ^
+      |  (requeue after a       confirms its    |
+      |   lost worker)          run stopped, or |
+      |                         the reaper its  |
+      |                         loss)           |
+      '-----------------------------------------'
+        (cancelled before a worker picked it up)
 
-``succeeded`` is final. Every transition appends a ``JobEvent``; nothing here commits (the caller
-commits at the edge). ``attempts`` counts the starts of the job's current run (a requeue after a
-lost worker is the next attempt); a user's retry starts a new run (``jobs.run``) with
-``attempts`` reset, see ``service.jobs.retry_job``.
+``succeeded`` is final. A user's cancel of a running job only asks its worker to stop
+(``cancelling``): the worker stops its Ray trials and then confirms ``cancelled``, so a job that
+reads ``cancelled`` has no run left writing; a retry (``queued``) is refused until then. Every
+transition appends a ``JobEvent``; nothing here commits (the caller commits at the edge).
+``attempts`` counts the starts of the job's current run (a requeue after a lost worker is the
+next attempt); a user's retry starts a new run (``jobs.run``) with ``attempts`` reset, see
+``service.jobs.retry_job``.
 """
 
 from __future__ import annotations
@@ -27,10 +35,11 @@ from service.vocabulary import JobStatus
 TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled}),
     JobStatus.running: frozenset(
-        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled, JobStatus.queued}
+        {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelling, JobStatus.queued}
     ),
     JobStatus.succeeded: frozenset(),
     JobStatus.failed: frozenset({JobStatus.queued}),
+    JobStatus.cancelling: frozenset({JobStatus.cancelled}),
     JobStatus.cancelled: frozenset({JobStatus.queued}),
 }
 
@@ -61,6 +70,8 @@ def transition(
         job.started_at = job.finished_at = job.heartbeat_at = None
         job.error = None
         job.progress = 0.0
+    elif to_status == JobStatus.cancelling:  # still running until its worker confirms the stop
+        pass
     else:  # succeeded, failed, cancelled
         job.finished_at = at
         job.error = (message or "failed") if to_status == JobStatus.failed else None

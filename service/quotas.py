@@ -29,8 +29,9 @@ from service.settings import Settings
 from service.spec import JobSpec
 from service.vocabulary import JobStatus
 
-# A job in one of these occupies its owner's quota.
-IN_FLIGHT_STATUSES = (JobStatus.queued, JobStatus.running)
+# A job in one of these occupies its owner's quota (a cancelling one too: its worker is still
+# busy stopping its trials).
+IN_FLIGHT_STATUSES = (JobStatus.queued, JobStatus.running, JobStatus.cancelling)
 
 
 class QuotaExceeded(ServiceError):
@@ -79,7 +80,7 @@ class QuotaNeverMet(QuotaExceeded):
 
 @dataclass(frozen=True)
 class Usage:
-    """A user's jobs in flight (queued or running) and their trial-epochs together."""
+    """A user's jobs in flight (queued, running or cancelling) and their trial-epochs together."""
 
     jobs: int
     trial_epochs: int
@@ -95,7 +96,7 @@ def job_trial_epochs(payload: dict) -> int:
 
 
 def usage(session: Session, *, owner_id: int) -> Usage:
-    """What ``owner_id``'s queued and running jobs occupy."""
+    """What ``owner_id``'s queued, running and cancelling jobs occupy."""
     statement = select(Job.spec).where(
         Job.owner_id == owner_id, Job.status.in_([s.value for s in IN_FLIGHT_STATUSES])
     )
@@ -150,7 +151,8 @@ def check_quota(
     jobs_quota = settings.max_jobs_per_user
     if used.jobs + 1 > jobs_quota:
         raise QuotaExceeded(
-            f"you have {used.jobs} queued or running jobs, the quota of {jobs_quota} per user "
+            f"you have {used.jobs} queued, running or cancelling jobs, the quota of {jobs_quota} "
+            "per user "
             f"({env_var('max_jobs_per_user')}); try again when one has finished, or cancel one",
             setting="max_jobs_per_user",
             quota=jobs_quota,
@@ -160,7 +162,8 @@ def check_quota(
         )
     if used.trial_epochs + wanted > epochs_quota:
         raise QuotaExceeded(
-            f"your queued and running jobs have {used.trial_epochs} trial-epochs in flight and "
+            f"your queued, running and cancelling jobs have {used.trial_epochs} trial-epochs in "
+            "flight and "
             f"this job adds {wanted}, over the quota of {epochs_quota} per user "
             f"({env_var('max_trial_epochs_per_user')}); try again when one has finished, or "
             "cancel one",

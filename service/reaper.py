@@ -1,5 +1,6 @@
 """The reaper: finds running jobs whose worker was lost (no heartbeat for longer than the
-timeout) and requeues them, or fails them once they have used up their attempts.
+timeout) and requeues them, or fails them once they have used up their attempts; a
+``cancelling`` job whose worker was lost is cancelled (there is no run left to stop).
 
 The API process calls ``run_reaper_once`` every ``settings.reaper_interval_s``. Several API
 replicas may do so at once: the stale jobs are locked with ``SELECT ... FOR UPDATE SKIP LOCKED``
@@ -42,10 +43,11 @@ def reap_lost_jobs(
     """Requeue every running job whose heartbeat is older than ``heartbeat_timeout_s`` (event:
     "worker lost: no heartbeat for 130 s; requeued (attempt 2 of 3)"), or fail it (the reason in
     ``jobs.error``) once its attempts reach ``max_attempts``: a job that kills its worker every
-    time (a crash, memory exhausted) ends failed with that reason instead of looping. Returns
-    the ids of the requeued jobs, whose search tasks are recorded on the session to be sent
-    after its commit (in a ``unit_of_work``; a send the broker refuses leaves its job queued).
-    Does not commit."""
+    time (a crash, memory exhausted) ends failed with that reason instead of looping; cancel a
+    stale ``cancelling`` job (event: "cancelled by user; worker lost while stopping run 1: ...").
+    Returns the ids of the requeued jobs, whose search tasks are recorded on the session to be
+    sent after its commit (in a ``unit_of_work``; a send the broker refuses leaves its job
+    queued). Does not commit."""
     at = now or utc_now()
     stale = repositories.lock_stale_running_jobs(
         session, before=at - timedelta(seconds=heartbeat_timeout_s)
@@ -55,7 +57,11 @@ def reap_lost_jobs(
         age = heartbeat_age_s(job, now=at)
         silence = "no heartbeat" if age is None else f"no heartbeat for {age:.0f} s"
         attempts = job.attempts or 0
-        if attempts >= max_attempts:
+        if job.status == JobStatus.cancelling:
+            message = f"cancelled by user; worker lost while stopping run {job.run}: {silence}"
+            log.warning("job %s: %s", job.id, message)
+            lifecycle.transition(session, job, JobStatus.cancelled, message=message)
+        elif attempts >= max_attempts:
             message = (
                 f"worker lost: {silence}; gave up after attempt {attempts} of {max_attempts} "
                 f"({env_var('max_attempts')}): every attempt of this run lost its worker (it "

@@ -146,24 +146,40 @@ def delete_job(session: Session, job: Job) -> None:
     session.expunge(job)
 
 
-def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None, at) -> bool:
-    """Set a running job's ``heartbeat_at`` (of attempt ``attempt`` only, if given) without
-    touching ``updated_at``; True when the job was running (and of that attempt)."""
+def touch_heartbeat(session: Session, *, job_id: str, attempt: int | None, at) -> str | None:
+    """Set a running or cancelling job's ``heartbeat_at`` (of attempt ``attempt`` only, if
+    given) without touching ``updated_at``; its status when it was one of those (and of that
+    attempt), else None."""
     statement = (
         update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.running)
+        .where(Job.id == job_id, Job.status.in_((JobStatus.running, JobStatus.cancelling)))
         .values(heartbeat_at=at, updated_at=Job.updated_at)
-        .returning(Job.attempts)
+        .returning(Job.status)
     )
     if attempt is not None:
         statement = statement.where(Job.attempts == attempt)
     options = {"synchronize_session": False}
-    return bool(session.execute(statement, execution_options=options).all())
+    row = session.execute(statement, execution_options=options).first()
+    return None if row is None else row[0]
 
 
 def job_status_and_attempts(session: Session, *, job_id: str) -> tuple[str, int] | None:
     row = session.execute(select(Job.status, Job.attempts).where(Job.id == job_id)).one_or_none()
     return None if row is None else (row[0], row[1])
+
+
+def job_run_state(session: Session, *, job_id: str) -> tuple[int, str, int] | None:
+    """The job's current run, status and attempts, the row locked ``FOR KEY SHARE`` on
+    Postgres: a retry or a cancel, which lock it ``FOR UPDATE``, wait for the caller's
+    transaction (and the caller for theirs), while heartbeats and progress updates do not;
+    None: no such job."""
+    statement = (
+        select(Job.run, Job.status, Job.attempts)
+        .where(Job.id == job_id)
+        .with_for_update(read=True, key_share=True)
+    )
+    row = session.execute(statement).one_or_none()
+    return None if row is None else (row[0], row[1], row[2])
 
 
 def raise_progress(session: Session, *, job_id: str, progress: float) -> bool:
@@ -210,13 +226,13 @@ def count_stale_running_jobs(session: Session, *, before) -> int:
 
 
 def lock_stale_running_jobs(session: Session, *, before) -> list[Job]:
-    """Running jobs whose last heartbeat is older than ``before`` (or missing), oldest first,
-    locked; rows another transaction holds are skipped (Postgres; SQLite has no row locks), so
-    several reapers can run at once."""
+    """Running and cancelling jobs whose last heartbeat is older than ``before`` (or missing),
+    oldest first, locked; rows another transaction holds are skipped (Postgres; SQLite has no
+    row locks), so several reapers can run at once."""
     statement = (
         select(Job)
         .where(
-            Job.status == JobStatus.running,
+            Job.status.in_((JobStatus.running, JobStatus.cancelling)),
             or_(Job.heartbeat_at < before, Job.heartbeat_at.is_(None)),
         )
         .order_by(Job.heartbeat_at, Job.id)
@@ -251,13 +267,15 @@ def upsert_trial(
     config: dict[str, Any],
     status: str,
     epochs_budget: int,
+    run: int = 1,
 ) -> Trial:
-    """Insert the trial, or update the one a previous start (a restart) recorded; its history,
-    ``epochs_used`` and ``best_metrics`` are kept."""
+    """Insert the trial of job run ``run``, or update the one a previous start (a restart)
+    recorded; its history, ``epochs_used`` and ``best_metrics`` are kept."""
     trial = get_trial(session, job_id=job_id, ray_trial_id=ray_trial_id)
     if trial is None:
         trial = Trial(
             job_id=job_id,
+            run=run,
             ray_trial_id=ray_trial_id,
             variant=variant,
             config=config,
@@ -279,9 +297,12 @@ def get_trial(session: Session, *, job_id: str, ray_trial_id: str) -> Trial | No
     ).one_or_none()
 
 
-def list_trials(session: Session, *, job_id: str) -> list[Trial]:
-    """A job's trials in creation order."""
-    return list(session.scalars(select(Trial).where(Trial.job_id == job_id).order_by(Trial.id)))
+def list_trials(session: Session, *, job_id: str, run: int | None = None) -> list[Trial]:
+    """A job's trials (of run ``run`` only, if given) in creation order."""
+    statement = select(Trial).where(Trial.job_id == job_id)
+    if run is not None:
+        statement = statement.where(Trial.run == run)
+    return list(session.scalars(statement.order_by(Trial.id)))
 
 
 def update_trial(

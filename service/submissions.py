@@ -134,7 +134,8 @@ def get_job(session: Session, *, user: User, job_id: str) -> Job:
 
 
 def cancel_job(session: Session, *, user: User, job_id: str) -> Job:
-    """Cancel ``user``'s queued or running job (loaded and locked once)."""
+    """Cancel ``user``'s queued or running job (loaded and locked once; ``jobs.cancel``: a
+    running one becomes cancelling, a cancelling one stays so)."""
     return jobs.cancel(session, job=owned_job(session, job_id=job_id, user=user, for_update=True))
 
 

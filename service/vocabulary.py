@@ -20,10 +20,13 @@ class JobStatus(StrEnum):
     running = "running"
     succeeded = "succeeded"
     failed = "failed"
+    cancelling = "cancelling"
     cancelled = "cancelled"
 
 
-# A job in one of these has ended: nothing runs for it until a user retries it.
+# A job in one of these has ended: nothing runs for it until a user retries it. ``cancelling``
+# is not among them: its worker still holds it until its Ray run has stopped (it then confirms
+# ``cancelled``; the reaper does so for a lost worker).
 FINISHED_JOB_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
 
 

@@ -24,23 +24,33 @@ Writes are buffered and flushed when the buffer holds ``batch_size`` rows, when
 ``flush_interval_s`` has passed since the last flush (checked on each event: there is no timer
 thread), and in ``trial_finished``, ``trials()`` and ``close()``. Each flush is one transaction of
 multi-row inserts that ignore rows already present, so a result replayed after a restart adds
-nothing. With ``run`` (the job run it records), no trial is added once the job has left that run
-(a retry started the next one). A failed flush keeps its rows buffered and raises; the next flush
-retries them. The service flushes every result (``flush_interval_s=0``): a driver killed after
-Tune checkpointed an epoch then cannot have left that epoch out of the database (a resumed trial
-continues after it).
+nothing.
+
+With ``run`` (the job run it records, and optionally ``attempt``), every write transaction first
+reads the job's run, attempts and status (``FOR KEY SHARE`` on Postgres, so a concurrent retry
+or cancel waits or is waited for, heartbeats do not) and writes only while the job is
+``running`` or ``cancelling`` in that run (and attempt): a stale run's writes (the job was
+cancelled, retried, requeued, deleted) are dropped, with one warning line for the whole
+recorder, never by a foreign-key error; a write that still meets one (a race on SQLite) is
+re-checked and dropped the same way. ``refused_writes`` counts the events dropped. A failed
+flush keeps its rows buffered and raises; the next flush retries them. The service flushes
+every result (``flush_interval_s=0``): a driver killed after Tune checkpointed an epoch then
+cannot have left that epoch out of the database (a resumed trial continues after it).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, get_type_hints
 
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service import jobs, repositories
+from service.jobs import ACTIVE_RUN_STATUSES
 from sn_core.vocabulary import NORMALIZERS
 
 from .results import EpochRecord, LayerRatios
@@ -48,6 +58,12 @@ from .results import EpochRecord, LayerRatios
 _TYPES = get_type_hints(EpochRecord)
 _BOOL_KEYS = frozenset(key for key, kind in _TYPES.items() if kind is bool)
 _INT_KEYS = frozenset(key for key, kind in _TYPES.items() if kind is int)
+
+log = logging.getLogger(__name__)
+
+
+class StaleRun(Exception):  # noqa: N818 (an outcome the recorder handles, not an error)
+    """The job has left the recorder's run (or attempt): its writes are refused."""
 
 
 class DatabaseRecorder:
@@ -61,11 +77,15 @@ class DatabaseRecorder:
         clock: Callable[[], float] = time.monotonic,
         total_epochs: int | None = None,
         run: int | None = None,
+        attempt: int | None = None,
     ) -> None:
         self.session_factory = session_factory
         self.job_id = job_id
         self.total_epochs = total_epochs
         self.run = run
+        self.attempt = attempt
+        self.stale: str | None = None  # why the writes are refused, once they are
+        self.refused_writes = 0  # events dropped because the run is stale
         self.batch_size = batch_size
         self.flush_interval_s = flush_interval_s
         self._clock = clock
@@ -83,6 +103,8 @@ class DatabaseRecorder:
     def trial_started(self, trial_id: str, config: dict[str, Any]) -> None:
         trial = config.get("trial") or {}
         with self._lock:
+            if self._refused():
+                return
             self._upsert(
                 trial_id,
                 variant=str(trial.get("variant", config.get("variant", "sn"))),
@@ -93,6 +115,8 @@ class DatabaseRecorder:
 
     def trial_result(self, trial_id: str, record: EpochRecord) -> None:
         with self._lock:
+            if self._refused():
+                return
             db_id = self._trial_ids.get(trial_id)
             if db_id is None:  # a result with no start seen (e.g. replayed after a restore)
                 db_id = self._existing_or_pending(trial_id, record)
@@ -119,16 +143,21 @@ class DatabaseRecorder:
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         with self._lock:
             self.flush()
+            if self._refused():
+                return
             db_id = self._trial_ids.get(trial_id)
             if db_id is None:
                 db_id = self._existing_or_pending(trial_id, {})
             if db_id is None:
                 return
             best = dict(self._summary[db_id]["best_metrics"])
-            with self.session_factory() as session, session.begin():
+
+            def write(session: Session) -> None:
                 repositories.update_trial(
                     session, db_id, status=status, best_metrics=best, error=error
                 )
+
+            self._write(write)
 
     def trials(self) -> dict[str, dict[str, Any]]:
         """Everything recorded for the job, read back from the database, in the shape of
@@ -151,13 +180,17 @@ class DatabaseRecorder:
 
     def flush(self) -> int:
         """Write the buffered rows and trial summaries in one transaction; returns the number of
-        new rows."""
+        new rows (0, the rows dropped, when the run is stale)."""
         with self._lock:
             self._last_flush = self._clock()
             if not (self._snapshots or self._metrics or self._dirty):
                 return 0
             snapshots, metrics, dirty = self._snapshots, self._metrics, self._dirty
-            with self.session_factory() as session, session.begin():
+            if self._refused():
+                self._snapshots, self._metrics, self._dirty = [], [], set()
+                return 0
+
+            def write(session: Session) -> int:
                 written = repositories.insert_snapshots(session, snapshots)
                 written += repositories.insert_metrics(session, metrics)
                 for db_id in sorted(dirty):
@@ -170,7 +203,12 @@ class DatabaseRecorder:
                     )
                 if self.total_epochs:
                     self._record_progress(session)
+                return written
+
+            written = self._write(write)
             self._snapshots, self._metrics, self._dirty = [], [], set()
+            if written is None:  # refused: the rows are dropped
+                return 0
             self.rows_written += written
             return written
 
@@ -184,6 +222,62 @@ class DatabaseRecorder:
         self.close()
 
     # Internals (called with the lock held)
+
+    def _refused(self) -> bool:
+        """True (one more event counted as refused) once the run is known to be stale."""
+        if self.stale is None:
+            return False
+        self.refused_writes += 1
+        return True
+
+    def _check_current(self, session: Session) -> None:
+        """Raise ``StaleRun`` unless the job is running or cancelling in this recorder's run
+        (and attempt); nothing to check without a ``run``."""
+        if self.run is None:
+            return
+        row = repositories.job_run_state(session, job_id=self.job_id)
+        if row is None:
+            raise StaleRun("the job was deleted")
+        run, status, attempts = row
+        if run != self.run:
+            raise StaleRun(f"the job is at run {run} now ({status})")
+        if status not in ACTIVE_RUN_STATUSES:
+            raise StaleRun(f"run {run} is {status}")
+        if self.attempt is not None and attempts != self.attempt:
+            raise StaleRun(f"attempt {attempts} of run {run} has taken over")
+
+    def _mark_stale(self, reason: str) -> None:
+        self.refused_writes += 1
+        if self.stale is None:
+            self.stale = reason
+            log.warning(
+                "job %s: the recorder of run %s refuses its writes from now on: %s",
+                self.job_id,
+                self.run,
+                reason,
+            )
+
+    def _write(self, write: Callable[[Session], Any]) -> Any:
+        """``write(session)`` in one transaction after ``_check_current``; None (nothing
+        written, the run marked stale) when the run is stale, also when the write met a
+        foreign key or unique violation because the job left the run meanwhile."""
+        try:
+            with self.session_factory() as session, session.begin():
+                self._check_current(session)
+                return write(session)
+        except StaleRun as stale:
+            self._mark_stale(str(stale))
+            return None
+        except IntegrityError:
+            if self.run is None:
+                raise
+            try:  # a retry or a deletion between the check and the write (SQLite)
+                with self.session_factory() as session:
+                    self._check_current(session)
+            except StaleRun as stale:
+                self._mark_stale(str(stale))
+                return None
+            raise
 
     def _record_progress(self, session: Session) -> None:
         """The job's progress: epochs its trials completed over its epoch budget."""
@@ -202,12 +296,9 @@ class DatabaseRecorder:
         epochs_budget: int,
     ) -> int | None:
         """The trial's row id after inserting or updating it; None (nothing written) when the
-        recorder belongs to a ``run`` the job has left (a user retry deleted its trials)."""
-        with self.session_factory() as session, session.begin():
-            if self.run is not None:
-                job = repositories.get_job(session, self.job_id, for_update=True)
-                if job is None or job.run != self.run:
-                    return None
+        recorder's run is stale (``_check_current``)."""
+
+        def write(session: Session) -> int:
             trial = repositories.upsert_trial(
                 session,
                 job_id=self.job_id,
@@ -216,9 +307,14 @@ class DatabaseRecorder:
                 config=config,
                 status=status,
                 epochs_budget=epochs_budget,
+                run=self.run or 1,
             )
-            db_id = trial.id
-            self._remember(db_id, trial.epochs_used, trial.best_metrics)
+            self._remember(trial.id, trial.epochs_used, trial.best_metrics)
+            return trial.id
+
+        db_id = self._write(write)
+        if db_id is None:
+            return None
         self._trial_ids[trial_id] = db_id
         return db_id
 
@@ -234,6 +330,9 @@ class DatabaseRecorder:
         ``MemoryRecorder`` does for an event of a trial it has not seen start)."""
         with self.session_factory() as session:
             trial = repositories.get_trial(session, job_id=self.job_id, ray_trial_id=trial_id)
+            if trial is not None and self.run is not None and trial.run != self.run:
+                self._mark_stale(f"trial {trial_id} belongs to run {trial.run}")
+                return None
             if trial is not None:
                 self._remember(trial.id, trial.epochs_used, trial.best_metrics)
                 self._trial_ids[trial_id] = trial.id

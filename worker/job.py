@@ -233,9 +233,11 @@ def run_job(
     """Run (or resume) the job; with ``out_dir``, its checkpoints go to ``out_dir``
     (``checkpoint.zip``: the verdict's configuration; ``search_checkpoint.zip``: the best search
     trial's own). ``data``: the spec's dataset when the caller has already loaded it. Raises
-    ``JobCancelled`` once ``stop_event`` is set (checked between the stages; the trials stop at
-    once), and ``ModelSpecError`` before any training for a model with nothing to search or
-    one over ``model_limits`` (the service's; None: unbounded, as a local run is).
+    ``JobCancelled`` once ``stop_event`` is set (checked between the stages, while the grid and
+    the Tune experiment are built, and by Tune on every step of its control loop, so trials not
+    yet started never start and running ones stop), and ``ModelSpecError`` before any
+    training for a model with nothing to search or one over ``model_limits`` (the service's;
+    None: unbounded, as a local run is).
     ``check_cluster_fit``: once Ray is joined, before the experiment starts, raise
     ``ClusterFitError`` naming the resource when a trial fits on no alive node (it would wait
     forever), after a grace of ``worker.search.FIT_GRACE_S`` for a node to join;
@@ -245,8 +247,10 @@ def run_job(
     claim_work_dir(spec, work_dir)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
+    raise_if_stopped(stop_event)
     # Before Ray starts: a spec error fails the job at once.
     check_searchable(spec, data, model_limits)
+    raise_if_stopped(stop_event)
     ensure_ray(ray_address, ray_num_cpus)
     if publish_capacity_to is not None:
         CapacityPublisher.start(publish_capacity_to, cluster_capacity())
@@ -260,11 +264,12 @@ def run_job(
         name="search",
         storage_dir=work_dir,
         recorder=recorder,
-        grid=trial_grid(spec),
+        grid=trial_grid(spec, stop_event=stop_event),
         stop_event=stop_event,
     )
     raise_if_stopped(stop_event)
     recommendation = recommend_or_explain(search.outcomes, spec.target_batch_size)
+    raise_if_stopped(stop_event)
 
     verification, verification_outcomes = None, []
     if spec.verify.enabled:
@@ -274,6 +279,7 @@ def run_job(
         raise_if_stopped(stop_event)
     choice = chosen_configuration(verification)
     plan = deliverable_plan(spec, data, recommendation, choice)
+    raise_if_stopped(stop_event)
     result = JobResult(
         spec=spec,
         dataset=data.summary(),
@@ -296,6 +302,7 @@ def run_job(
             verification_outcomes=verification_outcomes,
             path=out_dir / CHECKPOINT_FILE,
         )
+        raise_if_stopped(stop_event)
         result.outputs["search_checkpoint"] = export_search_checkpoint(
             spec,
             data,

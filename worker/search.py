@@ -251,14 +251,21 @@ def grid_point(
     }
 
 
-def trial_grid(spec: JobSpec) -> list[dict[str, Any]]:
-    """The search's trials: seeds x batch sizes x learning rates."""
-    return [
-        grid_point(spec, seed=seed, batch_size=batch, lr=lr)
-        for seed, batch, lr in itertools.product(
-            spec.search.trials.seeds, spec.batch_sizes, spec.lrs
-        )
-    ]
+# The grid is built in steps of this many points, the stop event checked between them.
+GRID_CHECK_EVERY = 256
+
+
+def trial_grid(spec: JobSpec, *, stop_event: threading.Event | None = None) -> list[dict[str, Any]]:
+    """The search's trials: seeds x batch sizes x learning rates. ``service.limits`` bounds
+    their number; ``stop_event`` is still checked while they are built (``JobCancelled``)."""
+    grid = []
+    for index, (seed, batch, lr) in enumerate(
+        itertools.product(spec.search.trials.seeds, spec.batch_sizes, spec.lrs)
+    ):
+        if index % GRID_CHECK_EVERY == 0:
+            cancellation.raise_if_stopped(stop_event)
+        grid.append(grid_point(spec, seed=seed, batch_size=batch, lr=lr))
+    return grid
 
 
 def run_trials(
@@ -276,11 +283,15 @@ def run_trials(
     stop_event: threading.Event | None = None,
 ) -> TrialsRun:
     """Run (or resume) the experiment ``name`` under ``storage_dir`` and collect its outcomes.
-    Once ``stop_event`` is set, Tune stops every trial and the run returns what it has (the
-    caller checks the event: ``worker.cancellation.raise_if_stopped``)."""
+    A ``stop_event`` set before the experiment starts raises ``JobCancelled`` (checked while it
+    is built, so no trial starts); once it is running, Tune stops every trial (the stopper's
+    ``stop_all``, on every step of its control loop, also between trials, so no new trial
+    starts) and the run returns what it has (the caller checks the event:
+    ``worker.cancellation.raise_if_stopped``)."""
     epochs = spec.training.epochs if epochs is None else epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
+    cancellation.raise_if_stopped(stop_event)
     storage_dir = Path(storage_dir).resolve()
     experiment_path = storage_dir / name
     key = str(experiment_path)  # stable, so a restored experiment's callback finds this recorder
@@ -319,6 +330,7 @@ def run_trials(
                     verbose=0,
                 ),
             )
+        cancellation.raise_if_stopped(stop_event)  # the experiment is built, nothing started
         results = tuner.fit()
     finally:
         _RECORDERS.pop(key, None)

@@ -8,8 +8,10 @@ and a heartbeat thread, writes the report, records the artifacts and the job's s
 any error marks it failed with the error's text. Failures are not re-raised: the job row carries
 the outcome, and a re-raised error would only be retried against the same inputs.
 
-A cancelled job (or one taken from this worker by the reaper) is noticed by the heartbeat, which
-stops the trials; the task then returns and leaves the job as it is (no failure, no artifacts).
+A cancel (the job is ``cancelling``), or a job taken from this worker by the reaper, is noticed
+by the heartbeat, which stops the trials; once the Ray run has ended and the recorder is flushed,
+the task confirms a cancel (``jobs.confirm_cancelled``: ``cancelled``) and otherwise leaves the
+job as it is (no failure, no artifacts).
 A retry runs in a fresh ``run-<run+1>`` directory; a requeued or redelivered message of the same
 run resumes from the run's Ray Tune checkpoints.
 
@@ -74,11 +76,19 @@ def run_search(self, job_id: str) -> None:
         factory, job_id=job_id, interval_s=settings.heartbeat_interval_s, attempt=attempt
     )
     with heartbeat:
-        _run(factory, settings, job_id, spec_payload, run, heartbeat)
+        stopped = _run(factory, settings, job_id, spec_payload, run, attempt, heartbeat)
+        if stopped:  # the Ray run has ended and the recorder is flushed: confirm a cancel
+            with factory() as session, session.begin():
+                job = jobs.confirm_cancelled(session, job_id=job_id, run=run, attempt=attempt)
+            if job is not None:
+                log.info("job %s: cancelled (run %s stopped)", job_id, run)
 
 
-def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heartbeat) -> None:
-    """Run the job's search while ``heartbeat`` beats; record its outcome."""
+def _run(
+    factory, settings: Settings, job_id: str, spec_payload, run: int, attempt: int, heartbeat
+) -> bool:
+    """Run the job's search while ``heartbeat`` beats; record its outcome. True when the run
+    stopped because its stop event was set (its outcome is then the caller's to confirm)."""
     work = run_dir(settings, job_id, run)
     recorder = None
     try:
@@ -89,6 +99,7 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
             flush_interval_s=0.0,  # an epoch Tune checkpointed is in the database
             total_epochs=epoch_budget(spec),
             run=run,
+            attempt=attempt,
         )
         out_dir = work / "out"
         result = run_job(
@@ -121,11 +132,12 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
             jobs.finish_job(session, job_id=job_id, files=files, result=summary)
         log.info("job %s: succeeded", job_id)
     except JobCancelled:
-        log.info("job %s: stopped (%s); leaving it as it is", job_id, heartbeat.status)
+        log.info("job %s: stopped (%s)", job_id, heartbeat.status)
+        return True
     except Exception as error:  # user errors (bad data, bad spec) and crashes alike
         if heartbeat.stop.is_set():  # e.g. a stage that failed because its trials were stopped
             log.info("job %s: stopped (%s): %s", job_id, heartbeat.status, error)
-            return
+            return True
         log.exception("job %s: failed", job_id)
         message = f"{type(error).__name__}: {error}"
         with factory() as session, session.begin():
@@ -136,3 +148,4 @@ def _run(factory, settings: Settings, job_id: str, spec_payload, run: int, heart
                 recorder.close()
             except Exception:
                 log.exception("job %s: could not flush the recorder", job_id)
+    return False

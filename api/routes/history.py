@@ -44,9 +44,10 @@ AfterStep = Annotated[
 
 @router.get("/trials", response_model=list[TrialOut], responses=JOB_RESPONSES)
 def list_trials(job_id: JobId, user: CurrentUser, session: SessionDep) -> list[TrialOut]:
-    """The job's Ray Tune trials: search trials (variant ``sn``) and verification trials."""
-    submissions.owned_job(session, job_id=job_id, user=user)
-    return [trial_out(t) for t in repositories.list_trials(session, job_id=job_id)]
+    """The job's Ray Tune trials of its current run (``run``): search trials (variant ``sn``)
+    and verification trials."""
+    job = submissions.owned_job(session, job_id=job_id, user=user)
+    return [trial_out(t) for t in repositories.list_trials(session, job_id=job_id, run=job.run)]
 
 
 def _snapshot_point(row) -> RatioPoint:

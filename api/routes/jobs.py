@@ -126,7 +126,8 @@ def get_job(job_id: JobId, request: Request, user: CurrentUser, session: Session
     "/{job_id}/cancel",
     response_model=JobDetail,
     responses={**JOB_RESPONSES, **_CONFLICT},
-    summary="Cancel a queued or running job (its Ray trials are stopped)",
+    summary="Cancel a job: a queued one at once; a running one reads cancelling until its "
+    "worker has stopped its Ray trials, then cancelled (a repeated cancel answers the same)",
 )
 def cancel_job(
     job_id: JobId, request: Request, user: CurrentUser, session: SessionDep
@@ -144,7 +145,8 @@ def cancel_job(
         **_RETRY_FORBIDDEN,
         503: {"model": ErrorBody},
     },
-    summary="Run a failed or cancelled job again, from the start (it counts like a submission)",
+    summary="Run a failed or cancelled job again, from the start (it counts like a submission); "
+    "409 while it is cancelling (its previous run has not stopped yet)",
 )
 def retry_job(
     job_id: JobId, request: Request, user: CurrentUser, session: SessionDep, settings: SettingsDep

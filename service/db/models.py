@@ -135,13 +135,19 @@ class JobEvent(Base):
 
 
 class Trial(Base):
-    """One Ray Tune trial of a job's search (or of its verification, by ``variant``)."""
+    """One Ray Tune trial of a job's search (or of its verification, by ``variant``), of the
+    job's run ``run``. Ids are never reused, not even those of a retried job's deleted trials
+    (a Postgres sequence; ``AUTOINCREMENT`` on SQLite), so a write meant for an earlier run's
+    trial can never land in a later run's history."""
 
     __tablename__ = "trials"
-    __table_args__ = (UniqueConstraint("job_id", "ray_trial_id"),)
+    __table_args__ = (UniqueConstraint("job_id", "ray_trial_id"), {"sqlite_autoincrement": True})
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    # The job run (``jobs.run``) that recorded the trial; the recorder writes only while it is
+    # the job's current run (``worker.db_recorder``).
+    run: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     ray_trial_id: Mapped[str] = mapped_column(String(100))
     variant: Mapped[str] = mapped_column(String(32), default="sn", server_default="sn")
     config: Mapped[dict[str, Any]] = mapped_column(JSONType)

@@ -11,7 +11,7 @@ import pytest
 import redis
 import yaml
 
-from service import repositories
+from service import jobs, repositories
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, Job, Trial
 from service.history import pick_steps
@@ -325,6 +325,53 @@ def test_cancel_retry_and_delete(api_client, alice, api_settings, factory):
     set_status(factory, succeeded, "succeeded")
     refused = api_client.post(f"{API}/jobs/{succeeded}/retry", headers=alice)
     assert refused.status_code == 409
+
+
+def test_cancel_of_a_running_job_reads_cancelling_until_its_worker_confirms(
+    api_client, alice, factory
+):
+    """A running job's cancel answers cancelling (a repeated cancel: 200, the same state); a
+    retry is 409 until the worker has stopped the run; then the retry starts run 2, whose trial
+    list shows only its own trials, with ids never used before."""
+    job_id = submit(api_client, alice).json()["id"]
+    with factory() as session, session.begin():
+        jobs.start_job(session, job_id=job_id)
+    old_trial = seed_history(factory, job_id, layers=1, steps=2)
+    url = f"{API}/jobs/{job_id}"
+    cancelling = api_client.post(f"{url}/cancel", headers=alice)
+    assert cancelling.status_code == 200
+    body = cancelling.json()
+    assert (body["status"], body["finished_at"]) == ("cancelling", None)
+    again = api_client.post(f"{url}/cancel", headers=alice)
+    assert again.status_code == 200 and again.json()["status"] == "cancelling"
+    early = api_client.post(f"{url}/retry", headers=alice)
+    assert early.status_code == 409 and early.json()["code"] == "invalid_transition"
+    assert "run 1 has not stopped yet" in early.json()["message"]
+    busy = api_client.delete(url, headers=alice)
+    assert busy.status_code == 409  # not finished: its worker still holds it
+    with factory() as session, session.begin():
+        assert jobs.confirm_cancelled(session, job_id=job_id, run=1, attempt=1) is not None
+    done = api_client.get(url, headers=alice).json()
+    assert done["status"] == "cancelled" and done["finished_at"] is not None
+    assert [e["to_status"] for e in done["events"]][-2:] == ["cancelling", "cancelled"]
+    retried = api_client.post(f"{url}/retry", headers=alice)
+    assert retried.status_code == 200 and retried.json()["run"] == 2
+    assert api_client.get(f"{url}/trials", headers=alice).json() == []
+    with factory() as session, session.begin():
+        jobs.start_job(session, job_id=job_id)
+        trial = repositories.upsert_trial(
+            session,
+            job_id=job_id,
+            ray_trial_id="new",
+            variant="sn",
+            config={},
+            status="RUNNING",
+            epochs_budget=2,
+            run=2,
+        )
+        new_id = trial.id
+    (listed,) = api_client.get(f"{url}/trials", headers=alice).json()
+    assert (listed["id"], listed["run"]) == (new_id, 2) and new_id > old_trial
 
 
 # History
@@ -649,7 +696,7 @@ def test_vocabulary_is_what_the_ui_reads_and_is_documented(api_client, alice):
     response = api_client.get(f"{API}/vocabulary", headers=alice)
     assert response.status_code == 200
     assert response.json() == {
-        "statuses": ["queued", "running", "succeeded", "failed", "cancelled"],
+        "statuses": ["queued", "running", "succeeded", "failed", "cancelling", "cancelled"],
         "finished_statuses": ["succeeded", "failed", "cancelled"],
         "artifact_kinds": [
             "plan_json", "plan_yaml", "report_json", "ratios_csv", "ratios_png", "checkpoint",

@@ -247,6 +247,68 @@ def test_migration_0004_makes_existing_users_plain_and_downgrades(backend, tmp_p
             engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0005_adds_cancelling_and_trial_runs_and_downgrades(backend, tmp_path):
+    """0005 lets a job be ``cancelling``, gives the trials there their job's run, and (SQLite)
+    rebuilds trials with AUTOINCREMENT, so a deleted highest id is never handed out again;
+    the downgrade cancels the cancelling jobs (the old CHECK has no such status)."""
+    with migrated_database(backend, tmp_path) as url:
+        config = alembic_config(url)
+        command.downgrade(config, "0004")
+        engine = make_engine(url)
+        at = {"at": "2026-12-01 00:00:00"}
+        try:
+            with engine.begin() as connection:
+                connection.execute(
+                    text("INSERT INTO users (name, created_at) VALUES ('u', :at)"), at
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO jobs (id, owner_id, spec, status, run, created_at, "
+                        "updated_at) SELECT 'j1', id, '{}', 'failed', 3, :at, :at FROM users"
+                    ),
+                    at,
+                )
+                connection.execute(
+                    text(
+                        "INSERT INTO trials (job_id, ray_trial_id, config, status, "
+                        "epochs_budget, created_at, updated_at) VALUES "
+                        "('j1', 't0', '{}', 'ERROR', 1, :at, :at)"
+                    ),
+                    at,
+                )
+            command.upgrade(config, "0005")
+            assert status_check_values(engine) == list(JobStatus)
+            with engine.begin() as connection:
+                (old_id, run) = connection.execute(text("SELECT id, run FROM trials")).one()
+                assert run == 3
+                connection.execute(text("DELETE FROM trials"))
+                connection.execute(
+                    text(
+                        "INSERT INTO trials (job_id, run, ray_trial_id, config, status, "
+                        "epochs_budget, created_at, updated_at) VALUES "
+                        "('j1', 4, 't1', '{}', 'RUNNING', 1, :at, :at)"
+                    ),
+                    at,
+                )
+                assert connection.execute(text("SELECT id FROM trials")).scalar_one() > old_id
+                connection.execute(text("UPDATE jobs SET status = 'cancelling'"))
+            command.downgrade(config, "0004")
+            with engine.connect() as connection:
+                assert connection.execute(text("SELECT status FROM jobs")).scalar_one() == (
+                    "cancelled"
+                )
+                moved = connection.execute(
+                    text("SELECT from_status, to_status FROM job_events")
+                ).all()
+                assert [tuple(row) for row in moved] == [("cancelling", "cancelled")]
+            assert "run" not in {c["name"] for c in inspect(engine).get_columns("trials")}
+            command.upgrade(config, "head")
+            assert_models_match_migrations(engine)
+        finally:
+            engine.dispose()
+
+
 def test_url_with_percent_sign_reaches_alembic(tmp_path):
     """Percent-encoded URLs (passwords with special characters) must survive Alembic's config."""
     url = f"sqlite:///{tmp_path / 'a%20b.db'}"

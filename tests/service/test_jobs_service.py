@@ -108,15 +108,58 @@ def test_start_job_of_a_missing_job(session):
 # cancel_job
 
 
-@pytest.mark.parametrize("start", [False, True])
-def test_cancel_a_queued_or_running_job(session, start):
+def test_cancel_a_queued_job_cancels_it_at_once(session):
     job = make_job(session)
-    if start:
-        jobs.start_job(session, job_id=job.id)
-    before = job.status
     assert jobs.cancel_job(session, job_id=job.id) is job
     assert job.status == "cancelled" and job.error is None and job.finished_at is not None
-    assert transitions(session, job.id)[-1] == (before, "cancelled", "cancelled by user")
+    assert transitions(session, job.id)[-1] == ("queued", "cancelled", "cancelled by user")
+
+
+def test_cancel_a_running_job_waits_for_its_worker_to_confirm(session):
+    """running -> cancelling (not finished: no finished_at); a repeated cancel changes nothing;
+    the worker of that run and attempt confirms cancelled, no other one can."""
+    job = running_job(session, heartbeat_age_s=0)
+    assert jobs.cancel_job(session, job_id=job.id) is job
+    assert job.status == "cancelling" and job.finished_at is None
+    assert transitions(session, job.id)[-1] == ("running", "cancelling", "cancel requested by user")
+    events = len(transitions(session, job.id))
+    assert jobs.cancel_job(session, job_id=job.id).status == "cancelling"  # idempotent
+    assert len(transitions(session, job.id)) == events
+    assert jobs.confirm_cancelled(session, job_id=job.id, run=2) is None  # not its run
+    assert jobs.confirm_cancelled(session, job_id=job.id, run=1, attempt=2) is None
+    assert job.status == "cancelling"
+    assert jobs.confirm_cancelled(session, job_id=job.id, run=1, attempt=1) is job
+    assert job.status == "cancelled" and job.finished_at is not None
+    assert transitions(session, job.id)[-1] == (
+        "cancelling",
+        "cancelled",
+        "cancelled by user: the worker stopped run 1",
+    )
+    assert jobs.confirm_cancelled(session, job_id=job.id, run=1) is None  # already done
+
+
+def test_a_cancelling_job_whose_run_ends_otherwise_ends_cancelled(session):
+    """Whatever way the run ends (its last stage finished, or it failed), a cancelling job ends
+    cancelled: no artifacts, no failure."""
+    finished = running_job(session, heartbeat_age_s=0)
+    jobs.cancel_job(session, job_id=finished.id)
+    jobs.finish_job(session, job_id=finished.id, files=[], result={"text": "x"})
+    assert finished.status == "cancelled" and finished.result is None
+    assert finished.artifacts == []
+    failed = running_job(session, heartbeat_age_s=0)
+    jobs.cancel_job(session, job_id=failed.id)
+    jobs.fail_job(session, job_id=failed.id, error="RuntimeError: stopped")
+    assert failed.status == "cancelled" and failed.error is None
+    assert "RuntimeError: stopped" in transitions(session, failed.id)[-1][2]
+
+
+def test_a_cancelling_job_is_not_started_again(session):
+    """A redelivered message of a cancelling job runs nothing (its worker, or the reaper once
+    that worker is lost, ends it)."""
+    job = running_job(session, heartbeat_age_s=3600)
+    jobs.cancel_job(session, job_id=job.id)
+    assert jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S) is None
+    assert job.status == "cancelling" and job.attempts == 1
 
 
 @pytest.mark.parametrize("status", ["succeeded", "failed", "cancelled"])
@@ -146,6 +189,7 @@ def test_retry_starts_a_fresh_run(session, outcome):
         jobs.fail_job(session, job_id=job.id, error="RuntimeError: boom")
     else:
         jobs.cancel_job(session, job_id=job.id)
+        jobs.confirm_cancelled(session, job_id=job.id, run=1)
     assert job.run == 1
 
     assert jobs.retry_job(session, job_id=job.id) is job
@@ -158,6 +202,39 @@ def test_retry_starts_a_fresh_run(session, outcome):
 
     started = jobs.start_job(session, job_id=job.id, heartbeat_timeout_s=TIMEOUT_S)
     assert started is job and job.run == 2 and job.attempts == 1
+
+
+def test_retry_of_a_cancelling_job_is_refused_until_the_run_has_stopped(session):
+    job = running_job(session, heartbeat_age_s=0)
+    add_trial_with_history(session, job)
+    jobs.cancel_job(session, job_id=job.id)
+    with pytest.raises(InvalidTransition, match="cancelling: its run 1 has not stopped yet"):
+        jobs.retry_job(session, job_id=job.id)
+    assert (job.status, job.run) == ("cancelling", 1)
+    assert count(session, Trial, job_id=job.id) == 1  # nothing deleted under the old run
+    jobs.confirm_cancelled(session, job_id=job.id, run=1)
+    assert jobs.retry_job(session, job_id=job.id).run == 2
+
+
+def test_trial_ids_of_a_retried_job_are_never_reused(session):
+    """The retry deletes run 1's trials; run 2's new trial gets a new id (Postgres: a sequence;
+    SQLite: AUTOINCREMENT, which would otherwise hand out the deleted highest id again)."""
+    job = make_job(session, status="failed")
+    first = add_trial_with_history(session, job)
+    jobs.retry_job(session, job_id=job.id)
+    again = repositories.upsert_trial(
+        session,
+        job_id=job.id,
+        ray_trial_id="t0",
+        variant="sn",
+        config={},
+        status="RUNNING",
+        epochs_budget=3,
+        run=job.run,
+    )
+    assert again.id > first and again.run == 2
+    assert [t.id for t in repositories.list_trials(session, job_id=job.id, run=2)] == [again.id]
+    assert repositories.list_trials(session, job_id=job.id, run=1) == []
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "succeeded"])
@@ -206,13 +283,22 @@ def test_touch_heartbeat_of_a_running_job(session):
     assert jobs.touch_heartbeat(session, job_id=job.id, attempt=7) is None
 
 
-def test_touch_heartbeat_tells_the_worker_the_job_was_cancelled(session):
+def test_touch_heartbeat_tells_the_worker_the_job_is_cancelling(session):
+    """A cancelling job's worker keeps beating (it is still stopping its trials, the reaper
+    must not take it for lost) and reads that it must stop; once cancelled, nothing is
+    written."""
     job = running_job(session, heartbeat_age_s=60)
     jobs.cancel_job(session, job_id=job.id)
     before = job.heartbeat_at
+    assert jobs.touch_heartbeat(session, job_id=job.id, attempt=1) == "cancelling"
+    session.refresh(job)
+    assert job.heartbeat_at > before
+    assert jobs.touch_heartbeat(session, job_id=job.id, attempt=2) is None  # not its attempt
+    jobs.confirm_cancelled(session, job_id=job.id, run=1)
+    beat = job.heartbeat_at
     assert jobs.touch_heartbeat(session, job_id=job.id, attempt=1) == "cancelled"
     session.refresh(job)
-    assert job.heartbeat_at == before
+    assert job.heartbeat_at == beat
     assert jobs.touch_heartbeat(session, job_id="0" * 32) is None
 
 

@@ -80,6 +80,22 @@ def test_a_cancelled_or_finished_job_frees_its_slot(session, tmp_path):
     submit(session, user, settings)
 
 
+def test_a_cancelling_job_holds_its_slot_until_its_worker_confirms(session, tmp_path):
+    """Its worker is still stopping its trials: it counts, jobs and trial-epochs, until it is
+    cancelled."""
+    settings = Settings(data_roots=[tmp_path], max_jobs_per_user=1)
+    user = new_user(session)
+    job = submit(session, user, settings)
+    jobs.start_job(session, job_id=job.id)
+    assert submissions.cancel_job(session, user=user, job_id=job.id).status == "cancelling"
+    assert quotas.usage(session, owner_id=user.id) == quotas.Usage(1, TINY_EPOCHS)
+    with pytest.raises(quotas.QuotaExceeded, match="queued, running or cancelling"):
+        submit(session, user, settings)
+    jobs.confirm_cancelled(session, job_id=job.id, run=1)
+    assert quotas.usage(session, owner_id=user.id).jobs == 0
+    assert submit(session, user, settings).status == "queued"
+
+
 def test_the_trial_epoch_quota_sums_the_jobs_in_flight(session, tmp_path):
     settings = Settings(data_roots=[tmp_path], max_trial_epochs_per_user=3 * TINY_EPOCHS + 1)
     user = new_user(session)

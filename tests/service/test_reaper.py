@@ -92,6 +92,24 @@ def test_fresh_heartbeats_and_other_states_are_left_alone(session):
     assert fresh.attempts == 1
 
 
+def test_a_cancelling_job_whose_worker_was_lost_is_cancelled(session):
+    """Nobody is left to confirm the stop: the reaper cancels it (not requeued, not failed,
+    whatever its attempts); a cancelling job whose worker still beats is left to it."""
+    lost = running_job(session, heartbeat_age_s=TIMEOUT_S + 40)
+    lost.attempts = 3
+    stopping = running_job(session, heartbeat_age_s=TIMEOUT_S - 30)
+    for job in (lost, stopping):
+        jobs.cancel_job(session, job_id=job.id)
+    assert reap(session) == []  # nothing to send
+    assert (lost.status, lost.error, stopping.status) == ("cancelled", None, "cancelling")
+    assert lost.finished_at is not None
+    assert transitions(session, lost.id)[-1] == (
+        "cancelling",
+        "cancelled",
+        "cancelled by user; worker lost while stopping run 1: no heartbeat for 160 s",
+    )
+
+
 def test_postgres_skips_jobs_locked_by_another_transaction(module_postgres_url):
     """Two reapers (API replicas) never handle the same job: one holding the row's lock makes
     the other skip it instead of waiting."""

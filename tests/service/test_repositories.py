@@ -100,7 +100,8 @@ PATH_TO = {  # from queued, how to reach each status
     "running": ["running"],
     "succeeded": ["running", "succeeded"],
     "failed": ["running", "failed"],
-    "cancelled": ["running", "cancelled"],
+    "cancelling": ["running", "cancelling"],
+    "cancelled": ["running", "cancelling", "cancelled"],
 }
 
 
@@ -134,6 +135,8 @@ def test_every_legal_transition_records_an_event(pg_session, from_status, to_sta
         assert job.started_at is not None and job.finished_at is None and job.error is None
     elif to_status == "queued":
         assert job.started_at is None and job.finished_at is None and job.error is None
+    elif to_status == "cancelling":  # still running until its worker confirms
+        assert job.started_at is not None and job.finished_at is None and job.error is None
     else:
         assert job.finished_at is not None
         assert job.error == ("why" if to_status == "failed" else None)

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from service import repositories
+from service import jobs, lifecycle, repositories
 from service.db.models import Metric, RatioSnapshot, Trial, User
 from service.db.session import make_engine, make_session_factory
 from worker.db_recorder import DatabaseRecorder
@@ -203,3 +203,64 @@ def test_result_without_ratios_and_with_none_values(sqlite_factory):
     assert history == [{"epoch": 1, "train_loss": 0.5, "ratios": {}}]  # None is not stored
     with sqlite_factory() as session:
         assert session.scalars(select(Trial.variant)).one() == "bn"
+
+
+def test_a_stale_runs_writes_are_refused_with_one_warning_and_no_exception(factory, caplog):
+    """Run 1's recorder goes on after the job was cancelled and retried (run 2): its writes
+    (a start, results, a finish) raise nothing, write nothing, and log one warning line (no
+    traceback, no foreign-key error); run 2's recorder writes normally, under new trial ids."""
+    job_id = new_job(factory)
+    with factory() as session, session.begin():
+        jobs.start_job(session, job_id=job_id)
+    old = DatabaseRecorder(factory, job_id=job_id, run=1, attempt=1, flush_interval_s=0.0)
+    rng = random.Random(2)
+    old.trial_started("a", config(0))
+    old.trial_result("a", record(rng, 0, 1))
+    with factory() as session:
+        (first_id,) = [t.id for t in repositories.list_trials(session, job_id=job_id)]
+    with factory() as session, session.begin():
+        jobs.cancel_job(session, job_id=job_id)
+    old.trial_result("a", record(rng, 0, 2))  # cancelling: the run still writes
+    with factory() as session, session.begin():
+        jobs.confirm_cancelled(session, job_id=job_id, run=1)
+        jobs.retry_job(session, job_id=job_id)
+        jobs.start_job(session, job_id=job_id)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="worker.db_recorder"):
+        old.trial_result("a", record(rng, 0, 3))  # its trial row is gone: no FK error
+        old.trial_started("b", config(1))
+        old.trial_result("b", record(rng, 1, 1))
+        old.trial_finished("a", "TERMINATED")
+        old.close()
+    warnings = [r for r in caplog.records if r.name == "worker.db_recorder"]
+    assert len(warnings) == 1 and warnings[0].levelname == "WARNING"
+    assert warnings[0].exc_info is None and "run 1" in warnings[0].getMessage()
+    assert "at run 2" in old.stale and old.refused_writes == 4
+    assert count(factory, Trial) == 0 and count(factory, RatioSnapshot) == 0
+
+    new = DatabaseRecorder(factory, job_id=job_id, run=2, attempt=1, flush_interval_s=0.0)
+    new.trial_started("a", config(0))
+    new.trial_result("a", record(rng, 0, 1))
+    with factory() as session:
+        (trial,) = repositories.list_trials(session, job_id=job_id)
+    assert trial.run == 2 and trial.id > first_id  # never a reused id
+    assert new.stale is None and count(factory, RatioSnapshot) == LAYERS
+
+
+def test_a_requeued_attempts_recorder_is_stale_too(sqlite_factory):
+    """The reaper requeued the job (the worker was taken for lost): the old attempt's writes
+    are refused, a later attempt's are not."""
+    job_id = new_job(sqlite_factory)
+    with sqlite_factory() as session, session.begin():
+        jobs.start_job(session, job_id=job_id)
+    first = DatabaseRecorder(sqlite_factory, job_id=job_id, run=1, attempt=1)
+    first.trial_started("a", config(0))
+    with sqlite_factory() as session, session.begin():
+        job = repositories.get_job(session, job_id)
+        lifecycle.transition(session, job, "queued", message="worker lost")
+        jobs.start_job(session, job_id=job_id)
+    first.trial_started("b", config(1))
+    assert first.stale == "attempt 2 of run 1 has taken over"
+    second = DatabaseRecorder(sqlite_factory, job_id=job_id, run=1, attempt=2)
+    second.trial_started("b", config(1))
+    assert second.stale is None and count(sqlite_factory, Trial) == 2

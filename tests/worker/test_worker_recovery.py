@@ -5,9 +5,13 @@
   the unacknowledged message (a short visibility timeout) or because the reaper requeues the job
   once its heartbeat is stale; the job succeeds on a later attempt with a complete ratio history
   (every search trial: epochs x layers snapshots, steps 1..epochs, no duplicates).
-- A running job cancelled by its user: the worker stops the trials within a few seconds, the
-  job stays cancelled with no artifacts, and the worker takes the next message; a retry then
-  runs the job fresh (run 2) and succeeds.
+- A running job cancelled by its user reads ``cancelling`` until its worker has stopped the
+  trials (within a few seconds), then ``cancelled``, with no artifacts; a retry before that is
+  refused; the retry then runs the job fresh (run 2, trial ids all new) and succeeds with a
+  complete history.
+- Cancel -> retry cycles in a row (mid-training and while the experiment is being built): no
+  stale write (no trial of an earlier run, no foreign-key error or traceback in the worker's
+  log), no reused trial id, every history complete.
 
 Redis (``NORMSEARCH_TEST_BROKER_URL``, default redis://127.0.0.1:6379/9, flushed before and after)
 and Postgres unreachable are failures, never skips.
@@ -30,6 +34,7 @@ from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, Job, RatioSnapshot, Trial, User
 from service.dispatch import send_search
+from service.errors import InvalidTransition
 from service.reaper import run_reaper_once
 from service.settings import Settings
 from tests.support.api import tiny_spec
@@ -263,20 +268,49 @@ def test_the_reaper_requeues_a_killed_workers_job(factory, app, settings, worker
     assert_complete_history(factory, job_id)
 
 
+def trial_ids(factory, job_id: str) -> dict[int, int]:
+    """The job's trials in the database: id -> run."""
+    with factory() as session:
+        return dict(
+            session.execute(select(Trial.id, Trial.run).where(Trial.job_id == job_id)).all()
+        )
+
+
+def cancel_and_wait_stopped(factory, job_id: str, worker: WorkerProcess) -> float:
+    """Cancel the running job: it reads cancelling at once, a retry is refused, and it reads
+    cancelled once the worker has stopped the run; returns how long that took."""
+    with factory() as session, session.begin():
+        assert jobs.cancel_job(session, job_id=job_id).status == "cancelling"
+    cancelled_at = time.monotonic()
+    with factory() as session, session.begin(), pytest.raises(InvalidTransition):
+        jobs.retry_job(session, job_id=job_id)  # the run has not stopped yet
+    wait_for(
+        lambda: get_job(factory, job_id).status == "cancelled",
+        STOP_WITHIN_S,
+        "the worker to confirm the cancellation",
+        worker,
+    )
+    return time.monotonic() - cancelled_at
+
+
+def retry(factory, app, job_id: str) -> None:
+    with factory() as session, session.begin():
+        jobs.retry_job(session, job_id=job_id)
+    send_search(app, job_id)
+
+
+def assert_no_stale_write(worker: WorkerProcess) -> None:
+    """What a stale run's write used to leave: a foreign-key error's traceback at ERROR."""
+    log = worker.log_path.read_text(errors="replace")
+    assert "IntegrityError" not in log and "Traceback" not in log, worker.tail()
+
+
 def test_cancel_stops_the_trials_and_a_retry_runs_fresh(factory, app, workers):
     worker = workers()
     job_id = submit(factory, app)
     wait_first_epoch(factory, job_id, worker)
-    with factory() as session, session.begin():
-        jobs.cancel_job(session, job_id=job_id)
-    cancelled_at = time.monotonic()
-    wait_for(
-        lambda: f"job {job_id}: stopped" in worker.log_path.read_text(errors="replace"),
-        STOP_WITHIN_S,
-        "the worker to stop the cancelled search",
-        worker,
-    )
-    stopped_after = time.monotonic() - cancelled_at
+    stopped_after = cancel_and_wait_stopped(factory, job_id, worker)
+    assert f"job {job_id}: stopped" in worker.log_path.read_text(errors="replace")
     recorded = search_snapshots(factory, job_id)
     assert recorded < EPOCHS * layer_count(), "the search finished before the cancellation"
     time.sleep(2 * HEARTBEAT_INTERVAL_S)
@@ -284,19 +318,63 @@ def test_cancel_stops_the_trials_and_a_retry_runs_fresh(factory, app, workers):
     job = get_job(factory, job_id)
     assert job.status == "cancelled" and job.error is None and job.progress < 1.0
     assert artifact_paths(factory, job_id) == []
-    assert [e[1] for e in events(factory, job_id)] == ["running", "cancelled"]
+    assert events(factory, job_id)[1:] == [
+        ("running", "cancelling", "cancel requested by user"),
+        ("cancelling", "cancelled", "cancelled by user: the worker stopped run 1"),
+    ]
+    first_run = trial_ids(factory, job_id)
+    assert first_run and set(first_run.values()) == {1}
     print(f"cancellation stopped the search in {stopped_after:.1f} s")
 
     # The worker is free: the retried job (run 2, a fresh work directory) runs and succeeds.
-    with factory() as session, session.begin():
-        jobs.retry_job(session, job_id=job_id)
-    send_search(app, job_id)
+    retry(factory, app, job_id)
     job = wait_finished(factory, job_id, worker)
     assert job.status == "succeeded", f"{job.error}\n{worker.tail()}"
     assert (job.run, job.attempts, job.progress) == (2, 1, 1.0)
     assert [e[1] for e in events(factory, job_id)] == [
-        "running", "cancelled", "queued", "running", "succeeded"
+        "running", "cancelling", "cancelled", "queued", "running", "succeeded"
     ]  # fmt: skip
     assert_complete_history(factory, job_id)
+    second_run = trial_ids(factory, job_id)
+    assert set(second_run.values()) == {2} and not set(second_run) & set(first_run)
+    assert_no_stale_write(worker)
     paths = artifact_paths(factory, job_id)
     assert paths and all(path.exists() and "run-2" in path.parts for path in paths)
+
+
+CYCLES = 6
+
+
+def test_cancel_retry_cycles_leave_no_stale_write_and_reuse_no_trial_id(factory, app, workers):
+    """``CYCLES`` cancel -> retry cycles in a row on one job, cancelled alternately mid-training
+    (after its first epoch) and as soon as it runs (while the experiment is being built); then
+    the last run succeeds. bench/cancel_retry.py runs the same against a whole service."""
+    worker = workers()
+    job_id = submit(factory, app)
+    seen: dict[int, int] = {}  # trial id -> run
+    for cycle in range(CYCLES):
+        run = cycle + 1
+        if cycle % 2 == 0:
+            wait_first_epoch(factory, job_id, worker)
+        else:
+            wait_for(
+                lambda: get_job(factory, job_id).status == "running",
+                JOB_TIMEOUT_S,
+                f"run {run} to start",
+                worker,
+            )
+        cancel_and_wait_stopped(factory, job_id, worker)
+        ids = trial_ids(factory, job_id)
+        assert set(ids.values()) <= {run}, f"cycle {cycle}: a trial of another run: {ids}"
+        assert not set(ids) & set(seen), f"cycle {cycle}: reused trial ids"
+        seen.update(ids)
+        retry(factory, app, job_id)
+    job = wait_finished(factory, job_id, worker)
+    assert job.status == "succeeded", f"{job.error}\n{worker.tail()}"
+    assert job.run == CYCLES + 1
+    last = trial_ids(factory, job_id)
+    assert set(last.values()) == {CYCLES + 1} and not set(last) & set(seen)
+    assert_complete_history(factory, job_id)
+    assert_no_stale_write(worker)
+    statuses = [e[1] for e in events(factory, job_id)]
+    assert statuses.count("cancelling") == statuses.count("cancelled") == CYCLES

@@ -72,7 +72,8 @@ export function render(root, [jobId]) {
     const job = state.job;
     $("#status-slot").innerHTML = statusBadge(job.status);
     $("#progress-slot").innerHTML = progressHtml(job.progress);
-    $("#cancel-job").hidden = !ACTIVE_STATUSES.has(job.status);
+    // A cancelling job's worker is already stopping it: nothing more to ask until it is cancelled.
+    $("#cancel-job").hidden = !ACTIVE_STATUSES.has(job.status) || job.status === "cancelling";
     $("#retry-job").hidden = !["failed", "cancelled"].includes(job.status);
     const facts = [
       ["Model", job.arch], ["Dataset", job.dataset],
