@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorBody, ValidationErrorBody
 from service.errors import ServiceError
+from service.spec import error_message
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _describe(error: dict[str, Any]) -> dict[str, str]:
         where = f" at character {loc[1]}" if len(loc) > 1 else ""
         reason = (error.get("ctx") or {}).get("error", "")
         return {"field": "(body)", "message": f"malformed JSON{where}: {reason}".rstrip(": ")}
-    return {"field": field_path(error.get("loc", ())), "message": str(error.get("msg", ""))}
+    return {"field": field_path(error.get("loc", ())), "message": error_message(error)}
 
 
 def _error_list(errors: list[dict[str, Any]]) -> list[dict[str, str]]:

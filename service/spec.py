@@ -532,10 +532,24 @@ def job_spec_schema() -> dict[str, Any]:
     return JobSpec.model_json_schema()
 
 
+# pydantic prefixes the message of a validator's ValueError or assert with the exception's kind;
+# a user reads the reason only.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def error_message(item: dict[str, Any]) -> str:
+    """A pydantic error item's message without pydantic's "Value error, " prefix."""
+    message = str(item.get("msg", ""))
+    for prefix in _PYDANTIC_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
+
+
 def format_validation_error(error) -> list[str]:
     """One line per problem of a pydantic ValidationError: ``field.path: reason``."""
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(spec)"
-        lines.append(f"{where}: {item['msg']}")
+        lines.append(f"{where}: {error_message(item)}")
     return lines

@@ -705,6 +705,11 @@ def test_spec_schema_examples_and_dry_run_validation(api_client, alice):
     )
     assert invalid.status_code == 422 and invalid.json()["field"] == "training.epochs"
     assert api_client.get(f"{API}/spec/examples").status_code == 401
+    # a validator's reason, without pydantic's "Value error, " in front of it
+    mnist = tiny_spec(dataset={"kind": "mnist1d", "num_samples": 55})
+    answer = api_client.post(f"{API}/spec/validate", headers=alice, json=mnist).json()
+    assert answer["field"] == "dataset" and answer["errors"][0]["message"].startswith("mnist1d")
+    assert "Value error" not in answer["message"]
 
 
 def test_ratio_history_as_csv(api_client, alice, factory):
