@@ -43,6 +43,7 @@ def job_summary(job: Job) -> JobSummary:
     spec = job.spec or {}
     return JobSummary(
         id=job.id,
+        name=job.name,
         status=job.status,
         progress=min(max(job.progress or 0.0, 0.0), 1.0),
         error=job.error,

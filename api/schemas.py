@@ -80,11 +80,16 @@ class JobResult(BaseModel):
     text: str = Field(examples=["all-LN 0.978 ± 0.002 (4 seeds, final epoch)"])
 
 
+# The longest job name (``POST /jobs?name=``; the column ``jobs.name`` is as wide).
+JOB_NAME_MAX_LENGTH = 100
+
+
 class JobSummary(_Out):
     """A job as listed: enough for a jobs table. ``result``: null until it succeeded (and for
     jobs that finished before results were recorded); a failed job's reason is ``error``."""
 
     id: str
+    name: str | None = None
     status: JobStatus
     progress: float = Field(ge=0, le=1)
     error: str | None

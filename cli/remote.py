@@ -158,6 +158,10 @@ def submit(
         str | None,
         typer.Option(help="Submit safely again: the same key returns the first job."),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="A label for the job (at most 100 characters; `ls` shows it)."),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.1, help="With --wait: seconds between polls without events.")
     ] = 2.0,
@@ -171,7 +175,7 @@ def submit(
     fails or is cancelled)."""
     spec = load_spec_file(spec_file)
     with remote(url, token) as client:
-        job = client.submit(spec, idempotency_key=idempotency_key)
+        job = client.submit(spec, idempotency_key=idempotency_key, name=name)
         console.print(f"job {job.id} {status_text(job.status)}")
         if not wait:
             console.print(f"follow it with: normsearch status {job.id}")

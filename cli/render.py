@@ -269,7 +269,7 @@ def jobs_table(items: list[JobSummary], *, title: str | None = None, width: int 
     width = width or console.width
     cells: dict[str, list[str]] = {
         "id": [job.id for job in items],
-        "name": [escape(getattr(job, "name", None) or "") for job in items],
+        "name": [escape(job.name or "") for job in items],
         "status": [status_text(job.status) for job in items],
         "done": [f"{job.progress:.0%}" for job in items],
         "model": [escape(job.arch) for job in items],
@@ -314,6 +314,7 @@ def job_summary_table(job: JobDetail) -> Table:
     table.add_column()
     rows = [
         ("job", job.id),
+        *([("name", escape(job.name))] if job.name else []),
         ("status", status_text(job.status)),
         ("progress", f"{job.progress:.0%}"),
         ("model", escape(job.arch)),

@@ -144,6 +144,24 @@ def test_submit_queues_the_job_and_sends_its_task_after_the_commit(api_client, a
     queue.close()
 
 
+def test_a_job_may_have_a_name_shown_in_the_list_and_its_page(api_client, alice, api_broker):
+    named = submit(api_client, alice, params={"name": "  resnet20 on digits, first try "})
+    assert named.status_code == 201, named.text
+    assert named.json()["name"] == "resnet20 on digits, first try"
+    unnamed = submit(api_client, alice)
+    assert unnamed.json()["name"] is None
+    listed = api_client.get(f"{API}/jobs", headers=alice).json()["items"]
+    assert {item["id"]: item["name"] for item in listed} == {
+        named.json()["id"]: "resnet20 on digits, first try",
+        unnamed.json()["id"]: None,
+    }
+    shown = api_client.get(f"{API}/jobs/{named.json()['id']}", headers=alice).json()
+    assert shown["name"] == "resnet20 on digits, first try"
+    for bad in ("x" * 101, ""):
+        refused = submit(api_client, alice, params={"name": bad})
+        assert refused.status_code == 422 and refused.json()["field"] == "name", refused.text
+
+
 def test_idempotency_key_returns_the_first_job(api_client, alice, api_broker):
     queue = redis.Redis.from_url(api_broker)
     headers = {**alice, "Idempotency-Key": "nightly-2026-11-21"}

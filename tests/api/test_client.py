@@ -539,6 +539,21 @@ def test_cli_ls_fits_columns_keeps_ids_whole_and_wraps_between_words(cli, client
     ]  # fmt: skip
 
 
+def test_cli_submit_name_shows_in_ls_and_status(cli, client, token, tmp_path):
+    spec = write_spec(tmp_path, tiny_spec())
+    result = cli("submit", spec, "--name", "first try", "--token", token)
+    assert result.exit_code == 0, result.output
+    (job,) = client.list_jobs().items
+    assert job.name == "first try"
+    listed = runner.invoke(app, ["ls", "--token", token], env={"COLUMNS": ""})
+    header = next(line for line in listed.output.splitlines() if " status " in line)
+    assert header.split()[:3] == ["id", "name", "status"]
+    assert "first try" in next(line for line in listed.output.splitlines() if job.id in line)
+    assert "first try" in cli("status", job.id, "--token", token).output
+    too_long = cli("submit", spec, "--name", "x" * 101, "--token", token)
+    assert too_long.exit_code == 2 and "name" in too_long.output
+
+
 def test_cli_reads_the_token_from_the_environment(cli, token, monkeypatch):
     monkeypatch.setenv("NORMSEARCH_TOKEN", token)
     result = cli("ls")

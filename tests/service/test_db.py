@@ -247,6 +247,24 @@ def test_migration_0004_makes_existing_users_plain_and_downgrades(backend, tmp_p
             engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0006_adds_an_optional_job_name_and_downgrades(backend, tmp_path):
+    """``jobs.name``: nullable (jobs from before have none), at most 100 characters; a downgrade
+    drops it."""
+    with migrated_database(backend, tmp_path) as url:
+        config = alembic_config(url)
+        engine = make_engine(url)
+        try:
+            column = {c["name"]: c for c in inspect(engine).get_columns("jobs")}["name"]
+            assert column["nullable"] is True and column["type"].length == 100
+            command.downgrade(config, "0004")
+            assert "name" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
+            command.upgrade(config, "head")
+            assert_models_match_migrations(engine)
+        finally:
+            engine.dispose()
+
+
 def test_url_with_percent_sign_reaches_alembic(tmp_path):
     """Percent-encoded URLs (passwords with special characters) must survive Alembic's config."""
     url = f"sqlite:///{tmp_path / 'a%20b.db'}"
