@@ -132,6 +132,11 @@ class JobPage(BaseModel):
 
 class TrialOut(_Out):
     id: int
+    number: int = Field(
+        default=0,
+        description="The trial's number within its job, 1 to n in creation order (what the UI "
+        "shows; ``id`` is the database's, shared by every job).",
+    )
     ray_trial_id: str
     variant: str
     status: str

@@ -39,7 +39,8 @@ AfterStep = Annotated[
 def list_trials(job_id: JobId, user: CurrentUser, session: SessionDep) -> list[TrialOut]:
     """The job's Ray Tune trials: search trials (variant ``sn``) and verification trials."""
     submissions.owned_job(session, job_id=job_id, user=user)
-    return [trial_out(t) for t in repositories.list_trials(session, job_id=job_id)]
+    trials = repositories.list_trials(session, job_id=job_id)
+    return [trial_out(t, number) for number, t in enumerate(trials, start=1)]
 
 
 def _snapshot_point(row) -> RatioPoint:

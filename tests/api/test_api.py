@@ -438,6 +438,25 @@ def test_trials_and_metrics(api_client, alice, factory):
     assert metrics["last_step"] == 4
 
 
+def test_trials_are_numbered_per_job_in_creation_order(api_client, alice, factory):
+    """``number`` 1..n within each job; ``id`` is the database's (a second job's trials do not
+    start at 1)."""
+    jobs = [submit(api_client, alice).json()["id"] for _ in range(2)]
+    with factory() as session, session.begin():
+        for job_id in jobs:
+            for name in ("a", "b", "c"):
+                repositories.upsert_trial(
+                    session, job_id=job_id, ray_trial_id=f"{job_id[:6]}-{name}", variant="sn",
+                    config={}, status="PENDING", epochs_budget=1,
+                )  # fmt: skip
+    for job_id in jobs:
+        trials = api_client.get(f"{API}/jobs/{job_id}/trials", headers=alice).json()
+        assert [t["number"] for t in trials] == [1, 2, 3]
+        assert [t["id"] for t in trials] == sorted(t["id"] for t in trials)
+    second = api_client.get(f"{API}/jobs/{jobs[1]}/trials", headers=alice).json()
+    assert second[0]["id"] != 1 and second[0]["number"] == 1
+
+
 def test_trial_listing_has_each_trials_effective_lr(api_client, alice, factory):
     # The trials of a linear-scaled sweep (lr 0.1 for batch 128) as the worker records them: the
     # grid point (worker.search.grid_point) is the config's "trial"; a row from before scaling

@@ -216,7 +216,7 @@ export function render(root, [jobId]) {
       const final = finals.get(t.id);
       return `<tr data-testid="trial-row" data-trial-id="${t.id}" data-variant="${esc(t.variant)}"
         class="${t.id === state.trialId ? "selected" : ""}">
-        <td class="mono" title="${esc(t.ray_trial_id)}">#${t.id}</td><td>${esc(t.variant)}</td>
+        <td class="mono" title="${esc(t.ray_trial_id)}">#${t.number}</td><td>${esc(t.variant)}</td>
         <td>${statusBadge(t.status.toLowerCase(), "trial-status")}</td>
         <td class="num">${seed ?? "–"}</td><td class="num">${batch ?? "–"}</td>
         <td class="num" data-testid="trial-lr" title="base lr ${fmtLr(lr.base)}">${fmtLr(lr.effective)}</td>
@@ -230,7 +230,7 @@ export function render(root, [jobId]) {
     const search = state.trials.filter((t) => t.variant === SEARCH_VARIANT);
     const options = search.map((t) => {
       const { seed, batch } = trialConfig(t);
-      return `<option value="${t.id}">#${t.id} · seed ${seed ?? "?"} · batch ${batch ?? "?"} · ${
+      return `<option value="${t.id}">#${t.number} · seed ${seed ?? "?"} · batch ${batch ?? "?"} · ${
         esc(t.status.toLowerCase())}</option>`;
     }).join("");
     if (trialSelect.dataset.options !== options) {
