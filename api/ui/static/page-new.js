@@ -30,6 +30,10 @@ export function render(root) {
           <div class="editor-actions">
             <button type="button" class="button" id="format-spec">Format JSON</button>
             <span class="spacer"></span>
+            <label>Name (optional)
+              <input type="text" id="job-name" data-testid="job-name-input" maxlength="100"
+                placeholder="e.g. resnet20, first try" autocomplete="off">
+            </label>
             <button type="button" class="button primary" data-testid="submit-job" id="submit-job">
               Submit job</button>
           </div>
@@ -170,10 +174,14 @@ export function render(root) {
       showErrors([error], "The text is not valid JSON:");
       return;
     }
-    if (idempotency.text !== editor.value) idempotency = { text: editor.value, key: randomKey() };
+    // One key per spec text and name: a changed name is another submission.
+    const text = `${editor.value}\n${root.querySelector("#job-name").value.trim()}`;
+    if (idempotency.text !== text) idempotency = { text, key: randomKey() };
     submit.disabled = true;
     try {
-      const job = await request("/api/v1/jobs", {
+      const name = root.querySelector("#job-name").value.trim();
+      const query = name ? `?${new URLSearchParams({ name })}` : "";
+      const job = await request(`/api/v1/jobs${query}`, {
         method: "POST", json: spec, headers: { "Idempotency-Key": `ui-${idempotency.key}` },
       });
       if (!alive) return;
