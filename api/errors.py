@@ -185,7 +185,7 @@ class JsonDepthLimit:
             message = await receive()
             chunks.append(message.get("body", b""))
         if message["type"] != "http.request":  # the client went away
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, replay_body(message, receive), send)
             return
         body = b"".join(chunks)
         if json_nesting_over(body, self.max_depth):
@@ -197,10 +197,10 @@ class JsonDepthLimit:
             await validation_response([error])(scope, receive, send)
             return
         replayed = {"type": "http.request", "body": body, "more_body": False}
-        await self.app(scope, _replay(replayed, receive), send)
+        await self.app(scope, replay_body(replayed, receive), send)
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
+def replay_body(first: Message, receive: Receive) -> Receive:
     """A ``receive`` that answers ``first`` once, then whatever ``receive`` answers."""
     pending = [first]
 
