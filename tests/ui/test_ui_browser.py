@@ -596,10 +596,20 @@ IN_SCROLL_BOX = """(element) => {
 }"""
 
 
+# The innermost elements that reach past the window's right edge (what makes a page scroll).
+WIDER_THAN_WINDOW = """() => [...document.querySelectorAll("body *")]
+  .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+  .filter((e) => ![...e.children].some((c) => c.getBoundingClientRect().right > window.innerWidth))
+  .slice(0, 5)
+  .map((e) => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)
+"""
+
+
 def assert_fits(page, where: str) -> None:
     """No sideways scroll of the page; every main table outside any inner scroll box."""
     sizes = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
-    assert sizes[0] <= sizes[1], f"{where}: the page scrolls sideways ({sizes[0]} > {sizes[1]})"
+    wider = page.evaluate(WIDER_THAN_WINDOW) if sizes[0] > sizes[1] else []
+    assert sizes[0] <= sizes[1], f"{where}: the page scrolls sideways ({sizes}; {wider})"
     for table in page.locator("table.table").all():
         if table.is_visible():
             box = table.evaluate(IN_SCROLL_BOX)
