@@ -619,8 +619,8 @@ def test_cli_submit_wait_exit_code_follows_the_outcome(
     class FinishingClient(NormsearchClient):
         """The job finishes at once, as if a worker had run it."""
 
-        def submit(self, spec, idempotency_key=None):
-            job = super().submit(spec, idempotency_key)
+        def submit(self, spec, idempotency_key=None, *, name=None):
+            job = super().submit(spec, idempotency_key, name=name)
             if outcome == "succeeded":
                 _fake_outputs(api_settings, job.id)
             if outcome == "cancelled":
