@@ -18,6 +18,7 @@ from api.errors import ERROR_RESPONSES, BodySizeLimit, JsonDepthLimit, install_e
 from api.observability import Metrics, MetricsMiddleware
 from api.routes import health, history, jobs, outputs, specs, tokens, vocabulary
 from api.ui import mount_ui
+from api.yaml_body import YamlBodies
 from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
 from service.settings import Settings, get_settings
@@ -100,6 +101,8 @@ def create_app(settings: Settings | None = None, *, run_reaper: bool = True) -> 
     app.include_router(health.router)
     # Added first, so inside BodySizeLimit: the body it buffers is already bounded.
     app.add_middleware(JsonDepthLimit, max_depth=settings.max_json_depth)
+    # Between the two: a YAML spec becomes JSON, bounded before and depth-checked after.
+    app.add_middleware(YamlBodies, paths=(f"{API_PREFIX}/jobs", f"{API_PREFIX}/spec/validate"))
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     mount_ui(app)

@@ -334,13 +334,19 @@ class NormsearchClient:
 
     # ----------------------------------------------------------------------- jobs
     def submit(
-        self, spec: Mapping[str, Any] | BaseModel, idempotency_key: str | None = None
+        self,
+        spec: Mapping[str, Any] | BaseModel,
+        idempotency_key: str | None = None,
+        *,
+        name: str | None = None,
     ) -> JobDetail:
-        """Queue a search job (``spec``: a dict or a ``service.spec.JobSpec``). With an
-        ``idempotency_key`` a repeated call returns the first job instead of a new one."""
+        """Queue a search job (``spec``: a dict or a ``service.spec.JobSpec``; ``name``: an
+        optional label). With an ``idempotency_key`` a repeated call returns the first job
+        instead of a new one."""
         body = spec.model_dump(mode="json") if isinstance(spec, BaseModel) else dict(spec)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
-        response = self._request("POST", "/jobs", json_body=body, headers=headers)
+        params = {"name": name} if name else None
+        response = self._request("POST", "/jobs", params=params, json_body=body, headers=headers)
         return JobDetail.model_validate(response.json())
 
     def list_jobs(

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorBody, ValidationErrorBody
 from service.errors import ServiceError
+from service.spec import error_message
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def _describe(error: dict[str, Any]) -> dict[str, str]:
         where = f" at character {loc[1]}" if len(loc) > 1 else ""
         reason = (error.get("ctx") or {}).get("error", "")
         return {"field": "(body)", "message": f"malformed JSON{where}: {reason}".rstrip(": ")}
-    return {"field": field_path(error.get("loc", ())), "message": str(error.get("msg", ""))}
+    return {"field": field_path(error.get("loc", ())), "message": error_message(error)}
 
 
 def _error_list(errors: list[dict[str, Any]]) -> list[dict[str, str]]:
@@ -184,7 +185,7 @@ class JsonDepthLimit:
             message = await receive()
             chunks.append(message.get("body", b""))
         if message["type"] != "http.request":  # the client went away
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, replay_body(message, receive), send)
             return
         body = b"".join(chunks)
         if json_nesting_over(body, self.max_depth):
@@ -196,10 +197,10 @@ class JsonDepthLimit:
             await validation_response([error])(scope, receive, send)
             return
         replayed = {"type": "http.request", "body": body, "more_body": False}
-        await self.app(scope, _replay(replayed, receive), send)
+        await self.app(scope, replay_body(replayed, receive), send)
 
 
-def _replay(first: Message, receive: Receive) -> Receive:
+def replay_body(first: Message, receive: Receive) -> Receive:
     """A ``receive`` that answers ``first`` once, then whatever ``receive`` answers."""
     pending = [first]
 

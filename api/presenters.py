@@ -43,6 +43,7 @@ def job_summary(job: Job) -> JobSummary:
     spec = job.spec or {}
     return JobSummary(
         id=job.id,
+        name=job.name,
         status=job.status,
         progress=min(max(job.progress or 0.0, 0.0), 1.0),
         error=job.error,
@@ -98,6 +99,9 @@ def _effective_lr(config: dict[str, Any]) -> float | None:
     return None if value is None else float(value)
 
 
-def trial_out(trial: Trial) -> TrialOut:
+def trial_out(trial: Trial, number: int) -> TrialOut:
+    """``number``: the trial's place (1-based) among its job's trials in creation order."""
     out = TrialOut.model_validate(trial)
-    return out.model_copy(update={"effective_lr": _effective_lr(trial.config or {})})
+    return out.model_copy(
+        update={"effective_lr": _effective_lr(trial.config or {}), "number": number}
+    )

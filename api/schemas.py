@@ -80,11 +80,16 @@ class JobResult(BaseModel):
     text: str = Field(examples=["all-LN 0.978 ± 0.002 (4 seeds, final epoch)"])
 
 
+# The longest job name (``POST /jobs?name=``; the column ``jobs.name`` is as wide).
+JOB_NAME_MAX_LENGTH = 100
+
+
 class JobSummary(_Out):
     """A job as listed: enough for a jobs table. ``result``: null until it succeeded (and for
     jobs that finished before results were recorded); a failed job's reason is ``error``."""
 
     id: str
+    name: str | None = None
     status: JobStatus
     progress: float = Field(ge=0, le=1)
     error: str | None
@@ -128,6 +133,11 @@ class JobPage(BaseModel):
 class TrialOut(_Out):
     id: int = Field(description="Never reused, not even after a retry deleted earlier trials.")
     run: int = Field(default=1, description="The job run (the job's ``run``) that ran the trial.")
+    number: int = Field(
+        default=0,
+        description="The trial's number within its job, 1 to n in creation order (what the UI "
+        "shows; ``id`` is the database's, shared by every job).",
+    )
     ray_trial_id: str
     variant: str
     status: str

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import database_reason, fail
+
 db_app = typer.Typer(help="The service database (migrations).", no_args_is_help=True)
 
 DatabaseUrlOption = Annotated[
@@ -37,24 +39,45 @@ def db_upgrade(
     revision: Annotated[str, typer.Option(help="Target revision.")] = "head",
 ) -> None:
     """Apply the migrations (creates the database tables; safe to run again)."""
+    from alembic.util import CommandError
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from service.db.migrate import current, upgrade
 
     url = _database_url(url)
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    upgrade(url, revision)
-    typer.echo(f"{_shown(url)} is at revision {current(url) or 'none'}")
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        upgrade(url, revision)
+        typer.echo(f"{_shown(url)} is at revision {current(url) or 'none'}")
+    except (ArgumentError, SQLAlchemyError, CommandError, OSError) as error:
+        raise fail(f"cannot migrate {_shown_or_raw(url)}: {database_reason(error)}") from None
 
 
 @db_app.command("current")
 def db_current(url: DatabaseUrlOption = None) -> None:
     """Print the revision the database is at ("none": not migrated)."""
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
     from service.db.migrate import current
 
-    typer.echo(current(_database_url(url)) or "none")
+    url = _database_url(url)
+    try:
+        revision = current(url)
+    except (ArgumentError, SQLAlchemyError) as error:
+        shown = _shown_or_raw(url)
+        raise fail(f"cannot open the database {shown}: {database_reason(error)}") from None
+    typer.echo(revision or "none")
+
+
+def _shown_or_raw(url: str) -> str:
+    """The URL without its password; as given when it is not a URL at all."""
+    try:
+        return _shown(url)
+    except Exception:  # not parseable: nothing in it to hide
+        return url
 
 
 def register(app: typer.Typer) -> None:

@@ -16,6 +16,7 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import fail
 from cli.render import (
     batch_size_table,
     bn_trend_table,
@@ -117,8 +118,7 @@ def run(
                 data=data,
             )
     except (DatasetError, JobStateError) as error:
-        console.print(f"[red]error[/red] {error}")
-        raise typer.Exit(code=2) from None
+        raise fail(str(error)) from None
     files = write_job_report(result, out, extra={"wall_seconds": time.perf_counter() - started})
     console.print()
     for line in verdict_lines(result.verification):

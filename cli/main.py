@@ -10,11 +10,13 @@ from __future__ import annotations
 import typer
 
 from cli import database, local, remote, server, tokens
+from cli.errors import OneLineErrors
 
 app = typer.Typer(
     help="normsearch: find which normalizer each layer of your network should use.",
     no_args_is_help=True,
     add_completion=False,
+    cls=OneLineErrors,
 )
 
 

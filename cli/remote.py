@@ -7,8 +7,9 @@
     normsearch download ID --out DIR
 
 Every command takes ``--url`` (env ``NORMSEARCH_URL``, default http://127.0.0.1:8000) and
-``--token`` (env ``NORMSEARCH_TOKEN``; never printed). An error answer prints ``error: <message>``
-and exits 2 when the request was at fault (4xx) or 1 otherwise (server error, server unreachable);
+``--token`` (env ``NORMSEARCH_TOKEN``; never printed). An error answer prints one line on stderr,
+``error: <message>``, and exits 2 when the request was at fault (4xx) or the server cannot be
+reached, 1 for a server error;
 ``submit --wait`` exits 0 when the job succeeded and 1 when it failed or was cancelled.
 
 The commands build their client with ``make_client`` (tests replace it to talk to an in-process
@@ -28,6 +29,7 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 
 from api.client import ApiError, NormsearchClient, ServerUnreachable, WaitTimeout
 from api.schemas import JobDetail, JobStatus
+from cli.errors import EXPECTED_FAILURE, error_line, fail
 from cli.render import (
     artifacts_table,
     bn_trend_table,
@@ -36,6 +38,7 @@ from cli.render import (
     events_table,
     job_summary_table,
     jobs_table,
+    output_width,
     print_report,
     print_wide,
     size_text,
@@ -70,27 +73,25 @@ def make_client(url: str, token: str | None) -> NormsearchClient:
     return NormsearchClient(url, token)
 
 
-def _fail(message: str, *, code: int, field: str | None = None) -> typer.Exit:
-    err_console.print(f"[red]error:[/red] {escape(message)}")
-    if field:
-        err_console.print(f"  field: {escape(field)}")
-    return typer.Exit(code=code)
+def _fail(message: str, *, code: int) -> typer.Exit:
+    return fail(message, code=code)
 
 
 def report_api_error(error: ApiError) -> typer.Exit:
-    """Print an API error (and each field at fault); the exit to raise: 2 for 4xx, else 1."""
-    err_console.print(f"[red]error:[/red] {escape(error.message)}")
+    """Print an API error as one ``error:`` line (one per field at fault when several are); the
+    exit to raise: 2 for 4xx, else 1."""
     fields = [e for e in error.errors if isinstance(e, dict) and e.get("field")]
     if len(fields) > 1:
         for item in fields:
-            err_console.print(f"  {escape(item['field'])}: {escape(str(item.get('message', '')))}")
-    elif error.field and error.field not in error.message:
-        err_console.print(f"  field: {escape(error.field)}")
-    if error.status == 401:
-        err_console.print(
-            "  (check --token / NORMSEARCH_TOKEN; `normsearch token create` makes one)"
-        )
-    return typer.Exit(code=2 if error.is_input_error else 1)
+            error_line(f"{item['field']}: {item.get('message', '')}")
+    else:
+        message = error.message
+        if error.field and error.field not in message:
+            message += f" (field {error.field})"
+        if error.status == 401:
+            message += " (check --token / NORMSEARCH_TOKEN; `normsearch token create` makes one)"
+        error_line(message)
+    return typer.Exit(code=EXPECTED_FAILURE if error.is_input_error else 1)
 
 
 @contextmanager
@@ -110,9 +111,9 @@ def remote(url: str, token: str | None) -> Iterator[NormsearchClient]:
         with client:
             yield client
     except ServerUnreachable as error:
-        err_console.print(f"[red]error:[/red] {escape(error.message)}")
-        err_console.print("  (is the server running? set --url or NORMSEARCH_URL)")
-        raise typer.Exit(code=1) from None
+        raise fail(
+            f"{error.message} (is the server running? set --url or NORMSEARCH_URL)"
+        ) from None
     except ApiError as error:
         raise report_api_error(error) from None
 
@@ -157,6 +158,10 @@ def submit(
         str | None,
         typer.Option(help="Submit safely again: the same key returns the first job."),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option(help="A label for the job (at most 100 characters; `ls` shows it)."),
+    ] = None,
     poll: Annotated[
         float, typer.Option(min=0.1, help="With --wait: seconds between polls without events.")
     ] = 2.0,
@@ -170,7 +175,7 @@ def submit(
     fails or is cancelled)."""
     spec = load_spec_file(spec_file)
     with remote(url, token) as client:
-        job = client.submit(spec, idempotency_key=idempotency_key)
+        job = client.submit(spec, idempotency_key=idempotency_key, name=name)
         console.print(f"job {job.id} {status_text(job.status)}")
         if not wait:
             console.print(f"follow it with: normsearch status {job.id}")
@@ -211,7 +216,8 @@ def list_jobs(
     shown = f"{offset + 1}-{offset + len(page.items)} of {page.total}"
     # The result column is long ("plan 0.981 ± 0.004 (4 seeds, final epoch)"): one line per
     # job in a log file too.
-    print_wide(jobs_table(page.items, title=f"jobs ({shown})"), needed=180)
+    table = jobs_table(page.items, title=f"jobs ({shown})", width=output_width(180))
+    print_wide(table, needed=180)
 
 
 def status(job_id: JobIdArgument, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:

@@ -6,31 +6,74 @@ verification the same way.
 
 from __future__ import annotations
 
-import sys
+import os
 from datetime import datetime
 from typing import Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from api.schemas import ArtifactKind, JobDetail, JobStatus, JobSummary
 from sn_core.vocabulary import NORMALIZER_LABELS, NORMALIZERS
 
 # Wide enough for the ratio tables when the output is a pipe or a log file.
-_width = None if sys.stdout.isatty() else 110
-console = Console(width=_width)
-err_console = Console(stderr=True, width=_width)
+PIPE_WIDTH = 110
+
+
+def columns_asked() -> int | None:
+    """The width ``COLUMNS`` asks for (read at each print, so a test or a caller can set it)."""
+    columns = os.environ.get("COLUMNS", "")
+    return int(columns) if columns.isdigit() and int(columns) > 0 else None
+
+
+class FittingConsole(Console):
+    """A console as wide as ``COLUMNS`` says when set, else the terminal, else (a pipe, a log
+    file: nothing to fit) ``PIPE_WIDTH``."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        height = super().size.height
+        asked = columns_asked()
+        if asked is not None:
+            return ConsoleDimensions(asked, height)
+        if not self.is_terminal:
+            return ConsoleDimensions(PIPE_WIDTH, height)
+        return super().size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+console = FittingConsole()
+err_console = FittingConsole(stderr=True)
+
+
+def print_lines(*lines: str) -> None:
+    """Print plain lines as they are, never wrapped: commands and paths a user copies."""
+    console.file.write("".join(f"{line}\n" for line in lines))
+    console.file.flush()
+
+
+def output_width(needed: int) -> int:
+    """The width ``print_wide`` prints at."""
+    if console.is_terminal or columns_asked() is not None:
+        return console.width
+    return max(console.width, needed)
 
 
 def print_wide(renderable, *, needed: int) -> None:
-    """Print at a terminal's own width, but in a pipe or a log file (nothing to fit) at least
-    ``needed`` columns wide, so that a row of a wide table stays on one line."""
-    if console.is_terminal or console.width >= needed:
+    """Print at a terminal's width or the width ``COLUMNS`` asks for, but in a pipe or a log file
+    without ``COLUMNS`` (nothing to fit) at least ``needed`` columns wide, so that a row of a wide
+    table stays on one line."""
+    width = output_width(needed)
+    if width == console.width:
         console.print(renderable)
     else:
-        Console(file=console.file, width=needed).print(renderable)
+        Console(file=console.file, width=width).print(renderable)
 
 
 STATUS_STYLES = {
@@ -197,29 +240,72 @@ def result_text(job: JobSummary) -> str:
     return "-"
 
 
-def jobs_table(items: list[JobSummary], *, title: str | None = None) -> Table:
-    notes = [f"run {job.run}" if job.run > 1 else "" for job in items]
+def duration_text(job: JobSummary, *, now: datetime | None = None) -> str:
+    """How long the job ran: start to finish, or start to now while it runs; "-" before it
+    started. Whole seconds, as "1 min 51 s" or "2 h 05 min"."""
+    if job.started_at is None:
+        return "-"
+    end = job.finished_at or (now or datetime.now(job.started_at.tzinfo))
+    seconds = max(0, round((end - job.started_at).total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+# The jobs table's columns beside id, status and result, most wanted first: the table keeps as
+# many as fit the width, so that the id stays whole and the result readable in 80 columns.
+JOB_COLUMNS_BY_PRIORITY = (
+    *("name", "note", "done", "duration"),
+    *("model", "dataset", "batch", "created"),
+)
+RESULT_MIN_WIDTH = 24
+
+
+def jobs_table(items: list[JobSummary], *, title: str | None = None, width: int = 0) -> Table:
+    """One row per job, fitted to ``width`` (default: the console's): the id, status and result
+    always, then as many other columns as fit (``JOB_COLUMNS_BY_PRIORITY``). No cell but the
+    result wraps, and the result wraps between words."""
+    width = width or console.width
+    cells: dict[str, list[str]] = {
+        "id": [job.id for job in items],
+        "name": [escape(job.name or "") for job in items],
+        "status": [status_text(job.status) for job in items],
+        "done": [f"{job.progress:.0%}" for job in items],
+        "model": [escape(job.arch) for job in items],
+        "dataset": [escape(job.dataset) for job in items],
+        "batch": ["-" if j.target_batch_size is None else str(j.target_batch_size) for j in items],
+        "created": [when_text(job.created_at, seconds=False) for job in items],
+        "duration": [duration_text(job) for job in items],
+        "result": [escape(result_text(job)) for job in items],
+        "note": [f"run {job.run}" if job.run > 1 else "" for job in items],
+    }
+
+    def natural(column: str) -> int:
+        """The column's width in the table: its widest cell, the padding and one divider."""
+        return max(Text.from_markup(c).cell_len for c in [column, *cells[column]]) + 3
+
+    chosen = {"id", "status", "result"}
+    used = 2 + natural("id") + natural("status")  # 2: the table's edges
+    for column in JOB_COLUMNS_BY_PRIORITY:
+        if any(cells[column]) and used + natural(column) + RESULT_MIN_WIDTH + 3 <= width:
+            chosen.add(column)
+            used += natural(column)
+    order = ["id", "name", "status", "done", "model", "dataset", "batch", "created", "duration"]
+    columns = [c for c in [*order, "result", "note"] if c in chosen]
+    # the result takes the rest of the width (its cells wrap there), at most what it needs
+    result_width = max(10, min(natural("result"), width - used) - 3)
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    columns = ["id", "status", "done", "model", "dataset", "batch", "created", "result"]
-    for column in columns + (["note"] if any(notes) else []):
+    for column in columns:
         table.add_column(
             column,
-            no_wrap=column not in ("note", "result"),
-            justify="right" if column in ("done", "batch") else "left",
-            overflow="fold",
+            no_wrap=column != "result",
+            width=result_width if column == "result" else None,
+            justify="right" if column in ("done", "batch", "duration") else "left",
         )
-    for job, note in zip(items, notes, strict=True):
-        cells = [
-            job.id,
-            status_text(job.status),
-            f"{job.progress:.0%}",
-            escape(job.arch),
-            escape(job.dataset),
-            "-" if job.target_batch_size is None else str(job.target_batch_size),
-            when_text(job.created_at, seconds=False),
-            escape(result_text(job)),
-        ]
-        table.add_row(*cells, *([escape(note)] if any(notes) else []))
+    for row in zip(*(cells[c] for c in columns), strict=True):
+        table.add_row(*row)
     return table
 
 
@@ -229,6 +315,7 @@ def job_summary_table(job: JobDetail) -> Table:
     table.add_column()
     rows = [
         ("job", job.id),
+        *([("name", escape(job.name))] if job.name else []),
         ("status", status_text(job.status)),
         ("progress", f"{job.progress:.0%}"),
         ("model", escape(job.arch)),

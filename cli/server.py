@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import fail
 from cli.specfile import load_spec_file
 
 API_FACTORY = "api.app:create_app"
@@ -148,8 +149,7 @@ def up(
         try:
             stack.start(ready_timeout_s=ready_timeout, cancel=stop)
         except EmbeddedError as error:
-            typer.secho(f"normsearch up: {error}", fg="red", err=True)
-            raise typer.Exit(code=1) from None
+            raise fail(f"normsearch up: {error}") from None
         if not stop.is_set():
             typer.secho(f"normsearch is up at {config.base_url}  (Ctrl-C to stop)", bold=True)
             if spec is not None:
@@ -204,7 +204,7 @@ def _run_demo(config, spec, stop: threading.Event, outcome: dict, exit_when_done
     from api.client import ApiError
     from api.schemas import JobStatus
     from cli.remote import follow_job, make_client
-    from cli.render import console, print_report
+    from cli.render import console, print_lines, print_report
 
     code = 1
     try:
@@ -219,12 +219,16 @@ def _run_demo(config, spec, stop: threading.Event, outcome: dict, exit_when_done
             else:
                 console.print(f"[red]job {job.id} {job.status}[/red]: {job.error or ''}")
         token_path = Path(config.runs_dir) / DEMO_TOKEN_FILE
-        console.print(
-            f"\nweb UI: {config.base_url}/#/jobs/{job.id}   "
-            f"(API: {config.base_url}/api/v1, OpenAPI: {config.base_url}/api/v1/openapi.json)\n"
-            f"token of user '{DEMO_USER}': {token_path} "
-            f"(export NORMSEARCH_TOKEN=$(cat {token_path}))\n"
-            f"outputs: normsearch download {job.id} --out out/demo --url {config.base_url}"
+        # Plain lines, never wrapped (by rich or otherwise): each command is on a line of its
+        # own, so that it pastes whole from a narrow terminal or a log file.
+        print_lines(
+            "",
+            f"web UI: {config.base_url}/#/jobs/{job.id}",
+            f"API: {config.base_url}/api/v1 (OpenAPI: {config.base_url}/api/v1/openapi.json)",
+            f"token of user '{DEMO_USER}' (in {token_path}); to use it from this shell:",
+            f"  export NORMSEARCH_TOKEN=$(cat {token_path})",
+            "outputs:",
+            f"  normsearch download {job.id} --out out/demo --url {config.base_url}",
         )
     except ApiError as error:
         console.print(f"[red]demo failed[/red]: {error}")

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import database_reason, fail
+
 token_app = typer.Typer(help="API tokens (written to the service database).", no_args_is_help=True)
 
 UrlOption = Annotated[
@@ -17,8 +19,7 @@ UrlOption = Annotated[
 
 
 def _fail(message: str) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(2)
+    return fail(message)
 
 
 def _session_factory(url: str | None):
@@ -26,14 +27,17 @@ def _session_factory(url: str | None):
     SQLite file by default, as `normsearch up` uses). A missing or unreachable database is one
     line on stderr and exit status 2, never a traceback (nor a new empty SQLite file)."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
     from service.db import make_engine, make_session_factory
     from service.db.migrate import current
     from service.settings import get_settings
 
     url = url or get_settings().database_url
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as error:
+        raise _fail(f"not a database URL: {database_reason(error)}") from None
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         path = Path(parsed.database).expanduser()
         if not path.is_file():
@@ -43,9 +47,9 @@ def _session_factory(url: str | None):
             )
     try:
         revision = current(url)
-    except SQLAlchemyError as error:
-        reason = str(getattr(error, "orig", None) or error).strip().splitlines()[0]
-        raise _fail(f"cannot open the database {parsed.render_as_string()}: {reason}") from None
+    except (ArgumentError, SQLAlchemyError) as error:
+        shown = parsed.render_as_string(hide_password=True)
+        raise _fail(f"cannot open the database {shown}: {database_reason(error)}") from None
     if revision is None:
         raise _fail("the database has no tables yet; run `normsearch db upgrade` first")
     return make_session_factory(make_engine(url))
@@ -70,8 +74,7 @@ def create(
 
     user = user.strip()
     if not user or len(user) > 100:
-        typer.echo("error: --user must be 1 to 100 characters", err=True)
-        raise typer.Exit(2)
+        raise _fail("--user must be 1 to 100 characters")
     with _session_factory(url)() as session, session.begin():
         owner = auth.get_or_create_user(session, name=user)
         if admin is not None:
@@ -96,8 +99,7 @@ def list_tokens(
     with _session_factory(url)() as session:
         owner = session.scalars(select(User).where(User.name == user)).one_or_none()
         if owner is None:
-            typer.echo(f"error: no user named {user!r}", err=True)
-            raise typer.Exit(2)
+            raise _fail(f"no user named {user!r}")
         for token in auth.list_tokens(session, user_id=owner.id):
             state = "revoked" if token.revoked_at else "active"
             typer.echo(f"{token.id}\t{token.prefix}…\t{token.name}\t{state}")
@@ -123,8 +125,7 @@ def revoke(
                 raise NotFound(f"no user named {user!r}")
             auth.revoke_token(session, user_id=owner.id, token_id=token_id)
         except NotFound as error:
-            typer.echo(f"error: {error.message}", err=True)
-            raise typer.Exit(2) from None
+            raise _fail(error.message) from None
     typer.echo(f"revoked token {token_id}")
 
 

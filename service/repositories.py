@@ -45,7 +45,12 @@ def create_job(
 
 
 def create_job_once(
-    session: Session, *, owner_id: int, spec: dict[str, Any], idempotency_key: str | None = None
+    session: Session,
+    *,
+    owner_id: int,
+    spec: dict[str, Any],
+    idempotency_key: str | None = None,
+    name: str | None = None,
 ) -> tuple[Job, bool]:
     """Insert a queued job: (job, created). With an ``idempotency_key``, a second call for the
     same (owner, key) returns the job the first one created, with created False (idempotent
@@ -55,7 +60,11 @@ def create_job_once(
         if existing is not None:
             return existing, False
     job = Job(
-        owner_id=owner_id, spec=spec, idempotency_key=idempotency_key, status=JobStatus.queued
+        owner_id=owner_id,
+        spec=spec,
+        idempotency_key=idempotency_key,
+        name=name,
+        status=JobStatus.queued,
     )
     try:
         with session.begin_nested():

@@ -527,9 +527,43 @@ class JobSpec(_Strict):
         return self.verify.epochs or self.training.epochs
 
 
+# The dataset fields that mean something for some kinds only: the kinds each applies to.
+DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
+    "path": FILE_DATASETS,
+    "image_size": ("digits", "synthetic", *FILE_DATASETS),  # mnist1d: sequences, no images
+    "num_samples": ("synthetic", "mnist1d"),
+    "num_classes": ("synthetic",),
+}
+
+
+def applicable_dump(spec: JobSpec) -> dict[str, Any]:
+    """The spec with every default filled in (JSON-ready), less the dataset fields that do not
+    apply to its kind (a template must not offer a digits job ``num_classes``)."""
+    dump = spec.model_dump(mode="json")
+    kind = spec.dataset.kind
+    for name, kinds in DATASET_FIELD_KINDS.items():
+        if kind not in kinds:
+            dump["dataset"].pop(name, None)
+    return dump
+
+
 def job_spec_schema() -> dict[str, Any]:
     """JSON Schema of the job spec (for the UI's form and the docs)."""
     return JobSpec.model_json_schema()
+
+
+# pydantic prefixes the message of a validator's ValueError or assert with the exception's kind;
+# a user reads the reason only.
+_PYDANTIC_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def error_message(item: dict[str, Any]) -> str:
+    """A pydantic error item's message without pydantic's "Value error, " prefix."""
+    message = str(item.get("msg", ""))
+    for prefix in _PYDANTIC_PREFIXES:
+        if message.startswith(prefix):
+            return message[len(prefix) :]
+    return message
 
 
 def format_validation_error(error) -> list[str]:
@@ -537,5 +571,5 @@ def format_validation_error(error) -> list[str]:
     lines = []
     for item in error.errors():
         where = ".".join(str(part) for part in item["loc"]) or "(spec)"
-        lines.append(f"{where}: {item['msg']}")
+        lines.append(f"{where}: {error_message(item)}")
     return lines

@@ -63,9 +63,11 @@ def submit_job(
     spec: JobSpec,
     settings: Settings,
     idempotency_key: str | None = None,
+    name: str | None = None,
 ) -> tuple[Job, bool]:
-    """Queue a job for ``user``: (the job, whether it was created now). Its search task is sent
-    after the commit; if the broker refuses it the job is deleted again (``BrokerUnavailable``).
+    """Queue a job for ``user`` (``name``: its optional label): (the job, whether it was created
+    now). Its search task is sent after the commit; if the broker refuses it the job is deleted
+    again (``BrokerUnavailable``).
     With an ``idempotency_key`` a repeated submission returns the first job (created False, no
     task sent); the same key with a different spec is a conflict, not a silent reuse. A new job
     must fit ``user``'s quotas (``service.quotas``: 429, or 403 for a job that never can); the
@@ -79,7 +81,7 @@ def submit_job(
     ):
         quotas.check_quota(session, user=user, trial_epochs=spec.trial_epochs, settings=settings)
     job, created = repositories.create_job_once(
-        session, owner_id=user.id, spec=payload, idempotency_key=idempotency_key
+        session, owner_id=user.id, spec=payload, idempotency_key=idempotency_key, name=name
     )
     if idempotency_key is not None and job.spec != payload:
         raise Conflict(

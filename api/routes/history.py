@@ -45,9 +45,10 @@ AfterStep = Annotated[
 @router.get("/trials", response_model=list[TrialOut], responses=JOB_RESPONSES)
 def list_trials(job_id: JobId, user: CurrentUser, session: SessionDep) -> list[TrialOut]:
     """The job's Ray Tune trials of its current run (``run``): search trials (variant ``sn``)
-    and verification trials."""
+    and verification trials, numbered 1 to n."""
     job = submissions.owned_job(session, job_id=job_id, user=user)
-    return [trial_out(t) for t in repositories.list_trials(session, job_id=job_id, run=job.run)]
+    trials = repositories.list_trials(session, job_id=job_id, run=job.run)
+    return [trial_out(t, number) for number, t in enumerate(trials, start=1)]
 
 
 def _snapshot_point(row) -> RatioPoint:

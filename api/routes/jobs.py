@@ -16,7 +16,14 @@ from fastapi import APIRouter, Header, Path, Query, Request, Response, status
 
 from api.deps import CurrentUser, JsonBody, SessionDep, SettingsDep
 from api.presenters import absolute_url, job_detail, job_summary
-from api.schemas import ErrorBody, JobDetail, JobPage, JobStatus, QuotaErrorBody
+from api.schemas import (
+    JOB_NAME_MAX_LENGTH,
+    ErrorBody,
+    JobDetail,
+    JobPage,
+    JobStatus,
+    QuotaErrorBody,
+)
 from service import submissions
 from service.spec import JobSpec
 
@@ -84,6 +91,14 @@ def submit_job(
             description="Repeat a submission safely: the same key returns the first job.",
         ),
     ] = None,
+    name: Annotated[
+        str | None,
+        Query(
+            min_length=1,
+            max_length=JOB_NAME_MAX_LENGTH,
+            description="An optional label for the job (shown in the jobs list and on its page).",
+        ),
+    ] = None,
 ) -> JobDetail:
     job, created = submissions.submit_job(
         session,
@@ -91,6 +106,7 @@ def submit_job(
         spec=spec,
         settings=settings,
         idempotency_key=idempotency_key,
+        name=name.strip() or None if name is not None else None,
     )
     if created:
         response.headers["Location"] = absolute_url(request, "get_job", job_id=job.id)

@@ -94,6 +94,8 @@ class Job(Base):
     # that finished before the column existed.
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     idempotency_key: Mapped[str | None] = mapped_column(String(200))
+    # Its owner's label for it (optional; ``JOB_NAME_MAX_LENGTH``).
+    name: Mapped[str | None] = mapped_column(String(100))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The run number: a user retry starts run + 1 in a fresh work directory; a requeue after a
     # lost worker stays in the same run (and resumes it).

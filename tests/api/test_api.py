@@ -15,6 +15,7 @@ from service import jobs, repositories
 from service.db import make_engine, make_session_factory
 from service.db.models import Artifact, Job, Trial
 from service.history import pick_steps
+from service.spec import JobSpec
 from tests.support.api import bearer, create_user_token, snapshot_row, tiny_spec
 
 API = "/api/v1"
@@ -142,6 +143,52 @@ def test_submit_queues_the_job_and_sends_its_task_after_the_commit(api_client, a
     assert message["headers"]["task"] == "normsearch.run_search"
     assert message["headers"]["argsrepr"] == repr([job["id"]])
     queue.close()
+
+
+def test_a_job_may_have_a_name_shown_in_the_list_and_its_page(api_client, alice, api_broker):
+    named = submit(api_client, alice, params={"name": "  resnet20 on digits, first try "})
+    assert named.status_code == 201, named.text
+    assert named.json()["name"] == "resnet20 on digits, first try"
+    unnamed = submit(api_client, alice)
+    assert unnamed.json()["name"] is None
+    listed = api_client.get(f"{API}/jobs", headers=alice).json()["items"]
+    mine = (named.json()["id"], unnamed.json()["id"])
+    assert {item["id"]: item["name"] for item in listed if item["id"] in mine} == {
+        named.json()["id"]: "resnet20 on digits, first try",
+        unnamed.json()["id"]: None,
+    }
+    shown = api_client.get(f"{API}/jobs/{named.json()['id']}", headers=alice).json()
+    assert shown["name"] == "resnet20 on digits, first try"
+    for bad in ("x" * 101, ""):
+        refused = submit(api_client, alice, params={"name": bad})
+        assert refused.status_code == 422 and refused.json()["field"] == "name", refused.text
+    for job_id in mine:  # alice's queued jobs count against her quota in the later tests
+        api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+
+
+def test_a_yaml_spec_is_taken_like_its_json(api_client, alice, api_broker):
+    """``Content-Type: application/yaml`` on POST /spec/validate and POST /jobs: the same answer
+    as the JSON; bad YAML (syntax, aliases, non-JSON values) is a 422 naming (body)."""
+    text = yaml.safe_dump(tiny_spec())
+    yaml_headers = {**alice, "Content-Type": "application/yaml"}
+    validated = api_client.post(f"{API}/spec/validate", headers=yaml_headers, content=text)
+    assert validated.status_code == 200, validated.text
+    as_json = api_client.post(f"{API}/spec/validate", headers=alice, json=tiny_spec()).json()
+    assert validated.json() == as_json
+    created = api_client.post(f"{API}/jobs", headers=yaml_headers, content=text)
+    assert created.status_code == 201 and created.json()["spec"] == as_json["spec"]
+    invalid = yaml.safe_dump(tiny_spec(training={"epochs": 0}))
+    refused = api_client.post(f"{API}/spec/validate", headers=yaml_headers, content=invalid)
+    assert refused.status_code == 422 and refused.json()["field"] == "training.epochs"
+    for bad, reason in (
+        ("model: [\n", "line 2"),
+        ("a: &x [1]\nb: *x\n", "aliases"),
+        ("model: {arch: resnet20}\ndataset: {kind: digits}\nwhen: 2026-12-02\n", "JSON"),
+    ):
+        answer = api_client.post(f"{API}/jobs", headers=yaml_headers, content=bad)
+        assert answer.status_code == 422, answer.text
+        assert answer.json()["field"] == "(body)" and reason in answer.json()["message"]
+    api_client.post(f"{API}/jobs/{created.json()['id']}/cancel", headers=alice)  # her quota
 
 
 def test_idempotency_key_returns_the_first_job(api_client, alice, api_broker):
@@ -467,6 +514,27 @@ def test_trials_and_metrics(api_client, alice, factory):
     assert metrics["last_step"] == 4
 
 
+def test_trials_are_numbered_per_job_in_creation_order(api_client, alice, factory):
+    """``number`` 1..n within each job; ``id`` is the database's (a second job's trials do not
+    start at 1)."""
+    jobs = [submit(api_client, alice).json()["id"] for _ in range(2)]
+    with factory() as session, session.begin():
+        for job_id in jobs:
+            for name in ("a", "b", "c"):
+                repositories.upsert_trial(
+                    session, job_id=job_id, ray_trial_id=f"{job_id[:6]}-{name}", variant="sn",
+                    config={}, status="PENDING", epochs_budget=1,
+                )  # fmt: skip
+    for job_id in jobs:
+        trials = api_client.get(f"{API}/jobs/{job_id}/trials", headers=alice).json()
+        assert [t["number"] for t in trials] == [1, 2, 3]
+        assert [t["id"] for t in trials] == sorted(t["id"] for t in trials)
+    second = api_client.get(f"{API}/jobs/{jobs[1]}/trials", headers=alice).json()
+    assert second[0]["id"] != 1 and second[0]["number"] == 1
+    for job_id in jobs:  # alice's quota
+        api_client.post(f"{API}/jobs/{job_id}/cancel", headers=alice)
+
+
 def test_trial_listing_has_each_trials_effective_lr(api_client, alice, factory):
     # The trials of a linear-scaled sweep (lr 0.1 for batch 128) as the worker records them: the
     # grid point (worker.search.grid_point) is the config's "trial"; a row from before scaling
@@ -746,12 +814,22 @@ def test_spec_schema_examples_and_dry_run_validation(api_client, alice):
     digits = next(e for e in examples if e["name"] == "digits")
     assert digits["spec"]["model"]["arch"] == "resnet20" and "digits" in digits["title"]
     valid = api_client.post(f"{API}/spec/validate", headers=alice, json=digits["spec"])
-    assert valid.status_code == 200 and valid.json()["spec"] == digits["spec"]
+    assert valid.status_code == 200
+    assert JobSpec.model_validate(valid.json()["spec"]) == JobSpec.model_validate(digits["spec"])
+    # the template offers only the dataset fields digits has a use for
+    assert {"num_samples", "num_classes", "path"}.isdisjoint(digits["spec"]["dataset"])
+    synthetic = next(e for e in examples if e["spec"]["dataset"]["kind"] == "synthetic")
+    assert {"num_samples", "num_classes"} <= set(synthetic["spec"]["dataset"])
     invalid = api_client.post(
         f"{API}/spec/validate", headers=alice, json=tiny_spec(training={"epochs": 0})
     )
     assert invalid.status_code == 422 and invalid.json()["field"] == "training.epochs"
     assert api_client.get(f"{API}/spec/examples").status_code == 401
+    # a validator's reason, without pydantic's "Value error, " in front of it
+    mnist = tiny_spec(dataset={"kind": "mnist1d", "num_samples": 55})
+    answer = api_client.post(f"{API}/spec/validate", headers=alice, json=mnist).json()
+    assert answer["field"] == "dataset" and answer["errors"][0]["message"].startswith("mnist1d")
+    assert "Value error" not in answer["message"]
 
 
 def test_ratio_history_as_csv(api_client, alice, factory):

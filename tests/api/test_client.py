@@ -518,6 +518,42 @@ def test_cli_ls_shows_each_jobs_result_and_status_the_bn_trend(cli, client, toke
     assert quiet.exit_code == 0 and "BN's share" not in quiet.output
 
 
+def test_cli_ls_fits_columns_keeps_ids_whole_and_wraps_between_words(cli, client, token):
+    """``ls`` in an 80-column terminal (``COLUMNS``): no line wider, each id whole on its row,
+    the columns that do not fit left out; in a pipe without ``COLUMNS``, every column."""
+    jobs = [client.submit(tiny_spec()) for _ in range(2)]
+    client.cancel(jobs[0].id)
+    client.retry(jobs[0].id)  # a note: "run 2"
+    narrow = runner.invoke(app, ["ls", "--token", token], env={"COLUMNS": "80"})
+    assert narrow.exit_code == 0, narrow.output
+    lines = narrow.output.splitlines()
+    assert max(len(line) for line in lines) <= 80, narrow.output
+    for job in jobs:
+        assert any(job.id in line for line in lines), narrow.output
+    assert "…" not in narrow.output, narrow.output
+    wide = runner.invoke(app, ["ls", "--token", token], env={"COLUMNS": ""})
+    header = next(line for line in wide.output.splitlines() if " status " in line)
+    assert header.split() == [
+        "id", "status", "done", "model", "dataset", "batch", "created", "duration", "result",
+        "note",
+    ]  # fmt: skip
+
+
+def test_cli_submit_name_shows_in_ls_and_status(cli, client, token, tmp_path):
+    spec = write_spec(tmp_path, tiny_spec())
+    result = cli("submit", spec, "--name", "first try", "--token", token)
+    assert result.exit_code == 0, result.output
+    (job,) = client.list_jobs().items
+    assert job.name == "first try"
+    listed = runner.invoke(app, ["ls", "--token", token], env={"COLUMNS": ""})
+    header = next(line for line in listed.output.splitlines() if " status " in line)
+    assert header.split()[:3] == ["id", "name", "status"]
+    assert "first try" in next(line for line in listed.output.splitlines() if job.id in line)
+    assert "first try" in cli("status", job.id, "--token", token).output
+    too_long = cli("submit", spec, "--name", "x" * 101, "--token", token)
+    assert too_long.exit_code == 2 and "name" in too_long.output
+
+
 def test_cli_reads_the_token_from_the_environment(cli, token, monkeypatch):
     monkeypatch.setenv("NORMSEARCH_TOKEN", token)
     result = cli("ls")
@@ -583,8 +619,8 @@ def test_cli_submit_wait_exit_code_follows_the_outcome(
     class FinishingClient(NormsearchClient):
         """The job finishes at once, as if a worker had run it."""
 
-        def submit(self, spec, idempotency_key=None):
-            job = super().submit(spec, idempotency_key)
+        def submit(self, spec, idempotency_key=None, *, name=None):
+            job = super().submit(spec, idempotency_key, name=name)
             if outcome == "succeeded":
                 _fake_outputs(api_settings, job.id)
             if outcome == "cancelled":
@@ -646,11 +682,11 @@ def test_recommendation_table_from_a_report():
 
 def test_cli_unreachable_server_is_a_clean_message(tmp_path):
     result = runner.invoke(app, ["ls", "--url", UNREACHABLE, "--token", "t"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "cannot reach" in result.output and UNREACHABLE in result.output
     assert "Traceback" not in result.output
     spec = write_spec(tmp_path, tiny_spec())
     result = runner.invoke(
         app, ["submit", str(spec), "--token", "t"], env={"NORMSEARCH_URL": UNREACHABLE}
     )
-    assert result.exit_code == 1 and UNREACHABLE in result.output
+    assert result.exit_code == 2 and UNREACHABLE in result.output

@@ -329,6 +329,7 @@ def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
         for key, value in os.environ.items()
         if key not in ("NORMSEARCH_DATABASE_URL", "NORMSEARCH_BROKER_URL", "NORMSEARCH_RUNS_DIR")
     }
+    env["COLUMNS"] = "40"  # a narrow terminal: the commands printed must not wrap
     command = [
         sys.executable, *CLI_PREFIX, "up", "--runs-dir", str(runs), "--port", str(free_port()),
         "--submit", str(spec), "--exit-when-done",
@@ -341,6 +342,9 @@ def test_up_submit_runs_the_demo_flow_to_the_end(tmp_path):
     assert "succeeded" in output and "web UI: http://127.0.0.1:" in output
     assert "layer3.2.bn2" in output  # the recommendation table, last SN layer of resnet20
     token = runs / "demo-token"
+    lines = output.splitlines()
+    assert f"  export NORMSEARCH_TOKEN=$(cat {token})" in lines  # whole, on a line of its own
+    assert any(line.startswith("  normsearch download ") for line in lines)
     assert token.read_text().startswith("ns_") and (token.stat().st_mode & 0o777) == 0o600
     assert token.read_text().strip() not in output  # the secret is saved, never printed
 

@@ -303,6 +303,20 @@ def test_migration_0005_adds_cancelling_and_trial_runs_and_downgrades(backend, t
                 ).all()
                 assert [tuple(row) for row in moved] == [("cancelling", "cancelled")]
             assert "run" not in {c["name"] for c in inspect(engine).get_columns("trials")}
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0006_adds_an_optional_job_name_and_downgrades(backend, tmp_path):
+    """``jobs.name``: nullable (jobs from before have none), at most 100 characters; a downgrade
+    drops it."""
+    with migrated_database(backend, tmp_path) as url:
+        config = alembic_config(url)
+        engine = make_engine(url)
+        try:
+            column = {c["name"]: c for c in inspect(engine).get_columns("jobs")}["name"]
+            assert column["nullable"] is True and column["type"].length == 100
+            command.downgrade(config, "0005")
+            assert "name" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
             command.upgrade(config, "head")
             assert_models_match_migrations(engine)
         finally:

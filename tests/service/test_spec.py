@@ -48,7 +48,7 @@ def test_generated_datasets_default_sample_counts():
     assert dataset(kind="mnist1d").samples == 5000  # the published MNIST-1D size
     assert dataset(kind="mnist1d", num_samples=300).samples == 300
     assert errors_of({**MINIMAL, "dataset": {"kind": "mnist1d", "num_samples": 55}}) == [
-        "dataset: Value error, mnist1d num_samples must be a multiple of 10 (the same number "
+        "dataset: mnist1d num_samples must be a multiple of 10 (the same number "
         "per class) and at most 100000, got 55"
     ]
 

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 import zipfile
+from pathlib import Path
 
 import httpx
 import pytest
@@ -578,3 +579,115 @@ def test_a_long_history_draws_one_bar_per_layer(logged_in, base_url, api, stack)
     expect(evolution).to_have_attribute("data-layer", "block150.norm")
     assert int(evolution.get_attribute("data-points")) > 0
     screenshot(page, "long-history")
+
+
+# -- 6. the first hour of a new user: layouts from 800 px, names, numbers, downloads -----------
+
+# Whether an element or one of its ancestors (up to the page) scrolls on its own: a main table in
+# such a box is a scroll box inside the page.
+IN_SCROLL_BOX = """(element) => {
+  const scrolls = (value) => value === "auto" || value === "scroll";
+  for (let node = element.parentElement; node && node !== document.body;
+       node = node.parentElement) {
+    const style = getComputedStyle(node);
+    if (scrolls(style.overflowX) || scrolls(style.overflowY)) return node.className || node.tagName;
+  }
+  return "";
+}"""
+
+
+# The innermost elements that reach past the window's right edge (what makes a page scroll).
+WIDER_THAN_WINDOW = """() => [...document.querySelectorAll("body *")]
+  .filter((e) => e.getBoundingClientRect().right > window.innerWidth + 0.5)
+  .filter((e) => ![...e.children].some((c) => c.getBoundingClientRect().right > window.innerWidth))
+  .slice(0, 5)
+  .map((e) => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)
+"""
+
+
+def assert_fits(page, where: str) -> None:
+    """No sideways scroll of the page; every main table outside any inner scroll box."""
+    sizes = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
+    wider = page.evaluate(WIDER_THAN_WINDOW) if sizes[0] > sizes[1] else []
+    assert sizes[0] <= sizes[1], f"{where}: the page scrolls sideways ({sizes}; {wider})"
+    for table in page.locator("table.table").all():
+        if table.is_visible():
+            box = table.evaluate(IN_SCROLL_BOX)
+            assert not box, f"{where}: a table is in the scroll box {box!r}"
+
+
+@pytest.mark.parametrize("width", [800, 1400])
+def test_pages_fit_from_800_px_with_per_job_trial_numbers_and_every_download(
+    width, digits_job, browser, base_url, token, api, tmp_path
+):
+    job_id = digits_job["id"]
+    context = browser.new_context(viewport={"width": width, "height": 900}, accept_downloads=True)
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    page = context.new_page()
+    try:
+        login(page, base_url, token)
+        page.goto(f"{base_url}/#/jobs")
+        row = page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')
+        expect(row).to_be_visible()
+        assert re.fullmatch(r"\d+ (s|min \d\d s)", row.get_by_test_id("job-duration").inner_text())
+        assert_fits(page, f"jobs list at {width} px")
+        page.screenshot(path=str(tmp_path / f"jobs-{width}.png"), full_page=True)
+
+        page.goto(job_url(base_url, job_id))
+        expect(page.get_by_test_id("verdict")).to_be_visible()
+        trials = api.get(f"/jobs/{job_id}/trials").json()
+        numbers = page.get_by_test_id("trial-row").locator("td:first-child").all_inner_texts()
+        assert numbers == [f"#{n}" for n in range(1, len(trials) + 1)]
+        kinds = {a["kind"] for a in api.get(f"/jobs/{job_id}").json()["artifacts"]}
+        assert {"report_json", "ratios_png"} <= kinds
+        shown = set(page.get_by_test_id("download-artifact").all_inner_texts())
+        assert {"report.json", "ratios.png"} <= shown
+        with page.expect_download() as downloaded:
+            page.locator('[data-artifact="report_json"]').click()
+        report = json.loads(Path(downloaded.value.path()).read_text())
+        assert report == api.get(f"/jobs/{job_id}/report").json()
+        bar = page.get_by_test_id("layer-bar").first
+        bar.scroll_into_view_if_needed()
+        bar.hover()
+        tip = page.get_by_test_id("chart-tooltip")
+        expect(tip).to_be_visible()
+        expect(tip).to_contain_text(bar.get_attribute("data-layer"))
+        assert_fits(page, f"job page at {width} px")
+        page.screenshot(path=str(tmp_path / f"job-{width}.png"), full_page=True)
+        screenshot(page, f"job-{width}px")
+
+        page.goto(f"{base_url}/#/new")
+        expect(page.get_by_test_id("spec-editor")).to_have_value(re.compile(r"\S"))
+        assert_fits(page, f"new-job page at {width} px")
+        page.screenshot(path=str(tmp_path / f"new-{width}.png"), full_page=True)
+    finally:
+        context.close()
+    assert all((tmp_path / f"{name}-{width}.png").stat().st_size > 0 for name in ("jobs", "job"))
+
+
+def test_the_editor_takes_yaml_and_a_name_and_templates_offer_fields_that_apply(
+    logged_in, base_url, api
+):
+    page = logged_in
+    spec = choose_template(page, base_url, "digits")
+    assert {"num_samples", "num_classes"}.isdisjoint(spec["dataset"])
+    editor, submit = page.get_by_test_id("spec-editor"), page.get_by_test_id("submit-job")
+    bad = dict(spec, training={**spec["training"], "epochs": 0})
+    editor.fill(yaml.safe_dump(bad))
+    error = page.locator('[data-testid="field-error"][data-field="training.epochs"]')
+    expect(error).to_be_visible()
+    editor.fill(yaml.safe_dump(dict(spec, training={**spec["training"], "epochs": 50})))
+    expect(page.get_by_test_id("spec-errors")).to_have_attribute("data-state", "valid")
+    page.get_by_test_id("job-name-input").fill("yaml from the editor")
+    submit.click()
+    page.wait_for_url(re.compile(r"#/jobs/[0-9a-f-]{8,}$"))
+    job_id = page.url.rsplit("/", 1)[1]
+    try:
+        job = api.get(f"/jobs/{job_id}").json()
+        assert job["name"] == "yaml from the editor" and job["spec"]["training"]["epochs"] == 50
+        expect(page.locator("#facts")).to_contain_text("yaml from the editor")
+        page.goto(f"{base_url}/#/jobs")
+        row = page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')
+        expect(row.get_by_test_id("job-name")).to_have_text("yaml from the editor")
+    finally:
+        api.post(f"/jobs/{job_id}/cancel")

@@ -66,13 +66,16 @@ async function errorFrom(response) {
  * fetch() an API path with the token. Returns the parsed JSON body (``raw: true``: the Response).
  * Throws ApiError for an error status (401 also ends the session) or a network failure.
  */
-export async function request(path, { method = "GET", json, headers = {}, signal, raw = false,
-  token = getToken(), allow = [] } = {}) {
+export async function request(path, { method = "GET", json, yaml, headers = {}, signal,
+  raw = false, token = getToken(), allow = [] } = {}) {
   const init = { method, headers: { Accept: "application/json", ...headers }, signal };
   if (token) init.headers.Authorization = `Bearer ${token}`;
   if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = typeof json === "string" ? json : JSON.stringify(json);
+  } else if (yaml !== undefined) { // a YAML text: the API parses it (POST /jobs, /spec/validate)
+    init.headers["Content-Type"] = "application/yaml";
+    init.body = yaml;
   }
   let response;
   try {

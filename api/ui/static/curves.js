@@ -56,7 +56,7 @@ export function searchSeries(trials, points, metric) {
       const { seed, batch } = trialConfig(t);
       return {
         key: `trial-${t.id}`, trialId: t.id, seed, batch,
-        label: `#${t.id} · seed ${seed ?? "?"} · batch ${batch ?? "?"}`,
+        label: `#${t.number} · seed ${seed ?? "?"} · batch ${batch ?? "?"}`,
         points: lines.get(t.id) || [],
       };
     });

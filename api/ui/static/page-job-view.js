@@ -39,6 +39,7 @@ export function jobPageHtml(jobId) {
           data-download="search-checkpoint"
           title="The best search trial, finalized with its own choices (not verified)"
           hidden>Search checkpoint (zip)</button>
+        <span id="artifact-downloads"></span>
         <span class="muted" id="artifact-info"></span>
       </div>
       <p class="verdict" id="verdict" data-testid="verdict" hidden></p>

@@ -21,8 +21,9 @@ import { drawBatchHeatmap, drawCurveCharts } from "./page-job-results.js";
 import { jobPageHtml } from "./page-job-view.js";
 import { reportHtml } from "./report.js";
 import { followEvents } from "./sse.js";
+import { installTooltip } from "./tooltip.js";
 import {
-  esc, fmtBytes, fmtDate, fmtLr, fmtPct, progressHtml,
+  artifactFileName, esc, fmtBytes, fmtDate, fmtDuration, fmtLr, fmtPct, progressHtml,
   serial, showNotice, statusBadge, throttle,
 } from "./util.js";
 import { ACTIVE_STATUSES, FINISHED_STATUSES } from "./vocabulary.js";
@@ -33,6 +34,10 @@ const CURVES_THROTTLE_MS = 5000;
 const SEARCH_VARIANT = "sn";
 
 const loader = (fn) => serial(fn, reportError);
+// The outputs with a button of their own in the job page's download row.
+const OWN_BUTTONS = new Set([
+  "plan_json", "plan_yaml", "checkpoint", "search_plan_json", "search_checkpoint", "ratios_csv",
+]);
 
 export function render(root, [jobId]) {
   const base = `/api/v1/jobs/${jobId}`;
@@ -57,6 +62,7 @@ export function render(root, [jobId]) {
   const signal = controller.signal;
 
   root.innerHTML = jobPageHtml(jobId);
+  const removeTooltip = installTooltip(root);
 
   const $ = (sel) => root.querySelector(sel);
   // The pixel width a chart is drawn at (null while its card is hidden: the default).
@@ -76,10 +82,12 @@ export function render(root, [jobId]) {
     $("#cancel-job").hidden = !ACTIVE_STATUSES.has(job.status) || job.status === "cancelling";
     $("#retry-job").hidden = !["failed", "cancelled"].includes(job.status);
     const facts = [
+      ...(job.name ? [["Name", job.name]] : []),
       ["Model", job.arch], ["Dataset", job.dataset],
       ["Target batch size", job.target_batch_size ?? "–"], ["Run", job.run],
       ["Attempts", job.attempts], ["Created", fmtDate(job.created_at)],
       ["Started", fmtDate(job.started_at) || "–"], ["Finished", fmtDate(job.finished_at) || "–"],
+      ["Duration", fmtDuration(job.started_at, job.finished_at) || "–"],
     ];
     $("#facts").innerHTML = facts.map(([k, v]) => `<div><dt>${esc(k)}</dt><dd>${esc(v)}</dd></div>`)
       .join("");
@@ -92,6 +100,12 @@ export function render(root, [jobId]) {
     $("[data-download=checkpoint]").hidden = !kinds.has("checkpoint");
     $("[data-download=search-plan]").hidden = !kinds.has("search_plan_json");
     $("[data-download=search-checkpoint]").hidden = !kinds.has("search_checkpoint");
+    // Every other output (report.json, ratios.png, ...) by its file name.
+    $("#artifact-downloads").innerHTML = (job.artifacts || [])
+      .filter((a) => !OWN_BUTTONS.has(a.kind))
+      .map((a) => `<button type="button" class="button" data-testid="download-artifact"
+        data-artifact="${esc(a.kind)}" title="${esc(fmtBytes(a.size_bytes))}, sha256 ${
+  esc(a.sha256.slice(0, 12))}…">${esc(artifactFileName(a.kind))}</button>`).join("");
     // Size and sha256 of the file the button downloads (the zip itself).
     const ckpt = (job.artifacts || []).find((a) => a.kind === "checkpoint");
     $("#artifact-info").textContent = ckpt ? `checkpoint.zip ${fmtBytes(ckpt.size_bytes)}, sha256 ${
@@ -217,7 +231,7 @@ export function render(root, [jobId]) {
       const final = finals.get(t.id);
       return `<tr data-testid="trial-row" data-trial-id="${t.id}" data-variant="${esc(t.variant)}"
         class="${t.id === state.trialId ? "selected" : ""}">
-        <td class="mono" title="${esc(t.ray_trial_id)}">#${t.id}</td><td>${esc(t.variant)}</td>
+        <td class="mono" title="${esc(t.ray_trial_id)}">#${t.number}</td><td>${esc(t.variant)}</td>
         <td>${statusBadge(t.status.toLowerCase(), "trial-status")}</td>
         <td class="num">${seed ?? "–"}</td><td class="num">${batch ?? "–"}</td>
         <td class="num" data-testid="trial-lr" title="base lr ${fmtLr(lr.base)}">${fmtLr(lr.effective)}</td>
@@ -231,7 +245,7 @@ export function render(root, [jobId]) {
     const search = state.trials.filter((t) => t.variant === SEARCH_VARIANT);
     const options = search.map((t) => {
       const { seed, batch } = trialConfig(t);
-      return `<option value="${t.id}">#${t.id} · seed ${seed ?? "?"} · batch ${batch ?? "?"} · ${
+      return `<option value="${t.id}">#${t.number} · seed ${seed ?? "?"} · batch ${batch ?? "?"} · ${
         esc(t.status.toLowerCase())}</option>`;
     }).join("");
     if (trialSelect.dataset.options !== options) {
@@ -427,6 +441,15 @@ export function render(root, [jobId]) {
 
   root.addEventListener("click", async (event) => {
     const button = event.target.closest("button");
+    if (button?.dataset.artifact) {
+      const kind = button.dataset.artifact;
+      button.disabled = true;
+      try {
+        await download(`${base}/artifacts/${encodeURIComponent(kind)}`,
+          `${jobId}-${artifactFileName(kind)}`);
+      } catch (error) { reportError(error); } finally { button.disabled = false; }
+      return;
+    }
     if (button?.dataset.download) {
       const [path, name] = DOWNLOADS[button.dataset.download];
       button.disabled = true;
@@ -504,5 +527,6 @@ export function render(root, [jobId]) {
     refreshCurves.cancel();
     cancelAnimationFrame(barsFrame);
     cancelAnimationFrame(evoFrame);
+    removeTooltip();
   };
 }

@@ -6,7 +6,7 @@ import { reportError, request } from "./api.js";
 import { resultCell } from "./job-result.js";
 import { DEFAULT_SORT, jobsHash, lastPageOffset, pageRange, readJobsQuery } from "./jobs-query.js";
 import {
-  esc, fmtDate, progressHtml, statusBadge,
+  esc, fmtDate, fmtDuration, progressHtml, statusBadge,
 } from "./util.js";
 import { ACTIVE_STATUSES, JOB_STATUSES } from "./vocabulary.js";
 
@@ -40,12 +40,13 @@ export function render(root) {
       </div>
       <table class="table jobs" data-testid="jobs-table">
         <thead><tr>
-          <th>Status</th><th>Progress</th><th>Model</th><th>Dataset</th>
+          <th>Name</th><th>Status</th><th>Progress</th><th>Model</th><th>Dataset</th>
           <th class="num">Target batch</th>
           <th title="the configuration the verdict chose and its final-epoch validation accuracy">
-            Result</th><th>Created</th><th>Id</th>
+            Result</th><th class="num" title="start to finish (to now while it runs)">Duration</th>
+          <th>Created</th><th>Id</th>
         </tr></thead>
-        <tbody id="jobs-body"><tr class="empty"><td colspan="8">Loading…</td></tr></tbody>
+        <tbody id="jobs-body"><tr class="empty"><td colspan="10">Loading…</td></tr></tbody>
       </table>
       <div class="pager">
         <button type="button" class="button" data-testid="prev-page" id="prev-page">‹ Prev</button>
@@ -66,7 +67,7 @@ export function render(root) {
   function draw() {
     const { items, total, offset } = state;
     body.innerHTML = items.length ? items.map(rowHtml).join("") :
-      `<tr class="empty"><td colspan="8">No jobs${state.status ? ` with status ${esc(state.status)}` : ""}.
+      `<tr class="empty"><td colspan="10">No jobs${state.status ? ` with status ${esc(state.status)}` : ""}.
         <a href="#/new">Submit one</a>.</td></tr>`;
     totalBox.textContent = pageRange(offset, items.length, total);
     totalBox.dataset.total = String(total);
@@ -137,6 +138,7 @@ export function render(root) {
 function rowHtml(job) {
   const result = resultCell(job);
   return `<tr data-testid="job-row" data-job-id="${esc(job.id)}" tabindex="0" class="clickable">
+    <td class="name" data-testid="job-name">${esc(job.name || "–")}</td>
     <td>${statusBadge(job.status)}</td>
     <td>${progressHtml(job.progress)}</td>
     <td>${esc(job.arch)}</td>
@@ -144,6 +146,8 @@ function rowHtml(job) {
     <td class="num">${job.target_batch_size ?? "–"}</td>
     <td class="result result-${result.kind}" data-testid="job-result"
       title="${esc(result.title)}">${esc(result.text)}</td>
+    <td class="num" data-testid="job-duration">${
+  esc(fmtDuration(job.started_at, job.finished_at) || "–")}</td>
     <td title="${esc(job.created_at)}">${esc(fmtDate(job.created_at))}</td>
     <td><a href="#/jobs/${esc(job.id)}" class="mono">${esc(job.id.slice(0, 8))}</a></td>
   </tr>`;

@@ -1,6 +1,7 @@
-// #/new: a JSON spec editor with the shipped examples as templates, live validation (JSON syntax
-// here, then a debounced POST /spec/validate) with each error listed by field path, and submit
-// (POST /jobs with an Idempotency-Key per form and text) -> the job page.
+// #/new: a spec editor (JSON or YAML) with the shipped examples as templates, live validation (a
+// debounced POST /spec/validate: JSON as JSON, any other text as YAML, which the API parses) with
+// each error listed by field path, and submit (POST /jobs with an Idempotency-Key per form, text
+// and name) -> the job page.
 
 import { ApiError, reportError, request } from "./api.js";
 import { fieldHint, jsonErrorMessage, schemaHints, validationErrors } from "./spec-help.js";
@@ -24,12 +25,16 @@ export function render(root) {
       <p class="muted" id="template-title"></p>
       <div class="editor-grid">
         <div class="editor-col">
-          <label for="spec-editor" class="sr-only">Job spec (JSON)</label>
+          <label for="spec-editor" class="sr-only">Job spec (JSON or YAML)</label>
           <textarea id="spec-editor" data-testid="spec-editor" spellcheck="false"
             autocomplete="off" wrap="off" rows="30"></textarea>
           <div class="editor-actions">
             <button type="button" class="button" id="format-spec">Format JSON</button>
             <span class="spacer"></span>
+            <label>Name (optional)
+              <input type="text" id="job-name" data-testid="job-name-input" maxlength="100"
+                placeholder="e.g. resnet20, first try" autocomplete="off">
+            </label>
             <button type="button" class="button primary" data-testid="submit-job" id="submit-job">
               Submit job</button>
           </div>
@@ -70,23 +75,32 @@ export function render(root) {
         `${fieldHint(schema, e.field)}</li>`).join("") + "</ul>";
   }
 
+  /** The request body of the editor's text: a text that starts with "{" is JSON ({json, spec},
+   * or {error} where it does not parse); any other is YAML ({yaml}: the API parses it and names
+   * its errors); {error} for an empty text. */
   function parse() {
+    const text = editor.value;
+    if (!text.trim()) {
+      return { error: { field: "(body)", message: "the spec is empty: choose a template" } };
+    }
+    if (!text.trimStart().startsWith("{")) return { body: { yaml: text } };
     try {
-      return { spec: JSON.parse(editor.value) };
+      const spec = JSON.parse(text);
+      return { body: { json: spec }, spec };
     } catch (error) {
-      return { error: { field: "(json)", message: jsonErrorMessage(editor.value, error) } };
+      return { error: { field: "(json)", message: jsonErrorMessage(text, error) } };
     }
   }
 
   async function validate() {
     const mine = ++seq;
-    const { spec, error } = parse();
+    const { body: payload, error } = parse();
     if (error) {
-      showErrors([error], "The text is not valid JSON:");
+      showErrors([error]);
       return;
     }
     try {
-      const answer = await request("/api/v1/spec/validate", { method: "POST", json: spec,
+      const answer = await request("/api/v1/spec/validate", { method: "POST", ...payload,
         allow: [422], raw: true });
       const body = await answer.json();
       if (!alive || mine !== seq) return;
@@ -158,23 +172,37 @@ export function render(root) {
       editor.dispatchEvent(new Event("input"));
     }
   });
-  root.querySelector("#format-spec").addEventListener("click", () => {
-    const { spec } = parse();
-    if (spec !== undefined) setText(JSON.stringify(spec, null, 2));
-    else validate();
+  root.querySelector("#format-spec").addEventListener("click", async () => {
+    const { spec, body: payload } = parse();
+    if (spec !== undefined) {
+      setText(JSON.stringify(spec, null, 2));
+      return;
+    }
+    if (!payload) return;
+    // YAML: as JSON, with the defaults the API fills in (when it validates)
+    try {
+      const answer = await request("/api/v1/spec/validate", { method: "POST", ...payload });
+      if (alive) setText(JSON.stringify(answer.spec, null, 2));
+    } catch {
+      validate();
+    }
   });
   submit.addEventListener("click", async () => {
     validateSoon.cancel();
-    const { spec, error } = parse();
+    const { body: payload, error } = parse();
     if (error) {
-      showErrors([error], "The text is not valid JSON:");
+      showErrors([error]);
       return;
     }
-    if (idempotency.text !== editor.value) idempotency = { text: editor.value, key: randomKey() };
+    // One key per spec text and name: a changed name is another submission.
+    const text = `${editor.value}\n${root.querySelector("#job-name").value.trim()}`;
+    if (idempotency.text !== text) idempotency = { text, key: randomKey() };
     submit.disabled = true;
     try {
-      const job = await request("/api/v1/jobs", {
-        method: "POST", json: spec, headers: { "Idempotency-Key": `ui-${idempotency.key}` },
+      const name = root.querySelector("#job-name").value.trim();
+      const query = name ? `?${new URLSearchParams({ name })}` : "";
+      const job = await request(`/api/v1/jobs${query}`, {
+        method: "POST", ...payload, headers: { "Idempotency-Key": `ui-${idempotency.key}` },
       });
       if (!alive) return;
       sessionStorage.removeItem(DRAFT_KEY);

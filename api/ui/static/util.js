@@ -34,6 +34,25 @@ export function fmtLr(value) {
     ? "–" : String(Number(v.toPrecision(4)));
 }
 
+/** How long a job ran: start to finish, or start to ``now`` while it runs; "" before it started.
+ * Whole seconds, as "1 min 51 s" or "2 h 05 min" (the CLI's `ls` says the same). */
+export function fmtDuration(startIso, endIso, now = Date.now()) {
+  if (!startIso) return "";
+  const start = new Date(startIso).getTime();
+  const end = endIso ? new Date(endIso).getTime() : now;
+  if (Number.isNaN(start) || Number.isNaN(end)) return "";
+  const s = Math.max(0, Math.round((end - start) / 1000));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+/** The file name of an artifact kind: "report_json" -> "report.json". */
+export function artifactFileName(kind) {
+  return String(kind).replace(/_(json|yaml|png|csv)$/, ".$1").replace(/^checkpoint$/, "checkpoint.zip")
+    .replace(/^search_checkpoint$/, "search_checkpoint.zip");
+}
+
 export function fmtBytes(n) {
   const units = ["B", "KiB", "MiB", "GiB"];
   let v = Number(n) || 0;

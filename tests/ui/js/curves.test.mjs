@@ -12,12 +12,15 @@ import {
 } from "../../../api/ui/static/curves.js";
 import { lineChartSvg } from "../../../api/ui/static/line-chart.js";
 
-const trial = (id, variant, seed, batch) => ({ id, variant, config: { trial: { seed, batch_size: batch } } });
+// Database ids are shared by every job (this job's trials are 13 to 18); numbers are per job.
+const trial = (n, variant, seed, batch) =>
+  ({ id: n + 12, number: n, variant, config: { trial: { seed, batch_size: batch } } });
 const TRIALS = [
   trial(3, "sn", 0, 32), trial(1, "sn", 0, 8), trial(5, "bn", 0, 32), trial(4, "plan", 1, 32),
   trial(2, "plan", 0, 32), trial(6, "bn", 1, 32),
 ];
-const pt = (trial_id, epoch, value, name = "val_accuracy") => ({ trial_id, epoch, step: epoch, name, value });
+const pt = (n, epoch, value, name = "val_accuracy") =>
+  ({ trial_id: n + 12, epoch, step: epoch, name, value });
 const POINTS = [
   pt(1, 1, 0.5), pt(1, 2, 0.7), pt(3, 1, 0.6), pt(3, 2, 0.65), pt(3, 3, 0.64),
   pt(2, 1, 0.8), pt(2, 2, 0.9), pt(4, 1, 0.6), pt(4, 2, 0.7), pt(4, 3, 0.8),
@@ -28,15 +31,15 @@ const POINTS = [
 describe("series", () => {
   test("pointsByTrial keeps one metric, ascending epochs, one value per epoch", () => {
     const lines = pointsByTrial([...POINTS, pt(1, 2, 0.71)], "val_accuracy");
-    assert.deepEqual(lines.get(1), [{ epoch: 1, value: 0.5 }, { epoch: 2, value: 0.71 }]);
+    assert.deepEqual(lines.get(13), [{ epoch: 1, value: 0.5 }, { epoch: 2, value: 0.71 }]);
     assert.equal(pointsByTrial(POINTS, "val_loss").size, 1);
     assert.equal(pointsByTrial(POINTS, "nope").size, 0);
   });
 
   test("one line per search trial, in id order, named by seed and batch", () => {
     const lines = searchSeries(TRIALS, POINTS, "val_accuracy");
-    assert.deepEqual(lines.map((l) => l.trialId), [1, 3]);
-    assert.equal(lines[0].label, "#1 · seed 0 · batch 8");
+    assert.deepEqual(lines.map((l) => l.trialId), [13, 15]);
+    assert.equal(lines[0].label, "#1 · seed 0 · batch 8"); // the job's number, not the id
     assert.deepEqual(lines[1].points.map((p) => p.epoch), [1, 2, 3]);
   });
 
@@ -54,12 +57,12 @@ describe("series", () => {
   });
 
   test("final and best epoch are told apart (best: highest accuracy, lowest loss)", () => {
-    const line = pointsByTrial(POINTS, "val_accuracy").get(3);
+    const line = pointsByTrial(POINTS, "val_accuracy").get(15);
     assert.deepEqual(finalAndBest(line), { final: { epoch: 3, value: 0.64 }, best: { epoch: 2, value: 0.65 } });
-    const loss = pointsByTrial(POINTS, "val_loss").get(1);
+    const loss = pointsByTrial(POINTS, "val_loss").get(13);
     assert.deepEqual(finalAndBest(loss, false).best, { epoch: 2, value: 1.5 });
     assert.deepEqual(finalAndBest([]), { final: null, best: null });
-    assert.deepEqual(finalByTrial(POINTS).get(4), { epoch: 3, value: 0.8 });
+    assert.deepEqual(finalByTrial(POINTS).get(16), { epoch: 3, value: 0.8 });
   });
 });
 
@@ -73,7 +76,7 @@ describe("lineChartSvg", () => {
     assert.match(svg, /width="100%"/);
     assert.match(svg, /viewBox="0 0 \d+ \d+"/);
     assert.doesNotMatch(svg, /height="\d/); // the height follows the width
-    assert.match(svg, /data-series="trial-1"[\s\S]*?data-points="2"/);
+    assert.match(svg, /data-series="trial-13"[\s\S]*?data-points="2"/);
     assert.match(svg, />100%</);
     const wide = lineChartSvg(lines, { testid: "t", title: "", yLabel: "", width: 610 });
     assert.match(wide, /viewBox="0 0 610 250"/); // the box's pixel width: text keeps its size

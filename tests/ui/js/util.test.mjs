@@ -5,11 +5,26 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
-  debounce, esc, fmtBytes, fmtDate, fmtLr, fmtNum, fmtPct, progressHtml, randomKey, serial, statusBadge,
+  artifactFileName, debounce, esc, fmtBytes, fmtDuration, fmtDate, fmtLr, fmtNum, fmtPct, progressHtml, randomKey, serial, statusBadge,
   throttle,
 } from "../../../api/ui/static/util.js";
 
 describe("escaping and formatting", () => {
+  test("a duration is start to finish, or to now while running, in whole seconds", () => {
+    const start = "2026-12-02T18:00:00Z";
+    assert.equal(fmtDuration(start, "2026-12-02T18:01:51Z"), "1 min 51 s");
+    assert.equal(fmtDuration(start, "2026-12-02T18:00:09.6Z"), "10 s");
+    assert.equal(fmtDuration(start, "2026-12-02T20:05:00Z"), "2 h 05 min");
+    assert.equal(fmtDuration(start, null, Date.parse("2026-12-02T18:00:30Z")), "30 s");
+    assert.equal(fmtDuration(null, null), "");
+  });
+
+  test("an artifact kind's file name", () => {
+    assert.equal(artifactFileName("report_json"), "report.json");
+    assert.equal(artifactFileName("ratios_png"), "ratios.png");
+    assert.equal(artifactFileName("search_checkpoint"), "search_checkpoint.zip");
+  });
+
   test("esc escapes the five HTML specials, and null/undefined become empty", () => {
     assert.equal(esc(`<a href="x" title='y'>&amp;</a>`),
       "&lt;a href=&quot;x&quot; title=&#39;y&#39;&gt;&amp;amp;&lt;/a&gt;");
