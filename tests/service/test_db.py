@@ -303,6 +303,10 @@ def test_migration_0005_adds_cancelling_and_trial_runs_and_downgrades(backend, t
                 ).all()
                 assert [tuple(row) for row in moved] == [("cancelling", "cancelled")]
             assert "run" not in {c["name"] for c in inspect(engine).get_columns("trials")}
+            command.upgrade(config, "head")
+            assert_models_match_migrations(engine)
+        finally:
+            engine.dispose()
 
 
 @pytest.mark.parametrize("backend", ["postgres", "sqlite"])
