@@ -180,14 +180,10 @@ class JsonDepthLimit:
         if b"json" not in content_type.lower():
             await self.app(scope, receive, send)
             return
-        chunks, message = [], {"type": "http.request", "more_body": True}
-        while message["type"] == "http.request" and message.get("more_body", False):
-            message = await receive()
-            chunks.append(message.get("body", b""))
-        if message["type"] != "http.request":  # the client went away
-            await self.app(scope, replay_body(message, receive), send)
+        body, gone = await read_whole_body(receive)
+        if gone is not None:  # the client went away
+            await self.app(scope, replay_body(gone, receive), send)
             return
-        body = b"".join(chunks)
         if json_nesting_over(body, self.max_depth):
             reason = (
                 f"JSON nested deeper than {self.max_depth} levels; the limit is "
@@ -198,6 +194,17 @@ class JsonDepthLimit:
             return
         replayed = {"type": "http.request", "body": body, "more_body": False}
         await self.app(scope, replay_body(replayed, receive), send)
+
+
+async def read_whole_body(receive: Receive) -> tuple[bytes, Message | None]:
+    """The request body, read to its end (for a middleware that must look at all of it before
+    the app does), and None; or, when the client went away first, what was read and the
+    disconnect message, to be replayed (``replay_body``)."""
+    chunks, message = [], {"type": "http.request", "more_body": True}
+    while message["type"] == "http.request" and message.get("more_body", False):
+        message = await receive()
+        chunks.append(message.get("body", b""))
+    return b"".join(chunks), (None if message["type"] == "http.request" else message)
 
 
 def replay_body(first: Message, receive: Receive) -> Receive:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.errors import replay_body, validation_response
+from api.errors import read_whole_body, replay_body, validation_response
 
 YAML_MEDIA_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
 
@@ -65,15 +65,12 @@ class YamlBodies:
         if media_type not in YAML_MEDIA_TYPES:
             await self.app(scope, receive, send)
             return
-        chunks, message = [], {"type": "http.request", "more_body": True}
-        while message["type"] == "http.request" and message.get("more_body", False):
-            message = await receive()
-            chunks.append(message.get("body", b""))
-        if message["type"] != "http.request":  # the client went away
-            await self.app(scope, replay_body(message, receive), send)
+        body, gone = await read_whole_body(receive)
+        if gone is not None:  # the client went away
+            await self.app(scope, replay_body(gone, receive), send)
             return
         try:
-            value = parse_yaml_body(b"".join(chunks))
+            value = parse_yaml_body(body)
         except YamlBodyError as error:
             invalid = {"type": "yaml_invalid", "loc": ("body",), "msg": str(error)}
             await validation_response([invalid])(scope, receive, send)
