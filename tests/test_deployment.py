@@ -337,12 +337,11 @@ def test_normsearch_variables_are_settings_fields(services):
                 assert variable.upper() in known, f"{source}: {variable} is no Settings field"
 
 
-@pytest.mark.parametrize("name", ["migrate", "api", "worker"])
-def test_service_environment_loads_into_settings(services, name, monkeypatch):
-    """Every variable the compose file sets reaches its field (a wrong name would be silently
-    ignored: Settings has extra='ignore')."""
+def settings_reached_by(name: str, environment: dict, monkeypatch) -> Settings:
+    """The Settings ``environment`` loads into, after asserting that each of its NORMSEARCH_
+    variables changed its field from the default (a wrong name would be silently ignored:
+    Settings has extra='ignore'); ``name`` says whose environment it is in a failure."""
     known = settings_env_names()
-    environment = service_environment(services[name])
     settings = settings_from(environment, monkeypatch)
     for variable in environment:
         field = known.get(variable.upper())
@@ -352,6 +351,14 @@ def test_service_environment_loads_into_settings(services, name, monkeypatch):
             call_default_factory=True, validated_data={}
         )
         assert getattr(settings, field) != default, f"{name}: {variable} did not reach {field}"
+    return settings
+
+
+@pytest.mark.parametrize("name", ["migrate", "api", "worker"])
+def test_service_environment_loads_into_settings(services, name, monkeypatch):
+    """Every variable the compose file sets reaches its field (a wrong name would be silently
+    ignored: Settings has extra='ignore')."""
+    settings = settings_reached_by(name, service_environment(services[name]), monkeypatch)
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.broker_url.startswith("redis://redis:")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.settings import Settings, get_settings
+from service.settings import get_settings
 from tests.test_deployment import (
     COMPOSE_FILE,
     ENV_EXAMPLE,
@@ -33,6 +33,7 @@ from tests.test_deployment import (
     read_env_file,
     settings_env_names,
     settings_from,
+    settings_reached_by,
     shell_commands,
 )
 
@@ -271,17 +272,8 @@ def test_normsearch_variables_are_settings_fields():
 
 @pytest.mark.parametrize("name", ["normsearch-migrate", "normsearch-api", "normsearch-worker"])
 def test_pod_environment_loads_into_settings(name, monkeypatch):
-    known = settings_env_names()
     environment = container_environment(workload_container(name))
-    settings = settings_from(environment, monkeypatch)
-    for variable in environment:
-        field = known.get(variable.upper())
-        if field is None:
-            continue
-        default = Settings.model_fields[field].get_default(
-            call_default_factory=True, validated_data={}
-        )
-        assert getattr(settings, field) != default, f"{name}: {variable} did not reach {field}"
+    settings = settings_reached_by(name, environment, monkeypatch)
     assert settings.database_url == SAMPLE_SECRET_VALUES["database-url"]
     assert settings.broker_url == SAMPLE_SECRET_VALUES["broker-url"]
 
