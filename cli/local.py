@@ -84,9 +84,11 @@ def run(
     ] = None,
 ) -> None:
     """Run a whole normalization search on this machine (or the Ray cluster at RAY_ADDRESS)."""
+    from service.cluster import ClusterFitError
+    from service.limits import ModelLimits
     from service.settings import get_settings
     from worker.data import DatasetError, load_dataset
-    from worker.job import JobStateError, run_job, write_job_report
+    from worker.job import JobStateError, ModelSpecError, TrialsFailed, run_job, write_job_report
     from worker.recorder import JsonlRecorder, TeeRecorder
 
     spec = load_spec_file(spec_file)
@@ -116,8 +118,13 @@ def run(
                 ray_address=settings.ray_address,
                 ray_num_cpus=settings.ray_num_cpus,
                 data=data,
+                # the service's model-size limits here too: an oversized model is refused in a
+                # moment with the variable to raise, not killed by the OOM killer in a trial
+                model_limits=ModelLimits.from_settings(settings),
             )
-    except (DatasetError, JobStateError) as error:
+    except (DatasetError, JobStateError, ModelSpecError, ClusterFitError, TrialsFailed) as error:
+        # the job's own reasons (bad data, a model that is too big, trials that all failed):
+        # the line a user acts on, as the service records it for a job
         raise fail(str(error)) from None
     files = write_job_report(result, out, extra={"wall_seconds": time.perf_counter() - started})
     console.print()

@@ -237,7 +237,7 @@ def run_job(
     the Tune experiment are built, and by Tune on every step of its control loop, so trials not
     yet started never start and running ones stop), and ``ModelSpecError`` before any
     training for a model with nothing to search or one over ``model_limits`` (the service's;
-    None: unbounded, as a local run is).
+    None: unbounded; the service and `normsearch run` pass the settings').
     ``check_cluster_fit``: once Ray is joined, before the experiment starts, raise
     ``ClusterFitError`` naming the resource when a trial fits on no alive node (it would wait
     forever), after a grace of ``worker.search.FIT_GRACE_S`` for a node to join;

@@ -100,6 +100,19 @@ def test_a_bad_spec_file_is_one_line_per_problem_without_library_prefixes(tmp_pa
         assert "Value error" not in line
 
 
+def test_a_job_that_cannot_run_is_one_line_naming_its_reason(tmp_path):
+    """``run``'s job failures (here a model over the size limit, refused before Ray starts) are
+    the reason the service would record, not a traceback."""
+    spec = tmp_path / "huge.yaml"
+    spec.write_text(
+        "model: {arch: mlp, kwargs: {hidden: [40000, 40000]}}\ndataset: {kind: digits}\n"
+    )
+    line = assert_one_error_line(
+        runner.invoke(app, ["run", str(spec), "--out", str(tmp_path / "out")]), "too large"
+    )
+    assert "NORMSEARCH_MAX_MODEL_PARAMS" in line
+
+
 @pytest.mark.parametrize(
     "args",
     [
