@@ -78,13 +78,15 @@ def run(
     work_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Search state (Ray Tune experiments); default OUT/state. Re-running "
-            "with the same directory resumes an interrupted search."
+            help="Search state (Ray Tune experiments, unless NORMSEARCH_STORAGE_URI puts them "
+            "elsewhere); default OUT/state. Re-running with the same directory resumes an "
+            "interrupted search."
         ),
     ] = None,
 ) -> None:
     """Run a whole normalization search on this machine (or the Ray cluster at RAY_ADDRESS)."""
     from service.settings import get_settings
+    from service.storage import StorageError, open_storage
     from worker.data import DatasetError, load_dataset
     from worker.job import JobStateError, run_job, write_job_report
     from worker.recorder import JsonlRecorder, TeeRecorder
@@ -104,6 +106,7 @@ def run(
     history = JsonlRecorder(work_dir / "trials.jsonl")
     data_roots = settings.resolved_data_roots()
     try:
+        storage = open_storage(settings.storage_uri) if settings.storage_uri else None
         data = load_dataset(spec.dataset, data_roots=data_roots)
         console.print(f"dataset: {data.summary()}")
         with LiveTrialsView(console) as view:
@@ -116,8 +119,9 @@ def run(
                 ray_address=settings.ray_address,
                 ray_num_cpus=settings.ray_num_cpus,
                 data=data,
+                storage=storage,
             )
-    except (DatasetError, JobStateError) as error:
+    except (DatasetError, JobStateError, StorageError) as error:
         raise fail(str(error)) from None
     files = write_job_report(result, out, extra={"wall_seconds": time.perf_counter() - started})
     console.print()
