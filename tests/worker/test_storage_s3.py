@@ -94,7 +94,8 @@ def test_a_job_keeps_its_experiments_in_the_bucket_and_its_artifacts_in_the_runs
     assert report["verification"]["verdict"]["chosen"] in {"plan", "bn"}
 
 
-# A driver of its own (a process group: kill -9 takes its local Ray down with it).
+# A second driver, joined to the test's Ray (kill -9 of it ends its trials with it, as a killed
+# worker's would end on a cluster).
 DRIVER = """
 import sys, ray
 from service.storage import open_storage
@@ -102,13 +103,13 @@ from tests.worker.test_storage_s3 import killable_spec
 from worker.data import load_dataset
 from worker.recorder import MemoryRecorder
 from worker.search import run_trials, trial_grid
-ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+ray.init(address=sys.argv[3], log_to_driver=False)
 spec = killable_spec()
 data = load_dataset(spec.dataset, data_roots=[sys.argv[2]])
 run_trials(spec, data, name="s", storage_dir=open_storage(sys.argv[1]), recorder=MemoryRecorder(),
            grid=trial_grid(spec))
 """
-KILL_EPOCHS = 4
+KILL_EPOCHS = 3
 
 
 def killable_spec():
@@ -130,7 +131,7 @@ def test_a_killed_drivers_experiment_resumes_from_the_uri(s3, tmp_path):
     uri = s3.uri("killed")
     log = (tmp_path / "driver.log").open("w")
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, uri, str(tmp_path)],
+        [sys.executable, "-c", DRIVER, uri, str(tmp_path), ray.get_runtime_context().gcs_address],
         cwd=ROOT,
         # an experiment snapshot on every step of Tune's loop: the kill comes right after one
         env={**os.environ, "PYTHONPATH": str(ROOT), "TUNE_GLOBAL_CHECKPOINT_S": "0"},
