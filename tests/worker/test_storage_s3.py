@@ -13,16 +13,22 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 import ray
 from typer.testing import CliRunner
 
 import sn_core
-from cli.main import app
-from service.settings import get_settings
+from cli.main import app as cli_app
+from service import repositories
+from service.celery_app import SEARCH_TASK, make_celery
+from service.db import make_engine, make_session_factory
+from service.db.models import User
+from service.settings import Settings, get_settings
 from service.storage import SETTING, open_storage
-from tests.support.processes import ROOT
+from tests.support.api import tiny_spec as api_spec
+from tests.support.processes import BROKER_URL, ROOT, flushed_redis, start_worker, worker_env
 from tests.support.s3 import BUCKET, s3_server
 from tests.worker.test_search import tiny_spec
 from worker.data import load_dataset
@@ -202,7 +208,7 @@ def test_a_missing_bucket_fails_the_run_and_the_worker_in_one_line(s3, tmp_path,
     monkeypatch.setenv("NORMSEARCH_DATA_ROOTS", str(tmp_path))
     get_settings.cache_clear()
     try:
-        result = CliRunner().invoke(app, ["run", str(spec), "--out", str(tmp_path / "out")])
+        result = CliRunner().invoke(cli_app, ["run", str(spec), "--out", str(tmp_path / "out")])
     finally:
         get_settings.cache_clear()
     assert result.exit_code == 2, result.output
@@ -221,3 +227,51 @@ def test_an_unknown_scheme_fails_in_one_line_naming_the_setting(tmp_path):
         f"error: invalid setting {SETTING}: unknown scheme 'ftp://'; use a filesystem path every "
         "Ray node mounts, file://PATH or s3://BUCKET/PREFIX"
     )
+
+
+@pytest.fixture(scope="module")
+def broker():
+    yield from flushed_redis(BROKER_URL)
+
+
+def test_a_service_job_on_a_missing_bucket_fails_once_in_one_line(
+    s3, module_postgres_url, broker, tmp_path
+):
+    """Through a real Celery worker (``celery -A worker.main:app``, which skips the start-up
+    probe of ``normsearch worker``): the job fails before Ray starts, naming the setting and the
+    run's own place in the storage, ``<job id>/run-1``; no traceback in the job or the log."""
+    env = worker_env(
+        database_url=module_postgres_url,
+        broker_url=broker,
+        runs_dir=tmp_path / "runs",
+        data_roots=tmp_path,
+        NORMSEARCH_STORAGE_URI=s3.uri("p", bucket="no-such-bucket"),
+    )
+    app = make_celery(Settings(broker_url=broker))
+    engine = make_engine(module_postgres_url)
+    factory = make_session_factory(engine)
+    worker = start_worker(app, env, tmp_path / "worker.log")
+    try:
+        with factory() as session, session.begin():
+            user = User(name=f"storage-{uuid.uuid4().hex[:8]}")
+            session.add(user)
+            session.flush()
+            job_id = repositories.create_job(session, owner_id=user.id, spec=api_spec()).id
+        app.send_task(SEARCH_TASK, args=[job_id])
+        deadline = time.monotonic() + 60
+        while True:
+            with factory() as session:
+                job = repositories.get_job(session, job_id)
+            if job.status in ("succeeded", "failed") or time.monotonic() > deadline:
+                break
+            time.sleep(0.3)
+    finally:
+        worker.stop()
+        engine.dispose()
+        app.close()
+    assert job.status == "failed" and job.attempts == 1, worker.tail()
+    assert job.error == (
+        f"StorageError: {SETTING} s3://no-such-bucket/p/{job_id}/run-1: "
+        "bucket 'no-such-bucket' does not exist"
+    )
+    assert "Traceback" not in (tmp_path / "worker.log").read_text()
