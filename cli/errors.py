@@ -47,6 +47,27 @@ def database_reason(error: BaseException) -> str:
     return reason.splitlines()[0] if reason else type(error).__name__
 
 
+def settings_problem(error: BaseException) -> str | None:
+    """One line naming each environment variable whose value ``Settings`` refused (pydantic's
+    ``ValidationError`` of the settings), or None for any other error."""
+    if type(error).__name__ != "ValidationError" or getattr(error, "title", None) != "Settings":
+        return None
+    from service.settings import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    problems = []
+    for item in error.errors():
+        if item.get("type") == "default_factory_not_called":  # a consequence, not a cause
+            continue
+        name = str(item["loc"][0]) if item.get("loc") else "?"
+        field = Settings.model_fields.get(name)
+        alias = field.validation_alias if field is not None else None
+        variable = alias if isinstance(alias, str) else f"{prefix}{name}".upper()
+        message = str(item.get("msg", "")).removeprefix("Value error, ")
+        problems.append(f"{variable}: {message}")
+    return "invalid setting " + "; ".join(problems)
+
+
 def _whole_short_help(group: Any) -> None:
     """Give every command under ``group`` its docstring's first paragraph on one line as its
     short help."""
@@ -93,6 +114,12 @@ class OneLineErrors(TyperGroup):
             if not standalone_mode:
                 raise
             sys.exit(1)
+        except Exception as error:
+            problem = settings_problem(error)  # a bad NORMSEARCH_* value: one line, no traceback
+            if problem is None or not standalone_mode:
+                raise
+            error_line(problem)
+            sys.exit(EXPECTED_FAILURE)
         if not standalone_mode:
             return result
         # Not standalone, typer answers a raised ``typer.Exit`` with its code.

@@ -78,8 +78,9 @@ def run(
     work_dir: Annotated[
         Path | None,
         typer.Option(
-            help="Search state (Ray Tune experiments); default OUT/state. Re-running "
-            "with the same directory resumes an interrupted search."
+            help="Search state (Ray Tune experiments, unless NORMSEARCH_STORAGE_URI puts them "
+            "elsewhere); default OUT/state. Re-running with the same directory resumes an "
+            "interrupted search."
         ),
     ] = None,
 ) -> None:
@@ -87,6 +88,7 @@ def run(
     from service.cluster import ClusterFitError
     from service.limits import ModelLimits
     from service.settings import get_settings
+    from service.storage import StorageError, open_storage
     from worker.data import DatasetError, load_dataset
     from worker.job import JobStateError, ModelSpecError, TrialsFailed, run_job, write_job_report
     from worker.recorder import JsonlRecorder, TeeRecorder
@@ -106,6 +108,7 @@ def run(
     history = JsonlRecorder(work_dir / "trials.jsonl")
     data_roots = settings.resolved_data_roots()
     try:
+        storage = open_storage(settings.storage_uri) if settings.storage_uri else None
         data = load_dataset(spec.dataset, data_roots=data_roots)
         console.print(f"dataset: {data.summary()}")
         with LiveTrialsView(console) as view:
@@ -118,13 +121,16 @@ def run(
                 ray_address=settings.ray_address,
                 ray_num_cpus=settings.ray_num_cpus,
                 data=data,
+                storage=storage,
                 # the service's model-size limits here too: an oversized model is refused in a
                 # moment with the variable to raise, not killed by the OOM killer in a trial
                 model_limits=ModelLimits.from_settings(settings),
             )
-    except (DatasetError, JobStateError, ModelSpecError, ClusterFitError, TrialsFailed) as error:
-        # the job's own reasons (bad data, a model that is too big, trials that all failed):
-        # the line a user acts on, as the service records it for a job
+    except (
+        DatasetError, JobStateError, StorageError, ModelSpecError, ClusterFitError, TrialsFailed
+    ) as error:  # fmt: skip
+        # the job's own reasons (bad data or storage, a model that is too big, trials that all
+        # failed): the line a user acts on, as the service records it for a job
         raise fail(str(error)) from None
     files = write_job_report(result, out, extra={"wall_seconds": time.perf_counter() - started})
     console.print()

@@ -96,7 +96,15 @@ def worker(
     ]
     if hostname:
         argv += ["--hostname", hostname]
-    make_celery(get_settings()).worker_main(argv)
+    settings = get_settings()
+    if settings.storage_uri:  # every job would fail on it: say so now, in one line
+        from service.storage import StorageError, open_storage, probe
+
+        try:
+            probe(open_storage(settings.storage_uri))
+        except StorageError as error:
+            raise fail(str(error)) from None
+    make_celery(settings).worker_main(argv)
 
 
 def up(

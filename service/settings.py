@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from service.storage import check_uri
+
 DATABASE_FILE = "normsearch.db"
 
 
@@ -24,7 +26,10 @@ def sqlite_url(runs_dir: Path) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="NORMSEARCH_", extra="ignore")
+    # hide_input_in_errors: a refused value (a URL with a password in it) is never echoed.
+    model_config = SettingsConfigDict(
+        env_prefix="NORMSEARCH_", extra="ignore", hide_input_in_errors=True
+    )
 
     data_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path("data")],
@@ -33,6 +38,15 @@ class Settings(BaseSettings):
     )
     runs_dir: Path = Field(
         default=Path("runs"), description="Where searches keep Ray Tune state and checkpoints."
+    )
+    storage_uri: str | None = Field(
+        default=None,
+        description="Where Ray Tune keeps its experiments (trial checkpoints, experiment state, "
+        "result logs) (NORMSEARCH_STORAGE_URI): a filesystem path every Ray node mounts at the "
+        "same place, file://PATH, or s3://BUCKET/PREFIX (an S3-compatible server: "
+        "?endpoint_override=HOST:PORT&scheme=http; credentials from the AWS_* variables, never "
+        "in the URI); unset: each run's work directory in the runs directory. The artifacts the "
+        "API serves stay in the runs directory either way.",
     )
     ray_address: str | None = Field(
         default=None,
@@ -269,6 +283,17 @@ class Settings(BaseSettings):
         if parts.query or parts.fragment:
             raise ValueError("must have no query or fragment")
         return value.rstrip("/")
+
+    @field_validator("storage_uri", mode="before")
+    @classmethod
+    def _check_storage_uri(cls, value):
+        """Its form only (``service.storage.check_uri``); whether it is reachable and writable
+        is checked where it is used (the worker, ``normsearch run``)."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be a path or URI string")
+        return check_uri(value)
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -23,6 +23,8 @@ to use. The downloads follow the verdict, so that what a user deploys is what wa
 The checkpoint's own metadata is in its ``plan.json`` (``plan.metadata["checkpoint"]`` after
 ``sn_core.load_finalized``) and in report.json's ``outputs``. Every checkpoint is written as one
 zip, the very file users download, so its recorded SHA-256 and size are those of the download.
+The runs' checkpoints are read wherever Ray Tune stored them (``run_state``: a local or shared path
+or an s3:// bucket); the zips are written to the job's output directory in the runs directory.
 """
 
 from __future__ import annotations
@@ -282,6 +284,16 @@ def _save(
     return path
 
 
+def run_state(run: TrialOutcome) -> tuple[dict, dict]:
+    """(state bundle, meta) of a run's last checkpoint, read through Ray's ``Checkpoint``
+    (``as_directory``: the directory itself when it is local or on a shared path, a temporary
+    copy of an s3:// one), so the export works wherever the experiments are stored."""
+    if run.checkpoint is not None:
+        with run.checkpoint.as_directory() as directory:
+            return load_checkpoint_state(Path(directory))
+    return load_checkpoint_state(Path(run.checkpoint_dir))
+
+
 def _val_accuracy(model: nn.Module, data: LoadedDataset) -> float:
     return evaluate(model, data.x_val, data.y_val, torch.device("cpu"))[1]
 
@@ -289,7 +301,7 @@ def _val_accuracy(model: nn.Module, data: LoadedDataset) -> float:
 def _search_model(spec: JobSpec, data: LoadedDataset, trial: TrialOutcome) -> nn.Module:
     """The search trial's SN model as its last checkpoint left it (eval mode)."""
     model = build_for_data(spec, SN_VARIANT, data)
-    state, _ = load_checkpoint_state(Path(trial.checkpoint_dir))
+    state, _ = run_state(trial)
     model.load_state_dict(state["model"])
     return model.eval()
 
@@ -333,7 +345,7 @@ def export_checkpoint(
     info: dict[str, Any] = {"artifact": "checkpoint", **choice.metadata()}
     if choice.verified:
         run, per_seed = _best_run(choice.config, verification_outcomes)
-        state, _ = load_checkpoint_state(Path(run.checkpoint_dir))
+        state, _ = run_state(run)
         model = _skeleton(spec, data, plan)
         load_run_weights(model, state["model"])
         seeds = ", ".join(str(seed) for seed in per_seed)

@@ -2,9 +2,11 @@
 
 ``run_job`` is what both the standalone CLI (``normsearch run``) and the service's Celery task
 call. All state lives under ``work_dir`` (Ray Tune experiments with their checkpoints), so running
-the same job again with the same ``work_dir`` resumes it instead of starting over. Once the
-optional ``stop_event`` is set (the job was cancelled), the running trials are stopped and
-``run_job`` raises ``JobCancelled`` instead of going on.
+the same job again with the same ``work_dir`` resumes it instead of starting over; with a
+``storage`` (``NORMSEARCH_STORAGE_URI``: a shared path or an s3:// bucket every Ray node reaches)
+the experiments live there instead, under a key ``work_dir`` remembers, and resume from there.
+Once the optional ``stop_event`` is set (the job was cancelled), the running trials are stopped
+and ``run_job`` raises ``JobCancelled`` instead of going on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import hashlib
 import json
 import logging
 import threading
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +23,7 @@ from typing import Any
 import sn_core
 from service.limits import ModelLimits
 from service.spec import JobSpec
+from service.storage import ExperimentStorage, probe
 from sn_core.surgery import SOURCE_NORM_TYPES
 
 from .cancellation import JobCancelled as JobCancelled  # raised by run_job
@@ -95,21 +99,28 @@ def spec_fingerprint(spec: JobSpec) -> str:
     return hashlib.sha256(spec.model_dump_json(exclude={"export"}).encode()).hexdigest()
 
 
-def claim_work_dir(spec: JobSpec, work_dir: Path) -> None:
-    """Record which spec owns ``work_dir``; refuse to resume a different one."""
+def claim_work_dir(spec: JobSpec, work_dir: Path) -> str:
+    """Record which spec owns ``work_dir``; refuse to resume a different one. Returns the
+    work directory's storage key: where under a ``storage`` its experiments live (random, made
+    once, so a rerun with the same ``work_dir`` finds them and no other work directory does)."""
     work_dir.mkdir(parents=True, exist_ok=True)
     marker = work_dir / SPEC_FILE
     fingerprint = spec_fingerprint(spec)
     if marker.exists():
-        owner = json.loads(marker.read_text()).get("fingerprint")
-        if owner != fingerprint:
+        owned = json.loads(marker.read_text())
+        if owned.get("fingerprint") != fingerprint:
             raise JobStateError(
                 f"{work_dir} holds the state of a different search; use another directory"
             )
-        return
+        if owned.get("storage_key"):
+            return str(owned["storage_key"])
+    key = f"cli-{uuid.uuid4().hex}"
     marker.write_text(
-        json.dumps({"fingerprint": fingerprint, "spec": spec.model_dump(mode="json")})
+        json.dumps(
+            {"fingerprint": fingerprint, "spec": spec.model_dump(mode="json"), "storage_key": key}
+        )
     )
+    return key
 
 
 def check_model_size(spec: JobSpec, data: LoadedDataset, limits: ModelLimits) -> None:
@@ -229,6 +240,8 @@ def run_job(
     model_limits: ModelLimits | None = None,
     check_cluster_fit: bool = True,
     publish_capacity_to: Path | None = None,
+    storage: ExperimentStorage | None = None,
+    storage_key: str | None = None,
 ) -> JobResult:
     """Run (or resume) the job; with ``out_dir``, its checkpoints go to ``out_dir``
     (``checkpoint.zip``: the verdict's configuration; ``search_checkpoint.zip``: the best search
@@ -242,9 +255,16 @@ def run_job(
     ``ClusterFitError`` naming the resource when a trial fits on no alive node (it would wait
     forever), after a grace of ``worker.search.FIT_GRACE_S`` for a node to join;
     ``publish_capacity_to``: the runs directory the cluster's capacity is published to, for the
-    API's check at submit (``service.cluster``)."""
+    API's check at submit (``service.cluster``).
+    ``storage``: where the Ray Tune experiments go (checked writable before Ray starts:
+    ``service.storage.StorageError``), under ``storage_key`` (default: the work directory's
+    own, ``claim_work_dir``); None: in ``work_dir``. The outputs go to ``out_dir`` either way."""
     work_dir = Path(work_dir).resolve()
-    claim_work_dir(spec, work_dir)
+    owned_key = claim_work_dir(spec, work_dir)
+    experiments: Path | ExperimentStorage = work_dir
+    if storage is not None:
+        experiments = storage.child(storage_key or owned_key)
+        probe(experiments)
     if data is None:
         data = load_dataset(spec.dataset, data_roots=data_roots)
     raise_if_stopped(stop_event)
@@ -262,7 +282,7 @@ def run_job(
         spec,
         data,
         name="search",
-        storage_dir=work_dir,
+        storage_dir=experiments,
         recorder=recorder,
         grid=trial_grid(spec, stop_event=stop_event),
         stop_event=stop_event,
@@ -274,7 +294,13 @@ def run_job(
     verification, verification_outcomes = None, []
     if spec.verify.enabled:
         verification, verification_outcomes = verify(
-            spec, data, recommendation, search.outcomes, work_dir, recorder, stop_event=stop_event
+            spec,
+            data,
+            recommendation,
+            search.outcomes,
+            experiments,
+            recorder,
+            stop_event=stop_event,
         )
         raise_if_stopped(stop_event)
     choice = chosen_configuration(verification)
@@ -336,7 +362,7 @@ def verify(
     data: LoadedDataset,
     recommendation: Recommendation,
     outcomes: list[TrialOutcome],
-    work_dir: Path,
+    work_dir: Path | ExperimentStorage,
     recorder: Recorder,
     *,
     stop_event: threading.Event | None = None,

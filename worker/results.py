@@ -8,7 +8,7 @@ Everything here is JSON-serializable.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NotRequired, TypedDict
 
 
@@ -74,7 +74,9 @@ class TrialOutcome:
     history: list[EpochRecord] = field(default_factory=list)  # in epoch order
     variant: str = "sn"  # "sn" (the search), "plan" or a baseline norm (verification)
     plan: dict[str, Any] | None = None  # sn_core NormalizerPlan.to_dict() of its final model
-    checkpoint_dir: str | None = None  # its last checkpoint (model.safetensors + meta.json)
+    # Its last checkpoint (model.safetensors + meta.json): where it is (a path, or an s3:// URI)
+    # and Ray's ``Checkpoint`` of it, which reads it through its filesystem (``checkpoint_state``).
+    checkpoint_dir: str | None = None
     error: str | None = None
     # The learning rate it trained with: ``lr`` (its identity, the base rate) scaled to its batch
     # size by the spec's ``training.lr_scaling``; None means unscaled, ``lr``.
@@ -83,6 +85,7 @@ class TrialOutcome:
     # says the same): a search trial so cut short gives no ratios to aggregate; a verification
     # run keeps its measured accuracy, a loss for its configuration rather than a dropped seed.
     diverged: str | None = None
+    checkpoint: Any = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.effective_lr is None:
@@ -102,4 +105,7 @@ class TrialOutcome:
         return self.history[-1]["ratios"] if self.history else {}
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain data: ``checkpoint`` (Ray's object) is left out, ``checkpoint_dir`` says where."""
+        data = asdict(replace(self, checkpoint=None))
+        data.pop("checkpoint")
+        return data

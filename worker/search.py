@@ -4,14 +4,17 @@
 model variant; the SN search and the verification runs both use it. It joins the Ray cluster at
 ``ray_address`` (production) or starts a local Ray, gives each trial its CPUs/GPUs, retries crashed
 trials from their last checkpoint, and restores an interrupted experiment from ``storage_dir``
-(e.g. after the process running the driver was killed). A driver-side callback is the only writer
-of results, through a ``Recorder``. A ``stop_event`` (set when the job is cancelled) stops every
-trial through ``worker.cancellation.CancellationStopper``.
+(e.g. after the process running the driver was killed): a local directory or an
+``service.storage.ExperimentStorage`` (a shared path or an s3:// bucket every node reaches). A
+driver-side callback is the only writer of results, through a ``Recorder``. A ``stop_event`` (set
+when the job is cancelled) stops every trial through ``worker.cancellation.CancellationStopper``.
 
 The outcomes' histories come from the driver's own memory of the results it was sent, never from
 what the recorder wrote (the service's recorder is the database): a restored experiment first
 reloads the earlier drivers' results from Ray's per-trial result logs (``result.json``, kept in
-the experiment directory with the experiment state), so its outcomes are complete too.
+the experiment directory with the experiment state), so its outcomes are complete too. What the
+driver reads back from an experiment (those logs, a checkpoint's plan) goes through the storage's
+``pyarrow.fs`` filesystem, so it reads an s3:// experiment as it reads a local one.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from service.cluster import (
     publish_capacity,
 )
 from service.spec import JobSpec, ResourcesSpec
+from service.storage import ExperimentStorage, local_storage, read_bytes
 
 from . import cancellation
 from .data import LoadedDataset
@@ -273,7 +277,7 @@ def run_trials(
     data: LoadedDataset,
     *,
     name: str,
-    storage_dir: Path,
+    storage_dir: Path | ExperimentStorage,
     recorder: Recorder,
     grid: list[dict[str, Any]],
     variant: str = "sn",
@@ -292,9 +296,9 @@ def run_trials(
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     cancellation.raise_if_stopped(stop_event)
-    storage_dir = Path(storage_dir).resolve()
-    experiment_path = storage_dir / name
-    key = str(experiment_path)  # stable, so a restored experiment's callback finds this recorder
+    storage = as_storage(storage_dir)
+    experiment_path = storage.join(name)
+    key = storage.uri(experiment_path)  # stable: a restored experiment's callback finds it
     history = MemoryRecorder()  # what this driver hands back (the recorder only receives)
     _RECORDERS[key] = TeeRecorder(history, recorder)
     cancellation.register(key, stop_event)
@@ -303,11 +307,14 @@ def run_trials(
         {"cpu": spec.resources.cpus_per_trial, "gpu": gpus_per_trial(spec)},
     )
     try:
-        if tune.Tuner.can_restore(str(experiment_path)):
-            log.info("resuming experiment %s", experiment_path)
-            reload_results(experiment_path, history)
+        if tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.ray_filesystem):
+            log.info("resuming experiment %s", key)
+            reload_results(experiment_path, history, storage)
             tuner = tune.Tuner.restore(
-                str(experiment_path), trainable=trainable, resume_errored=True
+                experiment_path,
+                trainable=trainable,
+                resume_errored=True,
+                storage_filesystem=storage.ray_filesystem,
             )
         else:
             tuner = tune.Tuner(
@@ -322,7 +329,8 @@ def run_trials(
                 tune_config=_tune_config(spec, epochs, use_scheduler),
                 run_config=tune.RunConfig(
                     name=name,
-                    storage_path=str(storage_dir),
+                    storage_path=storage.root,
+                    storage_filesystem=storage.ray_filesystem,
                     callbacks=[RecorderCallback(key)],
                     stop=cancellation.combined_stopper(key),
                     failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
@@ -335,7 +343,14 @@ def run_trials(
     finally:
         _RECORDERS.pop(key, None)
         cancellation.register(key, None)
-    return TrialsRun(str(experiment_path), _collect(results, history))
+    return TrialsRun(key, _collect(results, history, storage))
+
+
+def as_storage(storage_dir: Path | ExperimentStorage) -> ExperimentStorage:
+    """A local directory as storage; storage as it is."""
+    if isinstance(storage_dir, ExperimentStorage):
+        return storage_dir
+    return local_storage(storage_dir)
 
 
 def _tune_config(spec: JobSpec, epochs: int, use_scheduler: bool):
@@ -349,14 +364,23 @@ def _tune_config(spec: JobSpec, epochs: int, use_scheduler: bool):
     return tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=scheduler)
 
 
-def reload_results(experiment_path: Path, history: MemoryRecorder) -> int:
+def reload_results(
+    experiment_path: Path | str,
+    history: MemoryRecorder,
+    storage: ExperimentStorage | None = None,
+) -> int:
     """Put the epoch records of an earlier run of the experiment into ``history`` (from each
     trial's ``result.json``, which Ray keeps beside the experiment state it restores from, at
     least up to that state's checkpoints); returns how many. A trial that the restored experiment
-    resumes from an older checkpoint reports some epochs again: ``history`` keeps the first."""
+    resumes from an older checkpoint reports some epochs again: ``history`` keeps the first.
+    ``storage``: the filesystem ``experiment_path`` is on (default: the local one)."""
+    if storage is None:
+        storage = local_storage(experiment_path)
+        experiment_path = storage.root
     count = 0
-    for path in sorted(Path(experiment_path).glob(f"*/{EXPR_RESULT_FILE}")):
-        for line in path.read_text().splitlines():
+    for trial_dir in storage.subdirectories(str(experiment_path)):
+        text = storage.read_bytes(f"{trial_dir}/{EXPR_RESULT_FILE}")
+        for line in (text or b"").decode().splitlines():
             result = json.loads(line) if line.strip() else None
             if result and "trial_id" in result and "epoch" in result:
                 history.trial_result(str(result["trial_id"]), epoch_record(result))
@@ -364,7 +388,7 @@ def reload_results(experiment_path: Path, history: MemoryRecorder) -> int:
     return count
 
 
-def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
+def _collect(results, history: MemoryRecorder, storage: ExperimentStorage) -> list[TrialOutcome]:
     recorded = history.trials()
     outcomes = []
     for result in results:
@@ -372,10 +396,12 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
         trial = config.get("trial", {})
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         history = recorded.get(trial_id, {}).get("history", [])
-        checkpoint_dir = result.checkpoint.path if result.checkpoint is not None else None
-        plan = None
-        if checkpoint_dir and (Path(checkpoint_dir) / PLAN_FILE).exists():
-            plan = json.loads((Path(checkpoint_dir) / PLAN_FILE).read_text())
+        checkpoint, checkpoint_dir, plan = result.checkpoint, None, None
+        if checkpoint is not None:
+            checkpoint_dir = storage.uri(checkpoint.path)
+            # The checkpoint's own filesystem: what Ray wrote it through (local or s3://).
+            plan_text = read_bytes(checkpoint.filesystem, f"{checkpoint.path}/{PLAN_FILE}")
+            plan = json.loads(plan_text) if plan_text is not None else None
         last = history[-1] if history else {}
         batch_size = int(trial.get("batch_size", spec_default(config, "batch_size")))
         lr = float(trial.get("lr", spec_default(config, "lr")))
@@ -403,6 +429,7 @@ def _collect(results, history: MemoryRecorder) -> list[TrialOutcome]:
                 variant=str(trial.get("variant", config.get("variant", "sn"))),
                 plan=plan,
                 checkpoint_dir=checkpoint_dir,
+                checkpoint=checkpoint,
                 error=error,
                 diverged=diverged,
             )

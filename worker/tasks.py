@@ -13,7 +13,8 @@ by the heartbeat, which stops the trials; once the Ray run has ended and the rec
 the task confirms a cancel (``jobs.confirm_cancelled``: ``cancelled``) and otherwise leaves the
 job as it is (no failure, no artifacts).
 A retry runs in a fresh ``run-<run+1>`` directory; a requeued or redelivered message of the same
-run resumes from the run's Ray Tune checkpoints.
+run resumes from the run's Ray Tune checkpoints. With ``NORMSEARCH_STORAGE_URI`` set, the Ray Tune
+experiments of a run live there, under ``<job_id>/run-<run>/``; its outputs stay in ``out``.
 
 The task is a ``shared_task``: it registers itself, by name (``SEARCH_TASK``), with the app the
 worker process built (``worker.main``, ``normsearch worker``) when that app loads this module
@@ -36,6 +37,7 @@ from service.db import make_engine, make_session_factory
 from service.limits import ModelLimits
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
+from service.storage import StorageError, open_storage
 from service.vocabulary import ArtifactKind
 
 from .cancellation import JobCancelled
@@ -102,6 +104,7 @@ def _run(
             attempt=attempt,
         )
         out_dir = work / "out"
+        storage = open_storage(settings.storage_uri) if settings.storage_uri else None
         result = run_job(
             spec,
             data_roots=settings.resolved_data_roots(),
@@ -114,6 +117,8 @@ def _run(
             model_limits=ModelLimits.from_settings(settings),
             check_cluster_fit=settings.check_cluster_fit,
             publish_capacity_to=settings.runs_dir,
+            storage=storage,
+            storage_key=f"{job_id}/run-{run}",
         )
         paths = write_job_report(result, out_dir)
         files = [jobs.ArtifactFile(kind, path) for kind, path in paths.items()]
@@ -138,7 +143,10 @@ def _run(
         if heartbeat.stop.is_set():  # e.g. a stage that failed because its trials were stopped
             log.info("job %s: stopped (%s): %s", job_id, heartbeat.status, error)
             return True
-        log.exception("job %s: failed", job_id)
+        if isinstance(error, StorageError):  # the operator's setting, said in one line
+            log.error("job %s: failed: %s", job_id, error)
+        else:
+            log.exception("job %s: failed", job_id)
         message = f"{type(error).__name__}: {error}"
         with factory() as session, session.begin():
             jobs.fail_job(session, job_id=job_id, error=message)

@@ -184,3 +184,25 @@ def test_each_command_lists_its_whole_first_sentence():
         first = one_line(command.help.split("\n\n")[0])
         assert command.short_help == first, name
         assert first in joined, name
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("NORMSEARCH_STORAGE_URI", "ftp://host/runs", "unknown scheme 'ftp://'"),
+        ("NORMSEARCH_STORAGE_URI", "s3://KEY:s3cr3tvalue@bucket/p", "must not hold credentials"),
+        ("NORMSEARCH_MAX_SEEDS", "many", "valid integer"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, variable, value, says):
+    from service.settings import get_settings
+
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    try:
+        spec = os.path.join(os.path.dirname(__file__), "..", "..", "examples", "mlp_digits.yaml")
+        result = runner.invoke(app, ["run", spec, "--out", "unused"])
+    finally:
+        get_settings.cache_clear()
+    line = assert_one_error_line(result, f"error: invalid setting {variable}: ", says)
+    assert "s3cr3tvalue" not in result.output and "Value error" not in line
