@@ -1,6 +1,7 @@
 """Real Celery worker processes for the tests (not eager mode): start one on the search queue
 with a given environment, wait until it answers a ping, stop it, or kill -9 it with everything
-it started (its local Ray), and read its log.
+it started (its local Ray), and read its log. And a multi-node Ray cluster of `ray start`
+processes on this machine (``start_ray_cluster``), each node stopped by its process group.
 
 Each worker runs in a session (process group) of its own, so ``kill()`` also takes down the Ray
 processes its task started; Ray's own reaper would only clean those up after a graceful exit.

@@ -110,9 +110,17 @@ def factory(api_settings):
 # Helpers
 
 
-def spec(*, seeds: list[int], epochs: int, cpus: float, gpus: float) -> dict:
+# Small synthetic images train an epoch in a fraction of a second; digits (resnet20) take a few
+# seconds per epoch on a shared core: long enough to kill a node mid-trial or to overlap trials.
+QUICK = {"kind": "synthetic", "num_samples": 300, "image_size": 8}
+
+
+def spec(
+    *, seeds: list[int], epochs: int, cpus: float, gpus: float, dataset: dict | None = None
+) -> dict:
     return tiny_spec(
         epochs=epochs,
+        dataset=dataset or {"kind": "digits"},
         search={
             "sparsity": {"end": 0.5},
             "stop_when_stable": {"enabled": False},
@@ -176,7 +184,9 @@ def test_trials_run_on_both_worker_nodes_with_complete_histories(
     api_client, headers, worker, node_names, factory
 ):
     # 1 CPU per trial and 1 CPU per node: the two trials can only run side by side.
-    job_id = submit(api_client, headers, spec(seeds=[0, 1], epochs=2, cpus=1, gpus=0))
+    job_id = submit(
+        api_client, headers, spec(seeds=[0, 1], epochs=2, cpus=1, gpus=0, dataset=QUICK)
+    )
     finished_job(api_client, headers, job_id, worker)
     found = trials(api_client, headers, job_id)
     assert len(found) == 2
