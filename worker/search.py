@@ -255,7 +255,7 @@ def gpus_per_trial(spec: JobSpec, capacity: ClusterCapacity | None = None) -> fl
     reads them now."""
     if spec.resources.gpus_per_trial is not None:
         return spec.resources.gpus_per_trial
-    return effective_gpus(spec.resources, capacity or cluster_capacity())
+    return effective_gpus(spec.resources, cluster_capacity() if capacity is None else capacity)
 
 
 @dataclass
