@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,6 +216,17 @@ class RayNode:
                     return pid
         pytest.fail(f"node {self.name} has no raylet:\n{tail(self.log_path)}")
 
+    def wait_started(self, timeout_s: float = 90.0) -> None:
+        """Wait until `ray start` says the node runs (it has registered with the head): read
+        from its log, cheaper than a driver asking the head."""
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in (
+            self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        ):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"Ray node {self.name} did not start:\n{tail(self.log_path)}")
+            time.sleep(0.2)
+
     def kill(self, timeout: float = 30.0) -> None:
         """kill -9 the node's whole process group, as a lost machine; waits until it is gone."""
         _signal_group(self.process.pid, signal.SIGKILL)
@@ -235,6 +247,7 @@ class RayCluster:
     temp_dir: Path
     log_dir: Path
     nodes: list[RayNode]
+    names: dict[str, str] | None = None  # node_names() once every node was up
 
     def nodes_info(self, expect_alive: int = 0, timeout_s: float = 60.0) -> list[dict]:
         """``ray.nodes()`` (id, alive, resources) read by a short driver process, after waiting
@@ -253,17 +266,21 @@ class RayCluster:
             pytest.fail(f"could not read the Ray cluster's nodes:\n{done.stderr[-3000:]}")
         return json.loads(done.stdout.strip().splitlines()[-1])
 
-    def wait_alive(self, count: int, timeout_s: float = 90.0) -> None:
-        """Wait until ``count`` nodes are alive (fails the test with the nodes' logs)."""
-        alive = sum(n["Alive"] for n in self.nodes_info(count, timeout_s=timeout_s))
+    def wait_alive(self, count: int, timeout_s: float = 90.0) -> list[dict]:
+        """Wait until ``count`` nodes are alive (fails the test with the nodes' logs); the
+        nodes as ``nodes_info`` reads them."""
+        info = self.nodes_info(count, timeout_s=timeout_s)
+        alive = sum(n["Alive"] for n in info)
         if alive < count:
             logs = "\n".join(f"{n.name}:\n{tail(n.log_path, 20)}" for n in self.nodes)
             pytest.fail(f"{alive} of {count} Ray nodes came up:\n{logs}", pytrace=False)
+        return info
 
-    def node_names(self) -> dict[str, str]:
-        """Node id -> the custom resource naming it (``head`` for the head)."""
+    def node_names(self, nodes_info: list[dict] | None = None) -> dict[str, str]:
+        """Node id -> the custom resource naming it (``head`` for the head), from
+        ``nodes_info`` (default: read now)."""
         names = {}
-        for node in self.nodes_info():
+        for node in self.nodes_info() if nodes_info is None else nodes_info:
             custom = [n.name for n in self.nodes[1:] if n.name in node["Resources"]]
             names[node["NodeID"]] = custom[0] if custom else "head"
         return names
@@ -281,11 +298,13 @@ class RayCluster:
         ]  # fmt: skip
         node = _start_ray_node(name, command, self.env, self.log_dir / f"ray-{name}.log")
         self.nodes.append(node)
+        node.wait_started()
         return node
 
     def stop(self) -> None:
         for node in reversed(self.nodes):
             node.kill()
+        shutil.rmtree(self.temp_dir, ignore_errors=True)  # the sessions' logs and sockets
 
 
 def _node_args() -> list[str]:
@@ -340,10 +359,10 @@ def start_ray_cluster(
         cluster.nodes.append(
             _start_ray_node("head", head, {**env, **(head_env or {})}, log_dir / "ray-head.log")
         )
-        cluster.wait_alive(1)
-        for name, args in workers.items():
+        cluster.nodes[0].wait_started()
+        for name, args in workers.items():  # one after the other (see _node_args)
             cluster.start_node(name, *args)
-            cluster.wait_alive(len(cluster.nodes))
+        cluster.names = cluster.node_names(cluster.wait_alive(len(cluster.nodes)))
     except BaseException:
         cluster.stop()
         raise

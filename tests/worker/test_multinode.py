@@ -70,7 +70,7 @@ def cluster(tmp_path_factory) -> Iterator[RayCluster]:
 @pytest.fixture(scope="module")
 def node_names(cluster) -> dict[str, str]:
     """Node id -> ``head``, ``node_a`` or ``node_b``."""
-    names = cluster.node_names()
+    names = cluster.names
     assert sorted(names.values()) == ["head", "node_a", "node_b"]
     return names
 
@@ -213,7 +213,7 @@ def test_a_quarter_gpu_per_trial_packs_four_trials_onto_one_gpu(
 def test_a_lost_node_restarts_its_trial_from_its_checkpoint_on_the_other_node(
     api_client, headers, worker, cluster, node_names, factory
 ):
-    epochs = 4
+    epochs = 3
     job_id = submit(api_client, headers, spec(seeds=[0], epochs=epochs, cpus=1, gpus=0))
 
     def first_epoch() -> bool:
