@@ -32,7 +32,7 @@ from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
 from service.db.models import RatioSnapshot
 from service.settings import Settings
-from tests.support.api import create_user_token, tiny_spec
+from tests.support.api import bearer, create_user_token, tiny_spec
 from tests.support.processes import (
     RayCluster,
     WorkerProcess,
@@ -97,7 +97,7 @@ def worker(cluster, api_settings, api_broker, tmp_path_factory) -> Iterator[Work
 
 @pytest.fixture(scope="module")
 def headers(api_settings) -> dict[str, str]:
-    return {"Authorization": f"Bearer {create_user_token(api_settings.database_url)}"}
+    return bearer(create_user_token(api_settings.database_url))
 
 
 @pytest.fixture(scope="module")
