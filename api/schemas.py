@@ -153,6 +153,11 @@ class TrialOut(_Out):
     error: str | None = None
     epochs_used: int
     epochs_budget: int
+    node_id: str | None = Field(
+        default=None,
+        description="The Ray node its last reported epoch trained on (a trial restarted after "
+        "losing its node shows the one it continued on); null before its first epoch.",
+    )
     created_at: datetime
     updated_at: datetime
 

@@ -84,5 +84,8 @@ class LiveTrialsView:
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         self._update(trial_id, status="done" if status == "TERMINATED" else "FAILED")
 
+    def trial_recovered(self, trial_id: str, message: str) -> None:
+        self._update(trial_id, status="restarted")
+
     def trials(self) -> dict[str, dict[str, Any]]:
         return {}

@@ -251,3 +251,22 @@ def set_progress(session: Session, *, job_id: str, progress: float) -> bool:
     down and a job in another state is left as it is. True when the value changed."""
     value = min(max(float(progress), 0.0), MAX_RUNNING_PROGRESS)
     return repositories.raise_progress(session, job_id=job_id, progress=value)
+
+
+MAX_NOTE_CHARS = 4000
+
+
+def note_event(session: Session, *, job_id: str, message: str) -> None:
+    """Append an event that is not a transition (the job stays in its status: from = to), such
+    as a trial restarted after losing its Ray node: the job's timeline shows what happened to
+    its run, not only its status changes. A job that is gone or finished gets none."""
+    job = repositories.get_job(session, job_id)
+    if job is None or job.status in FINISHED_JOB_STATUSES:
+        return
+    repositories.add_event(
+        session,
+        job_id=job_id,
+        from_status=job.status,
+        to_status=job.status,
+        message=message[:MAX_NOTE_CHARS],
+    )

@@ -322,6 +322,7 @@ def update_trial(
     epochs_used: int | None = None,
     best_metrics: dict[str, Any] | None = None,
     error: str | None | object = KEEP,
+    node_id: str | None = None,
 ) -> None:
     """Set the given fields of a trial (``None``: leave as is; for ``error``, ``KEEP`` leaves
     it and ``None`` clears it) in one ``UPDATE``."""
@@ -334,6 +335,8 @@ def update_trial(
         values["epochs_used"] = epochs_used
     if best_metrics is not None:
         values["best_metrics"] = best_metrics
+    if node_id is not None:
+        values["node_id"] = node_id
     if values:
         values["updated_at"] = now()
         session.execute(

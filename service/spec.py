@@ -404,14 +404,43 @@ class ExportSpec(_Strict):
     )
 
 
+# Ray counts resources in units of 1/10000 (``ray._raylet.RESOURCE_UNIT_SCALING``).
+RESOURCE_PRECISION = 1e-4
+
+
 class ResourcesSpec(_Strict):
     cpus_per_trial: float = Field(default=1.0, gt=0.0, le=256)
     gpus_per_trial: float | None = Field(
         default=None,
         ge=0.0,
         le=16,
-        description="GPUs per trial; default: 1 when the Ray cluster has GPUs, else 0.",
+        description="GPUs per trial; default: 1 when the Ray cluster has GPUs, else 0. A "
+        "fraction packs trials onto one GPU (0.25: four trials share each GPU, 0.5: two); above "
+        "1 it must be a whole number (Ray gives a trial either a share of one GPU or whole "
+        "GPUs).",
     )
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _gpus_ray_can_place(cls, value: float | None) -> float | None:
+        """What Ray cannot schedule is refused here (a 422 naming the field), not left pending
+        forever: 1.5 GPUs (a trial gets a share of one GPU, or whole GPUs), or a share finer
+        than Ray's resource unit."""
+        if value is None:
+            return value
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(
+                f"{value:g} GPUs per trial: above 1 it must be a whole number (a fraction such "
+                "as 0.25 or 0.5 shares one GPU between trials)"
+            )
+        if value < 1 and abs(round(value / RESOURCE_PRECISION) * RESOURCE_PRECISION - value) > (
+            RESOURCE_PRECISION / 100
+        ):
+            raise ValueError(
+                f"{value:g} GPUs per trial: a share of a GPU is counted in steps of "
+                f"{RESOURCE_PRECISION:g}"
+            )
+        return value
 
 
 class JobSpec(_Strict):

@@ -13,6 +13,10 @@ caller; trials never touch the database). Mapping of one epoch record
   also progress, stable_evals, all_fixed, done, epochs_budget) -> one ``Metric`` row, so that
   ``trials()`` can rebuild the record as reported. Booleans and integers are stored as floats and
   read back with the type ``EpochRecord`` gives them; ``None`` values are not stored.
+- ``node_id`` (the Ray node the epoch trained on, a string) -> ``trials.node_id``, from the
+  trial's latest epoch;
+- a trial restarted after a failure (``trial_recovered``, e.g. its node was lost) -> one
+  ``JobEvent`` with the message (``service.jobs.note_event``: from = to = the job's status);
 - the trial's ``epochs_used`` (the highest epoch seen) and ``best_metrics``
   (``{"val_accuracy", "epoch"}`` of the best epoch); a failed trial's error text goes to
   ``trials.error`` (cleared when the trial finishes without one).
@@ -127,6 +131,8 @@ class DatabaseRecorder:
             self._metrics.extend(metric_rows(db_id, epoch, record))
             summary = self._summary[db_id]
             summary["epochs_used"] = max(summary["epochs_used"], epoch)
+            if record.get("node_id") and epoch >= summary["epochs_used"]:
+                summary["node_id"] = str(record["node_id"])
             accuracy = record.get("val_accuracy")
             best = summary["best_metrics"]
             if accuracy is not None and (
@@ -156,6 +162,19 @@ class DatabaseRecorder:
                 repositories.update_trial(
                     session, db_id, status=status, best_metrics=best, error=error
                 )
+
+            self._write(write)
+
+    def trial_recovered(self, trial_id: str, message: str) -> None:
+        """The restart as one of the job's events (``service.jobs.note_event``), after the
+        buffered rows: the timeline says which node was lost and from which epoch it resumed."""
+        with self._lock:
+            self.flush()
+            if self._refused():
+                return
+
+            def write(session: Session) -> None:
+                jobs.note_event(session, job_id=self.job_id, message=message)
 
             self._write(write)
 
@@ -200,6 +219,7 @@ class DatabaseRecorder:
                         db_id,
                         epochs_used=summary["epochs_used"],
                         best_metrics=dict(summary["best_metrics"]),
+                        node_id=summary.get("node_id"),
                     )
                 if self.total_epochs:
                     self._record_progress(session)

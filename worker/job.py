@@ -48,6 +48,7 @@ from .search import (
     check_trials_fit,
     cluster_capacity,
     ensure_ray,
+    gpus_per_trial,
     grid_point,
     run_trials,
     trial_grid,
@@ -272,11 +273,14 @@ def run_job(
     check_searchable(spec, data, model_limits)
     raise_if_stopped(stop_event)
     ensure_ray(ray_address, ray_num_cpus)
+    capacity = cluster_capacity()
     if publish_capacity_to is not None:
-        CapacityPublisher.start(publish_capacity_to, cluster_capacity())
+        CapacityPublisher.start(publish_capacity_to, capacity)
     if check_cluster_fit:
-        check_trials_fit(spec.resources, stop_event=stop_event)
+        capacity = check_trials_fit(spec.resources, stop_event=stop_event)
     raise_if_stopped(stop_event)
+    # Once per job: the search and the verification trials get the same GPUs.
+    gpus = gpus_per_trial(spec, capacity)
 
     search = run_trials(
         spec,
@@ -286,6 +290,7 @@ def run_job(
         recorder=recorder,
         grid=trial_grid(spec, stop_event=stop_event),
         stop_event=stop_event,
+        gpus=gpus,
     )
     raise_if_stopped(stop_event)
     recommendation = recommend_or_explain(search.outcomes, spec.target_batch_size)
@@ -301,6 +306,7 @@ def run_job(
             experiments,
             recorder,
             stop_event=stop_event,
+            gpus=gpus,
         )
         raise_if_stopped(stop_event)
     choice = chosen_configuration(verification)
@@ -366,6 +372,7 @@ def verify(
     recorder: Recorder,
     *,
     stop_event: threading.Event | None = None,
+    gpus: float | None = None,
 ) -> tuple[dict[str, Any], list[TrialOutcome]]:
     """Train the recommended plan and the baselines from scratch with the same budget and seeds;
     report their final-epoch validation accuracies beside the SN model's, and the verdict
@@ -387,6 +394,7 @@ def verify(
         plan=recommendation.plan.to_dict(),
         use_scheduler=False,
         stop_event=stop_event,
+        gpus=gpus,
     )
     lr = grid[0]["lr"] if grid else spec.lrs[0]
     accuracies: dict[str, dict[int, float]] = {v: {} for v in variants}

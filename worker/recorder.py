@@ -26,6 +26,10 @@ class Recorder(Protocol):
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None: ...
 
+    def trial_recovered(self, trial_id: str, message: str) -> None:
+        """The trial failed (e.g. lost its node) and Tune restarts it from its last checkpoint;
+        ``message`` says what happened, for users (the service writes it as a job event)."""
+
 
 class MemoryRecorder:
     """Keeps everything in memory (the driver's own history, and the base of the file
@@ -34,6 +38,7 @@ class MemoryRecorder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._trials: dict[str, dict[str, Any]] = {}
+        self._recoveries: list[tuple[str, str]] = []  # (trial id, message), in order
 
     def _trial(self, trial_id: str) -> dict[str, Any]:
         return self._trials.setdefault(
@@ -54,6 +59,8 @@ class MemoryRecorder:
             trial["history"][epoch] = event["record"]
         elif kind == "finished":
             trial["status"], trial["error"] = event["status"], event.get("error")
+        elif kind == "recovered":
+            self._recoveries.append((event["trial_id"], event["message"]))
         return True
 
     def _record(self, event: dict[str, Any]) -> None:
@@ -68,6 +75,14 @@ class MemoryRecorder:
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         self._record({"event": "finished", "trial_id": trial_id, "status": status, "error": error})
+
+    def trial_recovered(self, trial_id: str, message: str) -> None:
+        self._record({"event": "recovered", "trial_id": trial_id, "message": message})
+
+    def recoveries(self) -> list[tuple[str, str]]:
+        """The trials restarted after a failure: (trial id, message), in order."""
+        with self._lock:
+            return list(self._recoveries)
 
     def trials(self) -> dict[str, dict[str, Any]]:
         """Everything recorded: {trial_id: {"config", "status", "error", "history"}}, the
@@ -119,3 +134,7 @@ class TeeRecorder:
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         for recorder in self.recorders:
             recorder.trial_finished(trial_id, status, error)
+
+    def trial_recovered(self, trial_id: str, message: str) -> None:
+        for recorder in self.recorders:
+            recorder.trial_recovered(trial_id, message)

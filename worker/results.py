@@ -44,10 +44,13 @@ class EpochRecord(TypedDict):
     # (step, loss, learning rate, what to change); the epoch was cut short there and the model
     # evaluated as it was (``worker.trainable.TrialTraining.epochs``).
     diverged: NotRequired[str]
+    # The Ray node the epoch was trained on (``ray.get_runtime_context().get_node_id()``): set
+    # by the Ray trainable, absent from ``normsearch demo``'s records (no Ray).
+    node_id: NotRequired[str]
 
 
 # Spelled out: with postponed annotations a TypedDict cannot tell NotRequired keys apart.
-OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged",)
+OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged", "node_id")
 EPOCH_KEYS: tuple[str, ...] = tuple(
     key for key in EpochRecord.__annotations__ if key not in OPTIONAL_EPOCH_KEYS
 )  # in every record

@@ -36,6 +36,7 @@ from service.cluster import (
     CAPACITY_REFRESH_S,
     ClusterCapacity,
     NodeShape,
+    effective_gpus,
     fit_problem,
     publish_capacity,
 )
@@ -195,6 +196,31 @@ class RecorderCallback(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         self.recorder.trial_finished(trial.trial_id, "ERROR", trial_error_text(trial))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.recorder.trial_recovered(trial.trial_id, recovery_message(trial))
+
+
+def node_alive(node_id: str) -> bool:
+    """Whether the joined Ray cluster still counts ``node_id`` among its alive nodes."""
+    import ray
+
+    return any(n.get("NodeID") == node_id and n.get("Alive") for n in ray.nodes())
+
+
+def recovery_message(trial) -> str:
+    """What users read when Tune restarts a failed trial: the node it lost (its last reported
+    ``node_id``, when Ray no longer counts that node alive), the error, and the epoch of the
+    checkpoint it resumes from (every reported epoch carries one: its last result's)."""
+    last = trial.last_result or {}
+    node, epoch = last.get("node_id"), last.get("epoch")
+    what = f"lost its node {node}" if node and not node_alive(node) else "failed"
+    where = f"restarted from its epoch-{epoch} checkpoint" if epoch else "restarted from the start"
+    failures = getattr(trial.run_metadata, "num_failures", 0)
+    return (
+        f"trial {trial.trial_id} {what} ({trial_error_text(trial)}); {where} "
+        f"(retry {failures} of at most {MAX_TRIAL_FAILURES})"
+    )
+
 
 MAX_ERROR_CHARS = 2000
 
@@ -226,13 +252,14 @@ def trial_error_text(trial) -> str:
     return lines[-1].strip()[:MAX_ERROR_CHARS] if lines else "the trial failed (Ray kept no error)"
 
 
-def gpus_per_trial(spec: JobSpec) -> float:
-    """The spec's GPUs per trial, or by default one GPU per trial when the cluster has any."""
-    import ray
-
+def gpus_per_trial(spec: JobSpec, capacity: ClusterCapacity | None = None) -> float:
+    """The spec's GPUs per trial (a fraction packs trials onto one GPU: 0.25 is four at once),
+    or by default one GPU per trial when a node of the cluster has any. ``capacity``: the
+    cluster's node shapes already read (a job reads them once, ``worker.job.run_job``); None
+    reads them now."""
     if spec.resources.gpus_per_trial is not None:
         return spec.resources.gpus_per_trial
-    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+    return effective_gpus(spec.resources, cluster_capacity() if capacity is None else capacity)
 
 
 @dataclass
@@ -285,13 +312,15 @@ def run_trials(
     plan: dict[str, Any] | None = None,
     use_scheduler: bool = True,
     stop_event: threading.Event | None = None,
+    gpus: float | None = None,
 ) -> TrialsRun:
     """Run (or resume) the experiment ``name`` under ``storage_dir`` and collect its outcomes.
     A ``stop_event`` set before the experiment starts raises ``JobCancelled`` (checked while it
     is built, so no trial starts); once it is running, Tune stops every trial (the stopper's
     ``stop_all``, on every step of its control loop, also between trials, so no new trial
     starts) and the run returns what it has (the caller checks the event:
-    ``worker.cancellation.raise_if_stopped``)."""
+    ``worker.cancellation.raise_if_stopped``). ``gpus``: each trial's GPUs as the job resolved
+    them once (``gpus_per_trial``); None resolves them from the cluster now."""
     epochs = spec.training.epochs if epochs is None else epochs
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
@@ -304,7 +333,10 @@ def run_trials(
     cancellation.register(key, stop_event)
     trainable = tune.with_resources(
         tune.with_parameters(train_trial, data=data),
-        {"cpu": spec.resources.cpus_per_trial, "gpu": gpus_per_trial(spec)},
+        {
+            "cpu": spec.resources.cpus_per_trial,
+            "gpu": gpus_per_trial(spec) if gpus is None else gpus,
+        },
     )
     try:
         if tune.Tuner.can_restore(experiment_path, storage_filesystem=storage.ray_filesystem):

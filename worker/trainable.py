@@ -305,6 +305,7 @@ def trial_effective_lr(spec: JobSpec, trial: dict[str, Any]) -> float:
 
 def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     """Ray Tune function trainable (``tune.with_parameters(train_trial, data=...)``)."""
+    import ray
     from ray import tune
 
     spec = JobSpec.model_validate(config["spec"])
@@ -324,7 +325,9 @@ def train_trial(config: dict[str, Any], data: LoadedDataset) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             training.restore(Path(directory))
+    node_id = ray.get_runtime_context().get_node_id()  # where it ran, for users and tests
     for record in training.epochs():
+        record["node_id"] = node_id
         with tempfile.TemporaryDirectory() as directory:
             training.save(Path(directory))
             tune.report(dict(record), checkpoint=tune.Checkpoint.from_directory(directory))

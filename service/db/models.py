@@ -158,6 +158,9 @@ class Trial(Base):
     error: Mapped[str | None] = mapped_column(Text)  # why a failed trial failed
     epochs_used: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     epochs_budget: Mapped[int] = mapped_column(Integer)
+    # The Ray node (``ray.get_runtime_context().get_node_id()``) of its last reported epoch: a
+    # trial restarted after losing its node shows the node it continued on.
+    node_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=now)
     updated_at: Mapped[datetime] = mapped_column(default=now, onupdate=now)
 

@@ -148,3 +148,22 @@ def test_a_trial_no_node_can_take_is_422_once_the_capacity_is_known(api_client, 
         assert api_client.post(f"{API}/spec/validate", headers=carol, json=fits).status_code == 200
     finally:
         (settings.runs_dir / CAPACITY_FILE).unlink()
+
+
+@pytest.mark.parametrize(
+    ("gpus", "expected"),
+    [(1.5, "above 1 it must be a whole number"), (0.00001, "in steps of 0.0001")],
+)
+def test_gpus_per_trial_ray_cannot_place_is_422_naming_the_field(api_client, carol, gpus, expected):
+    """1.5 GPUs would pend forever (Ray gives a trial a share of one GPU or whole GPUs)."""
+    spec = {**tiny_spec(), "resources": {"gpus_per_trial": gpus}}
+    response = api_client.post(f"{API}/spec/validate", headers=carol, json=spec)
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert body["field"] == "resources.gpus_per_trial" and expected in body["message"]
+
+
+@pytest.mark.parametrize("gpus", [0.25, 0.5, 0.3333, 1, 2])
+def test_gpu_shares_and_whole_gpus_are_accepted(api_client, carol, gpus):
+    spec = {**tiny_spec(), "resources": {"gpus_per_trial": gpus}}
+    assert api_client.post(f"{API}/spec/validate", headers=carol, json=spec).status_code == 200

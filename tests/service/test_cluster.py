@@ -105,3 +105,9 @@ def test_stale_missing_or_corrupt_capacity_is_unknown(tmp_path):
 def test_node_shapes_are_deduplicated_and_bounded():
     capacity = ClusterCapacity.of([NodeShape(4, 0)] * 500 + [NodeShape(i, 0) for i in range(200)])
     assert len(capacity.nodes) == 64 and capacity.max_cpus == 199
+
+
+def test_gpu_shares_fit_a_node_with_one_gpu():
+    one_gpu = ClusterCapacity.of([NodeShape(1, 1)])
+    assert fit_problem(resources(0.25, 0.25), one_gpu) is None
+    assert fit_problem(resources(0.25, 2), one_gpu).field == "resources.gpus_per_trial"

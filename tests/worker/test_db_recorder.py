@@ -264,3 +264,46 @@ def test_a_requeued_attempts_recorder_is_stale_too(sqlite_factory):
     second = DatabaseRecorder(sqlite_factory, job_id=job_id, run=1, attempt=2)
     second.trial_started("b", config(1))
     assert second.stale is None and count(sqlite_factory, Trial) == 2
+
+
+def test_the_trials_node_is_its_latest_epochs(factory):
+    """``node_id`` (a string: no metric row) goes to ``trials.node_id``; a replayed older epoch
+    from another node leaves the latest epoch's."""
+    job_id = new_job(factory)
+    recorder = DatabaseRecorder(factory, job_id=job_id, flush_interval_s=0.0)
+    rng = random.Random(3)
+    recorder.trial_started("a", config(0))
+    recorder.trial_result("a", {**record(rng, 0, 1), "node_id": "node-1"})
+    recorder.trial_result("a", {**record(rng, 0, 2), "node_id": "node-2"})
+    recorder.trial_result("a", {**record(rng, 0, 1), "node_id": "node-1"})  # a replay
+    recorder.close()
+    with factory() as session:
+        (trial,) = repositories.list_trials(session, job_id=job_id)
+    assert trial.node_id == "node-2"
+    assert count(factory, Metric) == 2 * (len(EPOCH_KEYS) - 2)
+
+
+def test_a_restarted_trial_is_a_job_event_while_its_run_is_current(factory):
+    job_id = new_job(factory)
+    with factory() as session, session.begin():
+        jobs.start_job(session, job_id=job_id)
+    recorder = DatabaseRecorder(factory, job_id=job_id, run=1, attempt=1, flush_interval_s=0.0)
+    recorder.trial_started("a", config(0))
+    recorder.trial_recovered("a", "trial a lost its node n1 (...); restarted from its epoch-2 ...")
+    memory = MemoryRecorder()
+    memory.trial_recovered("a", "lost")
+    assert memory.recoveries() == [("a", "lost")] and memory.trials()["a"]["history"] == []
+    with factory() as session, session.begin():
+        jobs.cancel_job(session, job_id=job_id)
+        jobs.confirm_cancelled(session, job_id=job_id, run=1)
+        jobs.retry_job(session, job_id=job_id)
+    recorder.trial_recovered("a", "stale")  # the job is in run 2 now: refused, no exception
+    with factory() as session:
+        events = repositories.get_job(session, job_id, with_children=True).events
+        notes = [(e.from_status, e.to_status, e.message) for e in events if e.message]
+    assert (
+        "running",
+        "running",
+        "trial a lost its node n1 (...); restarted from its epoch-2 ...",
+    ) in notes
+    assert not any(message == "stale" for *_, message in notes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import threading
 import time
@@ -390,6 +391,16 @@ def test_killed_trial_resumes_from_its_checkpoint_with_complete_history(tmp_path
     assert pids()[0] == killed["pid"] and len(set(pids())) == 2  # a new worker took over
     lines = [json.loads(x) for x in (tmp_path / "trials.jsonl").read_text().splitlines()]
     assert sorted(e["record"]["epoch"] for e in lines if e["event"] == "result") == epochs
+    # The restart, as users read it (its node is alive: a failure, not a lost node).
+    ((trial_id, message),) = recorder.recoveries()
+    assert trial_id == outcome.trial_id
+    assert re.fullmatch(
+        rf"trial {trial_id} failed \(.+\); restarted from its epoch-[2-5] checkpoint "
+        r"\(retry 1 of at most 3\)",
+        message,
+        flags=re.DOTALL,
+    ), message
+    assert [e["message"] for e in lines if e["event"] == "recovered"] == [message]
 
 
 def test_search_stops_early_once_choices_are_stable(tmp_path):
