@@ -185,3 +185,27 @@ def test_selected_norm_with_one_normalizer_is_native(kind):
     assert grad_fn_name(same(x)) == NATIVE_GRAD_FN.get(kind, "NativeGroupNormBackward0")
     mixed = SelectedNorm(8, mean=kind, var="ln" if kind != "ln" else "bn", groups=4).double()
     assert grad_fn_name(mixed(x)) == MIXTURE_GRAD_FN
+
+
+@pytest.mark.parametrize("kind", POOL)
+@pytest.mark.parametrize("training", [True, False])
+def test_flat_input_native_matches_fixed_mixture(kind, training):
+    """(N, C) inputs, one position per channel: IN's variance is 0 on both paths."""
+    torch.manual_seed(0)
+    native = SwitchNorm1d(6, pool=POOL, groups=2).double()
+    native.fix(kind, kind)
+    with torch.no_grad():
+        native.weight.normal_()
+        native.bias.normal_()
+    mixture = copy.deepcopy(native)
+    mixture._native = None  # the fixed layer's former path
+    native.train(training)
+    mixture.train(training)
+    x = torch.randn(5, 6, dtype=torch.float64)
+    grad = torch.randn_like(x)
+    a, b = step(native, x, grad), step(mixture, x, grad)
+    assert a[2] == NATIVE_GRAD_FN.get(kind, "NativeGroupNormBackward0")
+    assert b[2] == MIXTURE_GRAD_FN
+    assert_same(a, b)
+    for name, value in buffers(mixture).items():
+        assert_close(buffers(native)[name], value, rtol=1e-12, atol=1e-12, msg=name)
