@@ -3,6 +3,7 @@
 Plain script (no pytest)::
 
     python bench/sn_layer.py [--threads 2] [--repeat N] [--budget S] [--malloc-tuned] [--json PATH]
+                             [--fixed-only] [--no-fixed]
 
 For each shape (float32, CPU) it measures the median time of forward+backward in training mode
 (``y.backward(g)`` with a fixed random g, x requires grad) and of the evaluation forward
@@ -12,6 +13,13 @@ naive reference in another, because the reference's temporaries disturb whatever
 the bytes each layer's forward saves for backward (unique storages seen by
 ``torch.autograd.graph.saved_tensors_hooks``; the input counts). It prints a Markdown table per
 shape and one PASS/MISS line per target (docs/sn-spec.md section 7).
+
+A third comparison, *fixed layers*: ``SwitchNorm2d(pool=("in", "ln", "bn", "gn"))`` fixed to one
+normalizer (``layer.fix(k, k)``, as the sparsity schedule leaves it) against the torch layer it
+equals (``nn.BatchNorm2d``, ``nn.InstanceNorm2d(affine=True)``, ``nn.GroupNorm(1, C)``,
+``nn.GroupNorm(32, C)``), each pair interleaved on its own. Its ratio is the median over repeats
+of the per-repeat ratio (fixed SN time / torch time in the same round), printed with the
+interquartile range of those ratios; target <= 1.05x.
 
 ``--malloc-tuned`` raises glibc's mmap and trim thresholds to 1 GiB (``mallopt``) before torch is
 imported, so freed large blocks are reused rather than handed back to the OS and faulted in again
@@ -32,6 +40,8 @@ import time
 
 SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (2, 64, 56, 56)]
 CANDIDATES = ("SwitchNorm2d", "BatchNorm2d", "GroupNorm", "Reference")
+FIXED_KINDS = ("bn", "in", "ln", "gn")
+FIXED_BOUND = 1.05
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 GIB = 1 << 30
@@ -76,6 +86,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--malloc-tuned", action="store_true", help="glibc mallopt thresholds")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fixed-only", action="store_true", help="only the fixed-layer comparison")
+    parser.add_argument("--no-fixed", action="store_true", help="skip the fixed-layer comparison")
     return parser.parse_args(argv)
 
 
@@ -180,6 +192,126 @@ def bench_shape(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> 
     return result
 
 
+def build_fixed_pairs(channels: int) -> dict:
+    """Per normalizer: (SN fixed to it, the torch layer it equals)."""
+    from torch import nn
+
+    from sn_core.layers import SwitchNorm2d
+
+    torch_layers = {
+        "bn": nn.BatchNorm2d(channels),
+        "in": nn.InstanceNorm2d(channels, affine=True),
+        "ln": nn.GroupNorm(1, channels),
+        "gn": nn.GroupNorm(32, channels),
+    }
+    pairs = {}
+    for kind in FIXED_KINDS:
+        sn = SwitchNorm2d(channels, pool=FIXED_KINDS, groups=32)
+        sn.fix(kind, kind)
+        pairs[kind] = (sn, torch_layers[kind])
+    return pairs
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q1, median, q3
+
+
+def bench_fixed(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> dict:
+    """Fixed SN layers against the torch layers they equal, per-repeat ratios."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).requires_grad_(True)
+    grad_out = torch.randn(shape, generator=gen)
+    pairs = build_fixed_pairs(shape[1])
+
+    def fwd_bwd(layer):
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        layer(x).backward(grad_out)
+        return time.perf_counter() - start
+
+    def evaluate(layer):
+        start = time.perf_counter()
+        with torch.no_grad():
+            layer(x)
+        return time.perf_counter() - start
+
+    result = {"shape": list(shape), "kinds": {}}
+    share = budget_s / (2 * len(pairs))
+    for kind, (sn, ref) in pairs.items():
+        row = {}
+        for phase, run, train in (("fwd_bwd", fwd_bwd, True), ("eval", evaluate, False)):
+            sn.train(train)
+            ref.train(train)
+            for _ in range(warmup):
+                run(sn)
+                run(ref)
+            sn_times, ref_times = [], []
+            deadline = time.perf_counter() + share
+            for i in range(repeat):
+                if i % 2:  # alternate which runs first
+                    ref_times.append(run(ref))
+                    sn_times.append(run(sn))
+                else:
+                    sn_times.append(run(sn))
+                    ref_times.append(run(ref))
+                if i + 1 >= 5 and time.perf_counter() > deadline:
+                    break
+            ratios = [a / b for a, b in zip(sn_times, ref_times, strict=True)]
+            q1, median, q3 = quartiles(ratios)
+            row[phase] = {
+                "repeats": len(ratios),
+                "sn_ms": statistics.median(sn_times) * 1e3,
+                "torch_ms": statistics.median(ref_times) * 1e3,
+                "ratio": median,
+                "ratio_q1": q1,
+                "ratio_q3": q3,
+            }
+        result["kinds"][kind] = row
+    return result
+
+
+def print_fixed(result: dict) -> None:
+    shape = "x".join(str(s) for s in result["shape"])
+    names = {
+        "bn": "BatchNorm2d",
+        "in": "InstanceNorm2d",
+        "ln": "GroupNorm(1)",
+        "gn": "GroupNorm(32)",
+    }
+    print(f"\n### Fixed SN layers vs the torch layer they equal, {shape} float32\n")
+    print(
+        "| fixed to | torch layer | repeats | fwd+bwd ms SN / torch | fwd+bwd ratio [IQR] "
+        "| eval ms SN / torch | eval ratio [IQR] |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for kind, row in result["kinds"].items():
+        fb, ev = row["fwd_bwd"], row["eval"]
+        print(
+            f"| {kind} | {names[kind]} | {fb['repeats']} / {ev['repeats']} "
+            f"| {fb['sn_ms']:.3f} / {fb['torch_ms']:.3f} "
+            f"| **{fb['ratio']:.3f}x** [{fb['ratio_q1']:.3f}, {fb['ratio_q3']:.3f}] "
+            f"| {ev['sn_ms']:.3f} / {ev['torch_ms']:.3f} "
+            f"| {ev['ratio']:.3f}x [{ev['ratio_q1']:.3f}, {ev['ratio_q3']:.3f}] |"
+        )
+
+
+def check_fixed_target(results: list[dict]) -> dict:
+    values = {
+        f"{'x'.join(map(str, r['shape']))} {kind}": row["fwd_bwd"]["ratio"]
+        for r in results
+        for kind, row in r["kinds"].items()
+    }
+    ok = all(v <= FIXED_BOUND for v in values.values())
+    shown = ", ".join(f"{k}: {v:.3f}" for k, v in values.items())
+    label = f"fixed SN fwd+bwd <= {FIXED_BOUND}x the torch layer it equals"
+    print(f"- {'PASS' if ok else 'MISS'} {label} ({shown})")
+    return {"target": label, "pass": ok, "values": list(values.values())}
+
+
 def default_repeat(shape) -> int:
     numel = 1
     for size in shape:
@@ -247,17 +379,29 @@ def main(argv=None) -> int:
         "forward under no_grad. GroupNorm has 32 groups."
     )
 
-    results = []
-    for shape in SHAPES:
-        repeat = args.repeat or default_repeat(shape)
-        start = time.perf_counter()
-        result = bench_shape(shape, repeat, args.warmup, args.seed, args.budget / len(SHAPES))
-        result["wall_s"] = time.perf_counter() - start
-        print_shape(result)
-        results.append(result)
+    results, verdicts = [], []
+    shapes_budget = args.budget / len(SHAPES)
+    if not args.fixed_only:
+        for shape in SHAPES:
+            repeat = args.repeat or default_repeat(shape)
+            start = time.perf_counter()
+            result = bench_shape(shape, repeat, args.warmup, args.seed, shapes_budget)
+            result["wall_s"] = time.perf_counter() - start
+            print_shape(result)
+            results.append(result)
+    fixed_results = []
+    if not args.no_fixed:
+        for shape in SHAPES:
+            repeat = args.repeat or default_repeat(shape)
+            fixed = bench_fixed(shape, repeat, args.warmup, args.seed, shapes_budget)
+            print_fixed(fixed)
+            fixed_results.append(fixed)
 
     print("\n### Targets\n")
-    verdicts = check_targets(results)
+    if results:
+        verdicts = check_targets(results)
+    if fixed_results:
+        verdicts.append(check_fixed_target(fixed_results))
     load_after = os.getloadavg()[0]
     print(
         f"\n1-minute load average {load_before:.2f} before, {load_after:.2f} after, on "
@@ -271,6 +415,7 @@ def main(argv=None) -> int:
             "mallopt": malloc,
             "load_average": [load_before, load_after],
             "results": results,
+            "fixed": fixed_results,
             "targets": verdicts,
         }
         with open(args.json, "w") as fh:

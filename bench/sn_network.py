@@ -5,8 +5,10 @@ Plain script::
     python bench/sn_network.py [--arch resnet20] [--batch 64 8] [--size 32] [--threads 2]
 
 Per-layer figures (``bench/sn_layer.py``) isolate the normalization; this measures what a user
-pays per training step and per inference batch when every norm layer of a zoo model is SN. The
-two models run interleaved in one process; medians are printed with their ratio.
+pays per training step and per inference batch when every norm layer of a zoo model is SN, and
+(``fixed``) once the sparsity schedule has fixed every SN layer to BN. The three models run
+interleaved in one process (the order rotates each round); medians are printed with their ratio to
+BN and, for the fixed model, the interquartile range of its per-round ratio to BN.
 """
 
 from __future__ import annotations
@@ -29,8 +31,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> list[float]:
-    """Median ms of (train step BN, train step SN, eval BN, eval SN), BN and SN interleaved."""
+MODELS = ("bn", "sn", "fixed")
+
+
+def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
+    """Per phase ("train", "eval"): median ms per model, and the fixed/BN per-round ratios."""
     import torch
     from torch import nn
 
@@ -40,6 +45,12 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> list[
     models["sn"] = sn_core.convert_to_switchnorm(
         sn_core.build_model(arch, num_classes=10, in_channels=3)
     )
+    models["fixed"] = sn_core.convert_to_switchnorm(
+        sn_core.build_model(arch, num_classes=10, in_channels=3)
+    )
+    for layer in models["fixed"].modules():
+        if isinstance(layer, sn_core.SwitchNorm):
+            layer.fix("bn", "bn")
     optimizers = {
         k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
     }
@@ -64,16 +75,20 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> list[
             model(x)
         return time.perf_counter() - start
 
-    medians = []
-    for run in (train_step, evaluate):
+    out = {}
+    for phase, run in (("train", train_step), ("eval", evaluate)):
         times = {name: [] for name in models}
         for i in range(warmup + repeat):
-            for name in ("bn", "sn") if i % 2 else ("sn", "bn"):
+            k = i % len(MODELS)
+            for name in MODELS[k:] + MODELS[:k]:
                 elapsed = run(name)
                 if i >= warmup:
                     times[name].append(elapsed)
-        medians += [statistics.median(times[k]) * 1e3 for k in ("bn", "sn")]
-    return medians
+        ratios = [f / b for f, b in zip(times["fixed"], times["bn"], strict=True)]
+        q1, ratio, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        out[phase] = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        out[phase]["fixed_ratio"] = (ratio, q1, q3)
+    return out
 
 
 def main(argv=None) -> int:
@@ -87,16 +102,24 @@ def main(argv=None) -> int:
         f"## {args.arch}: SN against BatchNorm2d, torch {torch.__version__}, {args.threads} threads"
     )
     print(f"\nInput {args.size}x{args.size}x3; train step = forward, backward, SGD step.\n")
-    print("| batch | train BN ms | train SN ms | SN/BN | eval BN ms | eval SN ms | SN/BN |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"{args.repeat} interleaved rounds per phase after {args.warmup} warm-up rounds; "
+        "fixed = every SN layer fixed to BN (native kernel); fixed/BN = median per-round ratio "
+        "[interquartile range].\n"
+    )
+    print(
+        "| batch | phase | BN ms | SN ms | SN/BN | fixed SN ms | fixed/BN [IQR] |\n"
+        "|---:|---|---:|---:|---:|---:|---:|"
+    )
     for batch in args.batch:
-        train_bn, train_sn, eval_bn, eval_sn = measure(
-            args.arch, batch, args.size, args.repeat, args.warmup
-        )
-        print(
-            f"| {batch} | {train_bn:.1f} | {train_sn:.1f} | **{train_sn / train_bn:.2f}x** "
-            f"| {eval_bn:.1f} | {eval_sn:.1f} | **{eval_sn / eval_bn:.2f}x** |"
-        )
+        result = measure(args.arch, batch, args.size, args.repeat, args.warmup)
+        for phase, row in result.items():
+            ratio, q1, q3 = row["fixed_ratio"]
+            print(
+                f"| {batch} | {phase} | {row['bn']:.1f} | {row['sn']:.1f} "
+                f"| **{row['sn'] / row['bn']:.2f}x** | {row['fixed']:.1f} "
+                f"| **{ratio:.2f}x** [{q1:.2f}, {q3:.2f}] |"
+            )
     return 0
 
 

@@ -225,6 +225,7 @@ class _SwitchNormFunction(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None, None
 
 
+@torch.compiler.disable(recursive=True, reason="sn_core mixture kernel: eager only")
 def switch_norm(
     x: Tensor,
     weight: Tensor | None,
@@ -239,6 +240,9 @@ def switch_norm(
 
     The batch BN statistics (population variance, detached) are returned when the mixture uses
     BN batch statistics, so the caller can update running estimates; otherwise they are None.
+
+    torch.compile runs this eagerly (one graph break per call): the autograd function keeps its
+    O(N*C) mixture, NumPy arrays on CPU, on the autograd context, which Dynamo cannot trace.
     """
     n, c = x.shape[:2]
     x3 = x.reshape(n, c, -1)

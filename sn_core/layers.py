@@ -10,6 +10,13 @@ buffers (-1 while free) and mirrored in a Python attribute so that forward can l
 of the graph without a host sync. Fixed logits then get no gradient at all (``grad`` stays None), so
 momentum and weight decay cannot move them. Nothing in forward mutates a parameter. Under
 DistributedDataParallel pass ``find_unused_parameters=True`` (fixed logits are unused).
+
+A layer whose mean and variance are fixed to the same normalizer (population variance) *is* a
+torch layer (docs/sn-spec.md section 4), so its forward calls torch's own kernel: batch norm for
+"bn", group norm with C, 1 or G groups for "in", "ln", "gn". Which path a forward takes, and the
+kernel configuration of the mixture path, are decided when they can change (construction,
+``fix``/``unfix``, ``load_state_dict``, ``.to()``, assigning ``eps``/``groups``/``variance``/
+``track_running_stats``), not per call.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from .sparsity import RATIO_FUNCTIONS, compute_ratios
 __all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
 
 VARIANCE_MODES = ("population", "reference")
+# Attributes the cached forward plan depends on: assigning one rebuilds it.
+_PLAN_ATTRIBUTES = frozenset({"eps", "groups", "variance", "track_running_stats"})
 
 
 def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
@@ -129,9 +138,39 @@ class MixtureNorm(nn.Module):
         if x.dim() < 2:
             raise ValueError(f"expected at least 2D input (N, C, ...), got {x.dim()}D")
 
-    def _mixture(self) -> tuple[tuple[str, ...], Tensor, Tensor]:
-        """The normalizers to compute now and their (mean, variance) ratios."""
+    def _path(self) -> tuple[tuple[str, ...], str | None]:
+        """The normalizers the mixture computes now, and the one whose torch kernel the layer
+        equals (None: it does not equal one)."""
         raise NotImplementedError
+
+    def _mixture(self) -> tuple[Tensor, Tensor]:
+        """(mean, variance) ratios over the kinds of ``_path()``, for the mixture path."""
+        raise NotImplementedError
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in _PLAN_ATTRIBUTES and "_configs" in self.__dict__:
+            self._refresh()
+
+    def _apply(self, fn, recurse=True):
+        result = super()._apply(fn, recurse)
+        self._refresh()  # cached constants follow the parameters' device and dtype
+        return result
+
+    def _refresh(self) -> None:
+        """Rebuild the forward plan: the native kernel, if any, and the mixture's two configs."""
+        kinds, native = self._path()
+        reference = self.variance == "reference"
+        tracking = bool(self.track_running_stats) and "bn" in kinds
+        self._tracking = tracking
+        # Indexed by self.training: evaluation reads running statistics when they are tracked.
+        self._configs = tuple(
+            MixtureConfig(kinds, self.eps, self.groups, batch_bn, reference)
+            for batch_bn in (not tracking, True)
+        )
+        # Only population variance is torch's; the original code's estimators are not.
+        self._native = None if reference else native
+        self._native_groups = {"in": self.num_features, "ln": 1, "gn": self.groups}.get(native, 0)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
@@ -139,15 +178,12 @@ class MixtureNorm(nn.Module):
             raise ValueError(
                 f"expected {self.num_features} channels, got input of shape {tuple(x.shape)}"
             )
-        kinds, mean_ratios, var_ratios = self._mixture()
-        tracking = self.track_running_stats and "bn" in kinds
-        config = MixtureConfig(
-            kinds=kinds,
-            eps=self.eps,
-            groups=self.groups,
-            batch_bn=self.training or not tracking,
-            reference=self.variance == "reference",
-        )
+        if self._native is not None:
+            y = self._native_forward(x)
+            if y is not None:
+                return y
+        mean_ratios, var_ratios = self._mixture()
+        config = self._configs[self.training]
         use_running = not config.batch_bn  # saved for backward only when read
         y, batch_mean, batch_var = switch_norm(
             x, self.weight, self.bias, mean_ratios, var_ratios,
@@ -155,8 +191,50 @@ class MixtureNorm(nn.Module):
             self.running_var if use_running else None,
             config,
         )  # fmt: skip
-        if self.training and tracking and batch_mean is not None:
+        if self.training and self._tracking and batch_mean is not None:
             self._update_running_stats(batch_mean, batch_var, x.numel() // x.shape[1])
+        return y
+
+    def _native_forward(self, x: Tensor) -> Tensor | None:
+        """torch's kernel for the layer's single normalizer; None where it would differ.
+
+        The running-statistics update is nn.BatchNorm's (unbiased batch variance, momentum None =
+        cumulative average), which ``_update_running_stats`` reproduces on the mixture path.
+        """
+        cudnn = torch.backends.cudnn.enabled
+        if self._native != "bn":
+            return torch.group_norm(x, self._native_groups, self.weight, self.bias, self.eps, cudnn)
+        if self.training or not self._tracking:
+            # One value per channel: torch's unbiased variance would be 0/0; the mixture is finite.
+            if x.numel() <= x.shape[1]:
+                return None
+            if self.training and self._tracking:
+                if self.momentum is None and torch.compiler.is_compiling():
+                    return self._compiled_cumulative_batch_norm(x, cudnn)
+                self.num_batches_tracked.add_(1)
+                if self.momentum is None:
+                    momentum = 1.0 / float(self.num_batches_tracked)
+                else:
+                    momentum = self.momentum
+                return torch.batch_norm(
+                    x, self.weight, self.bias, self.running_mean, self.running_var,
+                    True, momentum, self.eps, cudnn,
+                )  # fmt: skip
+            return torch.batch_norm(
+                x, self.weight, self.bias, None, None, True, 0.0, self.eps, cudnn
+            )
+        return torch.batch_norm(
+            x, self.weight, self.bias, self.running_mean, self.running_var,
+            False, 0.0, self.eps, cudnn,
+        )  # fmt: skip
+
+    def _compiled_cumulative_batch_norm(self, x: Tensor, cudnn: bool) -> Tensor:
+        """Training BN with momentum None under torch.compile: the factor 1 / num_batches_tracked
+        stays a tensor (eager reads it as a float, a host sync that would break the graph)."""
+        y = torch.batch_norm(x, self.weight, self.bias, None, None, True, 0.0, self.eps, cudnn)
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x.detach(), dim=dims, correction=0)
+        self._update_running_stats(mean, var, x.numel() // x.shape[1])
         return y
 
     @torch.no_grad()
@@ -164,7 +242,12 @@ class MixtureNorm(nn.Module):
         self.num_batches_tracked.add_(1)
         # momentum None: cumulative moving average, as nn.BatchNorm
         momentum = self.momentum
-        factor = 1.0 / float(self.num_batches_tracked) if momentum is None else momentum
+        if momentum is not None:
+            factor = momentum
+        elif torch.compiler.is_compiling():  # no host sync in a compiled graph
+            factor = self.num_batches_tracked.to(self.running_mean.dtype).reciprocal()
+        else:
+            factor = 1.0 / float(self.num_batches_tracked)
         if self.variance == "population":
             batch_var = batch_var * (count / (count - 1) if count > 1 else 1.0)
         self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), factor)
@@ -176,6 +259,7 @@ class MixtureNorm(nn.Module):
         if (version is None or version < 1) and self.track_running_stats and key not in state_dict:
             state_dict[key] = torch.tensor(0, dtype=torch.long)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, *args, **kwargs)
+        self._refresh()
 
 
 class SwitchNorm(MixtureNorm):
@@ -304,14 +388,33 @@ class SwitchNorm(MixtureNorm):
             self._onehot_cache[key] = cached
         return cached
 
-    def _mixture(self) -> tuple[tuple[str, ...], Tensor, Tensor]:
+    def _path(self) -> tuple[tuple[str, ...], str | None]:
         mean_fixed, var_fixed = self._fixed
         if mean_fixed is None or var_fixed is None:
-            mean, var = self.ratios()
-            return self.pool, mean, var
+            return self.pool, None
         # Both fixed: compute only the statistics the choice needs.
-        kinds = tuple(dict.fromkeys((self.pool[mean_fixed], self.pool[var_fixed])))
-        return kinds, self._onehot(mean_fixed, kinds), self._onehot(var_fixed, kinds)
+        mean, var = self.pool[mean_fixed], self.pool[var_fixed]
+        return tuple(dict.fromkeys((mean, var))), mean if mean == var else None
+
+    def _refresh(self) -> None:
+        super()._refresh()
+        mean_fixed, var_fixed = self._fixed
+        kinds = self._configs[0].kinds
+        self._fixed_ratios = (
+            None if mean_fixed is None else self._onehot(mean_fixed, kinds),
+            None if var_fixed is None else self._onehot(var_fixed, kinds),
+        )
+
+    def _mixture(self) -> tuple[Tensor, Tensor]:
+        mean, var = self._fixed_ratios
+        if mean is None and var is None:
+            return self.soft_ratios()
+        kw = {"radius": self.radius, "temperature": self.temperature}
+        if mean is None:
+            mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
+        if var is None:
+            var = compute_ratios(self.ratio_fn, self.var_logits, **kw)
+        return mean, var
 
     # ------------------------------------------------------------------------------ fixing
     def _index(self, choice: int | str) -> int:
@@ -337,17 +440,20 @@ class SwitchNorm(MixtureNorm):
             var_fixed = self._index(var)
             self.var_choice.fill_(var_fixed)
         self._fixed = (mean_fixed, var_fixed)
+        self._refresh()
 
     @torch.no_grad()
     def unfix(self) -> None:
         self.mean_choice.fill_(-1)
         self.var_choice.fill_(-1)
         self._fixed = (None, None)
+        self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         mean, var = int(self.mean_choice), int(self.var_choice)
         self._fixed = (mean if mean >= 0 else None, var if var >= 0 else None)
+        self._refresh()
 
     def extra_repr(self) -> str:
         return self._repr(f"pool={self.pool}, ratio_fn={self.ratio_fn!r}, tied={self.tied}")

@@ -12,8 +12,7 @@ runs on torch tensors. Only operators and functions the two share are used.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
 from .vocabulary import NORMALIZERS
 
@@ -34,15 +33,16 @@ class MixtureConfig:
     groups: int = 1
     batch_bn: bool = True
     reference: bool = False
+    # Derived in __post_init__ (a plain field: functools.cached_property takes a lock, which
+    # torch.compile cannot trace).
+    needs_moments: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         unknown = [kind for kind in self.kinds if kind not in NORMALIZERS]
         if unknown:
             raise ValueError(f"unknown normalizer(s) {unknown}; choose from {NORMALIZERS}")
-
-    @cached_property
-    def needs_moments(self) -> bool:
-        return self.batch_bn or any(kind != "bn" for kind in self.kinds)
+        needs = self.batch_bn or any(kind != "bn" for kind in self.kinds)
+        object.__setattr__(self, "needs_moments", needs)
 
 
 def _unbias(count: int) -> float:

@@ -5,7 +5,7 @@ layer (docs/sn-spec.md section 6). ``SelectedNorm`` is that layer on its own: th
 affine parameters and running statistics as ``SwitchNorm``, but no logits; it computes only the
 one or two statistics it needs. With population variance, ``SelectedNorm(C, mean=k, var=k)``
 equals the torch layer of ``k`` (``nn.BatchNorm*``, ``nn.InstanceNorm*(affine=True)``,
-``nn.GroupNorm``).
+``nn.GroupNorm``), and runs that layer's kernel.
 """
 
 from __future__ import annotations
@@ -80,14 +80,18 @@ class SelectedNorm(MixtureNorm):
         self.register_buffer("mean_ratios", mean_ratios, persistent=False)
         self.register_buffer("var_ratios", var_ratios, persistent=False)
         self.reset_parameters()
+        self._refresh()
 
     @property
     def choice(self) -> tuple[str, str]:
         """The (mean, variance) normalizer names."""
         return self.mean, self.var
 
-    def _mixture(self) -> tuple[tuple[str, ...], Tensor, Tensor]:
-        return self.kinds, self.mean_ratios, self.var_ratios
+    def _path(self) -> tuple[tuple[str, ...], str | None]:
+        return self.kinds, self.mean if self.mean == self.var else None
+
+    def _mixture(self) -> tuple[Tensor, Tensor]:
+        return self.mean_ratios, self.var_ratios
 
     def extra_repr(self) -> str:
         return self._repr(f"mean={self.mean!r}, var={self.var!r}")
