@@ -9,11 +9,14 @@ driver joins it by ``RAY_ADDRESS``, as in docker-compose.yml) and two worker nod
   (`ray start --num-gpus 1` declares a GPU without one: the trials train on the CPU);
 - a worker node whose raylet is killed mid-trial: Ray declares it dead (the head's health check
   tuned to ~1.5 s), Tune restarts the trial from its last checkpoint on the surviving node, the
-  job's events say so, the history has no gap and no duplicate and the job succeeds. Last, as
-  the cluster has one worker node left after it.
+  job's events say so, the history has no gap and no duplicate and the job succeeds;
+- the driver lost (the Celery worker killed -9 mid-trial): the reaper requeues the job and a new
+  worker joins the cluster and resumes the run (attempt 2, complete history). These two last,
+  on the one worker node the node loss leaves.
 
-One cluster, one Celery worker and one API app for the whole module; every process is stopped
-by process group at the end, also on failure (never `ray stop`, which is machine-wide).
+One cluster, one Celery worker (a second for the lost driver) and one API app for the whole
+module; every process is stopped by process group at the end, also on failure (never `ray stop`,
+which is machine-wide).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from service import repositories
 from service.celery_app import make_celery
 from service.db import make_engine, make_session_factory
 from service.db.models import RatioSnapshot
+from service.reaper import run_reaper_once
 from service.settings import Settings
 from tests.support.api import bearer, create_user_token, tiny_spec
 from tests.support.processes import (
@@ -45,6 +49,8 @@ pytestmark = pytest.mark.e2e
 
 API = "/api/v1"
 JOB_TIMEOUT_S = 150
+HEARTBEAT_INTERVAL_S = 1.0
+HEARTBEAT_TIMEOUT_S = 3.0  # the reaper's, in the driver-loss test
 # Ray's node-death detection on the head: a node that misses 3 health checks 0.5 s apart is dead.
 HEALTH_CHECK = {
     "RAY_health_check_initial_delay_ms": "0",
@@ -76,23 +82,42 @@ def node_names(cluster) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def worker(cluster, api_settings, api_broker, tmp_path_factory) -> Iterator[WorkerProcess]:
-    """A Celery worker consuming the API's broker, its driver joining the cluster's head."""
+def worker_app(api_broker):
     app = make_celery(Settings(broker_url=api_broker))
+    yield app
+    app.close()
+
+
+@pytest.fixture(scope="module")
+def start_cluster_worker(cluster, api_settings, api_broker, worker_app, tmp_path_factory):
+    """Starts Celery workers consuming the API's broker, each driver joining the cluster's head
+    (one runs directory: a new worker resumes a lost one's run); all stopped at the end."""
     env = worker_env(
         database_url=api_settings.database_url,
         broker_url=api_broker,
         runs_dir=api_settings.runs_dir,
         data_roots=api_settings.data_roots[0],
         RAY_ADDRESS=cluster.address,
+        NORMSEARCH_HEARTBEAT_INTERVAL_S=str(HEARTBEAT_INTERVAL_S),
         **cluster.env,
     )
-    worker = start_worker(app, env, tmp_path_factory.mktemp("worker") / "worker.log")
+    started: list[WorkerProcess] = []
+
+    def start() -> WorkerProcess:
+        log = tmp_path_factory.mktemp("worker") / "worker.log"
+        started.append(start_worker(worker_app, env, log))
+        return started[-1]
+
     try:
-        yield worker
+        yield start
     finally:
-        worker.stop(timeout=30)
-        app.close()
+        for process in started:
+            process.stop(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def worker(start_cluster_worker) -> WorkerProcess:
+    return start_cluster_worker()
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +265,38 @@ def test_a_lost_node_restarts_its_trial_from_its_checkpoint_on_the_other_node(
         flags=re.DOTALL,
     ), notes[0]
     assert job["attempts"] == 1  # the driver's node was never lost: no redelivery
+
+
+def test_a_lost_driver_is_requeued_and_its_run_resumes_on_the_cluster(
+    api_client, headers, worker, start_cluster_worker, worker_app, api_broker, factory
+):
+    """The driver's node lost (the Celery worker and its Ray driver killed -9) while its trial
+    runs on a worker node: Ray ends the driver's trial actors, the reaper requeues the job once
+    its heartbeat is stale, and a new worker joins the same cluster and resumes the run from
+    Tune's experiment state and the trial's checkpoint: attempt 2, complete history."""
+    epochs = 3
+    job_id = submit(api_client, headers, spec(seeds=[0], epochs=epochs, cpus=1, gpus=0))
+
+    def first_epoch() -> bool:
+        found = trials(api_client, headers, job_id)
+        return bool(found) and found[0]["epochs_used"] >= 1
+
+    wait_for(first_epoch, "the trial's first epoch", worker)
+    worker.kill()
+    assert trials(api_client, headers, job_id)[0]["epochs_used"] < epochs, "finished too soon"
+    reaper = Settings(
+        broker_url=api_broker, heartbeat_timeout_s=HEARTBEAT_TIMEOUT_S, max_attempts=3
+    )
+    deadline = time.monotonic() + 30
+    while run_reaper_once(factory, worker_app, reaper) != [job_id]:
+        assert time.monotonic() < deadline, "the reaper never requeued the lost driver's job"
+        time.sleep(0.5)
+    second = start_cluster_worker()
+    job = finished_job(api_client, headers, job_id, second)
+    assert job["attempts"] == 2
+    requeued = [
+        e for e in job["events"] if (e["from_status"], e["to_status"]) == ("running", "queued")
+    ]
+    assert len(requeued) == 1 and requeued[0]["message"].startswith("worker lost: no heartbeat")
+    (trial,) = trials(api_client, headers, job_id)
+    assert_complete_history(factory, [trial], epochs=epochs)
