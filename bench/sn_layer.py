@@ -123,26 +123,35 @@ def saved_bytes(layer, x) -> int:
     return sum(storages.values())
 
 
-def bench_shape(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> dict:
+def timed_calls(shape, seed: int):
+    """The input of ``shape`` (seeded) and two timers of one call of a layer on it: forward +
+    backward (with a fixed output gradient) and an evaluation forward."""
     import torch
 
     gen = torch.Generator().manual_seed(seed)
     x = (torch.randn(shape, generator=gen) * 2 + 0.5).requires_grad_(True)
     grad_out = torch.randn(shape, generator=gen)
-    layers = build_layers(shape[1])
 
-    def fwd_bwd(layer):
+    def fwd_bwd(layer) -> float:
         x.grad = None
         layer.zero_grad(set_to_none=True)
         start = time.perf_counter()
         layer(x).backward(grad_out)
         return time.perf_counter() - start
 
-    def evaluate(layer):
+    def evaluate(layer) -> float:
         start = time.perf_counter()
         with torch.no_grad():
             layer(x)
         return time.perf_counter() - start
+
+    return x, fwd_bwd, evaluate
+
+
+def bench_shape(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> dict:
+
+    x, fwd_bwd, evaluate = timed_calls(shape, seed)
+    layers = build_layers(shape[1])
 
     # Two interleaved groups, each compared within itself: the naive reference allocates several
     # input-sized temporaries per call, which changes the allocator's and caches' state for
@@ -219,25 +228,8 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 
 def bench_fixed(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> dict:
     """Fixed SN layers against the torch layers they equal, per-repeat ratios."""
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.randn(shape, generator=gen) * 2 + 0.5).requires_grad_(True)
-    grad_out = torch.randn(shape, generator=gen)
+    _, fwd_bwd, evaluate = timed_calls(shape, seed)
     pairs = build_fixed_pairs(shape[1])
-
-    def fwd_bwd(layer):
-        x.grad = None
-        layer.zero_grad(set_to_none=True)
-        start = time.perf_counter()
-        layer(x).backward(grad_out)
-        return time.perf_counter() - start
-
-    def evaluate(layer):
-        start = time.perf_counter()
-        with torch.no_grad():
-            layer(x)
-        return time.perf_counter() - start
 
     result = {"shape": list(shape), "kinds": {}}
     share = budget_s / (2 * len(pairs))
