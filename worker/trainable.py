@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 import sn_core
 from service.spec import JobSpec
@@ -27,6 +28,12 @@ from .data import LoadedDataset
 from .models import SN_VARIANT, build_for_data
 from .results import EpochRecord
 
+# The profiler's names of the epoch loop's phases (``bench/trial_profile.py`` sums them): free
+# when no profiler is running.
+PHASES = {
+    name: f"normsearch.{name}"
+    for name in ("batch", "forward", "backward", "optimizer", "sparsity", "evaluate", "snapshot")
+}
 STATE_FILE = "state.pt"
 PLAN_FILE = "plan.json"
 META_FILE = "meta.json"
@@ -71,6 +78,20 @@ def _lr_factor(schedule: str, step: int, total: int) -> float:
 def _set_lr(optimizer: torch.optim.Optimizer, base_lrs: list[float], factor: float) -> None:
     for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
         group["lr"] = base * factor
+
+
+# The most of a dataset (inputs and labels) a trial copies to its GPU up front; a larger one stays
+# in host memory and goes over batch by batch. Four quarter-GPU trials hold four copies.
+DEVICE_DATA_MAX_BYTES = 1 << 30
+
+
+def _on_device(*tensors: torch.Tensor, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """``tensors`` on ``device`` when together they fit ``DEVICE_DATA_MAX_BYTES``, else as they
+    are (a CPU trial: always as they are)."""
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    if device.type == "cpu" or size > DEVICE_DATA_MAX_BYTES:
+        return tensors
+    return tuple(t.to(device) for t in tensors)
 
 
 @torch.no_grad()
@@ -168,6 +189,10 @@ class TrialTraining:
             if variant == SN_VARIANT
             else None
         )
+        # A dataset that fits DEVICE_DATA_MAX_BYTES moves to the trial's device once: a batch is
+        # then an index into it, with no per-batch copy (on a CPU trial nothing moves).
+        self.x_train, self.y_train = _on_device(data.x_train, data.y_train, device=self.device)
+        self.x_val, self.y_val = _on_device(data.x_val, data.y_val, device=self.device)
         self.use_amp = spec.training.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
         self.steps_per_epoch = math.ceil(len(data.x_train) / batch_size)
@@ -210,42 +235,49 @@ class TrialTraining:
         batch_size, epochs, total_steps = self.batch_size, self.epochs_budget, self.total_steps
         last_step = self.steps_per_epoch - 1
         loss_fn = nn.CrossEntropyLoss()
-        x_train, y_train = self.data.x_train, self.data.y_train
+        x_train, y_train = self.x_train, self.y_train
         for epoch in range(self.epoch, epochs):
             epoch_started = time.perf_counter()
             model.train()
             order = torch.randperm(
                 len(x_train), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch)
-            )
+            ).to(x_train.device)
             loss_sum, seen, diverged = 0.0, 0, None
             for i, start in enumerate(range(0, len(x_train), batch_size)):
                 step = epoch * self.steps_per_epoch + i
                 factor = _lr_factor(spec.training.lr_schedule, step, total_steps)
                 _set_lr(optimizer, self.base_lrs, factor)
-                idx = order[start : start + batch_size]
-                xb, yb = x_train[idx].to(device), y_train[idx].to(device)
+                with record_function(PHASES["batch"]):
+                    idx = order[start : start + batch_size]
+                    xb, yb = x_train[idx].to(device), y_train[idx].to(device)  # no-op on device
                 optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(device.type, enabled=self.use_amp):
-                    loss = loss_fn(model(xb), yb)
-                value = loss.item()
+                with record_function(PHASES["forward"]):
+                    with torch.autocast(device.type, enabled=self.use_amp):
+                        loss = loss_fn(model(xb), yb)
+                    value = loss.item()
                 if not math.isfinite(value):
                     diverged = self._divergence(value, epoch, i, optimizer)
                     break
-                self.scaler.scale(loss).backward()
-                if spec.training.grad_clip is not None:
-                    self.scaler.unscale_(optimizer)
-                    sn_core.clip_ratio_grad_norm(model, spec.training.grad_clip)
-                self.scaler.step(optimizer)
-                self.scaler.update()
+                with record_function(PHASES["backward"]):
+                    self.scaler.scale(loss).backward()
+                with record_function(PHASES["optimizer"]):
+                    if spec.training.grad_clip is not None:
+                        self.scaler.unscale_(optimizer)
+                        sn_core.clip_ratio_grad_norm(model, spec.training.grad_clip)
+                    self.scaler.step(optimizer)
+                    self.scaler.update()
                 if self.controller is not None and (
                     (step + 1) % self.controller_every == 0 or i == last_step
                 ):
-                    self.controller.step((step + 1) / total_steps)
+                    with record_function(PHASES["sparsity"]):
+                        self.controller.step((step + 1) / total_steps)
                 loss_sum, seen = loss_sum + value * len(idx), seen + len(idx)
 
             train_seconds = time.perf_counter() - epoch_started
-            val_loss, val_accuracy = evaluate(model, self.data.x_val, self.data.y_val, device)
-            ratios = _ratio_snapshot(model)
+            with record_function(PHASES["evaluate"]):
+                val_loss, val_accuracy = evaluate(model, self.x_val, self.y_val, device)
+            with record_function(PHASES["snapshot"]):
+                ratios = _ratio_snapshot(model)
             if diverged is not None and not _finite_ratios(ratios):
                 ratios = {}  # NaN ratios would reach JSON (API, database) and mean nothing
             fraction_fixed = sn_core.fraction_fixed(model)
