@@ -49,7 +49,7 @@ _GROUP_CHOICES = (32, 16, 8, 4, 2, 1)
 _DEFAULT_DIMS = 2
 
 #: The normalizers whose statistics exist when a layer sees one element per channel.
-SINGLE_ELEMENT_NORMALIZERS = ("ln", "bn", "gn")
+SINGLE_ELEMENT_NORMALIZERS = ("ln", "bn", "gn", "rms")
 
 
 def _class_dims(module: nn.Module) -> tuple[bool, int | None]:
@@ -97,10 +97,10 @@ def _as_pool(pool: Any) -> tuple[str, ...]:
 def single_element_pool(pool: Iterable[str], channels: int) -> tuple[str, ...]:
     """The part of ``pool`` defined for a layer that sees one element per channel.
 
-    IN there normalizes a single value (its output is the bias alone) and is dropped. LN (each
-    sample over its channels) and GN (over groups of at least two channels) need two channels or
-    more; BN (over the batch) is always kept. The original SN code's layer for (N, C) inputs
-    mixes LN and BN only, for the same reason.
+    IN there normalizes a single value (its output is the bias alone) and is dropped. LN and
+    RMS (each sample over its channels) and GN (over groups of at least two channels) need two
+    channels or more; BN (over the batch) is always kept. The original SN code's layer for
+    (N, C) inputs mixes LN and BN only, for the same reason.
     """
     kept = []
     for kind in _as_pool(pool):
