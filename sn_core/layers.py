@@ -122,8 +122,9 @@ class MixtureNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:  # a token layer may have a weight only (as nn.RMSNorm)
             nn.init.zeros_(self.bias)
 
     def _repr(self, choice: str) -> str:
