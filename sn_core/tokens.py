@@ -131,12 +131,14 @@ class SwitchNormTokens(SwitchNorm):
         mean: Tensor | float = 0.0
         var: Tensor | float = 0.0
         batch = None
+        if "ln" in kinds or "rms" in kinds:  # one pass gives both: E[x^2] = v + m^2 per token
+            token_var, token_mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
         for k, kind in enumerate(kinds):
             m = None
             if kind == "ln":
-                v, m = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+                v, m = token_var, token_mean
             elif kind == "rms":
-                v = x.square().mean(dim=-1, keepdim=True)
+                v = token_var + token_mean.square()
             elif kind == "bn" and (self.training or not self._tracking):
                 m, v, count = _moments(x, valid, tuple(range(x.dim() - 1)))
                 batch = (m, v, count)
@@ -147,11 +149,11 @@ class SwitchNormTokens(SwitchNorm):
             if m is not None:
                 mean = mean + mean_ratios[k] * m
             var = var + var_ratios[k] * v
+        # Centred before scaling (x * rstd - mean * rstd would cancel for large means), then
+        # the affine map in one fused pass.
         y = (x - mean) * torch.rsqrt(var + self.eps)
         if self.weight is not None:
-            y = y * self.weight
-        if self.bias is not None:
-            y = y + self.bias
+            y = y * self.weight if self.bias is None else torch.addcmul(self.bias, y, self.weight)
         if batch is not None and self.training and self._tracking:
             m, v, count = batch
             count = int(count)  # a host sync only with a mask (else a Python int already)

@@ -291,3 +291,26 @@ def test_surgery_leaves_multi_dim_layernorm_and_token_pool_none_alone():
     other = nn.Sequential(nn.LayerNorm(8), nn.BatchNorm1d(8))
     convert_to_switchnorm(other, token_pool=None)
     assert type(other[0]) is nn.LayerNorm and not isinstance(other[1], nn.BatchNorm1d)
+
+
+def test_float32_tokens_with_a_large_mean_normalize_as_accurately_as_torch():
+    torch.manual_seed(4)
+    x32 = torch.randn(4, 8, 32) + 1e5  # exactly representable in float64 too
+    torch_layers = {
+        "ln": lambda x: nn.functional.layer_norm(x, (32,)),
+        "bn": lambda x: nn.functional.batch_norm(x.reshape(-1, 32), None, None, training=True).view(
+            x.shape
+        ),
+        "in": lambda x: nn.functional.instance_norm(x.transpose(1, 2)).transpose(1, 2),
+    }
+    for kind, torch_layer in torch_layers.items():
+        layer = SwitchNormTokens(32, pool=("ln", "rms", "bn", "in"), affine=False)
+        logits = torch.tensor([0.0 if k == kind else -1e4 for k in layer.pool])
+        with torch.no_grad():
+            layer.mean_weight.copy_(logits)
+            layer.var_weight.copy_(logits)
+            exact = torch_layer(x32.double())
+            error = (layer(x32).double() - exact).abs().max()
+            torch_error = (torch_layer(x32).double() - exact).abs().max()
+        # centred before scaling: within torch's own error (x * rstd - mean * rstd is not)
+        assert error <= torch_error, (kind, float(error), float(torch_error))
