@@ -466,12 +466,14 @@ def main(argv=None) -> int:
         status = ", ".join(f"{k}={'ok' if v == 1 else 'FAILED'}" for k, v in malloc.items())
         mode = f"malloc-tuned (mallopt 1 GiB: {status})"
     load_before = os.getloadavg()[0]
-    print(f"## SwitchNorm2d benchmark: torch {torch.__version__}, {args.threads} threads, {mode}")
-    print(
-        "\nMedians over interleaved runs (SN with the torch layers; SN with the naive reference "
-        "in a second group); fwd+bwd = train-mode forward + y.backward(g); eval = eval-mode "
-        "forward under no_grad. GroupNorm has 32 groups."
-    )
+    title = "SwitchNormTokens" if args.tokens_only else "SwitchNorm2d"
+    print(f"## {title} benchmark: torch {torch.__version__}, {args.threads} threads, {mode}")
+    if not args.tokens_only:
+        print(
+            "\nMedians over interleaved runs (SN with the torch layers; SN with the naive "
+            "reference in a second group); fwd+bwd = train-mode forward + y.backward(g); "
+            "eval = eval-mode forward under no_grad. GroupNorm has 32 groups."
+        )
 
     results, verdicts = [], []
     shapes_budget = args.budget / len(SHAPES)
