@@ -314,3 +314,45 @@ def test_float32_tokens_with_a_large_mean_normalize_as_accurately_as_torch():
             torch_error = (torch_layer(x32).double() - exact).abs().max()
         # centred before scaling: within torch's own error (x * rstd - mean * rstd is not)
         assert error <= torch_error, (kind, float(error), float(torch_error))
+
+
+def test_soft_token_mixture_matches_its_definition_including_ratio_gradients():
+    """All four statistics mixed, masked, float64: outputs and x / ratio-logit gradients against
+    the definition written independently (per-sample loops, rms as mean(x^2))."""
+    torch.manual_seed(6)
+    layer = SwitchNormTokens(6, pool=POOL, dtype=F64).train()
+    with torch.no_grad():
+        layer.mean_weight.copy_(torch.tensor([0.2, -0.3, 0.5, 0.1]))
+        layer.var_weight.copy_(torch.tensor([-0.1, 0.4, 0.2, 0.6]))
+    x, mask = _inputs(8), _mask(10)
+    mask[:, 1] = False
+    valid = ~mask
+    mean_logits = layer.mean_weight.detach().clone().requires_grad_()
+    var_logits = layer.var_weight.detach().clone().requires_grad_()
+
+    def reference(x):
+        w_mu, w_var = mean_logits.softmax(0), var_logits.softmax(0)
+        tokens = x[valid]
+        bn_mean, bn_var = tokens.mean(0), tokens.var(0, unbiased=False)
+        out = []
+        for n in range(x.shape[0]):
+            xs = x[n]
+            own = xs[valid[n]]
+            in_mean, in_var = own.mean(0), own.var(0, unbiased=False)
+            ln_mean = xs.mean(1, keepdim=True)
+            ln_var = xs.var(1, unbiased=False, keepdim=True)
+            rms_var = (xs * xs).mean(1, keepdim=True)
+            mean = w_mu[0] * in_mean + w_mu[1] * ln_mean + w_mu[2] * bn_mean
+            var = w_var[0] * in_var + w_var[1] * ln_var + w_var[2] * bn_var + w_var[3] * rms_var
+            out.append((xs - mean) / torch.sqrt(var + layer.eps))
+        return torch.stack(out)
+
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = layer(x1, padding_mask=mask), reference(x2)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    grad = torch.randn_like(y1)
+    (y1 * grad).sum().backward()
+    (y2 * grad).sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.mean_weight.grad, mean_logits.grad, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(layer.var_weight.grad, var_logits.grad, rtol=1e-9, atol=1e-9)
