@@ -3,7 +3,7 @@
 Plain script (no pytest)::
 
     python bench/sn_layer.py [--threads 2] [--repeat N] [--budget S] [--malloc-tuned] [--json PATH]
-                             [--fixed-only] [--no-fixed]
+                             [--fixed-only] [--no-fixed] [--tokens-only] [--no-tokens]
 
 For each shape (float32, CPU) it measures the median time of forward+backward in training mode
 (``y.backward(g)`` with a fixed random g, x requires grad) and of the evaluation forward
@@ -20,6 +20,12 @@ equals (``nn.BatchNorm2d``, ``nn.InstanceNorm2d(affine=True)``, ``nn.GroupNorm(1
 ``nn.GroupNorm(32, C)``), each pair interleaved on its own. Its ratio is the median over repeats
 of the per-repeat ratio (fixed SN time / torch time in the same round), printed with the
 interquartile range of those ratios; target <= 1.05x.
+
+A fourth, *token layers* (``--tokens-only`` / ``--no-tokens``): ``SwitchNormTokens`` on
+(N, T, C) float32 activations, free over its default pool ("ln", "rms") and fixed to ln and to
+rms, against ``nn.LayerNorm`` and ``nn.RMSNorm``, all five interleaved in each repeat; ratios are
+per-repeat (candidate / nn.LayerNorm in the same round), medians with IQR; target: the free
+layer's fwd+bwd <= 1.5x nn.LayerNorm.
 
 ``--malloc-tuned`` raises glibc's mmap and trim thresholds to 1 GiB (``mallopt``) before torch is
 imported, so freed large blocks are reused rather than handed back to the OS and faulted in again
@@ -42,6 +48,8 @@ SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (2, 64, 56, 56)]
 CANDIDATES = ("SwitchNorm2d", "BatchNorm2d", "GroupNorm", "Reference")
 FIXED_KINDS = ("bn", "in", "ln", "gn")
 FIXED_BOUND = 1.05
+TOKEN_SHAPES = [(32, 64, 256), (8, 256, 512)]
+TOKEN_BOUND = 1.5
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 GIB = 1 << 30
@@ -88,6 +96,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fixed-only", action="store_true", help="only the fixed-layer comparison")
     parser.add_argument("--no-fixed", action="store_true", help="skip the fixed-layer comparison")
+    parser.add_argument("--tokens-only", action="store_true", help="only the token-layer case")
+    parser.add_argument("--no-tokens", action="store_true", help="skip the token-layer case")
     return parser.parse_args(argv)
 
 
@@ -304,6 +314,90 @@ def check_fixed_target(results: list[dict]) -> dict:
     return {"target": label, "pass": ok, "values": list(values.values())}
 
 
+def build_token_layers(channels: int) -> dict:
+    """The token-layout candidates, nn.LayerNorm first (the ratios' denominator)."""
+    from torch import nn
+
+    from sn_core.tokens import SwitchNormTokens
+
+    fixed_ln = SwitchNormTokens(channels)
+    fixed_ln.fix("ln", "ln")
+    fixed_rms = SwitchNormTokens(channels)
+    fixed_rms.fix("rms", "rms")
+    return {
+        "nn.LayerNorm": nn.LayerNorm(channels),
+        "nn.RMSNorm": nn.RMSNorm(channels),
+        "SN tokens free (ln, rms)": SwitchNormTokens(channels),
+        "SN tokens fixed ln": fixed_ln,
+        "SN tokens fixed rms": fixed_rms,
+    }
+
+
+def bench_tokens(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> dict:
+    """fwd+bwd of the token candidates, interleaved (rotating order), per-repeat ratios."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=gen) * 2 + 0.5).requires_grad_(True)
+    grad_out = torch.randn(shape, generator=gen)
+    layers = build_token_layers(shape[-1])
+    names = list(layers)
+
+    def fwd_bwd(layer):
+        x.grad = None
+        layer.zero_grad(set_to_none=True)
+        start = time.perf_counter()
+        layer(x).backward(grad_out)
+        return time.perf_counter() - start
+
+    for _ in range(warmup):
+        for layer in layers.values():
+            fwd_bwd(layer)
+    times = {name: [] for name in names}
+    deadline = time.perf_counter() + budget_s
+    for i in range(repeat):
+        for j in range(len(names)):
+            name = names[(i + j) % len(names)]
+            times[name].append(fwd_bwd(layers[name]))
+        if i + 1 >= 5 and time.perf_counter() > deadline:
+            break
+    base = times["nn.LayerNorm"]
+    rows = {}
+    for name in names:
+        ratios = [a / b for a, b in zip(times[name], base, strict=True)]
+        q1, median, q3 = quartiles(ratios)
+        rows[name] = {
+            "repeats": len(ratios),
+            "ms": statistics.median(times[name]) * 1e3,
+            "ratio": median,
+            "ratio_q1": q1,
+            "ratio_q3": q3,
+        }
+    return {"shape": list(shape), "layers": rows}
+
+
+def print_tokens(result: dict) -> None:
+    shape = "x".join(str(s) for s in result["shape"])
+    print(f"\n### Token layers (N, T, C) = {shape} float32, fwd+bwd\n")
+    print("| layer | repeats | ms (median) | / nn.LayerNorm, per repeat [IQR] |")
+    print("|---|---:|---:|---:|")
+    for name, row in result["layers"].items():
+        print(
+            f"| {name} | {row['repeats']} | {row['ms']:.3f} "
+            f"| **{row['ratio']:.2f}x** [{row['ratio_q1']:.2f}, {row['ratio_q3']:.2f}] |"
+        )
+
+
+def check_token_target(results: list[dict]) -> dict:
+    key = "SN tokens free (ln, rms)"
+    values = {"x".join(map(str, r["shape"])): r["layers"][key]["ratio"] for r in results}
+    ok = all(v <= TOKEN_BOUND for v in values.values())
+    shown = ", ".join(f"{k}: {v:.2f}" for k, v in values.items())
+    label = f"free token SN fwd+bwd <= {TOKEN_BOUND}x nn.LayerNorm"
+    print(f"- {'PASS' if ok else 'MISS'} {label} ({shown})")
+    return {"target": label, "pass": ok, "values": list(values.values())}
+
+
 def default_repeat(shape) -> int:
     numel = 1
     for size in shape:
@@ -364,16 +458,19 @@ def main(argv=None) -> int:
         status = ", ".join(f"{k}={'ok' if v == 1 else 'FAILED'}" for k, v in malloc.items())
         mode = f"malloc-tuned (mallopt 1 GiB: {status})"
     load_before = os.getloadavg()[0]
-    print(f"## SwitchNorm2d benchmark: torch {torch.__version__}, {args.threads} threads, {mode}")
-    print(
-        "\nMedians over interleaved runs (SN with the torch layers; SN with the naive reference "
-        "in a second group); fwd+bwd = train-mode forward + y.backward(g); eval = eval-mode "
-        "forward under no_grad. GroupNorm has 32 groups."
-    )
+    title = "SwitchNormTokens" if args.tokens_only else "SwitchNorm2d"
+    print(f"## {title} benchmark: torch {torch.__version__}, {args.threads} threads, {mode}")
+    if not args.tokens_only:
+        print(
+            "\nMedians over interleaved runs (SN with the torch layers; SN with the naive "
+            "reference in a second group); fwd+bwd = train-mode forward + y.backward(g); "
+            "eval = eval-mode forward under no_grad. GroupNorm has 32 groups."
+        )
 
     results, verdicts = [], []
     shapes_budget = args.budget / len(SHAPES)
-    if not args.fixed_only:
+    channel_first = not args.tokens_only
+    if channel_first and not args.fixed_only:
         for shape in SHAPES:
             repeat = args.repeat or default_repeat(shape)
             start = time.perf_counter()
@@ -382,18 +479,28 @@ def main(argv=None) -> int:
             print_shape(result)
             results.append(result)
     fixed_results = []
-    if not args.no_fixed:
+    if channel_first and not args.no_fixed:
         for shape in SHAPES:
             repeat = args.repeat or default_repeat(shape)
             fixed = bench_fixed(shape, repeat, args.warmup, args.seed, shapes_budget)
             print_fixed(fixed)
             fixed_results.append(fixed)
 
+    token_results = []
+    if not args.no_tokens and not args.fixed_only:
+        for shape in TOKEN_SHAPES:
+            repeat = args.repeat or default_repeat(shape)
+            tokens = bench_tokens(shape, repeat, args.warmup, args.seed, shapes_budget)
+            print_tokens(tokens)
+            token_results.append(tokens)
+
     print("\n### Targets\n")
     if results:
         verdicts = check_targets(results)
     if fixed_results:
         verdicts.append(check_fixed_target(fixed_results))
+    if token_results:
+        verdicts.append(check_token_target(token_results))
     load_after = os.getloadavg()[0]
     print(
         f"\n1-minute load average {load_before:.2f} before, {load_after:.2f} after, on "
@@ -408,6 +515,7 @@ def main(argv=None) -> int:
             "load_average": [load_before, load_after],
             "results": results,
             "fixed": fixed_results,
+            "tokens": token_results,
             "targets": verdicts,
         }
         with open(args.json, "w") as fh:

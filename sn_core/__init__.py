@@ -1,10 +1,11 @@
 """sn_core: a fast, exact Switchable Normalization library (pure PyTorch).
 
-Layers (``SwitchNorm1d/2d/3d``), sparsity (``sparsestmax``, ``SparsityController``), surgery
-(``convert_to_switchnorm``), inspection (``switch_ratios``, ``ratio_parameters``), plans and
-finalized checkpoints (``NormalizerPlan``, ``finalize``, ``load_finalized``) and a model zoo
-(``build_model``). Imports torch and numpy only (plus safetensors / PyYAML inside the functions
-that read and write those formats); never reads environment variables.
+Layers (``SwitchNorm1d/2d/3d``, ``SwitchNormTokens`` for (N, T, C)), sparsity (``sparsestmax``,
+``SparsityController``), surgery (``convert_to_switchnorm``), inspection (``switch_ratios``,
+``ratio_parameters``), plans and finalized checkpoints (``NormalizerPlan``, ``finalize``,
+``load_finalized``) and a model zoo (``build_model``). Imports torch and numpy only (plus
+safetensors / PyYAML inside the functions that read and write those formats); never reads
+environment variables.
 
 The names below are imported on first use (``sn_core.finalize``, ``from sn_core import X``), so
 ``import sn_core.vocabulary`` (the normalizer names the service and the API share) loads no torch.
@@ -30,6 +31,11 @@ _EXPORTS = {
     "SwitchNorm1d": "layers",
     "SwitchNorm2d": "layers",
     "SwitchNorm3d": "layers",
+    "SwitchNormTokens": "tokens",
+    "POOL_MEMBERS": "vocabulary",
+    "RMSNormWithBias": "finalize",
+    "token_norm": "finalize",
+    "padding_mask": "tokens",
     "TemperatureSchedule": "schedules",
     "apply_plan": "finalize",
     "build_model": "zoo",

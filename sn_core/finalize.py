@@ -3,6 +3,8 @@
 * ``concrete_norm``: the layer of one (mean, variance) choice: ``nn.BatchNorm*d`` (bn, bn),
   ``nn.InstanceNorm*d(affine=True)`` (in, in), ``nn.GroupNorm(1, C)`` (ln, ln),
   ``nn.GroupNorm(G, C)`` (gn, gn), else a ``SelectedNorm``.
+* ``token_norm``: the same for a ``SwitchNormTokens`` (channels last): ``nn.LayerNorm(C)`` (ln,
+  ln), ``nn.RMSNorm(C)`` (rms, rms; ``RMSNormWithBias`` when the layer has a bias).
 * ``describe_norm`` / ``plan_torch_layers``: that layer in words, e.g. ``BatchNorm2d(64)``
   (reports and the UI show it; they never restate the rule).
 * ``finalize``: every ``SwitchNorm`` becomes its concrete layer, keeping the trained affine
@@ -26,6 +28,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from .layers import MixtureNorm, SwitchNorm
 from .plan import LayerChoice, NormalizerPlan, plan_from_model, sn_dims
 from .selected import SelectedNorm
+from .tokens import SwitchNormTokens, keep_off_fused_paths
 
 __all__ = [
     "apply_plan",
@@ -34,6 +37,8 @@ __all__ = [
     "finalize",
     "fold_batchnorm",
     "plan_torch_layers",
+    "RMSNormWithBias",
+    "token_norm",
 ]
 
 _BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
@@ -97,6 +102,51 @@ def concrete_norm(
     )
 
 
+class RMSNormWithBias(nn.RMSNorm):
+    """``nn.RMSNorm`` over the last dimension plus a bias: a token SN layer fixed to "rms" that
+    was converted from an ``nn.LayerNorm`` keeps the LayerNorm's bias, which nn.RMSNorm lacks."""
+
+    def __init__(self, num_features: int, eps: float | None = None, device=None, dtype=None):
+        super().__init__(num_features, eps, elementwise_affine=True, device=device, dtype=dtype)
+        self.bias = nn.Parameter(torch.zeros(num_features, device=device, dtype=dtype))
+        keep_off_fused_paths(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.bias
+
+
+def token_norm(
+    choice_mean: str,
+    choice_var: str,
+    num_features: int,
+    *,
+    eps: float = 1e-5,
+    affine: bool = True,
+    bias: bool = True,
+    device=None,
+    dtype=None,
+) -> nn.Module:
+    """A freshly initialised torch layer over the last dimension for a token layer's choice.
+
+    Only (ln, ln) and (rms, rms) are torch layers in this layout; any other choice (BN or IN
+    over tokens, mixed pairs) raises ValueError: keep the fixed ``SwitchNormTokens`` itself.
+    RMSNorm layers get ``keep_off_fused_paths`` (nn.TransformerEncoderLayer's fused inference
+    path would compute LayerNorm in their place).
+    """
+    factory = {"device": device, "dtype": dtype}
+    if (choice_mean, choice_var) == ("ln", "ln"):
+        return nn.LayerNorm(num_features, eps, elementwise_affine=affine, bias=bias, **factory)
+    if (choice_mean, choice_var) == ("rms", "rms"):
+        if affine and bias:
+            return RMSNormWithBias(num_features, eps, **factory)
+        rms = nn.RMSNorm(num_features, eps, elementwise_affine=affine, **factory)
+        return keep_off_fused_paths(rms)
+    raise ValueError(
+        f"no torch layer computes ({choice_mean}, {choice_var}) over tokens; only (ln, ln) and "
+        "(rms, rms) finalize in the token layout"
+    )
+
+
 def describe_norm(module: nn.Module) -> str:
     """A norm layer in short words: ``BatchNorm2d(64)``, ``InstanceNorm2d(64, affine=True)``,
     ``GroupNorm(1, 64)``, ``SelectedNorm(64, mean=bn, var=in)``; any other module: its class."""
@@ -109,6 +159,8 @@ def describe_norm(module: nn.Module) -> str:
         return f"{name}({module.num_features}" + (", affine=True)" if module.affine else ")")
     if isinstance(module, _BatchNorm):
         return f"{name}({module.num_features})"
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm):
+        return f"{name}({module.normalized_shape[0]})"
     return name
 
 
@@ -182,15 +234,19 @@ def apply_plan(model: nn.Module, plan: NormalizerPlan) -> nn.Module:
     """Deep copy of ``model`` with each plan layer replaced by a freshly initialised concrete one.
 
     The module at each plan name may be a ``SwitchNorm``/``SelectedNorm`` or any torch norm
-    layer (BatchNorm, InstanceNorm, GroupNorm). num_features and groups come from the plan; eps
-    and dims from the plan where given, else from the existing module, as do momentum, affine,
-    variance, device and dtype.
+    layer (BatchNorm, InstanceNorm, GroupNorm); a ``SwitchNormTokens``, ``nn.LayerNorm`` or
+    ``nn.RMSNorm`` there gets ``token_norm``'s layer. num_features and groups come from the
+    plan; eps and dims from the plan where given, else from the existing module, as do
+    momentum, affine, variance, device and dtype.
     """
     model = copy.deepcopy(model)
     modules = dict(model.named_modules())
     _check_names(plan, modules)
     for layer in plan:
         existing = modules[layer.name]
+        if isinstance(existing, _TOKEN_LAYERS):
+            model = _replace(model, layer.name, _fresh_token_norm(layer, existing))
+            continue
         if not isinstance(existing, MixtureNorm | _NormBase | nn.GroupNorm):
             raise ValueError(
                 f"plan layer {layer.name!r} is a {type(existing).__name__}, not a norm layer"
@@ -215,13 +271,41 @@ def apply_plan(model: nn.Module, plan: NormalizerPlan) -> nn.Module:
     return model
 
 
+_TOKEN_LAYERS = (SwitchNormTokens, nn.LayerNorm, nn.RMSNorm)
+
+
+def _fresh_token_norm(layer: LayerChoice, existing: nn.Module) -> nn.Module:
+    """``token_norm`` for a plan layer whose module is channels-last (SN tokens, LN, RMSNorm)."""
+    channels = _channels(existing)
+    if channels is None:  # nn.LayerNorm / nn.RMSNorm
+        channels = existing.normalized_shape[-1]
+    if channels != layer.num_features:
+        raise ValueError(
+            f"plan layer {layer.name!r} has num_features={layer.num_features}, but the model's "
+            f"{type(existing).__name__} there has {channels} channels"
+        )
+    affine = getattr(existing, "affine", getattr(existing, "elementwise_affine", True))
+    try:
+        new = token_norm(
+            layer.mean, layer.var, channels,
+            eps=layer.eps if layer.eps is not None else existing.eps,
+            affine=affine, bias=getattr(existing, "bias", None) is not None,
+            **_factory(existing),
+        )  # fmt: skip
+    except ValueError as error:
+        raise ValueError(f"plan layer {layer.name!r}: {error}") from None
+    return new.train(existing.training)
+
+
 # ------------------------------------------------------------------------------- finalize
 def finalize(model: nn.Module, plan: NormalizerPlan | None = None) -> nn.Module:
     """Deep copy of ``model`` with every ``SwitchNorm`` replaced by its concrete layer.
 
     The trained weight, bias and running statistics are kept, so with one-hot (fixed) ratios the
-    output in eval mode is unchanged. ``plan`` defaults to ``plan_from_model(model)``; it must
-    name every SwitchNorm of the model and nothing else.
+    output in eval mode is unchanged. A ``SwitchNormTokens`` becomes ``token_norm``'s layer
+    (nn.LayerNorm / nn.RMSNorm); one whose choice has no torch layer raises ValueError.
+    ``plan`` defaults to ``plan_from_model(model)``; it must name every SwitchNorm of the model
+    and nothing else.
     """
     if plan is None:
         plan = plan_from_model(model)
@@ -237,19 +321,28 @@ def finalize(model: nn.Module, plan: NormalizerPlan | None = None) -> nn.Module:
     for layer in plan:
         sn = modules[layer.name]
         _check_channels(layer, sn)
-        new = concrete_norm(
-            layer.mean,
-            layer.var,
-            sn.num_features,
-            dims=sn_dims(sn),
-            groups=sn.groups,
-            eps=sn.eps,
-            momentum=sn.momentum,
-            affine=sn.affine,
-            track_running_stats=sn.track_running_stats,
-            variance=sn.variance,
-            **_factory(sn),
-        )
+        if isinstance(sn, SwitchNormTokens):
+            try:
+                new = token_norm(
+                    layer.mean, layer.var, sn.num_features, eps=sn.eps, affine=sn.affine,
+                    bias=sn.bias is not None, **_factory(sn),
+                )  # fmt: skip
+            except ValueError as error:
+                raise ValueError(f"layer {layer.name!r}: {error}") from None
+        else:
+            new = concrete_norm(
+                layer.mean,
+                layer.var,
+                sn.num_features,
+                dims=sn_dims(sn),
+                groups=sn.groups,
+                eps=sn.eps,
+                momentum=sn.momentum,
+                affine=sn.affine,
+                track_running_stats=sn.track_running_stats,
+                variance=sn.variance,
+                **_factory(sn),
+            )
         with torch.no_grad():
             for key in _STATE:
                 source, target = getattr(sn, key, None), getattr(new, key, None)

@@ -26,8 +26,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .functional import NORMALIZERS, MixtureConfig, switch_norm
+from .functional import MixtureConfig, switch_norm
 from .sparsity import RATIO_FUNCTIONS, compute_ratios
+from .vocabulary import POOL_MEMBERS
 
 __all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
 
@@ -43,9 +44,9 @@ def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
     pool = tuple(str(kind).lower() for kind in pool)
     if not pool:
         raise ValueError("pool must name at least one normalizer")
-    unknown = [kind for kind in pool if kind not in NORMALIZERS]
+    unknown = [kind for kind in pool if kind not in POOL_MEMBERS]
     if unknown:
-        raise ValueError(f"unknown normalizer(s) {unknown} in pool; choose from {NORMALIZERS}")
+        raise ValueError(f"unknown normalizer(s) {unknown} in pool; choose from {POOL_MEMBERS}")
     if len(set(pool)) != len(pool):
         raise ValueError(f"pool {pool} names a normalizer twice")
     return pool
@@ -121,8 +122,9 @@ class MixtureNorm(nn.Module):
 
     def reset_parameters(self) -> None:
         self.reset_running_stats()
-        if self.affine:
+        if self.weight is not None:
             nn.init.ones_(self.weight)
+        if self.bias is not None:  # a token layer may have a weight only (as nn.RMSNorm)
             nn.init.zeros_(self.bias)
 
     def _repr(self, choice: str) -> str:
@@ -168,8 +170,10 @@ class MixtureNorm(nn.Module):
             MixtureConfig(kinds, self.eps, self.groups, batch_bn, reference)
             for batch_bn in (not tracking, True)
         )
-        # Only population variance is torch's; the original code's estimators are not.
-        self._native = None if reference else native
+        # Only population variance is torch's; the original code's estimators are not. A layer
+        # fixed to "rms" stays on the mixture path: on CPU torch.rms_norm over (C, *) plus the
+        # per-channel affine map measured slower than the mixture (docs/sn-spec.md section 8).
+        self._native = None if reference or native == "rms" else native
         self._native_groups = {"in": self.num_features, "ln": 1, "gn": self.groups}.get(native, 0)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -269,7 +273,7 @@ class SwitchNorm(MixtureNorm):
         num_features: channels C of an (N, C, *) input.
         eps, momentum: as ``nn.BatchNorm2d``.
         pool: the normalizers to mix, in logit order; any non-empty subset of
-            {"in", "ln", "bn", "gn"}.
+            {"in", "ln", "bn", "gn", "rms"} (``sn_core.vocabulary.POOL_MEMBERS``).
         groups: groups of the "gn" normalizer.
         tied: one logit vector for both mean and variance (the paper reports it is worse).
         ratio_fn: "softmax", "sparsestmax" (uses ``self.radius``) or "temperature" (uses

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .vocabulary import NORMALIZERS
+from .vocabulary import NORMALIZERS, POOL_MEMBERS
 
-__all__ = ["NORMALIZERS", "Mixture", "MixtureConfig"]
+__all__ = ["NORMALIZERS", "POOL_MEMBERS", "Mixture", "MixtureConfig"]
 
 
 @dataclass(frozen=True)
@@ -38,9 +38,9 @@ class MixtureConfig:
     needs_moments: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        unknown = [kind for kind in self.kinds if kind not in NORMALIZERS]
+        unknown = [kind for kind in self.kinds if kind not in POOL_MEMBERS]
         if unknown:
-            raise ValueError(f"unknown normalizer(s) {unknown}; choose from {NORMALIZERS}")
+            raise ValueError(f"unknown normalizer(s) {unknown}; choose from {POOL_MEMBERS}")
         needs = self.batch_bn or any(kind != "bn" for kind in self.kinds)
         object.__setattr__(self, "needs_moments", needs)
 
@@ -52,7 +52,7 @@ def _unbias(count: int) -> float:
 def _grid(kind: str, shape: tuple[int, int], groups: int) -> tuple[tuple[int, ...], int]:
     """How an aggregated normalizer sees the (N, C) cells: (view shape, axis to reduce)."""
     n, c = shape
-    if kind == "ln":
+    if kind in ("ln", "rms"):
         return (n, c), 1
     if kind == "bn":
         return (n, c), 0
@@ -111,6 +111,9 @@ class Mixture:
             return mean, var, 1.0
         if kind == "bn" and not self.config.batch_bn:
             return running_mean.reshape(1, -1), running_var.reshape(1, -1), 1.0
+        if kind == "rms":  # uncentred: mean 0, variance E[x^2] = mean over C of (v + m^2)
+            second = _mean(var + mean * mean, 1)
+            return self.xp.zeros_like(second), second, 1.0
         shape, axis = _grid(kind, mean.shape, self.config.groups)
         cells_mean = mean.reshape(shape)
         mu = _mean(cells_mean, axis)
@@ -156,6 +159,10 @@ class Mixture:
                 if kind == "in":
                     grad_mean += g_mu
                     grad_var += g_sigma
+                elif kind == "rms":  # sigma = mean_c(v + m^2); its mean is a constant 0
+                    g_total = g_sigma.sum(axis=1, keepdims=True) * (1.0 / self.mean.shape[1])
+                    grad_mean += (2.0 * g_total) * self.mean
+                    grad_var += g_total
                 elif kind != "bn" or config.batch_bn:
                     self._aggregate_backward(kind, k, g_mu, g_sigma, grad_mean, grad_var)
             if self.var_factor != 1.0:

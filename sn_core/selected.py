@@ -13,19 +13,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .functional import NORMALIZERS
 from .layers import MixtureNorm, normalize_pool
+from .vocabulary import POOL_MEMBERS
 
 __all__ = ["SelectedNorm"]
 
 
 def _check_kind(role: str, kind: str) -> str:
     if not isinstance(kind, str):
-        raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {NORMALIZERS}")
+        raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {POOL_MEMBERS}")
     try:
         return normalize_pool((kind,))[0]
     except ValueError:
-        raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {NORMALIZERS}") from None
+        raise ValueError(
+            f"unknown {role} normalizer {kind!r}; choose from {POOL_MEMBERS}"
+        ) from None
 
 
 class SelectedNorm(MixtureNorm):

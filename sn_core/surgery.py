@@ -18,10 +18,12 @@ import torch
 from torch import nn
 
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
+from .tokens import DEFAULT_TOKEN_POOL, SwitchNormTokens
 
 __all__ = [
     "SINGLE_ELEMENT_NORMALIZERS",
     "SOURCE_NORM_TYPES",
+    "TOKEN_SOURCE_TYPES",
     "convert_to_switchnorm",
     "single_element_pool",
 ]
@@ -45,11 +47,16 @@ _CLASS_DIMS: tuple[tuple[type[nn.Module], int | None], ...] = (
 #: The layer types that ``convert_to_switchnorm`` replaces (subclasses included).
 SOURCE_NORM_TYPES: tuple[type[nn.Module], ...] = tuple(cls for cls, _ in _CLASS_DIMS)
 
+#: Channels-last token norms that become ``SwitchNormTokens`` (normalized_shape of length 1).
+TOKEN_SOURCE_TYPES: tuple[type[nn.Module], ...] = (nn.LayerNorm, nn.RMSNorm)
+# Constructor arguments of the channel-first layers that a token layer does not take.
+_CHANNEL_FIRST_ONLY = ("pool", "groups", "variance")
+
 _GROUP_CHOICES = (32, 16, 8, 4, 2, 1)
 _DEFAULT_DIMS = 2
 
 #: The normalizers whose statistics exist when a layer sees one element per channel.
-SINGLE_ELEMENT_NORMALIZERS = ("ln", "bn", "gn")
+SINGLE_ELEMENT_NORMALIZERS = ("ln", "bn", "gn", "rms")
 
 
 def _class_dims(module: nn.Module) -> tuple[bool, int | None]:
@@ -97,10 +104,10 @@ def _as_pool(pool: Any) -> tuple[str, ...]:
 def single_element_pool(pool: Iterable[str], channels: int) -> tuple[str, ...]:
     """The part of ``pool`` defined for a layer that sees one element per channel.
 
-    IN there normalizes a single value (its output is the bias alone) and is dropped. LN (each
-    sample over its channels) and GN (over groups of at least two channels) need two channels or
-    more; BN (over the batch) is always kept. The original SN code's layer for (N, C) inputs
-    mixes LN and BN only, for the same reason.
+    IN there normalizes a single value (its output is the bias alone) and is dropped. LN and
+    RMS (each sample over its channels) and GN (over groups of at least two channels) need two
+    channels or more; BN (over the batch) is always kept. The original SN code's layer for
+    (N, C) inputs mixes LN and BN only, for the same reason.
     """
     kept = []
     for kind in _as_pool(pool):
@@ -203,14 +210,51 @@ def _convert_one(
     return new
 
 
+def _token_source(module: nn.Module) -> bool:
+    shape = getattr(module, "normalized_shape", None)
+    return isinstance(module, TOKEN_SOURCE_TYPES) and shape is not None and len(shape) == 1
+
+
+def _convert_token(
+    module: nn.Module, pool: Iterable[str], layer_kwargs: dict[str, Any]
+) -> SwitchNormTokens:
+    """A ``SwitchNormTokens`` from an ``nn.LayerNorm`` / ``nn.RMSNorm`` over the last dim C.
+
+    nn.RMSNorm's ``eps=None`` (the input dtype's machine epsilon at run time) becomes that of
+    the source's dtype; it has no bias, so neither has the new layer (nor a bias-less LayerNorm).
+    """
+    channels = module.normalized_shape[0]
+    factory = _factory(module, None)
+    eps = module.eps
+    if eps is None:
+        eps = torch.finfo(factory["dtype"] or torch.get_default_dtype()).eps
+    affine = module.elementwise_affine
+    has_bias = affine and getattr(module, "bias", None) is not None
+    kwargs: dict[str, Any] = {"eps": eps, "affine": affine, "bias": has_bias}
+    kwargs.update({k: v for k, v in layer_kwargs.items() if k not in _CHANNEL_FIRST_ONLY})
+    new = SwitchNormTokens(channels, pool=_as_pool(pool), **kwargs, **factory)
+    if len(new.pool) == 1:
+        new.fix(0, 0)
+    with torch.no_grad():
+        for name in ("weight", "bias"):
+            source, target = getattr(module, name, None), getattr(new, name, None)
+            if source is not None and target is not None:
+                target.copy_(source)
+                target.requires_grad_(source.requires_grad)
+    new.train(module.training)
+    return new
+
+
 def convert_to_switchnorm(
     model: nn.Module,
     pool: Iterable[str] = ("in", "ln", "bn"),
     skip: SkipSpec = (),
     example_input: Any = None,
+    token_pool: Iterable[str] | None = DEFAULT_TOKEN_POOL,
     **layer_kwargs: Any,
 ) -> nn.Module:
-    """Replace every BatchNorm, GroupNorm and InstanceNorm layer of ``model`` by a SwitchNorm.
+    """Replace every BatchNorm, GroupNorm and InstanceNorm layer of ``model`` by a SwitchNorm,
+    and every ``nn.LayerNorm`` / ``nn.RMSNorm`` over the last dimension by a ``SwitchNormTokens``.
 
     The model is changed in place and returned (a norm layer passed as ``model`` itself is returned
     converted). Each new ``SwitchNorm{1,2,3}d`` takes from its source, under ``no_grad``:
@@ -239,6 +283,9 @@ def convert_to_switchnorm(
         skip: layers to leave alone: a qualified module name or fnmatch pattern (``"layer1.*"``),
             an iterable of them, or a callable ``(name, module) -> bool``. A skipped container is
             not descended into, so ``skip="head"`` keeps every norm inside ``head``.
+        token_pool: the normalizers of the token layers (default ("ln", "rms"): per-token only;
+            "bn" and "in" share statistics across tokens). None leaves LayerNorm and RMSNorm
+            alone. A LayerNorm over more than the last dimension is always left alone.
         example_input: optional input for one forward pass (a tensor, a tuple of positional
             arguments or a dict of keyword arguments). It runs in eval mode under ``no_grad``
             (the training flags are restored afterwards) and records each norm layer's input.
@@ -262,6 +309,10 @@ def convert_to_switchnorm(
             return module
         if id(module) in converted:
             return converted[id(module)]
+        if token_pool is not None and _token_source(module):
+            result = _convert_token(module, token_pool, layer_kwargs)
+            converted[id(module)] = result
+            return result
         is_source, dims = _class_dims(module)
         if is_source:
             seen = observed.get(id(module))
