@@ -47,6 +47,9 @@ def build_variant(
             pool=tuple(spec.search.pool),
             tied=spec.search.tied,
             example_input=example_input,
+            # LayerNorm/RMSNorm stay as they are: the service's pools and ratio history cover
+            # the channel-first members only (token layers are sn_core's, not yet the service's)
+            token_pool=None,
         )
     if variant == PLAN_VARIANT:
         if plan is None:
