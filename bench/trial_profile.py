@@ -2,7 +2,7 @@
 
 Plain script (no pytest)::
 
-    python bench/trial_profile.py [--arch resnet20] [--epochs 2] [--batch 32] [--threads 2]
+    python bench/trial_profile.py [--arch resnet20] [--epochs 1] [--rounds 3] [--batch 32]
 
 Trains trials in this process through ``worker.trainable.TrialTraining`` (the loop Ray's trials
 run, without Ray) on scikit-learn's digits: the SN search variant and the same network with
@@ -28,7 +28,7 @@ import time
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", default="resnet20", help="zoo model")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs per trial")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per trial")
     parser.add_argument("--batch", type=int, default=32, help="batch size")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--top", type=int, default=10, help="operators listed for SN")
@@ -36,8 +36,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def profile_trial(spec, data, variant: str, batch: int, epochs: int):
-    """(per-phase CPU milliseconds, steps, wall seconds, the profiler) of one trial."""
+def profile_trial(spec, data, variant: str, batch: int, epochs: int, top: int):
+    """(per-phase CPU milliseconds, steps, wall seconds, the ``top`` operators by self CPU time
+    as (name, calls, ms)) of one trial. The profile itself is dropped here: a whole trial's
+    events take gigabytes."""
     from torch.profiler import ProfilerActivity, profile
 
     from worker.trainable import PHASES, TrialTraining
@@ -50,14 +52,19 @@ def profile_trial(spec, data, variant: str, batch: int, epochs: int):
         for _ in training.epochs():
             pass
     wall = time.perf_counter() - started
-    totals = {event.key: event.cpu_time_total / 1000.0 for event in prof.key_averages()}
+    averages = prof.key_averages()
+    totals = {event.key: event.cpu_time_total / 1000.0 for event in averages}
     phases = {name: totals.get(label, 0.0) for name, label in PHASES.items()}
-    return phases, training.steps_per_epoch * epochs, wall, prof
+    ops = [e for e in averages if not e.key.startswith("normsearch.")]
+    ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    top_ops = [(e.key, e.count, e.self_cpu_time_total / 1000.0) for e in ops[:top]]
+    del prof, averages, ops
+    return phases, training.steps_per_epoch * epochs, wall, top_ops
 
 
 def median_run(runs: list) -> tuple:
-    """Per phase, the median over rounds; the wall time's median; the profile of the round whose
-    wall time is the median (its operators are listed)."""
+    """Per phase, the median over rounds; the wall time's median; the operators of the round
+    whose wall time is the median."""
     phases = {name: statistics.median(run[0][name] for run in runs) for name in runs[0][0]}
     ordered = sorted(runs, key=lambda run: run[2])
     middle = ordered[(len(ordered) - 1) // 2]
@@ -86,9 +93,11 @@ def main(argv=None) -> int:
     runs: dict[str, list] = {"sn": [], "bn": []}
     for _ in range(args.rounds):  # interleaved: a load change hits both variants alike
         for variant in runs:
-            runs[variant].append(profile_trial(spec, data, variant, args.batch, args.epochs))
+            runs[variant].append(
+                profile_trial(spec, data, variant, args.batch, args.epochs, args.top)
+            )
     load_after = os.getloadavg()[0]
-    sn, steps, sn_wall, sn_prof = median_run(runs["sn"])
+    sn, steps, sn_wall, sn_ops = median_run(runs["sn"])
     bn, _, bn_wall, _ = median_run(runs["bn"])
 
     print(
@@ -113,10 +122,8 @@ def main(argv=None) -> int:
     print(f"\n### The SN trial's {args.top} costliest operators (self CPU time)\n")
     print("| operator | calls | self CPU ms | share of the phases' time |")
     print("|---|---:|---:|---:|")
-    ops = [e for e in sn_prof.key_averages() if not e.key.startswith("normsearch.")]
-    for event in sorted(ops, key=lambda e: e.self_cpu_time_total, reverse=True)[: args.top]:
-        self_ms = event.self_cpu_time_total / 1000.0
-        print(f"| `{event.key}` | {event.count} | {self_ms:.0f} | {self_ms / total_sn:.1%} |")
+    for name, calls, self_ms in sn_ops:
+        print(f"| `{name}` | {calls} | {self_ms:.0f} | {self_ms / total_sn:.1%} |")
     print(
         f"\n1-minute load average {load_before:.2f} before, {load_after:.2f} after, on "
         f"{os.cpu_count()} CPUs (timings from a machine loaded beyond --threads are unreliable)"
