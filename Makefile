@@ -76,6 +76,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sn_layer.py
 	$(BIN)/python bench/sn_network.py
 	$(BIN)/python bench/search_cost.py
+	$(BIN)/python bench/trial_profile.py
 	$(BIN)/python bench/search_quality.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/api_load.py
