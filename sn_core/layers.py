@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .functional import MixtureConfig, switch_norm
 from .sparsity import RATIO_FUNCTIONS, compute_ratios
-from .vocabulary import POOL_MEMBERS
+from .vocabulary import STATISTIC_MEMBERS
 
 __all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
 
@@ -44,9 +44,10 @@ def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
     pool = tuple(str(kind).lower() for kind in pool)
     if not pool:
         raise ValueError("pool must name at least one normalizer")
-    unknown = [kind for kind in pool if kind not in POOL_MEMBERS]
+    unknown = [kind for kind in pool if kind not in STATISTIC_MEMBERS]
     if unknown:
-        raise ValueError(f"unknown normalizer(s) {unknown} in pool; choose from {POOL_MEMBERS}")
+        choices = STATISTIC_MEMBERS
+        raise ValueError(f"unknown normalizer(s) {unknown} in pool; choose from {choices}")
     if len(set(pool)) != len(pool):
         raise ValueError(f"pool {pool} names a normalizer twice")
     return pool
@@ -273,7 +274,7 @@ class SwitchNorm(MixtureNorm):
         num_features: channels C of an (N, C, *) input.
         eps, momentum: as ``nn.BatchNorm2d``.
         pool: the normalizers to mix, in logit order; any non-empty subset of
-            {"in", "ln", "bn", "gn", "rms"} (``sn_core.vocabulary.POOL_MEMBERS``).
+            {"in", "ln", "bn", "gn", "rms"} (``sn_core.vocabulary.STATISTIC_MEMBERS``).
         groups: groups of the "gn" normalizer.
         tied: one logit vector for both mean and variance (the paper reports it is worse).
         ratio_fn: "softmax", "sparsestmax" (uses ``self.radius``) or "temperature" (uses

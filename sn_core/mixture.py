@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .vocabulary import NORMALIZERS, POOL_MEMBERS
+from .vocabulary import NORMALIZERS, POOL_MEMBERS, STATISTIC_MEMBERS
 
 __all__ = ["NORMALIZERS", "POOL_MEMBERS", "Mixture", "MixtureConfig"]
 
@@ -38,9 +38,9 @@ class MixtureConfig:
     needs_moments: bool = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        unknown = [kind for kind in self.kinds if kind not in POOL_MEMBERS]
+        unknown = [kind for kind in self.kinds if kind not in STATISTIC_MEMBERS]
         if unknown:
-            raise ValueError(f"unknown normalizer(s) {unknown}; choose from {POOL_MEMBERS}")
+            raise ValueError(f"unknown normalizer(s) {unknown}; choose from {STATISTIC_MEMBERS}")
         needs = self.batch_bn or any(kind != "bn" for kind in self.kinds)
         object.__setattr__(self, "needs_moments", needs)
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
-from .vocabulary import POOL_MEMBERS
+from .vocabulary import STATISTIC_MEMBERS
 
 __all__ = [
     "PLAN_FORMAT",
@@ -56,8 +56,8 @@ _RATIO_SUM_TOLERANCE = 1e-4
 
 
 def _kind(where: str, value: Any) -> str:
-    if not isinstance(value, str) or value not in POOL_MEMBERS:
-        raise ValueError(f"{where}: unknown normalizer {value!r}; choose from {POOL_MEMBERS}")
+    if not isinstance(value, str) or value not in STATISTIC_MEMBERS:
+        raise ValueError(f"{where}: unknown normalizer {value!r}; choose from {STATISTIC_MEMBERS}")
     return value
 
 

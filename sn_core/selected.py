@@ -14,19 +14,19 @@ import torch
 from torch import Tensor
 
 from .layers import MixtureNorm, normalize_pool
-from .vocabulary import POOL_MEMBERS
+from .vocabulary import STATISTIC_MEMBERS
 
 __all__ = ["SelectedNorm"]
 
 
 def _check_kind(role: str, kind: str) -> str:
     if not isinstance(kind, str):
-        raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {POOL_MEMBERS}")
+        raise ValueError(f"unknown {role} normalizer {kind!r}; choose from {STATISTIC_MEMBERS}")
     try:
         return normalize_pool((kind,))[0]
     except ValueError:
         raise ValueError(
-            f"unknown {role} normalizer {kind!r}; choose from {POOL_MEMBERS}"
+            f"unknown {role} normalizer {kind!r}; choose from {STATISTIC_MEMBERS}"
         ) from None
 
 

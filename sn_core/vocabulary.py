@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["NORMALIZERS", "NORMALIZER_LABELS", "POOL_MEMBERS", "Normalizer"]
+__all__ = [
+    "MEMBER_LABELS",
+    "NORMALIZERS",
+    "NORMALIZER_LABELS",
+    "OUTPUT_CHOICES",
+    "POINTWISE_MEMBERS",
+    "POOL_MEMBERS",
+    "STATISTIC_MEMBERS",
+    "Normalizer",
+]
 
 # Instance, layer, batch and group normalization; this order is the order of a layer's ratios.
 Normalizer = Literal["in", "ln", "bn", "gn"]
@@ -17,8 +26,18 @@ NORMALIZERS: tuple[Normalizer, ...] = get_args(Normalizer)
 # How people read them (tables, charts, the UI).
 NORMALIZER_LABELS: dict[Normalizer, str] = {name: name.upper() for name in NORMALIZERS}
 
-# What sn_core's layers can mix: the normalizers above plus "rms" (RMSNorm's uncentred statistic,
-# per sample over LN's scope). Kept apart from ``Normalizer`` on purpose: the service's job spec
-# and its per-normalizer ratio columns know only ``NORMALIZERS``, so a job naming "rms" is still
-# refused there until the service supports it.
-POOL_MEMBERS: tuple[str, ...] = (*NORMALIZERS, "rms")
+# What sn_core's layers can mix. Statistics members are normalizers whose mean and variance a
+# layer mixes (its ``mean`` and ``var`` ratios): the four above plus "rms" (RMSNorm's uncentred
+# statistic, per sample over LN's scope). Point-wise members are output functions mixed with the
+# normalized output by a layer's third ratio vector, ``output``, over ``OUTPUT_CHOICES``
+# ("norm": the statistics mixture, then each point-wise member in the pool): "dyt" is Dynamic
+# Tanh, gamma * tanh(alpha * x) + beta; "none" is the identity. Kept apart from ``Normalizer``
+# on purpose: the service's job spec knows which members each model family can compute.
+STATISTIC_MEMBERS: tuple[str, ...] = (*NORMALIZERS, "rms")
+POINTWISE_MEMBERS: tuple[str, ...] = ("dyt", "none")
+POOL_MEMBERS: tuple[str, ...] = (*STATISTIC_MEMBERS, *POINTWISE_MEMBERS)
+#: The output ratios' names: the normalized output first, then the point-wise members.
+OUTPUT_CHOICES: tuple[str, ...] = ("norm", *POINTWISE_MEMBERS)
+MEMBER_LABELS: dict[str, str] = {
+    **NORMALIZER_LABELS, "rms": "RMS", "dyt": "DyT", "none": "none", "norm": "norm",
+}  # fmt: skip

@@ -129,7 +129,7 @@ def test_fixed_rms_model_finalizes_to_selected_norm_with_the_same_output():
 
 
 def test_rms_is_a_pool_member_but_not_a_service_normalizer():
-    assert "rms" in POOL_MEMBERS and "rms" not in NORMALIZERS
+    assert "rms" in POOL_MEMBERS and "rms" not in NORMALIZERS and "dyt" in POOL_MEMBERS
     assert set(NORMALIZERS) < set(POOL_MEMBERS)
     with pytest.raises(ValueError, match="unknown normalizer"):
         SwitchNorm2d(4, pool=("ln", "rmsnorm"))
