@@ -5,6 +5,8 @@
   ``nn.GroupNorm(G, C)`` (gn, gn), else a ``SelectedNorm``.
 * ``token_norm``: the same for a ``SwitchNormTokens`` (channels last): ``nn.LayerNorm(C)`` (ln,
   ln), ``nn.RMSNorm(C)`` (rms, rms; ``RMSNormWithBias`` when the layer has a bias).
+* ``pointwise_norm``: a layer whose output is a point-wise member: ``DynamicTanh`` ("dyt",
+  channels last for token layers, on dim 1 otherwise) or ``nn.Identity`` ("none").
 * ``describe_norm`` / ``plan_torch_layers``: that layer in words, e.g. ``BatchNorm2d(64)``
   (reports and the UI show it; they never restate the rule).
 * ``finalize``: every ``SwitchNorm`` becomes its concrete layer, keeping the trained affine
@@ -27,6 +29,7 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .layers import MixtureNorm, SwitchNorm
 from .plan import LayerChoice, NormalizerPlan, plan_from_model, sn_dims
+from .pointwise import DEFAULT_DYT_ALPHA0, DynamicTanh
 from .selected import SelectedNorm
 from .tokens import SwitchNormTokens, keep_off_fused_paths
 
@@ -37,6 +40,7 @@ __all__ = [
     "finalize",
     "fold_batchnorm",
     "plan_torch_layers",
+    "pointwise_norm",
     "RMSNormWithBias",
     "token_norm",
 ]
@@ -147,6 +151,29 @@ def token_norm(
     )
 
 
+def pointwise_norm(
+    output: str,
+    num_features: int,
+    *,
+    alpha0: float | None = None,
+    channels_last: bool = True,
+    affine: bool = True,
+    bias: bool = True,
+    device=None,
+    dtype=None,
+) -> nn.Module:
+    """The torch layer of a point-wise output: ``DynamicTanh`` for "dyt" (alpha ``alpha0``,
+    default 0.5), ``nn.Identity`` for "none"."""
+    if output == "none":
+        return nn.Identity()
+    if output != "dyt":
+        raise ValueError(f"output {output!r} is not a point-wise member ('dyt', 'none')")
+    return DynamicTanh(
+        num_features, DEFAULT_DYT_ALPHA0 if alpha0 is None else alpha0,
+        channels_last=channels_last, affine=affine, bias=bias, device=device, dtype=dtype,
+    )  # fmt: skip
+
+
 def describe_norm(module: nn.Module) -> str:
     """A norm layer in short words: ``BatchNorm2d(64)``, ``InstanceNorm2d(64, affine=True)``,
     ``GroupNorm(1, 64)``, ``SelectedNorm(64, mean=bn, var=in)``; any other module: its class."""
@@ -161,6 +188,8 @@ def describe_norm(module: nn.Module) -> str:
         return f"{name}({module.num_features})"
     if isinstance(module, nn.LayerNorm | nn.RMSNorm):
         return f"{name}({module.normalized_shape[0]})"
+    if isinstance(module, DynamicTanh):
+        return f"{name}({module.num_features})"
     return name
 
 
@@ -179,6 +208,8 @@ def plan_torch_layers(plan: NormalizerPlan, *, variance: str = "population") -> 
                 groups=layer.groups,
                 variance=variance,
             )
+            if layer.output == "norm"
+            else pointwise_norm(layer.output, layer.num_features, alpha0=layer.dyt_alpha)
         )
         for layer in plan
     }
@@ -244,6 +275,10 @@ def apply_plan(model: nn.Module, plan: NormalizerPlan) -> nn.Module:
     _check_names(plan, modules)
     for layer in plan:
         existing = modules[layer.name]
+        if layer.output != "norm":
+            new = _fresh_pointwise(layer, existing)
+            model = _replace(model, layer.name, new.train(existing.training))
+            continue
         if isinstance(existing, _TOKEN_LAYERS):
             model = _replace(model, layer.name, _fresh_token_norm(layer, existing))
             continue
@@ -274,6 +309,37 @@ def apply_plan(model: nn.Module, plan: NormalizerPlan) -> nn.Module:
 _TOKEN_LAYERS = (SwitchNormTokens, nn.LayerNorm, nn.RMSNorm)
 
 
+def _fresh_pointwise(layer: LayerChoice, existing: nn.Module) -> nn.Module:
+    """``pointwise_norm`` for a plan layer whose output is "dyt" or "none"; the layout (and
+    affine, bias) from the module there: a token layer or DynamicTanh(channels_last) gives
+    channels last, any other norm layer channels on dim 1."""
+    if isinstance(existing, DynamicTanh | nn.Identity):
+        channels_last = getattr(existing, "channels_last", True)
+    elif isinstance(existing, _TOKEN_LAYERS):
+        channels_last = True
+    elif isinstance(existing, MixtureNorm | _NormBase | nn.GroupNorm):
+        channels_last = False
+    else:
+        raise ValueError(
+            f"plan layer {layer.name!r} is a {type(existing).__name__}, not a norm layer"
+        )
+    if not isinstance(existing, nn.Identity):
+        channels = _channels(existing)
+        if channels is None:
+            channels = existing.normalized_shape[-1]
+        if channels != layer.num_features:
+            raise ValueError(
+                f"plan layer {layer.name!r} has num_features={layer.num_features}, but the "
+                f"model's {type(existing).__name__} there has {channels} channels"
+            )
+    affine = getattr(existing, "affine", getattr(existing, "elementwise_affine", True))
+    return pointwise_norm(
+        layer.output, layer.num_features, alpha0=layer.dyt_alpha, channels_last=channels_last,
+        affine=affine, bias=getattr(existing, "bias", None) is not None or not affine,
+        **_factory(existing),
+    )  # fmt: skip
+
+
 def _fresh_token_norm(layer: LayerChoice, existing: nn.Module) -> nn.Module:
     """``token_norm`` for a plan layer whose module is channels-last (SN tokens, LN, RMSNorm)."""
     channels = _channels(existing)
@@ -302,8 +368,10 @@ def finalize(model: nn.Module, plan: NormalizerPlan | None = None) -> nn.Module:
     """Deep copy of ``model`` with every ``SwitchNorm`` replaced by its concrete layer.
 
     The trained weight, bias and running statistics are kept, so with one-hot (fixed) ratios the
-    output in eval mode is unchanged. A ``SwitchNormTokens`` becomes ``token_norm``'s layer
-    (nn.LayerNorm / nn.RMSNorm); one whose choice has no torch layer raises ValueError.
+    output in eval mode is unchanged. A layer whose output is "dyt" becomes a ``DynamicTanh``
+    with the layer's weight, bias and alpha; "none" an ``nn.Identity``. A ``SwitchNormTokens``
+    becomes ``token_norm``'s layer (nn.LayerNorm / nn.RMSNorm); one whose choice has no torch
+    layer raises ValueError.
     ``plan`` defaults to ``plan_from_model(model)``; it must name every SwitchNorm of the model
     and nothing else.
     """
@@ -321,7 +389,13 @@ def finalize(model: nn.Module, plan: NormalizerPlan | None = None) -> nn.Module:
     for layer in plan:
         sn = modules[layer.name]
         _check_channels(layer, sn)
-        if isinstance(sn, SwitchNormTokens):
+        if layer.output != "norm":
+            new = pointwise_norm(
+                layer.output, sn.num_features, alpha0=layer.dyt_alpha,
+                channels_last=isinstance(sn, SwitchNormTokens), affine=sn.affine,
+                bias=sn.bias is not None or not sn.affine, **_factory(sn),
+            )  # fmt: skip
+        elif isinstance(sn, SwitchNormTokens):
             try:
                 new = token_norm(
                     layer.mean, layer.var, sn.num_features, eps=sn.eps, affine=sn.affine,
@@ -344,6 +418,9 @@ def finalize(model: nn.Module, plan: NormalizerPlan | None = None) -> nn.Module:
                 **_factory(sn),
             )
         with torch.no_grad():
+            if isinstance(new, DynamicTanh) and sn.dyt_alpha is not None:
+                new.alpha.copy_(sn.dyt_alpha)
+                new.alpha.requires_grad_(sn.dyt_alpha.requires_grad)
             for key in _STATE:
                 source, target = getattr(sn, key, None), getattr(new, key, None)
                 if source is not None and target is not None:

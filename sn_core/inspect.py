@@ -33,15 +33,16 @@ def switch_layers(model: nn.Module) -> list[tuple[str, SwitchNorm]]:
 
 
 def ratio_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The ratio logits of every SwitchNorm layer (``mean_weight`` and, unless tied,
-    ``var_weight``), each parameter once, in module order.
+    """The ratio logits of every SwitchNorm layer (``mean_weight``, unless tied ``var_weight``,
+    and ``output_weight`` where the pool has point-wise members), each parameter once, in module
+    order. DyT's ``dyt_alpha`` is a network parameter, not a ratio logit.
 
     Fixed choices keep their logits in this list; they simply never get a gradient.
     """
     params: list[nn.Parameter] = []
     seen: set[int] = set()
     for _, layer in switch_layers(model):
-        for param in (layer.mean_weight, layer.var_weight):
+        for param in (layer.mean_weight, layer.var_weight, layer.output_weight):
             if param is not None and id(param) not in seen:
                 seen.add(id(param))
                 params.append(param)
@@ -110,6 +111,10 @@ def switch_ratios(model: nn.Module) -> dict[str, dict[str, Any]]:
     (about 37 for two different one-hot choices) instead of infinity. ``entropy`` is in nats
     (0 for one-hot); ``margin`` is the top ratio minus the second (1 for one-hot). Ratios are
     ``layer.ratios()``: one-hot where a choice is fixed. All values are Python floats.
+
+    A layer with point-wise members ("dyt", "none") also has ``"output": {choice: ratio}`` over
+    ``layer.output_choices`` ("norm" first), ``"output"`` entries in ``fixed``, ``entropy`` and
+    ``margin``, and ``"dyt_alpha"`` (DyT's alpha) when "dyt" is among them.
     """
     result: dict[str, dict[str, Any]] = {}
     with torch.no_grad():
@@ -127,4 +132,17 @@ def switch_ratios(model: nn.Module) -> dict[str, dict[str, Any]]:
                 "entropy": {"mean": float(_entropy(mean)), "var": float(_entropy(var))},
                 "margin": {"mean": float(_margin(mean)), "var": float(_margin(var))},
             }
+            output = layer.output_ratios()
+            if output is not None:
+                _add_output(result[name], layer, output.detach().to("cpu", torch.float64))
     return result
+
+
+def _add_output(entry: dict[str, Any], layer: SwitchNorm, output: Tensor) -> None:
+    """The output mixture's part of a ``switch_ratios`` entry."""
+    entry["output"] = dict(zip(layer.output_choices, output.tolist(), strict=True))
+    entry["fixed"]["output"] = layer.fixed_output is not None
+    entry["entropy"]["output"] = float(_entropy(output))
+    entry["margin"]["output"] = float(_margin(output))
+    if layer.dyt_alpha is not None:
+        entry["dyt_alpha"] = float(layer.dyt_alpha.detach().cpu().double()[0])

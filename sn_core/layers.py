@@ -27,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .functional import MixtureConfig, switch_norm
+from .pointwise import DEFAULT_DYT_ALPHA0, dynamic_tanh
 from .sparsity import RATIO_FUNCTIONS, compute_ratios
-from .vocabulary import STATISTIC_MEMBERS
+from .vocabulary import POINTWISE_MEMBERS, POOL_MEMBERS, STATISTIC_MEMBERS
 
 __all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchNorm3d"]
 
@@ -51,6 +52,30 @@ def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
     if len(set(pool)) != len(pool):
         raise ValueError(f"pool {pool} names a normalizer twice")
     return pool
+
+
+def split_pool(pool: Sequence[str] | str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(statistics members, point-wise members) of a pool, each in the given order.
+
+    At least one statistics member is required: the output mixture's first entry is the
+    normalized output (docs/sn-spec.md section 9).
+    """
+    if isinstance(pool, str):
+        pool = (pool,)
+    names = tuple(str(kind).lower() for kind in pool)
+    unknown = [kind for kind in names if kind not in POOL_MEMBERS]
+    if unknown:
+        raise ValueError(f"unknown normalizer(s) {unknown} in pool; choose from {POOL_MEMBERS}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"pool {names} names a normalizer twice")
+    statistics = tuple(kind for kind in names if kind in STATISTIC_MEMBERS)
+    pointwise = tuple(kind for kind in names if kind in POINTWISE_MEMBERS)
+    if pointwise and not statistics:
+        raise ValueError(
+            f"pool {names} has point-wise members only; add a statistics member "
+            f"({', '.join(STATISTIC_MEMBERS)})"
+        )
+    return normalize_pool(statistics), pointwise
 
 
 class MixtureNorm(nn.Module):
@@ -177,12 +202,15 @@ class MixtureNorm(nn.Module):
         self._native = None if reference or native == "rms" else native
         self._native_groups = {"in": self.num_features, "ln": 1, "gn": self.groups}.get(native, 0)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _check_input(self, x: Tensor) -> None:
         self._check_input_dim(x)
         if x.shape[1] != self.num_features:
             raise ValueError(
                 f"expected {self.num_features} channels, got input of shape {tuple(x.shape)}"
             )
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
         if self._native is not None:
             y = self._native_forward(x)
             if y is not None:
@@ -283,7 +311,19 @@ class SwitchNorm(MixtureNorm):
         affine, track_running_stats: as ``nn.BatchNorm2d``.
         variance: "population" (ours: one-hot layers equal torch's norm layers) or "reference"
             (the original code's estimators, for ``sn_core.compat``).
+        dyt_alpha0: initial value of DyT's learnable scalar alpha (a "dyt" pool member).
+
+    Point-wise pool members ("dyt", "none"; ``sn_core.vocabulary.POINTWISE_MEMBERS``) are not
+    statistics: they are mixed at the output, ``y = r_norm * SN(x) + r_dyt * DyT(x) + r_none *
+    x``, by a third logit vector ``output_weight`` over ``output_choices`` ("norm", then the
+    point-wise members in pool order). DyT shares the layer's ``weight`` and ``bias``
+    (``weight * tanh(dyt_alpha * x) + bias``). ``pool`` keeps the statistics members (the
+    mean/variance logit order), ``pointwise`` the others; a layer without point-wise members has
+    none of these parameters (same state_dict, same forward as before).
     """
+
+    #: Channels on the last dimension (token layouts): how DyT's per-channel affine broadcasts.
+    _channels_last = False
 
     def __init__(
         self,
@@ -299,10 +339,13 @@ class SwitchNorm(MixtureNorm):
         variance: str = "population",
         device=None,
         dtype=None,
+        *,
+        dyt_alpha0: float = DEFAULT_DYT_ALPHA0,
     ) -> None:
+        statistics, pointwise = split_pool(pool)
         super().__init__(
             num_features,
-            pool,
+            statistics,
             eps=eps,
             momentum=momentum,
             groups=groups,
@@ -331,7 +374,29 @@ class SwitchNorm(MixtureNorm):
         self.register_buffer("var_choice", torch.tensor(-1, dtype=torch.long, device=device))
         self._fixed: tuple[int | None, int | None] = (None, None)
         self._onehot_cache: dict = {}
+        self._init_output(pointwise, dyt_alpha0, device, dtype)
         self.reset_parameters()
+
+    def _init_output(self, pointwise: tuple[str, ...], alpha0: float, device, dtype) -> None:
+        """The output mixture's parameters; all None (no state_dict keys) without point-wise
+        members."""
+        self.pointwise = pointwise
+        self.output_choices = ("norm", *pointwise) if pointwise else ()
+        self.dyt_alpha0 = float(alpha0)
+        self.output_radius = 0.0  # sparsestmax radius of the output ratios (K may differ)
+        self._fixed_output: int | None = None
+        factory = {"device": device, "dtype": dtype}
+        if pointwise:
+            k = len(self.output_choices)
+            self.output_weight = nn.Parameter(torch.ones(k, **factory))
+            self.register_buffer("output_choice", torch.tensor(-1, dtype=torch.long, device=device))
+        else:
+            self.register_parameter("output_weight", None)
+            self.register_buffer("output_choice", None)
+        if "dyt" in pointwise:
+            self.dyt_alpha = nn.Parameter(torch.full((1,), self.dyt_alpha0, **factory))
+        else:
+            self.register_parameter("dyt_alpha", None)
 
     # ----------------------------------------------------------------------------- ratios
     def reset_parameters(self) -> None:
@@ -339,6 +404,10 @@ class SwitchNorm(MixtureNorm):
         nn.init.ones_(self.mean_weight)
         if self.var_weight is not None:
             nn.init.ones_(self.var_weight)
+        if self.output_weight is not None:
+            nn.init.ones_(self.output_weight)
+        if self.dyt_alpha is not None:
+            nn.init.constant_(self.dyt_alpha, self.dyt_alpha0)
         self.unfix()
 
     @property
@@ -349,6 +418,42 @@ class SwitchNorm(MixtureNorm):
     def fixed(self) -> tuple[int | None, int | None]:
         """Fixed (mean, variance) choice as pool indices, None where still free."""
         return self._fixed
+
+    @property
+    def fixed_output(self) -> int | None:
+        """Fixed output choice as an index into ``output_choices``; None while free (and for a
+        layer without point-wise members)."""
+        return self._fixed_output
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The whole pool: statistics members, then point-wise members."""
+        return (*self.pool, *self.pointwise)
+
+    def soft_output_ratios(self) -> Tensor | None:
+        """Output ratios over ``output_choices`` from their logits, ignoring a fixed choice."""
+        if self.output_weight is None:
+            return None
+        return compute_ratios(
+            self.ratio_fn, self.output_weight, radius=self.output_radius,
+            temperature=self.temperature,
+        )  # fmt: skip
+
+    def output_ratios(self) -> Tensor | None:
+        """Output ratios as forward uses them: one-hot where fixed; None without point-wise
+        members."""
+        if self._fixed_output is None:
+            return self.soft_output_ratios()
+        return self._output_onehot(self._fixed_output)
+
+    def _output_onehot(self, index: int) -> Tensor:
+        key = ("output", index, self.output_weight.device, self.output_weight.dtype)
+        cached = self._onehot_cache.get(key)
+        if cached is None:
+            values = [float(i == index) for i in range(len(self.output_choices))]
+            cached = torch.tensor(values, device=key[2], dtype=key[3])
+            self._onehot_cache[key] = cached
+        return cached
 
     def soft_ratios(self) -> tuple[Tensor, Tensor]:
         """Ratios from the logits under the current ratio function, ignoring fixed choices."""
@@ -403,6 +508,14 @@ class SwitchNorm(MixtureNorm):
 
     def _refresh(self) -> None:
         super()._refresh()
+        # None: the normalized output alone (no point-wise members, or output fixed to "norm").
+        fixed_output = getattr(self, "_fixed_output", None)
+        if not getattr(self, "pointwise", ()) or fixed_output == 0:
+            self._output_mode = None
+        elif fixed_output is None:
+            self._output_mode = "mix"
+        else:
+            self._output_mode = self.output_choices[fixed_output]
         mean_fixed, var_fixed = self._fixed
         kinds = self._configs[0].kinds
         self._fixed_ratios = (
@@ -421,6 +534,38 @@ class SwitchNorm(MixtureNorm):
             var = compute_ratios(self.ratio_fn, self.var_logits, **kw)
         return mean, var
 
+    # ------------------------------------------------------------------------------ output
+    def forward(self, x: Tensor) -> Tensor:
+        mode = self._output_mode
+        if mode is None:
+            return MixtureNorm.forward(self, x)
+        self._check_input(x)
+        return self._output_forward(x, mode, lambda: MixtureNorm.forward(self, x))
+
+    def _dyt(self, x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+        return dynamic_tanh(x, self.dyt_alpha, weight, bias, channels_last=self._channels_last)
+
+    def _output_forward(self, x: Tensor, mode: str, normalized) -> Tensor:
+        """The output mixture; ``normalized()`` computes SN(x) (not called when the output is
+        fixed to a point-wise member: no statistics, no running-statistics update)."""
+        if mode == "dyt":
+            return self._dyt(x, self.weight, self.bias)
+        if mode == "none":
+            return x
+        ratios = self.output_ratios()
+        y = normalized() * ratios[0]
+        for k, member in enumerate(self.pointwise, start=1):
+            r = ratios[k]
+            if member == "none":
+                y = torch.addcmul(y, x, r)
+                continue
+            # r * (w * tanh + b) with r folded into the affine: autograd keeps tanh(alpha x)
+            # only, not the DyT output as well.
+            weight = r.expand(self.num_features) if self.weight is None else self.weight * r
+            bias = None if self.bias is None else self.bias * r
+            y = y + self._dyt(x, weight, bias)
+        return y
+
     # ------------------------------------------------------------------------------ fixing
     def _index(self, choice: int | str) -> int:
         if isinstance(choice, str):
@@ -431,9 +576,30 @@ class SwitchNorm(MixtureNorm):
             raise ValueError(f"choice index {choice} out of range for pool {self.pool}")
         return int(choice)
 
+    def _output_index(self, choice: int | str) -> int:
+        choices = self.output_choices
+        if not choices:
+            raise ValueError(f"this layer has no point-wise members (pool {self.pool})")
+        if isinstance(choice, str):
+            if choice not in choices:
+                raise ValueError(f"output {choice!r} is not one of this layer's {choices}")
+            return choices.index(choice)
+        if not 0 <= int(choice) < len(choices):
+            raise ValueError(f"output index {choice} out of range for {choices}")
+        return int(choice)
+
     @torch.no_grad()
-    def fix(self, mean: int | str | None = None, var: int | str | None = None) -> None:
-        """Fix the mean and/or variance choice (tied layers fix both together)."""
+    def fix(
+        self,
+        mean: int | str | None = None,
+        var: int | str | None = None,
+        output: int | str | None = None,
+    ) -> None:
+        """Fix the mean and/or variance choice (tied layers fix both together) and/or the output
+        choice ("norm" or a point-wise member, by name or index into ``output_choices``)."""
+        if output is not None:
+            self._fixed_output = self._output_index(output)
+            self.output_choice.fill_(self._fixed_output)
         if self.tied:
             choice = mean if mean is not None else var
             mean = var = choice
@@ -452,16 +618,25 @@ class SwitchNorm(MixtureNorm):
         self.mean_choice.fill_(-1)
         self.var_choice.fill_(-1)
         self._fixed = (None, None)
+        if self.output_choice is not None:
+            self.output_choice.fill_(-1)
+        self._fixed_output = None
         self._refresh()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         mean, var = int(self.mean_choice), int(self.var_choice)
         self._fixed = (mean if mean >= 0 else None, var if var >= 0 else None)
+        if self.output_choice is not None:
+            output = int(self.output_choice)
+            self._fixed_output = output if output >= 0 else None
         self._refresh()
 
     def extra_repr(self) -> str:
-        return self._repr(f"pool={self.pool}, ratio_fn={self.ratio_fn!r}, tied={self.tied}")
+        pointwise = f", pointwise={self.pointwise}" if self.pointwise else ""
+        return self._repr(
+            f"pool={self.pool}{pointwise}, ratio_fn={self.ratio_fn!r}, tied={self.tied}"
+        )
 
 
 class SwitchNorm1d(SwitchNorm):

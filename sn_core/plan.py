@@ -10,7 +10,11 @@ A plan is what a search recommends and what ``sn_core.finalize`` applies. Schema
      "metadata": {...}}
 
 ``dims`` (1/2/3, the SN class) and ``eps`` may be null or absent; every other layer field is
-required. Unknown fields, names or versions are rejected with a ValueError that says which.
+required. A layer whose pool had point-wise members ("dyt", "none") also carries ``"output"``
+(the chosen output: "norm", "dyt" or "none"), ``"output_ratios"`` (over "norm" and the
+point-wise members) and ``"dyt_alpha"`` (DyT's learned alpha, null without "dyt"); a layer
+without them omits the three (``output`` is then "norm"), so older plans load unchanged.
+Unknown fields, names or versions are rejected with a ValueError that says which.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch
 from torch import nn
 
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
-from .vocabulary import STATISTIC_MEMBERS
+from .vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 
 __all__ = [
     "PLAN_FORMAT",
@@ -51,7 +55,7 @@ _REQUIRED_LAYER_FIELDS = (
     "groups",
     "num_features",
 )
-_OPTIONAL_LAYER_FIELDS = ("dims", "eps")
+_OPTIONAL_LAYER_FIELDS = ("dims", "eps", "output", "output_ratios", "dyt_alpha")
 _RATIO_SUM_TOLERANCE = 1e-4
 
 
@@ -73,11 +77,14 @@ def _float(where: str, value: Any) -> float:
     return float(value)
 
 
-def _ratios(where: str, value: Any, pool: tuple[str, ...]) -> dict[str, float]:
+def _ratios(
+    where: str, value: Any, pool: tuple[str, ...], *, what: str = "normalizer"
+) -> dict[str, float]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"{where} must be a mapping normalizer -> ratio, got {value!r}")
-    for key in value:
-        _kind(f"{where} key", key)
+        raise ValueError(f"{where} must be a mapping {what} -> ratio, got {value!r}")
+    if what == "normalizer":
+        for key in value:
+            _kind(f"{where} key", key)
     if set(value) != set(pool):
         raise ValueError(f"{where} must have one ratio per pool entry {pool}, got {sorted(value)}")
     ratios = {kind: _float(f"{where}[{kind!r}]", value[kind]) for kind in pool}
@@ -86,6 +93,24 @@ def _ratios(where: str, value: Any, pool: tuple[str, ...]) -> dict[str, float]:
     if abs(sum(ratios.values()) - 1.0) > _RATIO_SUM_TOLERANCE:
         raise ValueError(f"{where}: ratios must sum to 1, got {ratios}")
     return ratios
+
+
+def _output_ratios(where: str, value: Any, output: str) -> dict[str, float] | None:
+    """Validated output ratios (keys "norm" then point-wise members, in OUTPUT_CHOICES order);
+    without them a point-wise ``output`` gets one-hot ratios over ("norm", output)."""
+    if value is None:
+        return None if output == "norm" else {"norm": 0.0, output: 1.0}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where} must be a mapping output -> ratio, got {value!r}")
+    unknown = [key for key in value if key not in OUTPUT_CHOICES]
+    if unknown:
+        raise ValueError(f"{where}: unknown output(s) {unknown}; choose from {OUTPUT_CHOICES}")
+    if "norm" not in value or len(value) < 2:
+        raise ValueError(
+            f"{where} must have 'norm' and at least one point-wise member, got {sorted(value)}"
+        )
+    choices = tuple(key for key in OUTPUT_CHOICES if key in value)
+    return _ratios(where, {key: value[key] for key in choices}, choices, what="output")
 
 
 def _onehot(choice: str, pool: tuple[str, ...]) -> dict[str, float]:
@@ -99,6 +124,12 @@ class LayerChoice:
     ``mean`` and ``var`` are the chosen normalizers; ``mean_ratios`` / ``var_ratios`` the ratios
     over ``pool`` they were read from (default: one-hot on the choice); ``confidence`` the smaller
     of the two margins top ratio - second ratio (1.0 for one-hot ratios).
+
+    ``output`` is what the layer outputs: "norm" (the normalizer above) or a point-wise member,
+    "dyt" (``sn_core.DynamicTanh`` with alpha ``dyt_alpha``) or "none" (the identity);
+    ``output_ratios`` are the output ratios over "norm" and the layer's point-wise members (None
+    for a layer without any; the output margin then joins ``confidence``). ``pool`` holds the
+    statistics members only; ``members`` adds the point-wise ones.
     """
 
     name: str
@@ -112,6 +143,9 @@ class LayerChoice:
     groups: int = 32
     dims: int | None = None
     eps: float | None = None
+    output: str = "norm"
+    output_ratios: dict[str, float] | None = None
+    dyt_alpha: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str):
@@ -144,7 +178,20 @@ class LayerChoice:
         eps = None if self.eps is None else _float(f"{where} eps", self.eps)
         if eps is not None and eps < 0:
             raise ValueError(f"{where}: eps must be >= 0, got {eps}")
+        output = self.output
+        if not isinstance(output, str) or output not in OUTPUT_CHOICES:
+            raise ValueError(f"{where}: unknown output {output!r}; choose from {OUTPUT_CHOICES}")
+        output_ratios = _output_ratios(f"{where} output_ratios", self.output_ratios, output)
+        if output_ratios is not None and output not in output_ratios:
+            raise ValueError(
+                f"{where}: output {output!r} is not among output_ratios {sorted(output_ratios)}"
+            )
+        dyt_alpha = None if self.dyt_alpha is None else _float(f"{where} dyt_alpha", self.dyt_alpha)
+        if output == "dyt" and dyt_alpha is None:
+            raise ValueError(f"{where}: output 'dyt' needs dyt_alpha (DyT's alpha)")
         set_ = object.__setattr__  # normalized values on a frozen dataclass
+        set_(self, "output_ratios", output_ratios)
+        set_(self, "dyt_alpha", dyt_alpha)
         set_(self, "pool", pool)
         set_(self, "mean_ratios", _ratios(f"{where} mean_ratios", mean_ratios, pool))
         set_(self, "var_ratios", _ratios(f"{where} var_ratios", var_ratios, pool))
@@ -153,10 +200,28 @@ class LayerChoice:
 
     @property
     def choice(self) -> str:
-        """The pair as "mean/var", e.g. "bn/ln"."""
-        return f"{self.mean}/{self.var}"
+        """The pair as "mean/var", e.g. "bn/ln"; a point-wise output by its name ("dyt")."""
+        return f"{self.mean}/{self.var}" if self.output == "norm" else self.output
+
+    @property
+    def pointwise(self) -> tuple[str, ...]:
+        """The layer's point-wise members (from ``output_ratios``)."""
+        return tuple(k for k in self.output_ratios or () if k != "norm")
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The whole pool: statistics members, then point-wise members."""
+        return (*self.pool, *self.pointwise)
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._statistics_dict()
+        if self.output_ratios is not None:
+            data["output"] = self.output
+            data["output_ratios"] = dict(self.output_ratios)
+            data["dyt_alpha"] = self.dyt_alpha
+        return data
+
+    def _statistics_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "mean": self.mean,
@@ -342,8 +407,8 @@ def plan_from_model(
     """One ``LayerChoice`` per ``SwitchNorm`` of ``model``, in ``named_modules()`` order.
 
     The choice is the fixed one where a layer is fixed, else the argmax of its current ratios
-    (the first in pool order on a tie); ``confidence`` is min over mean and variance of
-    top ratio - second ratio.
+    (the first in pool order on a tie); ``confidence`` is min over mean, variance (and output)
+    of top ratio - second ratio.
     """
     layers = []
     for name, module in model.named_modules():
@@ -357,6 +422,20 @@ def plan_from_model(
         mean_i = mean_fixed if mean_fixed is not None else mean_r.index(max(mean_r))
         var_i = var_fixed if var_fixed is not None else var_r.index(max(var_r))
         pool = module.pool
+        margins = [_margin(mean_r), _margin(var_r)]
+        output: dict[str, Any] = {}
+        if module.output_choices:
+            with torch.no_grad():
+                out_r = [float(r) for r in module.output_ratios().detach().cpu().double()]
+            fixed = module.fixed_output
+            out_i = fixed if fixed is not None else out_r.index(max(out_r))
+            margins.append(_margin(out_r))
+            alpha = module.dyt_alpha
+            output = {
+                "output": module.output_choices[out_i],
+                "output_ratios": dict(zip(module.output_choices, out_r, strict=True)),
+                "dyt_alpha": None if alpha is None else float(alpha.detach().cpu().double()[0]),
+            }
         layers.append(
             LayerChoice(
                 name=name,
@@ -365,11 +444,12 @@ def plan_from_model(
                 num_features=module.num_features,
                 mean_ratios=dict(zip(pool, mean_r, strict=True)),
                 var_ratios=dict(zip(pool, var_r, strict=True)),
-                confidence=min(1.0, max(0.0, min(_margin(mean_r), _margin(var_r)))),
+                confidence=min(1.0, max(0.0, min(margins))),
                 pool=pool,
                 groups=module.groups,
                 dims=sn_dims(module),
                 eps=module.eps,
+                **output,
             )
         )
     return NormalizerPlan(layers=tuple(layers), metadata=dict(metadata or {}))

@@ -111,8 +111,9 @@ class TemperatureSchedule:
 class SparsityStatus:
     """What one ``SparsityController.step`` did.
 
-    ``fixed``/``total`` count choices (a tied layer is one choice, an untied layer two);
-    ``newly_fixed`` lists ``(layer name, "mean" | "var" | "tied", chosen normalizer)``.
+    ``fixed``/``total`` count choices (a tied layer is one choice, an untied layer two, plus
+    one for the output of a layer with point-wise members); ``newly_fixed`` lists ``(layer name,
+    "mean" | "var" | "tied" | "output", choice)`` (an output choice: "norm", "dyt" or "none").
     """
 
     progress: float
@@ -135,7 +136,14 @@ def _choice_counts(layers: list[tuple[str, SwitchNorm]]) -> tuple[int, int]:
         else:
             total += 2
             fixed += (mean_fixed is not None) + (var_fixed is not None)
+        if layer.output_choices:
+            total += 1
+            fixed += layer.fixed_output is not None
     return fixed, total
+
+
+def _free(layer: SwitchNorm) -> bool:
+    return None in layer.fixed or (bool(layer.output_choices) and layer.fixed_output is None)
 
 
 def fraction_fixed(model: nn.Module) -> float:
@@ -205,12 +213,14 @@ class SparsityController:
         return 1.0 - self.fix_threshold
 
     def _free_layers(self) -> list[tuple[str, SwitchNorm]]:
-        return [(n, m) for n, m in self.layers if None in m.fixed]
+        return [(n, m) for n, m in self.layers if _free(m)]
 
     def _apply_schedule(self, progress: float) -> None:
         for _, layer in self._free_layers():
             if self.method == "sparsestmax":
                 layer.radius = self.radius_schedule(progress, len(layer.pool))
+                if layer.output_choices:  # its own K: one-hot at the same progress
+                    layer.output_radius = self.radius_schedule(progress, len(layer.output_choices))
             elif self.method == "temperature":
                 layer.temperature = self.temperature_schedule(progress)
 
@@ -241,6 +251,11 @@ class SparsityController:
         for name, layer in self._free_layers():
             mean, var = layer.soft_ratios()
             mean_fixed, var_fixed = layer.fixed
+            if layer.output_choices and layer.fixed_output is None:
+                pending.append((name, layer, "output"))
+                tops.append(layer.soft_output_ratios())
+            if None not in layer.fixed:
+                continue
             if layer.tied:
                 pending.append((name, layer, "tied"))
                 tops.append(mean)
@@ -265,6 +280,10 @@ class SparsityController:
             if not (force or top >= self.threshold):
                 continue
             index = int(index)
+            if which == "output":
+                layer.fix(output=index)
+                newly.append((name, which, layer.output_choices[index]))
+                continue
             if which == "var":
                 layer.fix(var=index)
             else:

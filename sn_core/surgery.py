@@ -19,6 +19,7 @@ from torch import nn
 
 from .layers import SwitchNorm, SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from .tokens import DEFAULT_TOKEN_POOL, SwitchNormTokens
+from .vocabulary import POINTWISE_MEMBERS
 
 __all__ = [
     "SINGLE_ELEMENT_NORMALIZERS",
@@ -108,12 +109,19 @@ def single_element_pool(pool: Iterable[str], channels: int) -> tuple[str, ...]:
     RMS (each sample over its channels) and GN (over groups of at least two channels) need two
     channels or more; BN (over the batch) is always kept. The original SN code's layer for
     (N, C) inputs mixes LN and BN only, for the same reason.
+
+    Point-wise members ("dyt", "none") are defined everywhere and kept, but only next to a
+    statistics member: a pool left without one is empty (the layer stays as it is).
     """
     kept = []
     for kind in _as_pool(pool):
         kind = str(kind).lower()
-        if kind in SINGLE_ELEMENT_NORMALIZERS and (kind == "bn" or channels >= 2):
+        if kind in POINTWISE_MEMBERS or (
+            kind in SINGLE_ELEMENT_NORMALIZERS and (kind == "bn" or channels >= 2)
+        ):
             kept.append(kind)
+    if all(kind in POINTWISE_MEMBERS for kind in kept):
+        return ()
     return tuple(kept)
 
 
@@ -279,11 +287,13 @@ def convert_to_switchnorm(
 
     Args:
         model: the network (or a single norm layer).
-        pool: the normalizers every new layer mixes.
+        pool: the normalizers every new layer mixes; point-wise members ("dyt", "none") are
+            mixed at the output (opt-in; ``dyt_alpha0=`` sets DyT's initial alpha).
         skip: layers to leave alone: a qualified module name or fnmatch pattern (``"layer1.*"``),
             an iterable of them, or a callable ``(name, module) -> bool``. A skipped container is
             not descended into, so ``skip="head"`` keeps every norm inside ``head``.
-        token_pool: the normalizers of the token layers (default ("ln", "rms"): per-token only;
+        token_pool: the normalizers of the token layers, point-wise members allowed (default
+            ("ln", "rms"): per-token only;
             "bn" and "in" share statistics across tokens). None leaves LayerNorm and RMSNorm
             alone. A LayerNorm over more than the last dimension is always left alone.
         example_input: optional input for one forward pass (a tensor, a tuple of positional

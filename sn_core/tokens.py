@@ -29,6 +29,8 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .layers import MixtureNorm, SwitchNorm
+from .pointwise import DEFAULT_DYT_ALPHA0
+from .vocabulary import POINTWISE_MEMBERS
 
 __all__ = [
     "DEFAULT_TOKEN_POOL",
@@ -66,10 +68,13 @@ def keep_off_fused_paths(module: nn.Module) -> nn.Module:
 class SwitchNormTokens(SwitchNorm):
     """SN over (*, C) token activations; ``in`` and a padding mask need (N, T, C).
 
-    Args as ``SwitchNorm`` (``pool`` from ``TOKEN_POOL_MEMBERS``), plus ``bias``: False gives a
-    weight without a bias, as ``nn.RMSNorm`` and ``nn.LayerNorm(bias=False)``. Only population
-    variance exists in this layout (the original SN code has none).
+    Args as ``SwitchNorm`` (``pool`` from ``TOKEN_POOL_MEMBERS`` plus the point-wise members
+    "dyt" and "none"), plus ``bias``: False gives a weight without a bias, as ``nn.RMSNorm`` and
+    ``nn.LayerNorm(bias=False)``. Only population variance exists in this layout (the original
+    SN code has none).
     """
+
+    _channels_last = True
 
     def __init__(
         self,
@@ -84,16 +89,19 @@ class SwitchNormTokens(SwitchNorm):
         track_running_stats: bool = True,
         device=None,
         dtype=None,
+        *,
+        dyt_alpha0: float = DEFAULT_DYT_ALPHA0,
     ) -> None:
         kinds = (pool,) if isinstance(pool, str) else tuple(pool)
-        unknown = [k for k in kinds if str(k).lower() not in TOKEN_POOL_MEMBERS]
+        allowed = (*TOKEN_POOL_MEMBERS, *POINTWISE_MEMBERS)
+        unknown = [k for k in kinds if str(k).lower() not in allowed]
         if unknown:
             raise ValueError(
-                f"unknown token normalizer(s) {unknown} in pool; choose from {TOKEN_POOL_MEMBERS}"
+                f"unknown token normalizer(s) {unknown} in pool; choose from {allowed}"
             )
         super().__init__(
             num_features, eps, momentum, kinds, 1, tied, ratio_fn, affine,
-            track_running_stats, "population", device, dtype,
+            track_running_stats, "population", device, dtype, dyt_alpha0=dyt_alpha0,
         )  # fmt: skip
         if affine and not bias:
             self.register_parameter("bias", None)
@@ -111,6 +119,15 @@ class SwitchNormTokens(SwitchNorm):
                 f"expected (..., {self.num_features}) token input, got shape {tuple(x.shape)}"
             )
         mask = self.padding_mask if padding_mask is None else padding_mask
+        mode = self._output_mode
+        if mode is None:
+            return self._normalized(x, mask)
+        if mask is not None:
+            _check_mask(x, mask, ())
+        return self._output_forward(x, mode, lambda: self._normalized(x, mask))
+
+    def _normalized(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """The statistics mixture (or the torch kernel of a fixed choice)."""
         kinds, native = self._path()
         if mask is not None or "in" in kinds:
             _check_mask(x, mask, kinds)
