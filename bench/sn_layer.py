@@ -23,7 +23,8 @@ interquartile range of those ratios; target <= 1.05x.
 
 A fourth, *token layers* (``--tokens-only`` / ``--no-tokens``): ``SwitchNormTokens`` on
 (N, T, C) float32 activations, free over its default pool ("ln", "rms") and fixed to ln and to
-rms, against ``nn.LayerNorm`` and ``nn.RMSNorm``, all five interleaved in each repeat; ratios are
+rms, against ``nn.LayerNorm`` and ``nn.RMSNorm`` (and the free layer on the generic autograd path
+that ``sn_core.token_kernel`` replaced), all six interleaved in each repeat; ratios are
 per-repeat (candidate / nn.LayerNorm in the same round), medians with IQR; target: the free
 layer's fwd+bwd <= 1.5x nn.LayerNorm.
 
@@ -320,6 +321,12 @@ def build_token_layers(channels: int) -> dict:
 
     from sn_core.tokens import SwitchNormTokens
 
+    class GenericTokens(SwitchNormTokens):
+        """The free layer on the generic autograd path (what the kernel replaced)."""
+
+        def _mixture_forward(self, x, kinds, mask):
+            return self._generic_mixture_forward(x, kinds, mask)
+
     fixed_ln = SwitchNormTokens(channels)
     fixed_ln.fix("ln", "ln")
     fixed_rms = SwitchNormTokens(channels)
@@ -328,6 +335,7 @@ def build_token_layers(channels: int) -> dict:
         "nn.LayerNorm": nn.LayerNorm(channels),
         "nn.RMSNorm": nn.RMSNorm(channels),
         "SN tokens free (ln, rms)": SwitchNormTokens(channels),
+        "SN tokens free, generic autograd": GenericTokens(channels),
         "SN tokens fixed ln": fixed_ln,
         "SN tokens fixed rms": fixed_rms,
     }

@@ -30,6 +30,7 @@ from torch.nn import functional as F
 
 from .layers import MixtureNorm, SwitchNorm
 from .pointwise import DEFAULT_DYT_ALPHA0
+from .token_kernel import PER_TOKEN_KINDS, per_token_mixture
 from .vocabulary import POINTWISE_MEMBERS
 
 __all__ = [
@@ -143,6 +144,17 @@ class SwitchNormTokens(SwitchNorm):
         return self._mixture_forward(x, kinds, mask)
 
     def _mixture_forward(self, x: Tensor, kinds: tuple[str, ...], mask: Tensor | None) -> Tensor:
+        if PER_TOKEN_KINDS.issuperset(kinds):  # ln, rms: the hand-written kernel
+            mean_ratios, var_ratios = self._mixture()
+            return per_token_mixture(
+                x, self.weight, self.bias, mean_ratios, var_ratios, kinds, self.eps
+            )
+        return self._generic_mixture_forward(x, kinds, mask)
+
+    def _generic_mixture_forward(
+        self, x: Tensor, kinds: tuple[str, ...], mask: Tensor | None
+    ) -> Tensor:
+        """Any token pool, with plain torch ops and autograd (BN and IN need the mask)."""
         mean_ratios, var_ratios = self._mixture()
         valid = None if mask is None else ~mask.unsqueeze(-1)  # (N, T, 1)
         mean: Tensor | float = 0.0
