@@ -68,12 +68,21 @@ SN_ROW_KERNELS(double)
 int64_t grain(int64_t len) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(len, 1)); }
 
 // ------------------------------------------------------------------------- small tensors
+// A small 1-D float32/float64 tensor (any stride) as doubles, without an ATen dispatch.
 std::vector<double> to_vector(const at::Tensor& t) {
-  const at::Tensor c = (t.scalar_type() == at::kDouble && t.is_contiguous())
-                           ? t
-                           : t.detach().to(at::kDouble).contiguous();
-  const double* p = c.data_ptr<double>();
-  return std::vector<double>(p, p + c.numel());
+  const int64_t size = t.numel();
+  std::vector<double> out(size);
+  if (t.dim() == 1 && t.scalar_type() == at::kFloat) {
+    const float* p = t.data_ptr<float>();
+    for (int64_t i = 0, s = t.stride(0); i < size; ++i) out[i] = p[i * s];
+  } else if (t.dim() == 1 && t.scalar_type() == at::kDouble) {
+    const double* p = t.data_ptr<double>();
+    for (int64_t i = 0, s = t.stride(0); i < size; ++i) out[i] = p[i * s];
+  } else {
+    const at::Tensor c = t.detach().to(at::kDouble).contiguous();
+    std::copy(c.data_ptr<double>(), c.data_ptr<double>() + size, out.begin());
+  }
+  return out;
 }
 
 std::vector<double> optional_vector(const std::optional<at::Tensor>& t) {
