@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast install lint browser js bench clean
+.PHONY: demo test test-fast install native lint browser js bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,14 +16,19 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --disable-pip-version-check -q -e ".[dev]"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The SN layers' compiled CPU kernel (sn_core/native.py; ~20-40 s once, a no-op when built). Without
+# a C++ compiler it logs one line and the layers use the Python mixture: it never fails.
+native: $(STAMP)
+	$(BIN)/python -m sn_core.native
+
+install: $(STAMP) native
 
 # The service on this machine (SQLite database, SQLite broker, local Ray): submits the MLP digits
 # example over HTTP, follows it, prints the recommendation, then serves until Ctrl-C.
 # `make demo DEMO_FLAGS=--exit-when-done` stops once the job has finished.
 DEMO_FLAGS ?=
 
-demo: $(STAMP)
+demo: $(STAMP) native
 	$(BIN)/normsearch up --submit examples/mlp_digits.yaml $(DEMO_FLAGS)
 
 lint: $(STAMP)
@@ -64,15 +69,15 @@ js: $(NODE_STAMP)
 	npx --no-install eslint api/ui/static tests/ui/js
 	node --test tests/ui/js/*.test.mjs
 
-test: lint browser js
+test: lint browser js native
 	$(BIN)/python -m pytest -q
 
 # The inner loop: lint, the JS tests and every Python test but the end-to-end and slow ones
 # (markers e2e and slow: real Ray searches, Celery workers, the embedded stack, the browser).
-test-fast: lint js
+test-fast: lint js native
 	$(BIN)/python -m pytest -q -m "not e2e and not slow"
 
-bench: $(STAMP)
+bench: $(STAMP) native
 	$(BIN)/python bench/sn_layer.py
 	$(BIN)/python bench/sn_network.py
 	$(BIN)/python bench/search_cost.py

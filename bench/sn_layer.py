@@ -47,6 +47,7 @@ import time
 
 SHAPES = [(32, 64, 56, 56), (8, 256, 14, 14), (2, 64, 56, 56)]
 CANDIDATES = ("SwitchNorm2d", "BatchNorm2d", "GroupNorm", "Reference")
+PYTHON_SN = "SwitchNorm2d (python kernel)"  # only when the native kernel is the default
 FIXED_KINDS = ("bn", "in", "ln", "gn")
 FIXED_BOUND = 1.05
 TOKEN_SHAPES = [(32, 64, 256), (8, 256, 512)]
@@ -102,14 +103,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class OnKernel:
+    """A layer whose calls run on one sn_core backend ("python" or "native"), then restore it.
+
+    The backward follows the forward's backend (it rides on the autograd context).
+    """
+
+    def __init__(self, layer, kernel: str):
+        self.layer, self.kernel = layer, kernel
+
+    def __call__(self, x):
+        from sn_core.functional import use_kernel
+
+        previous = use_kernel(self.kernel)
+        try:
+            return self.layer(x)
+        finally:
+            use_kernel(previous)
+
+    def __getattr__(self, name):
+        return getattr(self.layer, name)
+
+
 def build_layers(channels: int):
     from torch import nn
 
+    from sn_core.functional import kernel
     from sn_core.layers import SwitchNorm2d
     from sn_core.reference import ReferenceSwitchNorm
 
+    layers = {"SwitchNorm2d": SwitchNorm2d(channels)}
+    if kernel() == "native":  # the same layer on the Python mixture, for the ratio
+        layers[PYTHON_SN] = OnKernel(SwitchNorm2d(channels), "python")
     return {
-        "SwitchNorm2d": SwitchNorm2d(channels),
+        **layers,
         "BatchNorm2d": nn.BatchNorm2d(channels),
         "GroupNorm": nn.GroupNorm(32, channels),
         "Reference": ReferenceSwitchNorm(channels),
@@ -167,8 +194,9 @@ def bench_shape(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> 
     # Two interleaved groups, each compared within itself: the naive reference allocates several
     # input-sized temporaries per call, which changes the allocator's and caches' state for
     # whatever runs next, so it is kept away from the SN-versus-torch comparison.
+    python_sn = (PYTHON_SN,) if PYTHON_SN in layers else ()
     groups = {
-        "torch": ("SwitchNorm2d", "BatchNorm2d", "GroupNorm"),
+        "torch": ("SwitchNorm2d", *python_sn, "BatchNorm2d", "GroupNorm"),
         "naive": ("SwitchNorm2d", "Reference"),
     }
     times = {
@@ -209,6 +237,10 @@ def bench_shape(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> 
     result["speedup_vs_reference"] = ref["fwd_bwd_ms"] / sn_beside_reference
     result["sn_eval_over_bn_eval"] = sn["eval_ms"] / bn["eval_ms"]
     result["sn_saved_over_input"] = sn["saved_bytes"] / input_bytes
+    if python_sn:
+        py = result["layers"][PYTHON_SN]
+        result["python_sn_over_bn"] = py["fwd_bwd_ms"] / bn["fwd_bwd_ms"]
+        result["python_sn_eval_over_bn_eval"] = py["eval_ms"] / bn["eval_ms"]
     return result
 
 
@@ -435,6 +467,11 @@ def print_shape(result: dict) -> None:
         f"SN eval / BN eval **{result['sn_eval_over_bn_eval']:.2f}x**, "
         f"SN saved / input **{result['sn_saved_over_input']:.2f}x**"
     )
+    if "python_sn_over_bn" in result:
+        print(
+            f"Python-kernel SN/BN fwd+bwd {result['python_sn_over_bn']:.2f}x, "
+            f"eval {result['python_sn_eval_over_bn_eval']:.2f}x"
+        )
 
 
 def check_targets(results: list[dict]) -> list[dict]:
@@ -467,7 +504,12 @@ def main(argv=None) -> int:
         mode = f"malloc-tuned (mallopt 1 GiB: {status})"
     load_before = os.getloadavg()[0]
     title = "SwitchNormTokens" if args.tokens_only else "SwitchNorm2d"
-    print(f"## {title} benchmark: torch {torch.__version__}, {args.threads} threads, {mode}")
+    from sn_core.functional import kernel
+
+    print(
+        f"## {title} benchmark: torch {torch.__version__}, {args.threads} threads, {mode}, "
+        f"sn_core kernel {kernel()}"
+    )
     if not args.tokens_only:
         print(
             "\nMedians over interleaved runs (SN with the torch layers; SN with the naive "

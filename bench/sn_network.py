@@ -6,9 +6,10 @@ Plain script::
 
 Per-layer figures (``bench/sn_layer.py``) isolate the normalization; this measures what a user
 pays per training step and per inference batch when every norm layer of a zoo model is SN, and
-(``fixed``) once the sparsity schedule has fixed every SN layer to BN. The three models run
-interleaved in one process (the order rotates each round); medians are printed with their ratio to
-BN and, for the fixed model, the interquartile range of its per-round ratio to BN.
+(``fixed``) once the sparsity schedule has fixed every SN layer to BN; with the compiled kernel
+loaded, ``sn-python`` is the SN model on the Python mixture (``use_kernel("python")``). The
+models run interleaved in one process (the order rotates each round); medians are printed with
+their ratio to BN and, for the fixed model, the interquartile range of its per-round ratio to BN.
 """
 
 from __future__ import annotations
@@ -31,9 +32,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-MODELS = ("bn", "sn", "fixed")
-
-
 def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
     """Per phase ("train", "eval"): median ms per model, and the fixed/BN per-round ratios."""
     import torch
@@ -45,6 +43,12 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
     models["sn"] = sn_core.convert_to_switchnorm(
         sn_core.build_model(arch, num_classes=10, in_channels=3)
     )
+    from sn_core.functional import kernel, use_kernel
+
+    if kernel() == "native":  # the same SN model on the Python mixture, for the ratio
+        models["sn-python"] = sn_core.convert_to_switchnorm(
+            sn_core.build_model(arch, num_classes=10, in_channels=3)
+        )
     models["fixed"] = sn_core.convert_to_switchnorm(
         sn_core.build_model(arch, num_classes=10, in_channels=3)
     )
@@ -61,26 +65,33 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
     def train_step(name: str) -> float:
         model, optimizer = models[name], optimizers[name]
         model.train()
+        previous = use_kernel("python" if name == "sn-python" else "auto")
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss_fn(model(x), target).backward()
         optimizer.step()
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        use_kernel(previous)
+        return elapsed
 
     def evaluate(name: str) -> float:
         model = models[name]
         model.eval()
+        previous = use_kernel("python" if name == "sn-python" else "auto")
         start = time.perf_counter()
         with torch.no_grad():
             model(x)
-        return time.perf_counter() - start
+        elapsed = time.perf_counter() - start
+        use_kernel(previous)
+        return elapsed
 
     out = {}
     for phase, run in (("train", train_step), ("eval", evaluate)):
         times = {name: [] for name in models}
+        names = tuple(models)
         for i in range(warmup + repeat):
-            k = i % len(MODELS)
-            for name in MODELS[k:] + MODELS[:k]:
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
                 elapsed = run(name)
                 if i >= warmup:
                     times[name].append(elapsed)
@@ -98,8 +109,12 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from sn_core.functional import kernel
+
     print(
-        f"## {args.arch}: SN against BatchNorm2d, torch {torch.__version__}, {args.threads} threads"
+        f"## {args.arch}: SN against BatchNorm2d, torch {torch.__version__}, "
+        f"{args.threads} threads, sn_core kernel {kernel()} "
+        "(SN python: the same SN model on the Python mixture)"
     )
     print(f"\nInput {args.size}x{args.size}x3; train step = forward, backward, SGD step.\n")
     print(
@@ -108,16 +123,20 @@ def main(argv=None) -> int:
         "[interquartile range].\n"
     )
     print(
-        "| batch | phase | BN ms | SN ms | SN/BN | fixed SN ms | fixed/BN [IQR] |\n"
-        "|---:|---|---:|---:|---:|---:|---:|"
+        "| batch | phase | BN ms | SN ms | SN/BN | SN python ms | SN python/BN | fixed SN ms "
+        "| fixed/BN [IQR] |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     )
     for batch in args.batch:
         result = measure(args.arch, batch, args.size, args.repeat, args.warmup)
         for phase, row in result.items():
             ratio, q1, q3 = row["fixed_ratio"]
+            python = row.get("sn-python")
+            python_cells = (
+                "- | -" if python is None else f"{python:.1f} | {python / row['bn']:.2f}x"
+            )
             print(
                 f"| {batch} | {phase} | {row['bn']:.1f} | {row['sn']:.1f} "
-                f"| **{row['sn'] / row['bn']:.2f}x** | {row['fixed']:.1f} "
+                f"| **{row['sn'] / row['bn']:.2f}x** | {python_cells} | {row['fixed']:.1f} "
                 f"| **{ratio:.2f}x** [{q1:.2f}, {q3:.2f}] |"
             )
     return 0

@@ -20,9 +20,37 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import native
 from .mixture import NORMALIZERS, Mixture, MixtureConfig
 
-__all__ = ["NORMALIZERS", "MixtureConfig", "switch_norm"]
+__all__ = ["KERNELS", "NORMALIZERS", "MixtureConfig", "kernel", "switch_norm", "use_kernel"]
+
+# ---------------------------------------------------------------------------- backend choice
+# "native": the compiled CPU kernel (sn_core/native.py), which must be built; "python": the
+# passes below with the NumPy/torch mixture; "auto" (default): native when it loads, else python.
+KERNELS = ("auto", "native", "python")
+_KERNEL = {"name": "auto"}
+
+
+def use_kernel(name: str) -> str:
+    """Select the CPU backend of the mixture layers; returns the previous choice.
+
+    ``"native"`` raises RuntimeError when the compiled kernel is not built or fails to load.
+    """
+    if name not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {name!r}")
+    if name == "native" and not native.load():
+        raise RuntimeError("the native SN kernel is not available: run `python -m sn_core.native`")
+    previous, _KERNEL["name"] = _KERNEL["name"], name
+    return previous
+
+
+def kernel() -> str:
+    """The backend CPU calls use now: "native" or "python"."""
+    name = _KERNEL["name"]
+    if name == "auto":
+        return "native" if native.load() else "python"
+    return name
 
 
 # ---------------------------------------------------------------------------- memory passes
@@ -138,6 +166,40 @@ def _grad_sums(grad_y: Tensor, x: Tensor, centre: Tensor) -> tuple[Tensor, Tenso
 _NUMPY_DTYPES = (torch.float32, torch.float64)
 
 
+def _native_applies(x: Tensor) -> bool:
+    """Whether this call runs the compiled kernel (CPU float32/float64, backend selected)."""
+    if not (_cpu_kernels(x) and x.dtype in _NUMPY_DTYPES):
+        return False
+    name = _KERNEL["name"]
+    return name == "native" or (name == "auto" and native.load())
+
+
+class _NativeState(NamedTuple):
+    """What the compiled forward hands to backward: the (2, N, C) float64 moments."""
+
+    moments: Tensor
+    batch_mean: Tensor | None
+    batch_var: Tensor | None
+
+
+_KIND_CODES: dict[tuple[str, ...], list[int]] = {}
+
+
+def _kind_codes(kinds: tuple[str, ...]) -> list[int]:
+    codes = _KIND_CODES.get(kinds)
+    if codes is None:
+        codes = _KIND_CODES[kinds] = [native.KIND_CODES[kind] for kind in kinds]
+    return codes
+
+
+def _native_forward(x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config):
+    y, batch_mean, batch_var, moments = torch.ops.normsearch_cpu.forward(
+        x, weight, bias, mean_ratios, var_ratios, running_mean, running_var,
+        _kind_codes(config.kinds), config.eps, config.groups, config.batch_bn, config.reference,
+    )  # fmt: skip
+    return y, _NativeState(moments, batch_mean, batch_var), None
+
+
 def _as_array(t: Tensor | None):
     return None if t is None else t.detach().numpy()
 
@@ -162,7 +224,14 @@ def _mixture(mean, var, length, weight, bias, mean_ratios, var_ratios, rm, rv, c
 
 
 def _forward(x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config):
-    """(y, mixture, per-(n, c) mean as a tensor) for x of shape (N, C, L)."""
+    """(y, mixture, per-(n, c) mean as a tensor) for x of shape (N, C, L).
+
+    With the compiled kernel the mixture is a ``_NativeState`` and the mean None.
+    """
+    if _native_applies(x):
+        return _native_forward(
+            x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config
+        )
     length = x.shape[2]
     if config.needs_moments:
         moments = _moments(x)
@@ -189,8 +258,12 @@ class _SwitchNormFunction(torch.autograd.Function):
         y, mix, mean = _forward(
             x, weight, bias, mean_ratios, var_ratios, running_mean, running_var, config
         )
-        ctx.mix, ctx.mean = mix, mean
-        ctx.save_for_backward(x, running_mean, running_var)
+        ctx.mix, ctx.mean, ctx.config = mix, mean, config
+        if isinstance(mix, _NativeState):  # the compiled backward recomputes the mixture
+            saved = (x, running_mean, running_var, weight, bias, mean_ratios, var_ratios)
+            ctx.save_for_backward(*saved)
+        else:
+            ctx.save_for_backward(x, running_mean, running_var)
         if mix.batch_mean is None:
             return y, None, None
         batch_mean, batch_var = _as_tensor(mix.batch_mean), _as_tensor(mix.batch_var)
@@ -201,6 +274,8 @@ class _SwitchNormFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_y, _grad_batch_mean, _grad_batch_var):
+        if isinstance(ctx.mix, _NativeState):
+            return _native_backward(ctx, grad_y)
         x, _, _ = ctx.saved_tensors  # running stats: saved only to detect in-place updates
         mix, mean, needs = ctx.mix, ctx.mean, ctx.needs_input_grad
         grad_y = grad_y.contiguous().view(x.shape)
@@ -223,6 +298,17 @@ class _SwitchNormFunction(torch.autograd.Function):
                 grad_x = grad_x.view(x.shape).addcmul_(grad_y, scale.unsqueeze(2))
             grad_x = grad_x.view(x.shape)
         return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None, None
+
+
+def _native_backward(ctx, grad_y):
+    x, running_mean, running_var, weight, bias, mean_ratios, var_ratios = ctx.saved_tensors
+    config, needs = ctx.config, ctx.needs_input_grad
+    grad_x, grad_weight, grad_bias, grad_mr, grad_vr = torch.ops.normsearch_cpu.backward(
+        grad_y, x, ctx.mix.moments, weight, bias, mean_ratios, var_ratios, running_mean,
+        running_var, _kind_codes(config.kinds), config.eps, config.groups, config.batch_bn,
+        config.reference, [needs[0], needs[1], needs[2], needs[3] or needs[4]],
+    )  # fmt: skip
+    return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None, None
 
 
 @torch.compiler.disable(recursive=True, reason="sn_core mixture kernel: eager only")

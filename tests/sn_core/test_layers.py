@@ -9,6 +9,9 @@ from torch.testing import assert_close
 
 from sn_core.layers import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 
+# Every test runs on both SN kernel backends (tests/sn_core/conftest.py).
+pytestmark = pytest.mark.usefixtures("sn_kernel")
+
 SN = {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d}
 BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 IN = {1: nn.InstanceNorm1d, 2: nn.InstanceNorm2d, 3: nn.InstanceNorm3d}

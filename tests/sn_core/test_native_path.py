@@ -17,6 +17,9 @@ from torch.testing import assert_close
 from sn_core.layers import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from sn_core.selected import SelectedNorm
 
+# Every test runs on both SN kernel backends (tests/sn_core/conftest.py).
+pytestmark = pytest.mark.usefixtures("sn_kernel")
+
 SN = {1: SwitchNorm1d, 2: SwitchNorm2d, 3: SwitchNorm3d}
 SHAPES = {1: (4, 8, 7), 2: (4, 8, 5, 6), 3: (3, 8, 3, 4, 5)}
 POOL = ("in", "ln", "bn", "gn")

@@ -15,6 +15,9 @@ from torch.func import functional_call
 from sn_core.layers import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from sn_core.reference import ReferenceSwitchNorm
 
+# Every test runs on both SN kernel backends (tests/sn_core/conftest.py).
+pytestmark = pytest.mark.usefixtures("sn_kernel")
+
 DTYPE = torch.float64
 TOL = {"rtol": 1e-9, "atol": 1e-10}
 

@@ -12,6 +12,9 @@ from sn_core import NORMALIZERS, SelectedNorm, finalize, plan_from_model
 from sn_core.layers import SwitchNorm1d, SwitchNorm2d, SwitchNorm3d
 from sn_core.vocabulary import POOL_MEMBERS
 
+# Every test runs on both SN kernel backends (tests/sn_core/conftest.py).
+pytestmark = pytest.mark.usefixtures("sn_kernel")
+
 SHAPES = {SwitchNorm1d: (5, 6, 7), SwitchNorm2d: (4, 6, 5, 3), SwitchNorm3d: (3, 6, 2, 3, 4)}
 
 
