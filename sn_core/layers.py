@@ -35,6 +35,8 @@ __all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchN
 VARIANCE_MODES = ("population", "reference")
 # Attributes the cached forward plan depends on: assigning one rebuilds it.
 _PLAN_ATTRIBUTES = frozenset({"eps", "groups", "variance", "track_running_stats"})
+# Float attributes a schedule sets (sn_core.schedules.SparsityController).
+_SCHEDULE_ATTRIBUTES = ("radius", "temperature")
 
 
 def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
@@ -319,6 +321,11 @@ class SwitchNorm(MixtureNorm):
         self.pool = self.kinds  # logit order
         self.tied = tied
         self.ratio_fn = ratio_fn
+        # 0-dim mirrors of radius and temperature, read under torch.compile: a Python float
+        # there would be a guarded constant, and every schedule step would recompile.
+        for name in _SCHEDULE_ATTRIBUTES:
+            value = torch.zeros((), device=device, dtype=dtype)
+            self.register_buffer(f"_{name}_tensor", value, persistent=False)
         self.radius = 0.0
         self.temperature = 1.0
         k = len(self.pool)
@@ -332,6 +339,18 @@ class SwitchNorm(MixtureNorm):
         self._fixed: tuple[int | None, int | None] = (None, None)
         self._onehot_cache: dict = {}
         self.reset_parameters()
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in _SCHEDULE_ATTRIBUTES:
+            with torch.no_grad():
+                getattr(self, f"_{name}_tensor").fill_(value)
+
+    def _schedule_values(self) -> dict:
+        """The ratio function's radius and temperature: tensors under torch.compile."""
+        if torch.compiler.is_compiling():
+            return {"radius": self._radius_tensor, "temperature": self._temperature_tensor}
+        return {"radius": self.radius, "temperature": self.temperature}
 
     # ----------------------------------------------------------------------------- ratios
     def reset_parameters(self) -> None:
@@ -352,7 +371,7 @@ class SwitchNorm(MixtureNorm):
 
     def soft_ratios(self) -> tuple[Tensor, Tensor]:
         """Ratios from the logits under the current ratio function, ignoring fixed choices."""
-        kw = {"radius": self.radius, "temperature": self.temperature}
+        kw = self._schedule_values()
         if self.tied:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
             return mean, mean
@@ -371,7 +390,7 @@ class SwitchNorm(MixtureNorm):
         if mean_fixed is None and var_fixed is None:
             return self.soft_ratios()
         # A fixed vector's logits must stay out of the graph (no gradient, not even zeros).
-        kw = {"radius": self.radius, "temperature": self.temperature}
+        kw = self._schedule_values()
         if mean_fixed is None:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
         else:
@@ -414,7 +433,7 @@ class SwitchNorm(MixtureNorm):
         mean, var = self._fixed_ratios
         if mean is None and var is None:
             return self.soft_ratios()
-        kw = {"radius": self.radius, "temperature": self.temperature}
+        kw = self._schedule_values()
         if mean is None:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
         if var is None:
