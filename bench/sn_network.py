@@ -3,12 +3,18 @@
 Plain script::
 
     python bench/sn_network.py [--arch resnet20] [--batch 64 8] [--size 32] [--threads 2]
+                               [--compiled]
 
 Per-layer figures (``bench/sn_layer.py``) isolate the normalization; this measures what a user
 pays per training step and per inference batch when every norm layer of a zoo model is SN, and
 (``fixed``) once the sparsity schedule has fixed every SN layer to BN. The three models run
 interleaved in one process (the order rotates each round); medians are printed with their ratio to
 BN and, for the fixed model, the interquartile range of its per-round ratio to BN.
+
+``--compiled`` adds each model under ``torch.compile`` (inductor) to the same interleaved rounds
+and prints a second table, compiled against eager; each compiled model's compilation (its first
+train step and first evaluation, the time until they return) is reported on its own and kept out
+of the step times.
 """
 
 from __future__ import annotations
@@ -28,14 +34,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--compiled", action="store_true", help="also each model under torch.compile (inductor)"
+    )
     return parser.parse_args(argv)
 
 
 MODELS = ("bn", "sn", "fixed")
+COMPILED = tuple(f"{name}+c" for name in MODELS)
 
 
-def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
-    """Per phase ("train", "eval"): median ms per model, and the fixed/BN per-round ratios."""
+def measure(arch: str, batch: int, size: int, repeat: int, warmup: int, compiled=False) -> dict:
+    """Per phase ("train", "eval"): median ms per model, and the fixed/BN per-round ratios;
+    with ``compiled`` also the compiled twins ("bn+c", ...) and their compile seconds."""
     import torch
     from torch import nn
 
@@ -51,9 +62,19 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
     for layer in models["fixed"].modules():
         if isinstance(layer, sn_core.SwitchNorm):
             layer.fix("bn", "bn")
+    names = MODELS
+    if compiled:
+        import copy
+
+        for name in MODELS:
+            models[f"{name}+c"] = copy.deepcopy(models[name])
+        names = MODELS + COMPILED
     optimizers = {
         k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
     }
+    calls = {name: models[name] for name in names}
+    for name in COMPILED if compiled else ():
+        calls[name] = torch.compile(models[name])
     x = torch.randn(batch, 3, size, size)
     target = torch.randint(0, 10, (batch,))
     loss_fn = nn.CrossEntropyLoss()
@@ -63,7 +84,7 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
         model.train()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), target).backward()
+        loss_fn(calls[name](x), target).backward()
         optimizer.step()
         return time.perf_counter() - start
 
@@ -72,15 +93,18 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
         model.eval()
         start = time.perf_counter()
         with torch.no_grad():
-            model(x)
+            calls[name](x)
         return time.perf_counter() - start
 
     out = {}
+    compile_s = {}
+    for name in COMPILED if compiled else ():  # the first calls compile; untimed afterwards
+        compile_s[name] = (train_step(name), evaluate(name))
     for phase, run in (("train", train_step), ("eval", evaluate)):
-        times = {name: [] for name in models}
+        times = {name: [] for name in names}
         for i in range(warmup + repeat):
-            k = i % len(MODELS)
-            for name in MODELS[k:] + MODELS[:k]:
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
                 elapsed = run(name)
                 if i >= warmup:
                     times[name].append(elapsed)
@@ -88,7 +112,10 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
         q1, ratio, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
         out[phase] = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         out[phase]["fixed_ratio"] = (ratio, q1, q3)
-    return out
+        for name in MODELS if compiled else ():  # compiled / eager, per round
+            ratios = [c / e for c, e in zip(times[f"{name}+c"], times[name], strict=True)]
+            out[phase][f"{name}+c_ratio"] = statistics.median(ratios)
+    return {"phases": out, "compile_s": compile_s}
 
 
 def main(argv=None) -> int:
@@ -111,8 +138,11 @@ def main(argv=None) -> int:
         "| batch | phase | BN ms | SN ms | SN/BN | fixed SN ms | fixed/BN [IQR] |\n"
         "|---:|---|---:|---:|---:|---:|---:|"
     )
+    compiled_rows = []
     for batch in args.batch:
-        result = measure(args.arch, batch, args.size, args.repeat, args.warmup)
+        measured = measure(args.arch, batch, args.size, args.repeat, args.warmup, args.compiled)
+        result = measured["phases"]
+        compiled_rows.append((batch, measured))
         for phase, row in result.items():
             ratio, q1, q3 = row["fixed_ratio"]
             print(
@@ -120,7 +150,33 @@ def main(argv=None) -> int:
                 f"| **{row['sn'] / row['bn']:.2f}x** | {row['fixed']:.1f} "
                 f"| **{ratio:.2f}x** [{q1:.2f}, {q3:.2f}] |"
             )
+    if args.compiled:
+        print_compiled(compiled_rows)
     return 0
+
+
+def print_compiled(rows) -> None:
+    print(
+        "\n### Compiled (torch.compile, inductor) against eager, same rounds\n\n"
+        "compiled/eager = median per-round ratio; compile s = the first train step and the first "
+        "evaluation of the compiled model (excluded from the step times).\n"
+    )
+    print(
+        "| batch | phase | BN compiled ms | compiled/eager BN | SN compiled ms | compiled/eager SN "
+        "| SN compiled / BN compiled | fixed compiled / BN compiled |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for batch, measured in rows:
+        for phase, row in measured["phases"].items():
+            print(
+                f"| {batch} | {phase} | {row['bn+c']:.1f} | {row['bn+c_ratio']:.2f}x "
+                f"| {row['sn+c']:.1f} | {row['sn+c_ratio']:.2f}x "
+                f"| **{row['sn+c'] / row['bn+c']:.2f}x** | {row['fixed+c'] / row['bn+c']:.2f}x |"
+            )
+    print("\n| batch | compile s: BN (train, eval) | SN | fixed SN |\n|---:|---|---|---|")
+    for batch, measured in rows:
+        cells = [f"{t:.1f}, {e:.1f}" for t, e in measured["compile_s"].values()]
+        print(f"| {batch} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
