@@ -143,6 +143,8 @@ def main(argv=None) -> int:
         measured = measure(args.arch, batch, args.size, args.repeat, args.warmup, args.compiled)
         result = measured["phases"]
         compiled_rows.append((batch, measured))
+        if args.compiled:  # as soon as measured: compiling is slow on CPU
+            print(f"(batch {batch} compiled: {compiled_summary(measured)})", flush=True)
         for phase, row in result.items():
             ratio, q1, q3 = row["fixed_ratio"]
             print(
@@ -153,6 +155,15 @@ def main(argv=None) -> int:
     if args.compiled:
         print_compiled(compiled_rows)
     return 0
+
+
+def compiled_summary(measured: dict) -> str:
+    phases = measured["phases"]
+    return "; ".join(
+        f"{phase}: SN compiled/eager {row['sn+c_ratio']:.2f}x, BN compiled/eager "
+        f"{row['bn+c_ratio']:.2f}x, SN compiled / BN compiled {row['sn+c'] / row['bn+c']:.2f}x"
+        for phase, row in phases.items()
+    )
 
 
 def print_compiled(rows) -> None:
