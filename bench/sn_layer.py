@@ -4,6 +4,7 @@ Plain script (no pytest)::
 
     python bench/sn_layer.py [--threads 2] [--repeat N] [--budget S] [--malloc-tuned] [--json PATH]
                              [--fixed-only] [--no-fixed] [--tokens-only] [--no-tokens]
+                             [--compiled] [--compiled-only]
 
 For each shape (float32, CPU) it measures the median time of forward+backward in training mode
 (``y.backward(g)`` with a fixed random g, x requires grad) and of the evaluation forward
@@ -28,6 +29,12 @@ that ``sn_core.token_kernel`` replaced), all six interleaved in each repeat; rat
 per-repeat (candidate / nn.LayerNorm in the same round), medians with IQR; target: the free
 layer's fwd+bwd <= 1.5x nn.LayerNorm.
 
+A fifth, *compiled* (``--compiled`` / ``--compiled-only``): SwitchNorm2d and BatchNorm2d, each
+eager and under ``torch.compile`` (inductor), all four interleaved in each repeat; ratios are
+per-repeat (compiled / eager of the same layer, and compiled SN / compiled BN). Compilation (the
+first fwd+bwd and the first evaluation of each compiled layer, until they return) is reported
+on its own and kept out of the timed runs.
+
 ``--malloc-tuned`` raises glibc's mmap and trim thresholds to 1 GiB (``mallopt``) before torch is
 imported, so freed large blocks are reused rather than handed back to the OS and faulted in again
 on the next allocation (the effect a caching allocator such as jemalloc or tcmalloc has; see
@@ -39,6 +46,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import json
 import os
 import statistics
@@ -100,6 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no-fixed", action="store_true", help="skip the fixed-layer comparison")
     parser.add_argument("--tokens-only", action="store_true", help="only the token-layer case")
     parser.add_argument("--no-tokens", action="store_true", help="skip the token-layer case")
+    parser.add_argument("--compiled", action="store_true", help="add the torch.compile case")
+    parser.add_argument("--compiled-only", action="store_true", help="only the compiled case")
     return parser.parse_args(argv)
 
 
@@ -334,6 +344,83 @@ def print_fixed(result: dict) -> None:
         )
 
 
+COMPILED_CANDIDATES = ("SN", "SN compiled", "BN", "BN compiled")
+
+
+def _median_ratio(times: dict, a: str, b: str) -> float:
+    """Median over repeats of a's time / b's time in the same repeat."""
+    return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
+
+def bench_compiled(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> dict:
+    """SwitchNorm2d and BatchNorm2d, eager and compiled (inductor), interleaved per repeat."""
+    import torch
+    from torch import nn
+
+    from sn_core.layers import SwitchNorm2d
+
+    _, fwd_bwd, evaluate = timed_calls(shape, seed)
+    eager = {"SN": SwitchNorm2d(shape[1]), "BN": nn.BatchNorm2d(shape[1])}
+    layers = {
+        "SN": eager["SN"],
+        "SN compiled": torch.compile(SwitchNorm2d(shape[1])),
+        "BN": eager["BN"],
+        "BN compiled": torch.compile(nn.BatchNorm2d(shape[1])),
+    }
+    result = {"shape": list(shape), "compile_s": {}, "phases": {}}
+    for phase, run, train in (("fwd_bwd", fwd_bwd, True), ("eval", evaluate, False)):
+        for layer in layers.values():
+            layer.train(train)
+        for name in ("SN compiled", "BN compiled"):  # the first call compiles
+            result["compile_s"].setdefault(name, {})[phase] = run(layers[name])
+        for _ in range(warmup):
+            for layer in layers.values():
+                run(layer)
+        times = {name: [] for name in layers}
+        deadline = time.perf_counter() + budget_s / 2
+        names = COMPILED_CANDIDATES
+        for i in range(repeat):
+            k = i % len(names)
+            for name in names[k:] + names[:k]:
+                times[name].append(run(layers[name]))
+            if i + 1 >= 5 and time.perf_counter() > deadline:
+                break
+        ratio = functools.partial(_median_ratio, times)
+        result["phases"][phase] = {
+            "repeats": len(times["SN"]),
+            "ms": {name: statistics.median(t) * 1e3 for name, t in times.items()},
+            "sn_compiled_over_eager": ratio("SN compiled", "SN"),
+            "bn_compiled_over_eager": ratio("BN compiled", "BN"),
+            "sn_compiled_over_bn_compiled": ratio("SN compiled", "BN compiled"),
+            "sn_compiled_over_bn_eager": ratio("SN compiled", "BN"),
+        }
+    return result
+
+
+def print_compiled(result: dict) -> None:
+    shape = "x".join(str(s) for s in result["shape"])
+    print(f"\n### Compiled (torch.compile, inductor) vs eager, {shape} float32\n")
+    print(
+        "| phase | repeats | SN ms | SN compiled ms | BN ms | BN compiled ms | SN compiled/eager "
+        "| BN compiled/eager | SN compiled / BN compiled | SN compiled / BN eager |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for phase, row in result["phases"].items():
+        ms = row["ms"]
+        print(
+            f"| {phase} | {row['repeats']} | {ms['SN']:.3f} | {ms['SN compiled']:.3f} "
+            f"| {ms['BN']:.3f} | {ms['BN compiled']:.3f} | {row['sn_compiled_over_eager']:.2f}x "
+            f"| {row['bn_compiled_over_eager']:.2f}x "
+            f"| **{row['sn_compiled_over_bn_compiled']:.2f}x** "
+            f"| {row['sn_compiled_over_bn_eager']:.2f}x |"
+        )
+    compile_s = result["compile_s"]
+    cells = ", ".join(
+        f"{name} {c['fwd_bwd']:.1f} s + {c['eval']:.1f} s" for name, c in compile_s.items()
+    )
+    print(f"\nCompilation (first fwd+bwd + first eval, excluded above): {cells}")
+
+
 def check_fixed_target(results: list[dict]) -> dict:
     values = {
         f"{'x'.join(map(str, r['shape']))} {kind}": row["fwd_bwd"]["ratio"]
@@ -519,7 +606,7 @@ def main(argv=None) -> int:
 
     results, verdicts = [], []
     shapes_budget = args.budget / len(SHAPES)
-    channel_first = not args.tokens_only
+    channel_first = not args.tokens_only and not args.compiled_only
     if channel_first and not args.fixed_only:
         for shape in SHAPES:
             repeat = args.repeat or default_repeat(shape)
@@ -537,12 +624,20 @@ def main(argv=None) -> int:
             fixed_results.append(fixed)
 
     token_results = []
-    if not args.no_tokens and not args.fixed_only:
+    if not args.no_tokens and not args.fixed_only and not args.compiled_only:
         for shape in TOKEN_SHAPES:
             repeat = args.repeat or default_repeat(shape)
             tokens = bench_tokens(shape, repeat, args.warmup, args.seed, shapes_budget)
             print_tokens(tokens)
             token_results.append(tokens)
+
+    compiled_results = []
+    if args.compiled or args.compiled_only:
+        for shape in SHAPES:
+            repeat = args.repeat or default_repeat(shape)
+            compiled = bench_compiled(shape, repeat, args.warmup, args.seed, shapes_budget)
+            print_compiled(compiled)
+            compiled_results.append(compiled)
 
     print("\n### Targets\n")
     if results:
@@ -566,6 +661,7 @@ def main(argv=None) -> int:
             "results": results,
             "fixed": fixed_results,
             "tokens": token_results,
+            "compiled": compiled_results,
             "targets": verdicts,
         }
         with open(args.json, "w") as fh:

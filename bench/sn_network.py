@@ -3,6 +3,7 @@
 Plain script::
 
     python bench/sn_network.py [--arch resnet20] [--batch 64 8] [--size 32] [--threads 2]
+                               [--compiled]
 
 Per-layer figures (``bench/sn_layer.py``) isolate the normalization; this measures what a user
 pays per training step and per inference batch when every norm layer of a zoo model is SN, and
@@ -10,6 +11,11 @@ pays per training step and per inference batch when every norm layer of a zoo mo
 loaded, ``sn-python`` is the SN model on the Python mixture (``use_kernel("python")``). The
 models run interleaved in one process (the order rotates each round); medians are printed with
 their ratio to BN and, for the fixed model, the interquartile range of its per-round ratio to BN.
+
+``--compiled`` adds each model under ``torch.compile`` (inductor) to the same interleaved rounds
+and prints a second table, compiled against eager; each compiled model's compilation (its first
+train step and first evaluation, the time until they return) is reported on its own and kept out
+of the step times.
 """
 
 from __future__ import annotations
@@ -29,11 +35,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument(
+        "--compiled", action="store_true", help="also each model under torch.compile (inductor)"
+    )
     return parser.parse_args(argv)
 
 
-def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
-    """Per phase ("train", "eval"): median ms per model, and the fixed/BN per-round ratios."""
+MODELS = ("bn", "sn", "fixed")
+COMPILED = tuple(f"{name}+c" for name in MODELS)
+
+
+def measure(arch: str, batch: int, size: int, repeat: int, warmup: int, compiled=False) -> dict:
+    """Per phase ("train", "eval"): median ms per model, and the fixed/BN per-round ratios;
+    with ``compiled`` also the compiled twins ("bn+c", ...) and their compile seconds."""
     import torch
     from torch import nn
 
@@ -55,9 +69,19 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
     for layer in models["fixed"].modules():
         if isinstance(layer, sn_core.SwitchNorm):
             layer.fix("bn", "bn")
+    names = tuple(name for name in ("bn", "sn", "sn-python", "fixed") if name in models)
+    if compiled:
+        import copy
+
+        for name in MODELS:
+            models[f"{name}+c"] = copy.deepcopy(models[name])
+        names = names + COMPILED
     optimizers = {
         k: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for k, m in models.items()
     }
+    calls = {name: models[name] for name in names}
+    for name in COMPILED if compiled else ():
+        calls[name] = torch.compile(models[name])
     x = torch.randn(batch, 3, size, size)
     target = torch.randint(0, 10, (batch,))
     loss_fn = nn.CrossEntropyLoss()
@@ -68,7 +92,7 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
         previous = use_kernel("python" if name == "sn-python" else "auto")
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), target).backward()
+        loss_fn(calls[name](x), target).backward()
         optimizer.step()
         elapsed = time.perf_counter() - start
         use_kernel(previous)
@@ -80,15 +104,17 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
         previous = use_kernel("python" if name == "sn-python" else "auto")
         start = time.perf_counter()
         with torch.no_grad():
-            model(x)
+            calls[name](x)
         elapsed = time.perf_counter() - start
         use_kernel(previous)
         return elapsed
 
     out = {}
+    compile_s = {}
+    for name in COMPILED if compiled else ():  # the first calls compile; untimed afterwards
+        compile_s[name] = (train_step(name), evaluate(name))
     for phase, run in (("train", train_step), ("eval", evaluate)):
-        times = {name: [] for name in models}
-        names = tuple(models)
+        times = {name: [] for name in names}
         for i in range(warmup + repeat):
             k = i % len(names)
             for name in names[k:] + names[:k]:
@@ -99,7 +125,10 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int) -> dict:
         q1, ratio, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
         out[phase] = {name: statistics.median(t) * 1e3 for name, t in times.items()}
         out[phase]["fixed_ratio"] = (ratio, q1, q3)
-    return out
+        for name in MODELS if compiled else ():  # compiled / eager, per round
+            ratios = [c / e for c, e in zip(times[f"{name}+c"], times[name], strict=True)]
+            out[phase][f"{name}+c_ratio"] = statistics.median(ratios)
+    return {"phases": out, "compile_s": compile_s}
 
 
 def main(argv=None) -> int:
@@ -126,8 +155,13 @@ def main(argv=None) -> int:
         "| batch | phase | BN ms | SN ms | SN/BN | SN python ms | SN python/BN | fixed SN ms "
         "| fixed/BN [IQR] |\n|---:|---|---:|---:|---:|---:|---:|---:|---:|"
     )
+    compiled_rows = []
     for batch in args.batch:
-        result = measure(args.arch, batch, args.size, args.repeat, args.warmup)
+        measured = measure(args.arch, batch, args.size, args.repeat, args.warmup, args.compiled)
+        result = measured["phases"]
+        compiled_rows.append((batch, measured))
+        if args.compiled:  # as soon as measured: compiling is slow on CPU
+            print(f"(batch {batch} compiled: {compiled_summary(measured)})", flush=True)
         for phase, row in result.items():
             ratio, q1, q3 = row["fixed_ratio"]
             python = row.get("sn-python")
@@ -139,7 +173,42 @@ def main(argv=None) -> int:
                 f"| **{row['sn'] / row['bn']:.2f}x** | {python_cells} | {row['fixed']:.1f} "
                 f"| **{ratio:.2f}x** [{q1:.2f}, {q3:.2f}] |"
             )
+    if args.compiled:
+        print_compiled(compiled_rows)
     return 0
+
+
+def compiled_summary(measured: dict) -> str:
+    phases = measured["phases"]
+    return "; ".join(
+        f"{phase}: SN compiled/eager {row['sn+c_ratio']:.2f}x, BN compiled/eager "
+        f"{row['bn+c_ratio']:.2f}x, SN compiled / BN compiled {row['sn+c'] / row['bn+c']:.2f}x"
+        for phase, row in phases.items()
+    )
+
+
+def print_compiled(rows) -> None:
+    print(
+        "\n### Compiled (torch.compile, inductor) against eager, same rounds\n\n"
+        "compiled/eager = median per-round ratio; compile s = the first train step and the first "
+        "evaluation of the compiled model (excluded from the step times).\n"
+    )
+    print(
+        "| batch | phase | BN compiled ms | compiled/eager BN | SN compiled ms | compiled/eager SN "
+        "| SN compiled / BN compiled | fixed compiled / BN compiled |\n"
+        "|---:|---|---:|---:|---:|---:|---:|---:|"
+    )
+    for batch, measured in rows:
+        for phase, row in measured["phases"].items():
+            print(
+                f"| {batch} | {phase} | {row['bn+c']:.1f} | {row['bn+c_ratio']:.2f}x "
+                f"| {row['sn+c']:.1f} | {row['sn+c_ratio']:.2f}x "
+                f"| **{row['sn+c'] / row['bn+c']:.2f}x** | {row['fixed+c'] / row['bn+c']:.2f}x |"
+            )
+    print("\n| batch | compile s: BN (train, eval) | SN | fixed SN |\n|---:|---|---|---|")
+    for batch, measured in rows:
+        cells = [f"{t:.1f}, {e:.1f}" for t, e in measured["compile_s"].values()]
+        print(f"| {batch} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

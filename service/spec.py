@@ -289,6 +289,14 @@ class TrainingSpec(_Strict):
     weight_decay: float = Field(default=5e-4, ge=0.0, le=1.0)
     lr_schedule: Literal["cosine", "onecycle", "step", "constant"] = "onecycle"
     amp: bool = Field(default=False, description="Mixed precision (CUDA only; ignored on CPU).")
+    compile: bool = Field(
+        default=False,
+        description=(
+            "Compile each trial's model with torch.compile (inductor). Compilation takes a while "
+            "per trial and again when layers become fixed; without a working compiler the trial "
+            "trains eagerly and says so."
+        ),
+    )
     ratio_lr_mult: float = Field(default=1.0, gt=0.0, le=100.0)
     ratio_weight_decay: float = Field(
         default=0.0, ge=0.0, le=1.0, description="Weight decay on SN logits (papers: 0)."

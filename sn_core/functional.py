@@ -311,7 +311,6 @@ def _native_backward(ctx, grad_y):
     return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None, None
 
 
-@torch.compiler.disable(recursive=True, reason="sn_core mixture kernel: eager only")
 def switch_norm(
     x: Tensor,
     weight: Tensor | None,
@@ -327,17 +326,24 @@ def switch_norm(
     The batch BN statistics (population variance, detached) are returned when the mixture uses
     BN batch statistics, so the caller can update running estimates; otherwise they are None.
 
-    torch.compile runs this eagerly (one graph break per call): the autograd function keeps its
-    O(N*C) mixture, NumPy arrays on CPU, on the autograd context, which Dynamo cannot trace.
+    Under torch.compile the same kernel runs as the custom op ``normsearch::switch_norm``
+    (``sn_core.compiled``): the autograd function keeps its O(N*C) mixture, NumPy arrays on CPU,
+    on the autograd context, which Dynamo cannot trace.
     """
     n, c = x.shape[:2]
     x3 = x.reshape(n, c, -1)
     if not x3.is_contiguous():
         x3 = x3.contiguous()
     inputs = (x3, weight, bias, mean_ratios, var_ratios, running_mean, running_var)
+    if torch.compiler.is_compiling():
+        y, batch_mean, batch_var = _compiled.switch_norm(*inputs, config)
+        return y.view(x.shape), batch_mean, batch_var
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         y, batch_mean, batch_var = _SwitchNormFunction.apply(*inputs, config)
     else:  # inference: no autograd bookkeeping
         y, mix, _ = _forward(*inputs, config)
         batch_mean, batch_var = _as_tensor(mix.batch_mean), _as_tensor(mix.batch_var)
     return y.view(x.shape), batch_mean, batch_var
+
+
+from . import compiled as _compiled  # noqa: E402 (it builds on this module's kernel)

@@ -36,6 +36,8 @@ __all__ = ["MixtureNorm", "SwitchNorm", "SwitchNorm1d", "SwitchNorm2d", "SwitchN
 VARIANCE_MODES = ("population", "reference")
 # Attributes the cached forward plan depends on: assigning one rebuilds it.
 _PLAN_ATTRIBUTES = frozenset({"eps", "groups", "variance", "track_running_stats"})
+# Float attributes a schedule sets (sn_core.schedules.SparsityController).
+_SCHEDULE_ATTRIBUTES = ("radius", "temperature", "output_radius")
 
 
 def normalize_pool(pool: Sequence[str] | str) -> tuple[str, ...]:
@@ -362,6 +364,11 @@ class SwitchNorm(MixtureNorm):
         self.pool = self.kinds  # logit order
         self.tied = tied
         self.ratio_fn = ratio_fn
+        # 0-dim mirrors of radius and temperature, read under torch.compile: a Python float
+        # there would be a guarded constant, and every schedule step would recompile.
+        for name in _SCHEDULE_ATTRIBUTES:
+            value = torch.zeros((), device=device, dtype=dtype)
+            self.register_buffer(f"_{name}_tensor", value, persistent=False)
         self.radius = 0.0
         self.temperature = 1.0
         k = len(self.pool)
@@ -397,6 +404,20 @@ class SwitchNorm(MixtureNorm):
             self.dyt_alpha = nn.Parameter(torch.full((1,), self.dyt_alpha0, **factory))
         else:
             self.register_parameter("dyt_alpha", None)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name in _SCHEDULE_ATTRIBUTES:
+            with torch.no_grad():
+                getattr(self, f"_{name}_tensor").fill_(value)
+
+    def _schedule_values(self, radius: str = "radius") -> dict:
+        """The ratio function's radius (``radius`` names which: the statistics' or the output
+        ratios') and temperature: tensors under torch.compile."""
+        if torch.compiler.is_compiling():
+            return {"radius": getattr(self, f"_{radius}_tensor"),
+                    "temperature": self._temperature_tensor}  # fmt: skip
+        return {"radius": getattr(self, radius), "temperature": self.temperature}
 
     # ----------------------------------------------------------------------------- ratios
     def reset_parameters(self) -> None:
@@ -435,8 +456,7 @@ class SwitchNorm(MixtureNorm):
         if self.output_weight is None:
             return None
         return compute_ratios(
-            self.ratio_fn, self.output_weight, radius=self.output_radius,
-            temperature=self.temperature,
+            self.ratio_fn, self.output_weight, **self._schedule_values("output_radius"),
         )  # fmt: skip
 
     def output_ratios(self) -> Tensor | None:
@@ -457,7 +477,7 @@ class SwitchNorm(MixtureNorm):
 
     def soft_ratios(self) -> tuple[Tensor, Tensor]:
         """Ratios from the logits under the current ratio function, ignoring fixed choices."""
-        kw = {"radius": self.radius, "temperature": self.temperature}
+        kw = self._schedule_values()
         if self.tied:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
             return mean, mean
@@ -476,7 +496,7 @@ class SwitchNorm(MixtureNorm):
         if mean_fixed is None and var_fixed is None:
             return self.soft_ratios()
         # A fixed vector's logits must stay out of the graph (no gradient, not even zeros).
-        kw = {"radius": self.radius, "temperature": self.temperature}
+        kw = self._schedule_values()
         if mean_fixed is None:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
         else:
@@ -527,7 +547,7 @@ class SwitchNorm(MixtureNorm):
         mean, var = self._fixed_ratios
         if mean is None and var is None:
             return self.soft_ratios()
-        kw = {"radius": self.radius, "temperature": self.temperature}
+        kw = self._schedule_values()
         if mean is None:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
         if var is None:

@@ -185,10 +185,30 @@ class SwitchNormTokens(SwitchNorm):
             y = y * self.weight if self.bias is None else torch.addcmul(self.bias, y, self.weight)
         if batch is not None and self.training and self._tracking:
             m, v, count = batch
+            m, v = m.detach().reshape(-1), v.detach().reshape(-1)
+            if isinstance(count, Tensor) and torch.compiler.is_compiling():
+                self._masked_update_without_sync(m, v, count)
+                return y
             count = int(count)  # a host sync only with a mask (else a Python int already)
             if count > 0:  # an all-padding batch says nothing about the data
-                self._update_running_stats(m.detach().reshape(-1), v.detach().reshape(-1), count)
+                self._update_running_stats(m, v, count)
         return y
+
+    @torch.no_grad()
+    def _masked_update_without_sync(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        """``_update_running_stats`` with the valid-token count a tensor (under torch.compile,
+        where ``int(count)`` would break the graph): an all-padding batch changes nothing."""
+        valid = count > 0
+        self.num_batches_tracked.add_(valid.to(self.num_batches_tracked.dtype))
+        if self.momentum is not None:
+            factor = torch.where(valid, self.momentum, 0.0)
+        else:
+            tracked = self.num_batches_tracked.clamp(min=1).to(self.running_mean.dtype)
+            factor = torch.where(valid, tracked.reciprocal(), 0.0)
+        factor = factor.to(self.running_mean.dtype)
+        unbias = torch.where(count > 1, count / (count - 1).clamp(min=1), 1.0)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_((var * unbias).to(self.running_var.dtype), factor)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (

@@ -17,6 +17,8 @@ caller; trials never touch the database). Mapping of one epoch record
   trial's latest epoch;
 - a trial restarted after a failure (``trial_recovered``, e.g. its node was lost) -> one
   ``JobEvent`` with the message (``service.jobs.note_event``: from = to = the job's status);
+  so is a record's ``compile_fallback`` (``training.compile`` could not compile the model and the
+  trial trains eagerly), prefixed with the trial id;
 - the trial's ``epochs_used`` (the highest epoch seen) and ``best_metrics``
   (``{"val_accuracy", "epoch"}`` of the best epoch); a failed trial's error text goes to
   ``trials.error`` (cleared when the trial finishes without one).
@@ -145,6 +147,8 @@ class DatabaseRecorder:
                 or self._clock() - self._last_flush >= self.flush_interval_s
             ):
                 self.flush()
+        if record.get("compile_fallback"):
+            self._note(f"trial {trial_id}: {record['compile_fallback']}")
 
     def trial_finished(self, trial_id: str, status: str, error: str | None = None) -> None:
         with self._lock:
@@ -168,6 +172,10 @@ class DatabaseRecorder:
     def trial_recovered(self, trial_id: str, message: str) -> None:
         """The restart as one of the job's events (``service.jobs.note_event``), after the
         buffered rows: the timeline says which node was lost and from which epoch it resumed."""
+        self._note(message)
+
+    def _note(self, message: str) -> None:
+        """``message`` as one of the job's events, after the buffered rows."""
         with self._lock:
             self.flush()
             if self._refused():

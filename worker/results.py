@@ -47,10 +47,13 @@ class EpochRecord(TypedDict):
     # The Ray node the epoch was trained on (``ray.get_runtime_context().get_node_id()``): set
     # by the Ray trainable, absent from ``normsearch demo``'s records (no Ray).
     node_id: NotRequired[str]
+    # Only in the first record after ``training.compile`` could not compile the model: why; the
+    # trial trained eagerly from then on (``worker.trainable.TrialTraining``).
+    compile_fallback: NotRequired[str]
 
 
 # Spelled out: with postponed annotations a TypedDict cannot tell NotRequired keys apart.
-OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged", "node_id")
+OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged", "node_id", "compile_fallback")
 EPOCH_KEYS: tuple[str, ...] = tuple(
     key for key in EpochRecord.__annotations__ if key not in OPTIONAL_EPOCH_KEYS
 )  # in every record

@@ -10,7 +10,9 @@ and no repeated epoch. Trials never write to a database: the driver's callback r
 from __future__ import annotations
 
 import json
+import logging
 import math
+import operator
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,9 +36,14 @@ PHASES = {
     name: f"normsearch.{name}"
     for name in ("batch", "forward", "backward", "optimizer", "sparsity", "evaluate", "snapshot")
 }
+# torch.compile's backend for ``training.compile`` (tests use a quicker one).
+COMPILE_BACKEND = "inductor"
 STATE_FILE = "state.pt"
 PLAN_FILE = "plan.json"
 META_FILE = "meta.json"
+
+
+log = logging.getLogger(__name__)
 
 
 def _device() -> torch.device:
@@ -204,6 +211,12 @@ class TrialTraining:
         self.epoch, self.stable_evals = 0, 0  # epochs completed
         self.choices: dict[str, tuple[str, str]] | None = None
         self.all_fixed = False
+        # What forward and evaluation call: the model, or its compiled twin (same parameters and
+        # buffers; checkpoints keep reading self.model).
+        self.net: nn.Module = self.model
+        if spec.training.compile:
+            self.net = torch.compile(self.model, backend=COMPILE_BACKEND)
+        self.compile_fallback: str | None = None  # why compilation failed, until reported
 
     def restore(self, directory: Path) -> None:
         """Continue from the checkpoint ``save`` wrote into ``directory``."""
@@ -253,7 +266,7 @@ class TrialTraining:
                 optimizer.zero_grad(set_to_none=True)
                 with record_function(PHASES["forward"]):
                     with torch.autocast(device.type, enabled=self.use_amp):
-                        loss = loss_fn(model(xb), yb)
+                        loss = loss_fn(self._on_net(operator.call, xb), yb)
                     value = loss.item()
                 if not math.isfinite(value):
                     diverged = self._divergence(value, epoch, i, optimizer)
@@ -275,7 +288,7 @@ class TrialTraining:
 
             train_seconds = time.perf_counter() - epoch_started
             with record_function(PHASES["evaluate"]):
-                val_loss, val_accuracy = evaluate(model, self.x_val, self.y_val, device)
+                val_loss, val_accuracy = self._on_net(evaluate, self.x_val, self.y_val, device)
             with record_function(PHASES["snapshot"]):
                 ratios = _ratio_snapshot(model)
             if diverged is not None and not _finite_ratios(ratios):
@@ -312,9 +325,27 @@ class TrialTraining:
             )
             if diverged is not None:
                 record["diverged"] = diverged
+            if self.compile_fallback is not None:
+                record["compile_fallback"], self.compile_fallback = self.compile_fallback, None
             yield record
             if done:
                 return
+
+    def _on_net(self, call, *args):
+        """``call(self.net, *args)``; when compiling the model fails (no C++ compiler, an inductor
+        bug), the trial continues eagerly, logged once and noted in its next record. A failed
+        compilation has run nothing, so the call is repeated on the model itself."""
+        if self.net is self.model:
+            return call(self.model, *args)
+        try:
+            return call(self.net, *args)
+        except torch._dynamo.exc.BackendCompilerFailed as error:
+            inner = getattr(error, "inner_exception", None) or error
+            reason = f"{type(inner).__name__}: {str(inner).strip()[:300]}"
+            self.compile_fallback = f"training.compile failed, training eagerly: {reason}"
+            log.warning("%s", self.compile_fallback)
+            self.net = self.model
+            return call(self.model, *args)
 
     def _divergence(self, loss: float, epoch: int, index: int, optimizer) -> str:
         """What a user is told when the training loss stops being finite, and why it stops:

@@ -143,6 +143,8 @@ def test_json_schema_is_exported_with_descriptions():
     assert set(schema["required"]) == {"model", "dataset"}
     assert "TrainingSpec" in schema["$defs"]
     assert schema["$defs"]["TrainingSpec"]["properties"]["ratio_weight_decay"]["description"]
+    compile_field = schema["$defs"]["TrainingSpec"]["properties"]["compile"]
+    assert compile_field["default"] is False and "eager" in compile_field["description"]
 
 
 def test_settings_split_data_roots_from_environment(monkeypatch, tmp_path):

@@ -307,3 +307,19 @@ def test_a_restarted_trial_is_a_job_event_while_its_run_is_current(factory):
         "trial a lost its node n1 (...); restarted from its epoch-2 ...",
     ) in notes
     assert not any(message == "stale" for *_, message in notes)
+
+
+def test_a_compile_fallback_is_a_job_event(sqlite_factory):
+    job_id = new_job(sqlite_factory)
+    with sqlite_factory() as session, session.begin():
+        jobs.start_job(session, job_id=job_id)
+    recorder = DatabaseRecorder(sqlite_factory, job_id=job_id, flush_interval_s=0.0)
+    recorder.trial_started("a", config(0))
+    fallback = "training.compile failed, training eagerly: InvalidCxxCompiler: no compiler"
+    recorder.trial_result("a", {**record(random.Random(0), 0, 1), "compile_fallback": fallback})
+    recorder.trial_result("a", record(random.Random(0), 0, 2))
+    with sqlite_factory() as session:
+        events = repositories.get_job(session, job_id, with_children=True).events
+        notes = [e.message for e in events if e.message]
+    assert notes == [f"trial a: {fallback}"]
+    assert [r["epoch"] for r in recorder.trials()["a"]["history"]] == [1, 2]
