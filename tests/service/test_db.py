@@ -327,6 +327,45 @@ def test_migration_0006_adds_an_optional_job_name_and_downgrades(backend, tmp_pa
             engine.dispose()
 
 
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0008_adds_nullable_member_ratios_and_downgrades(backend, tmp_path):
+    """0008: rms and output ratios; a downgrade drops them and keeps the snapshots, and the
+    snapshots from before an upgrade have none (NULL)."""
+    new = {"mean_rms", "var_rms", "out_norm", "out_dyt", "out_none"}
+    with migrated_database(backend, tmp_path) as url:
+        config = alembic_config(url)
+        engine = make_engine(url)
+        try:
+            with Session(engine) as session, session.begin():
+                job = populate(session)
+                trial = session.scalars(select(Trial).where(Trial.job_id == job.id)).one()
+                row = snapshot(trial, 300, 0)
+                row.mean_rms, row.out_norm, row.out_dyt = 0.25, 0.75, 0.25
+                session.add(row)
+            with engine.connect() as connection:
+                query = text(
+                    "SELECT mean_rms, out_norm, out_dyt FROM ratio_snapshots WHERE step = 300"
+                )
+                assert connection.execute(query).one() == (0.25, 0.75, 0.25)
+            command.downgrade(config, "0007")
+            assert not new & {c["name"] for c in inspect(engine).get_columns("ratio_snapshots")}
+            command.upgrade(config, "0008")
+            columns = {c["name"]: c for c in inspect(engine).get_columns("ratio_snapshots")}
+            assert all(columns[name]["nullable"] for name in new)
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    text(
+                        "SELECT mean_bn, mean_rms, var_rms, out_norm, out_dyt, out_none "
+                        "FROM ratio_snapshots"
+                    )
+                ).all()
+            assert len(rows) == len(STEPS) * len(LAYERS) + 1
+            assert {(round(row[0], 3), *row[1:]) for row in rows} == {(0.5, *[None] * 5)}
+            assert_models_match_migrations(engine)
+        finally:
+            engine.dispose()
+
+
 def test_url_with_percent_sign_reaches_alembic(tmp_path):
     """Percent-encoded URLs (passwords with special characters) must survive Alembic's config."""
     url = f"sqlite:///{tmp_path / 'a%20b.db'}"
