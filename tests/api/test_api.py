@@ -557,6 +557,63 @@ def test_ratio_history_has_rms_and_output_ratios_where_recorded(api_client, alic
     assert dict(zip(columns, second.split(","), strict=True))["out_norm"] == ""
 
 
+@pytest.mark.e2e
+def test_a_real_ln_rms_trial_reaches_the_history_api_and_the_recommendation(
+    api_client, alice, factory
+):
+    """A real SN trial over pool [ln, rms] (cnn1d on MNIST-1D, the trainable's epoch loop
+    without Ray), recorded by the worker's DatabaseRecorder: the API's points carry rms ratios
+    that sum to 1 with ln's, and the recommendation reads the same records."""
+    from worker.data import load_dataset
+    from worker.db_recorder import DatabaseRecorder
+    from worker.recommend import recommend
+    from worker.results import TrialOutcome
+    from worker.trainable import TrialTraining
+
+    payload = tiny_spec(
+        model={"arch": "cnn1d", "kwargs": {"channels": 8, "depth": 2}},
+        dataset={"kind": "mnist1d", "num_samples": 200},
+        search={"pool": ["ln", "rms"], "stop_when_stable": {"enabled": False}},
+        verify={"enabled": False},
+    )
+    job_id = submit(api_client, alice, payload).json()["id"]
+    spec = JobSpec.model_validate(payload)
+    training = TrialTraining(
+        spec, load_dataset(spec.dataset), variant="sn", seed=0, batch_size=50, lr=0.05, epochs=2
+    )
+    recorder = DatabaseRecorder(factory, job_id=job_id, batch_size=1)
+    recorder.trial_started("t-rms", {"variant": "sn", "epochs": 2, "trial": {"seed": 0}})
+    records = list(training.epochs())
+    for record in records:
+        recorder.trial_result("t-rms", record)
+    recorder.trial_finished("t-rms", "TERMINATED")
+
+    (trial,) = api_client.get(f"{API}/jobs/{job_id}/ratios", headers=alice).json()["trials"]
+    points = trial["points"]
+    assert {p["step"] for p in points} == {1, 2} and points
+    for point in points:
+        assert point["mean"]["in"] is None and point["output"] is None
+        assert point["mean"]["ln"] + point["mean"]["rms"] == pytest.approx(1.0, abs=1e-5)
+    final = records[-1]["ratios"]
+    assert [p["var"]["rms"] for p in points if p["step"] == 2] == pytest.approx(
+        [r["var"]["rms"] for r in final.values()], abs=1e-6
+    )
+    outcome = TrialOutcome(
+        trial_id="t-rms", seed=0, batch_size=50, lr=0.05, effective_lr=None,
+        status="TERMINATED", epochs_used=2, epochs_budget=2, val_accuracy=None,
+        history=recorder.trials()["t-rms"]["history"],
+        plan=sn_core_plan(training), error=None,
+    )  # fmt: skip
+    rec = recommend([outcome], target_batch_size=50)
+    assert {layer.mean for layer in rec.plan} <= {"ln", "rms"} and len(rec.plan) == len(final)
+
+
+def sn_core_plan(training) -> dict:
+    import sn_core
+
+    return sn_core.plan_from_model(training.model).to_dict()
+
+
 def test_pick_steps_keeps_first_and_last_evenly():
     assert pick_steps(list(range(1, 11)), 20) == list(range(1, 11))
     assert pick_steps(list(range(1, 11)), 1) == [10]
