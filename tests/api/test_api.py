@@ -555,6 +555,7 @@ def test_ratio_history_has_rms_and_output_ratios_where_recorded(api_client, alic
     row = dict(zip(columns, first.split(","), strict=True))
     assert (row["mean_rms"], row["out_dyt"], row["mean_bn"]) == ("0.5", "0.25", "")
     assert dict(zip(columns, second.split(","), strict=True))["out_norm"] == ""
+    set_status(factory, job_id, "succeeded")  # off alice's quota of queued jobs
 
 
 @pytest.mark.e2e
@@ -606,6 +607,7 @@ def test_a_real_ln_rms_trial_reaches_the_history_api_and_the_recommendation(
     )  # fmt: skip
     rec = recommend([outcome], target_batch_size=50)
     assert {layer.mean for layer in rec.plan} <= {"ln", "rms"} and len(rec.plan) == len(final)
+    set_status(factory, job_id, "succeeded")  # off alice's quota of queued jobs
 
 
 def sn_core_plan(training) -> dict:

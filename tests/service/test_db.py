@@ -32,8 +32,9 @@ from service.db.models import (
     Trial,
     User,
 )
+from service.ratio_columns import RATIO_COLUMNS
 from service.vocabulary import JobStatus
-from sn_core.vocabulary import NORMALIZERS
+from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 from tests.support.factories import make_user
 
 TABLES = {
@@ -181,11 +182,12 @@ def test_every_job_status_is_stored_and_read_back(pg_session):
         assert job.status == status and type(job.status) is str
 
 
-def test_snapshots_have_a_mean_and_a_var_column_per_normalizer():
+def test_snapshots_have_a_column_per_statistics_member_and_output_choice():
     columns = set(RatioSnapshot.__table__.columns.keys())
-    assert {c for c in columns if c.startswith(("mean_", "var_"))} == {
-        f"{part}_{norm}" for part in ("mean", "var") for norm in NORMALIZERS
-    } | {"mean_fixed", "var_fixed"}
+    assert {c for c in columns if c.startswith(("mean_", "var_", "out_"))} == {
+        f"{part}_{norm}" for part in ("mean", "var") for norm in STATISTIC_MEMBERS
+    } | {f"out_{choice}" for choice in OUTPUT_CHOICES} | {"mean_fixed", "var_fixed"}
+    assert set(RATIO_COLUMNS) == columns & set(RATIO_COLUMNS) and len(RATIO_COLUMNS) == 13
 
 
 def test_sqlite_downgrade_to_base_and_upgrade_again(sqlite_url):
