@@ -163,7 +163,9 @@ class TrialOut(_Out):
 
 
 class RatioPoint(BaseModel):
-    """One layer's switch ratios at one step (per normalizer of the pool; None outside it)."""
+    """One layer's switch ratios at one step: ``mean`` and ``var`` per statistics member (in, ln,
+    bn, gn always, None outside the pool; rms when the layer has it), and ``output`` over the
+    output choices (norm, dyt, none) of a layer whose pool has point-wise members."""
 
     step: int
     epoch: int
@@ -171,6 +173,9 @@ class RatioPoint(BaseModel):
     layer: str
     mean: dict[str, float | None]
     var: dict[str, float | None]
+    output: dict[str, float] | None = Field(
+        default=None, description="Output ratios; null for a layer without point-wise members."
+    )
     mean_fixed: bool
     var_fixed: bool
 
@@ -236,6 +241,13 @@ class NormalizerOut(BaseModel):
     label: str = Field(examples=["BN"], description="How the UI shows it.")
 
 
+class MemberOut(NormalizerOut):
+    kind: Literal["statistics", "pointwise"] = Field(
+        description="statistics: mixed in a layer's mean and variance ratios; pointwise: mixed "
+        "with the normalized output by its output ratios."
+    )
+
+
 class Vocabulary(BaseModel):
     """The names the API speaks, for clients that display them (the web UI reads these instead
     of keeping a copy)."""
@@ -247,6 +259,14 @@ class Vocabulary(BaseModel):
     artifact_kinds: list[ArtifactKind] = Field(description="The kinds of a job's output files.")
     normalizers: list[NormalizerOut] = Field(
         description="The normalizers a search can mix, in ratio order."
+    )
+    members: list[MemberOut] = Field(
+        description="Every pool member (statistics members in ratio order, then point-wise "
+        "ones), as a spec's search.pool names them."
+    )
+    output_choices: list[NormalizerOut] = Field(
+        description="The output ratios' names (norm: the normalized output; then the "
+        "point-wise members), in ratio order."
     )
 
 

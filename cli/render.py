@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from api.schemas import ArtifactKind, JobDetail, JobStatus, JobSummary
-from sn_core.vocabulary import NORMALIZER_LABELS, NORMALIZERS
+from sn_core.vocabulary import MEMBER_LABELS, OUTPUT_CHOICES, STATISTIC_MEMBERS
 
 # Wide enough for the ratio tables when the output is a pipe or a log file.
 PIPE_WIDTH = 110
@@ -87,23 +87,37 @@ STATUS_STYLES = {
 
 
 def ratio_table(model) -> Table:
-    """One row per SN layer; a column per normalizer of the model's pools (network order)."""
+    """One row per SN layer; a column per normalizer of the model's pools (network order), and
+    per output choice when a layer has point-wise members (its output ratios; "-" elsewhere)."""
     import sn_core
 
-    ratios = sn_core.switch_ratios(model)
+    return ratio_rows_table(sn_core.switch_ratios(model))
+
+
+def ratio_rows_table(ratios: dict[str, dict[str, Any]]) -> Table:
+    """``ratio_table`` of ``sn_core.switch_ratios``-shaped ratios."""
     present = {norm for info in ratios.values() for part in ("mean", "var") for norm in info[part]}
-    norms = [norm for norm in NORMALIZERS if norm in present]
+    norms = [norm for norm in STATISTIC_MEMBERS if norm in present]
+    outputs_present = {c for info in ratios.values() for c in info.get("output") or {}}
+    outputs = [c for c in OUTPUT_CHOICES if c in outputs_present]
     table = Table(title="Per-layer switch ratios (mean | variance), network order")
     table.add_column("layer", no_wrap=True)
     for part in ("mean", "var"):
         for norm in norms:
-            table.add_column(f"{part} {NORMALIZER_LABELS[norm]}", justify="right")
+            table.add_column(f"{part} {MEMBER_LABELS[norm]}", justify="right")
+    for choice in outputs:
+        table.add_column(f"out {MEMBER_LABELS[choice]}", justify="right")
     table.add_column("choice")
     for name, info in ratios.items():
         cells = [f"{info[part].get(norm, 0.0):.2f}" for part in ("mean", "var") for norm in norms]
+        output = info.get("output") or {}
+        cells += [f"{output[c]:.2f}" if c in output else "-" for c in outputs]
         mean_choice = max(info["mean"], key=info["mean"].get)
         var_choice = max(info["var"], key=info["var"].get)
-        table.add_row(name, *cells, f"{mean_choice}/{var_choice}")
+        choice = f"{mean_choice}/{var_choice}"
+        if output and (top := max(output, key=output.get)) != "norm":
+            choice += f" -> {top}"
+        table.add_row(name, *cells, choice)
     return table
 
 
@@ -111,7 +125,7 @@ def batch_size_table(by_batch_size: dict) -> Table:
     """Average ratio of each normalizer over the layers, per batch size (SN paper: the BN share
     grows with batch size)."""
     present = {k for row in by_batch_size.values() for k in row["mean_ratio"]}
-    norms = [norm for norm in NORMALIZERS if norm in present]
+    norms = [norm for norm in STATISTIC_MEMBERS if norm in present]
     table = Table(
         title="How the choices move with batch size (final-epoch ratios, averaged over the "
         "trials and layers)"
@@ -119,7 +133,7 @@ def batch_size_table(by_batch_size: dict) -> Table:
     table.add_column("batch size")
     for part in ("mean", "var"):
         for norm in norms:
-            table.add_column(f"{part} {NORMALIZER_LABELS[norm]}", justify="right")
+            table.add_column(f"{part} {MEMBER_LABELS[norm]}", justify="right")
     for batch, row in sorted(by_batch_size.items(), key=lambda item: int(item[0])):
         cells = [
             f"{row[f'{part}_ratio'].get(norm, 0.0):.2f}"
@@ -200,6 +214,11 @@ def verification_table(verification: dict) -> Table:
     return table
 
 
+def baseline_label(baseline: str) -> str:
+    """all-BN, all-RMS, all-DyT; no-norm for the identity (as worker.verdict.label says)."""
+    return "no-norm" if baseline == "none" else f"all-{MEMBER_LABELS.get(baseline, baseline)}"
+
+
 def verdict_lines(verification: dict | None) -> list[str]:
     """The verdict in plain words and the plan's paired differences (points, 95% CI); empty for
     a report without a verdict."""
@@ -211,7 +230,7 @@ def verdict_lines(verification: dict | None) -> list[str]:
         low, high = comparison.get("ci_low_points"), comparison.get("ci_high_points")
         interval = "no interval (1 seed)" if low is None else f"95% CI {low:+.1f} to {high:+.1f}"
         lines.append(
-            f"  plan - all-{comparison['baseline'].upper()}: "
+            f"  plan - {baseline_label(comparison['baseline'])}: "
             f"{comparison['mean_points']:+.1f} points ({interval}, {comparison['n']} seed(s))"
         )
     return lines
@@ -429,7 +448,9 @@ def recommendation_table(recommendation: dict[str, Any]) -> Table | None:
     """The per-layer recommendation (``Recommendation.to_dict()``, as report.json holds it; None
     when it has no layer). Layers the trials left undecided are marked "indifferent" and were
     resolved by the aggregation rule printed under the table; with one trial the confidence
-    column says so instead of a number that measures nothing."""
+    column says so instead of a number that measures nothing. An ``output`` column appears when
+    a layer has point-wise members, a ``torch layer`` column when the report says what each
+    layer becomes."""
     plan = recommendation.get("plan") or {}
     layers = plan.get("layers") or []
     if not layers:
@@ -442,18 +463,28 @@ def recommendation_table(recommendation: dict[str, Any]) -> Table | None:
         title=f"Recommendation (batch size {batch})",
         caption=f"indifferent layers: {escape(aggregation['rule'])}" if indifferent else None,
     )
-    for column in ("layer", "mean", "var", "confidence", "note"):
+    summary_outputs = (recommendation.get("summary") or {}).get("outputs") or {}
+    outputs = {
+        str(layer.get("name")): layer.get("output") or summary_outputs.get(layer.get("name"))
+        for layer in layers
+    }
+    has_output = any(outputs.values())
+    torch_layers = recommendation.get("torch_layers") or {}
+    columns = ["layer", "mean", "var"] + (["output"] if has_output else [])
+    columns += ["confidence"] + (["torch layer"] if torch_layers else []) + ["note"]
+    for column in columns:
         table.add_column(column, no_wrap=column == "layer")
     for layer in layers:
         confidence = layer.get("confidence")
         name = str(layer.get("name", "?"))
-        table.add_row(
-            escape(name),
-            str(layer.get("mean", "?")),
-            str(layer.get("var", "?")),
-            "1 trial" if single else "-" if confidence is None else f"{confidence:.2f}",
-            "indifferent" if name in indifferent else "",
-        )
+        cells = [escape(name), str(layer.get("mean", "?")), str(layer.get("var", "?"))]
+        if has_output:
+            cells.append(MEMBER_LABELS.get(outputs[name], "-") if outputs[name] else "-")
+        cells.append("1 trial" if single else "-" if confidence is None else f"{confidence:.2f}")
+        if torch_layers:
+            cells.append(escape(str(torch_layers.get(name, "-"))))
+        cells.append("indifferent" if name in indifferent else "")
+        table.add_row(*cells)
     return table
 
 

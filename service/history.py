@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from service import repositories
 from service.db.models import Metric, RatioSnapshot, Trial
 from service.errors import NotFound
-from sn_core.vocabulary import NORMALIZERS
+from service.ratio_columns import RATIO_COLUMNS, ratio_values
 
 
 @dataclass
@@ -101,7 +101,7 @@ def metric_history(
 
 CSV_COLUMNS = (
     "ray_trial_id", "variant", "step", "epoch", "layer_index", "layer",
-    *(f"{part}_{norm}" for part in ("mean", "var") for norm in NORMALIZERS),
+    *RATIO_COLUMNS,
     "mean_fixed", "var_fixed",
 )  # fmt: skip
 
@@ -115,7 +115,7 @@ def ratio_csv_lines(session: Session, *, job_id: str, chunk_rows: int = 5000):
     for rows, (ray_trial_id, variant, snap) in enumerate(snapshots, start=1):
         writer.writerow(
             [ray_trial_id, variant, snap.step, snap.epoch, snap.layer_index, snap.layer]
-            + ["" if v is None else f"{v:.6g}" for v in _ratio_values(snap)]
+            + ["" if v is None else f"{v:.6g}" for v in ratio_values(snap)]
             + [int(snap.mean_fixed), int(snap.var_fixed)]
         )
         if rows % chunk_rows == 0:
@@ -123,7 +123,3 @@ def ratio_csv_lines(session: Session, *, job_id: str, chunk_rows: int = 5000):
             buffer.seek(0)
             buffer.truncate()
     yield buffer.getvalue()
-
-
-def _ratio_values(snap: RatioSnapshot) -> list[float | None]:
-    return [getattr(snap, f"{part}_{norm}") for part in ("mean", "var") for norm in NORMALIZERS]

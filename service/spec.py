@@ -23,7 +23,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sn_core.vocabulary import Normalizer
+from sn_core.vocabulary import POINTWISE_MEMBERS, POOL_MEMBERS, STATISTIC_MEMBERS
 
 SPEC_VERSION = 1
 
@@ -43,6 +43,22 @@ BUILTIN_ARCHS = (
     "vgg11",
     "vgg_small",
 )
+# What a spec's search.pool and verify.baselines may name (sn_core.vocabulary.POOL_MEMBERS):
+# statistics members (in, ln, bn, gn, rms) and point-wise members (dyt, none).
+PoolMember = Literal[POOL_MEMBERS]  # type: ignore[valid-type]
+# The pool members each layout's SN layers can compute. "channels": (N, C, *) activations of
+# CNNs and MLPs; "tokens": (N, T, C) activations whose norms are LayerNorm/RMSNorm, where group
+# statistics over C have no counterpart (no gn).
+LAYOUT_MEMBERS: dict[str, tuple[str, ...]] = {
+    "channels": POOL_MEMBERS,
+    "tokens": tuple(member for member in POOL_MEMBERS if member != "gn"),
+}
+# The layout of each built-in architecture's norms; a token model (ViT, a character LM) adds
+# itself here as "tokens". A plug-in (not listed) is checked by the worker, when it builds it.
+ARCH_LAYOUTS: dict[str, str] = {arch: "channels" for arch in BUILTIN_ARCHS}
+# verify.baselines when a spec leaves it out: all-BN and all-GN for CNNs (VerifySpec's default),
+# all-LN and all-RMS for token models (their practice, and gn is not theirs).
+LAYOUT_BASELINES: dict[str, list[str]] = {"channels": ["bn", "gn"], "tokens": ["ln", "rms"]}
 FILE_DATASETS = ("image_folder", "cifar", "npz")
 # Generated kinds: samples per kind by default and at most (MNIST-1D is generated in Python, about
 # 0.3 ms a sample: the limit keeps a job's data generation under a minute). Its default is the
@@ -363,7 +379,15 @@ class TrialsSpec(_Strict):
 
 
 class SearchSpec(_Strict):
-    pool: list[Normalizer] = Field(default_factory=lambda: ["in", "ln", "bn"], min_length=1)
+    pool: list[PoolMember] = Field(
+        default_factory=lambda: ["in", "ln", "bn"],
+        min_length=1,
+        description=(
+            "The members each SN layer mixes: statistics members in, ln, bn, gn, rms (at least "
+            "one) and point-wise members dyt, none (mixed at the output; opt-in: each keeps its "
+            "own output per layer). Which ones a model accepts depends on its layout."
+        ),
+    )
     tied: bool = False
     sparsity: SparsitySpec = Field(default_factory=SparsitySpec)
     stop_when_stable: StopWhenStable = Field(default_factory=StopWhenStable)
@@ -381,6 +405,11 @@ class SearchSpec(_Strict):
     def _unique_pool(cls, pool: list[str]) -> list[str]:
         if len(set(pool)) != len(pool):
             raise ValueError(f"pool {pool} names a normalizer twice")
+        if not any(member in STATISTIC_MEMBERS for member in pool):
+            raise ValueError(
+                f"pool {pool} has no statistics member; add one of {list(STATISTIC_MEMBERS)} "
+                f"(the point-wise members {list(POINTWISE_MEMBERS)} mix with its output)"
+            )
         return pool
 
 
@@ -389,7 +418,10 @@ class VerifySpec(_Strict):
     epochs: int | None = Field(
         default=None, ge=1, le=10_000, description="Default: training.epochs."
     )
-    baselines: list[Normalizer] = Field(default_factory=lambda: ["bn", "gn"])
+    baselines: list[PoolMember] = Field(
+        default_factory=lambda: ["bn", "gn"],
+        description="Uniform models trained against the plan: one member in every norm layer.",
+    )
 
     @field_validator("baselines")
     @classmethod
@@ -462,6 +494,50 @@ class JobSpec(_Strict):
     verify: VerifySpec = Field(default_factory=VerifySpec)
     export: ExportSpec = Field(default_factory=ExportSpec)
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _layout_default_baselines(cls, data: Any) -> Any:
+        """An unset ``verify.baselines`` is the model layout's (``LAYOUT_BASELINES``)."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            return data
+        verify = data.get("verify", {})
+        arch = data["model"].get("arch")
+        layout = ARCH_LAYOUTS.get(arch.strip().lower()) if isinstance(arch, str) else None
+        if layout is None or not isinstance(verify, dict) or "baselines" in verify:
+            return data
+        return {**data, "verify": {**verify, "baselines": list(LAYOUT_BASELINES[layout])}}
+
+    @model_validator(mode="after")
+    def _members_the_layout_computes(self) -> JobSpec:
+        """Every pool member and baseline one the model's layout can compute (``ARCH_LAYOUTS``,
+        ``LAYOUT_MEMBERS``); each refusal located at its list item, so the 422 names it."""
+        layout = ARCH_LAYOUTS.get(self.model.arch)
+        if layout is None:
+            return self
+        allowed = LAYOUT_MEMBERS[layout]
+        details = []
+        for where, members in (
+            (("search", "pool"), self.search.pool),
+            (("verify", "baselines"), self.verify.baselines),
+        ):
+            for index, member in enumerate(members):
+                if member in allowed:
+                    continue
+                message = (
+                    f"{self.model.arch} has {layout} layers, which cannot compute {member!r}; "
+                    f"choose from {list(allowed)}"
+                )
+                details.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("pool_member_unsupported", message),
+                        loc=(*where, index),
+                        input=member,
+                    )
+                )
+        if details:
+            raise ValidationError.from_exception_data(type(self).__name__, details)
+        return self
 
     @model_validator(mode="after")
     def _target_batch_in_trials(self) -> JobSpec:

@@ -37,10 +37,12 @@ __all__ = [
     "AGREEMENT_MIN",
     "KIND_ORDER",
     "MARGIN_MIN",
+    "OUTPUT_ORDER",
     "Aggregate",
     "LayerAggregate",
     "SideAggregate",
     "aggregate",
+    "output_side",
     "pair_cost",
     "plan_agreement",
     "plan_choices",
@@ -49,7 +51,9 @@ __all__ = [
 
 MARGIN_MIN = 0.1  # aggregated top-minus-second ratio below this: the search did not decide
 AGREEMENT_MIN = 2 / 3  # share of trials agreeing below this: the trials did not agree
-KIND_ORDER = ("bn", "gn", "ln", "in")  # last resort between equal-cost, equal-ratio pairs
+KIND_ORDER = ("bn", "gn", "ln", "in", "rms")  # last resort between equal-cost, equal-ratio pairs
+# An undecided output keeps the normalized output (what the model was built with), then DyT.
+OUTPUT_ORDER = ("norm", "dyt", "none")
 _EPS = 1e-9  # slack for float comparisons of ratios and shares
 
 Ratios = Mapping[str, Mapping[str, Any]]  # {layer: {"mean": {norm: p}, "var": {norm: p}, ...}}
@@ -66,9 +70,13 @@ def _kind_rank(kind: str) -> int:
     return KIND_ORDER.index(kind) if kind in KIND_ORDER else len(KIND_ORDER)
 
 
-def _argmax(ratios: Mapping[str, float]) -> str:
-    """The top normalizer; exact ties go to KIND_ORDER (cheapest), not to pool order."""
-    return min(ratios, key=lambda k: (-ratios[k], _kind_rank(k)))
+def _output_rank(choice: str) -> int:
+    return OUTPUT_ORDER.index(choice) if choice in OUTPUT_ORDER else len(OUTPUT_ORDER)
+
+
+def _argmax(ratios: Mapping[str, float], rank=_kind_rank) -> str:
+    """The top normalizer; exact ties go to ``rank`` (KIND_ORDER: cheapest), not pool order."""
+    return min(ratios, key=lambda k: (-ratios[k], rank(k)))
 
 
 @dataclass(frozen=True)
@@ -171,21 +179,41 @@ class Aggregate:
 
 
 def _side(
-    per_trial: list[dict[str, float]], margin_min: float, agreement_min: float
+    per_trial: list[dict[str, float]], margin_min: float, agreement_min: float, rank=_kind_rank
 ) -> SideAggregate:
     n = len(per_trial)
     pool = list(per_trial[0])
     ratios = {k: math.fsum(r[k] for r in per_trial) / n for k in pool}
-    top = _argmax(ratios)
+    top = _argmax(ratios, rank)
     ordered = sorted(ratios.values(), reverse=True)
     margin = ordered[0] - ordered[1] if len(ordered) > 1 else 1.0
-    agreement = sum(_argmax(r) == top for r in per_trial) / n
+    agreement = sum(_argmax(r, rank) == top for r in per_trial) / n
     indifferent = agreement < agreement_min - _EPS or margin < margin_min - _EPS
     tied = (top,)
     if indifferent:
         near = [k for k in pool if ratios[k] >= ratios[top] - margin_min - _EPS]
-        tied = tuple(sorted(near, key=_kind_rank))
+        tied = tuple(sorted(near, key=rank))
     return SideAggregate(ratios, top, margin, agreement, indifferent, tied)
+
+
+def output_side(
+    layer: str,
+    per_trial: Sequence[Any],
+    *,
+    margin_min: float = MARGIN_MIN,
+    agreement_min: float = AGREEMENT_MIN,
+) -> SideAggregate:
+    """One layer's output ratios ({"norm", "dyt", "none"} over its pool) aggregated over the
+    trials as the mean and variance sides are; ``tied[0]`` is the choice: the top output, or
+    when the trials left it undecided the first tied one in ``OUTPUT_ORDER`` (keep the
+    normalization before replacing it)."""
+    cleaned = [_clean(i, layer, "output", r) for i, r in enumerate(per_trial)]
+    for i, r in enumerate(cleaned):
+        if list(r) != list(cleaned[0]):
+            raise ValueError(
+                f"layer {layer!r}: trial {i} output choices {list(r)}, trial 0 {list(cleaned[0])}"
+            )
+    return _side(cleaned, margin_min, agreement_min, _output_rank)
 
 
 def _resolve(mean: SideAggregate, var: SideAggregate) -> tuple[str, str]:

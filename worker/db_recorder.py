@@ -57,7 +57,7 @@ from sqlalchemy.orm import Session
 
 from service import jobs, repositories
 from service.jobs import ACTIVE_RUN_STATUSES
-from sn_core.vocabulary import NORMALIZERS
+from service.ratio_columns import layer_ratios, ratio_columns
 
 from .results import EpochRecord, LayerRatios
 
@@ -380,7 +380,6 @@ def snapshot_rows(
     """One ``RatioSnapshot`` row (as a dict) per layer of an epoch's ``ratios``."""
     rows = []
     for layer_index, (layer, ratio) in enumerate(ratios.items()):
-        mean, var = ratio.get("mean") or {}, ratio.get("var") or {}
         fixed = ratio.get("fixed") or {}
         row: dict[str, Any] = {
             "trial_id": trial_id,
@@ -391,9 +390,7 @@ def snapshot_rows(
             "mean_fixed": bool(fixed.get("mean", False)),
             "var_fixed": bool(fixed.get("var", False)),
         }
-        for norm in NORMALIZERS:
-            row[f"mean_{norm}"] = _float_or_none(mean.get(norm))
-            row[f"var_{norm}"] = _float_or_none(var.get(norm))
+        row.update(ratio_columns(ratio))
         rows.append(row)
     return rows
 
@@ -405,10 +402,6 @@ def metric_rows(trial_id: int, epoch: int, record: EpochRecord) -> list[dict[str
         for name, value in record.items()
         if name not in ("epoch", "ratios") and isinstance(value, int | float)
     ]
-
-
-def _float_or_none(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _metric_value(name: str, value: float) -> Any:
@@ -430,13 +423,7 @@ def _history(session: Session, trial_id: int) -> list[EpochRecord]:
         record(metric.epoch)[metric.name] = _metric_value(metric.name, metric.value)
     for snap in repositories.ratio_history(session, trial_id=trial_id):
         record(snap.epoch)["ratios"][snap.layer] = {
-            "mean": _norms(snap, "mean"),
-            "var": _norms(snap, "var"),
+            **layer_ratios(snap),
             "fixed": {"mean": snap.mean_fixed, "var": snap.var_fixed},
         }
     return [records[epoch] for epoch in sorted(records)]
-
-
-def _norms(snap: Any, kind: str) -> dict[str, float]:
-    values = {norm: getattr(snap, f"{kind}_{norm}") for norm in NORMALIZERS}
-    return {norm: value for norm, value in values.items() if value is not None}

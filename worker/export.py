@@ -45,7 +45,14 @@ import sn_core
 from service.spec import JobSpec
 
 from .data import LoadedDataset
-from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, model_spec
+from .models import (
+    NORM_LAYER_BASELINES,
+    PLAN_VARIANT,
+    SN_VARIANT,
+    baseline_plan,
+    build_for_data,
+    model_spec,
+)
 from .recommend import Recommendation
 from .results import TrialOutcome
 from .trainable import evaluate, load_checkpoint_state
@@ -192,6 +199,15 @@ def deliverable_plan(
     search = recommendation.plan
     if choice.config == PLAN_VARIANT:
         return sn_core.NormalizerPlan(search.layers, {**search.metadata, **choice.metadata()})
+    if choice.config not in NORM_LAYER_BASELINES:  # rms, dyt, none: a uniform plan already
+        return baseline_plan(
+            spec,
+            choice.config,
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            example_input=data.x_train[: min(8, len(data.x_train))],
+            metadata={"target_batch_size": recommendation.target_batch_size, **choice.metadata()},
+        )
     baseline = build_for_data(spec, choice.config, data)
     return uniform_plan(
         baseline,

@@ -436,7 +436,11 @@ def verify(
 
 
 def uniform_normalizer(plan: sn_core.NormalizerPlan) -> str | None:
-    """The normalizer a plan uses for the mean and the variance of every layer, if one."""
+    """The member a plan uses in every layer, if one: the point-wise output of every layer
+    (dyt, none), else the normalizer of every layer's mean and variance."""
+    outputs = {getattr(layer, "output", "norm") for layer in plan.layers}
+    if outputs != {"norm"}:
+        return outputs.pop() if len(outputs) == 1 else None
     kinds = {kind for layer in plan.layers for kind in (layer.mean, layer.var)}
     return kinds.pop() if len(kinds) == 1 else None
 

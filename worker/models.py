@@ -6,6 +6,7 @@ best trial's model from its checkpoint) construct exactly the same module tree.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -13,9 +14,16 @@ from torch import nn
 
 import sn_core
 from service.spec import JobSpec
+from sn_core.vocabulary import POINTWISE_MEMBERS, STATISTIC_MEMBERS
 
 SN_VARIANT = "sn"  # the searched model; plan and baseline variants are named below
 PLAN_VARIANT = "plan"
+# Baselines the zoo builds directly (``norm_layer=<name>``: one plain torch layer everywhere).
+# Any other pool member (rms; dyt, none) is a uniform plan applied to the default model
+# (``baseline_plan``).
+NORM_LAYER_BASELINES = ("bn", "gn", "ln", "in")
+# The statistics a point-wise baseline's plan names (unused: its output replaces the norm).
+POINTWISE_STATISTIC = "ln"
 
 
 def zoo_model(spec: JobSpec, num_classes: int, in_channels: int, norm_layer=None) -> nn.Module:
@@ -39,7 +47,8 @@ def build_variant(
     plan: dict[str, Any] | None = None,
 ) -> nn.Module:
     """``variant``: "sn" (every norm -> SwitchNorm over the spec's pool), "plan" (the given
-    NormalizerPlan applied to a fresh model) or a baseline norm name ("bn", "gn", "ln", "in")."""
+    NormalizerPlan applied to a fresh model) or a baseline: a norm name the zoo builds ("bn",
+    "gn", "ln", "in") or another pool member's uniform plan (``baseline_plan``)."""
     if variant == SN_VARIANT:
         model = zoo_model(spec, num_classes, in_channels)
         return sn_core.convert_to_switchnorm(
@@ -56,7 +65,48 @@ def build_variant(
             raise ValueError("the plan variant needs a plan")
         model = zoo_model(spec, num_classes, in_channels)
         return sn_core.apply_plan(model, sn_core.NormalizerPlan.from_dict(plan))
-    return zoo_model(spec, num_classes, in_channels, norm_layer=variant)
+    if variant in NORM_LAYER_BASELINES:
+        return zoo_model(spec, num_classes, in_channels, norm_layer=variant)
+    uniform = baseline_plan(
+        spec, variant, num_classes=num_classes, in_channels=in_channels, example_input=example_input
+    )
+    return sn_core.apply_plan(zoo_model(spec, num_classes, in_channels), uniform)
+
+
+def baseline_plan(
+    spec: JobSpec,
+    member: str,
+    *,
+    num_classes: int,
+    in_channels: int,
+    example_input: torch.Tensor,
+    metadata: dict[str, Any] | None = None,
+) -> sn_core.NormalizerPlan:
+    """The uniform plan of ``member`` over the norm layers the search converts: (rms, rms)
+    everywhere for "rms" (a SelectedNorm in channel layouts, nn.RMSNorm in token ones); for a
+    point-wise member (dyt, none) a plan whose every output is that member. Raises ValueError
+    for a member sn_core cannot plan."""
+    point_wise = member in POINTWISE_MEMBERS
+    statistic = POINTWISE_STATISTIC if point_wise else member
+    if statistic not in STATISTIC_MEMBERS:
+        raise ValueError(f"unknown baseline {member!r}")
+    searched = sn_core.convert_to_switchnorm(
+        zoo_model(spec, num_classes, in_channels),
+        pool=(statistic,),
+        tied=spec.search.tied,
+        example_input=example_input,
+        token_pool=None,  # as the search's model (build_variant)
+    )
+    plan = sn_core.plan_from_model(searched, metadata=metadata)
+    if not point_wise:
+        return plan
+    if "output" not in {f.name for f in dataclasses.fields(sn_core.LayerChoice)}:
+        raise ValueError(
+            f"baseline {member!r} needs sn_core's point-wise members (LayerChoice.output); "
+            "this sn_core has none"
+        )
+    layers = tuple(dataclasses.replace(layer, output=member) for layer in plan)
+    return sn_core.NormalizerPlan(layers, dict(plan.metadata))
 
 
 def build_for_data(spec: JobSpec, variant: str, data, plan: dict[str, Any] | None = None):

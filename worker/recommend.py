@@ -10,6 +10,11 @@ is the aggregated one, the smaller of mean and variance) times its aggregated ma
 minus the second, the smaller of mean and variance). With one trial agreement measures nothing:
 the summary and every layer's note say "1 trial".
 
+A layer whose pool has point-wise members (dyt, none) has output ratios too; they are
+aggregated the same way (``worker.aggregate.output_side``) into the layer's output choice: "norm"
+(the normalized output, the layer ``mean``/``var`` name) or a point-wise member, which replaces
+the norm layer by ``DynamicTanh`` or ``nn.Identity`` (``OUTPUT_TORCH_LAYERS``).
+
 Final ratios come from the trial's last epoch record (``history[-1]["ratios"]``, a
 ``worker.results.EpochRecord``) and fall back to the ratios stored in its plan when that record
 lacks the layer.
@@ -21,12 +26,25 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from sn_core import NORMALIZERS, LayerChoice, NormalizerPlan
+from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
+from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 
-from .aggregate import AGREEMENT_MIN, MARGIN_MIN, Aggregate, aggregate
+from .aggregate import AGREEMENT_MIN, MARGIN_MIN, Aggregate, SideAggregate, aggregate, output_side
 from .results import LayerRatios, TrialOutcome
 
-__all__ = ["Recommendation", "recommend", "successful", "symmetric_kl"]
+__all__ = [
+    "OUTPUT_TORCH_LAYERS",
+    "Recommendation",
+    "layer_outputs",
+    "recommend",
+    "successful",
+    "symmetric_kl",
+    "torch_layers",
+]
+
+# The torch layer a point-wise output choice becomes (sn_core's DynamicTanh, torch's Identity).
+OUTPUT_TORCH_LAYERS = {"dyt": "DynamicTanh", "none": "Identity"}
+_LAYER_FIELDS = set(LayerChoice.__dataclass_fields__)
 
 _RATIO_EPS = 1e-8  # the clamp of sn_core.switch_ratios' divergence
 # How a layer the trials left undecided is resolved (worker.aggregate), in the report's words.
@@ -68,6 +86,7 @@ class _Vote:
     entry: dict[str, Any]  # its plan layer entry
     mean_ratios: dict[str, float]
     var_ratios: dict[str, float]
+    output_ratios: dict[str, float] | None = None  # a layer with point-wise members only
 
 
 def _votes(trial: TrialOutcome) -> dict[str, _Vote]:
@@ -80,17 +99,25 @@ def _votes(trial: TrialOutcome) -> dict[str, _Vote]:
         record: LayerRatios | None = final.get(name)
         mean = record["mean"] if record and record["mean"] else entry["mean_ratios"]
         var = record["var"] if record and record["var"] else entry["var_ratios"]
+        output = (record or {}).get("output") or entry.get("output_ratios")
+        statistics = [k for k in pool if k in STATISTIC_MEMBERS]
         votes[name] = _Vote(
             entry=entry,
-            mean_ratios={k: float(mean.get(k, 0.0)) for k in pool},
-            var_ratios={k: float(var.get(k, 0.0)) for k in pool},
+            mean_ratios={k: float(mean.get(k, 0.0)) for k in statistics},
+            var_ratios={k: float(var.get(k, 0.0)) for k in statistics},
+            output_ratios=(
+                {k: float(output[k]) for k in OUTPUT_CHOICES if k in output} if output else None
+            ),
         )
     return votes
 
 
-def _aggregate(trials: list[TrialOutcome]) -> tuple[list[LayerChoice], Aggregate]:
-    """One LayerChoice per layer (network order) from trials of the same model, and the
-    aggregation behind the choices (agreement, margin, indifference, notes)."""
+def _aggregate(
+    trials: list[TrialOutcome],
+) -> tuple[list[LayerChoice], Aggregate, dict[str, SideAggregate]]:
+    """One LayerChoice per layer (network order) from trials of the same model, the
+    aggregation behind the choices (agreement, margin, indifference, notes), and the output
+    side of each layer with output ratios."""
     votes = [_votes(t) for t in trials]
     names = [entry["name"] for entry in trials[0].plan["layers"]]  # type: ignore[index]
     for trial, trial_votes in zip(trials, votes, strict=True):
@@ -116,10 +143,19 @@ def _aggregate(trials: list[TrialOutcome]) -> tuple[list[LayerChoice], Aggregate
         ]
     )
     layers = []
+    sides: dict[str, SideAggregate] = {}
     for name, agg in zip(names, combined.layers, strict=True):
         first = votes[0][name].entry
+        outputs = [v[name].output_ratios for v in votes]
+        side = None
+        if any(o is not None for o in outputs):
+            if any(o is None for o in outputs):
+                raise ValueError(f"layer {name!r}: some trials have output ratios, others none")
+            side = output_side(name, outputs)
+            sides[name] = side
         layers.append(
-            LayerChoice(
+            _layer_choice(
+                side,
                 name=name,
                 mean=agg.mean,
                 var=agg.var,
@@ -133,7 +169,46 @@ def _aggregate(trials: list[TrialOutcome]) -> tuple[list[LayerChoice], Aggregate
                 eps=first.get("eps"),
             )
         )
-    return layers, combined
+    return layers, combined, sides
+
+
+def _layer_choice(output: SideAggregate | None, **fields: Any) -> LayerChoice:
+    """The plan entry; its ``output`` choice where the layer has output ratios. Until sn_core's
+    LayerChoice has an ``output`` field a plan can only say "norm": a point-wise choice is an
+    error, not silently a norm layer."""
+    if output is None:
+        return LayerChoice(**fields)
+    choice = output.tied[0]
+    if "output" in _LAYER_FIELDS:
+        extra: dict[str, Any] = {"output": choice}
+        if "output_ratios" in _LAYER_FIELDS:
+            extra["output_ratios"] = dict(output.ratios)
+        return LayerChoice(**fields, **extra)
+    if choice != "norm":
+        raise ValueError(
+            f"layer {fields['name']!r}: the search chose the {choice!r} output, which this "
+            "sn_core's plans cannot express (LayerChoice has no output field)"
+        )
+    return LayerChoice(**fields)
+
+
+def layer_outputs(recommendation_dict: dict[str, Any]) -> dict[str, str]:
+    """Layer -> its output choice, for the layers with point-wise members (a recommendation's
+    ``to_dict()`` or a report's ``recommendation``; empty for reports from before them)."""
+    return dict((recommendation_dict.get("summary") or {}).get("outputs") or {})
+
+
+def torch_layers(plan: NormalizerPlan, outputs: dict[str, str]) -> dict[str, str]:
+    """Per plan layer the torch layer it becomes: sn_core's ``plan_torch_layers``, except where
+    the output choice is point-wise (``DynamicTanh(C)`` or ``Identity``)."""
+    described = plan_torch_layers(plan)
+    for layer in plan:
+        choice = outputs.get(layer.name, "norm")
+        if choice == "dyt":
+            described[layer.name] = f"{OUTPUT_TORCH_LAYERS['dyt']}({layer.num_features})"
+        elif choice != "norm":
+            described[layer.name] = OUTPUT_TORCH_LAYERS[choice]
+    return described
 
 
 def _final_accuracy(trial: TrialOutcome) -> float:
@@ -144,16 +219,20 @@ def _final_accuracy(trial: TrialOutcome) -> float:
 
 
 def _kinds(layers: list[LayerChoice]) -> list[str]:
-    """The normalizers of any layer's pool, in the canonical order."""
-    present = {k for layer in layers for k in layer.pool}
-    return [k for k in NORMALIZERS if k in present]
+    """The statistics members of any layer's pool, in the canonical order."""
+    present = {k for layer in layers for k in layer.mean_ratios}
+    return [k for k in STATISTIC_MEMBERS if k in present]
 
 
 def _average_ratio(layers: list[LayerChoice], role: str) -> dict[str, float]:
     """Per normalizer, its ratio averaged over the layers whose pool has it."""
     out = {}
     for kind in _kinds(layers):
-        values = [getattr(layer, f"{role}_ratios")[kind] for layer in layers if kind in layer.pool]
+        values = [
+            getattr(layer, f"{role}_ratios")[kind]
+            for layer in layers
+            if kind in getattr(layer, f"{role}_ratios")
+        ]
         out[kind] = sum(values) / len(values)
     return out
 
@@ -224,12 +303,17 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
             f"no successful trial (status TERMINATED with a plan) at batch size "
             f"{target_batch_size}: {len(outcomes)} trial(s), successful batch sizes {seen}"
         )
-    layers, combined = _aggregate(trials)
+    layers, combined, sides = _aggregate(trials)
     metadata = {
         "target_batch_size": target_batch_size,
         "trials": len(trials),
         "seeds": [t.seed for t in trials],
-        "indifferent_layers": combined.indifferent_layers,
+        # A layer is indifferent when its statistics or its output choice is.
+        "indifferent_layers": [
+            layer.name
+            for layer in combined.layers
+            if layer.indifferent or (layer.name in sides and sides[layer.name].indifferent)
+        ],
         "rule": AGGREGATION_RULE,
     }
     plan = NormalizerPlan(layers=tuple(layers), metadata=metadata)
@@ -237,10 +321,16 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
         enumerate(trials), key=lambda it: (-_final_accuracy(it[1]), it[1].epochs_used, it[0])
     )[1]
     summary = _summary(layers, plan)
+    if sides:  # layers with point-wise members: their output choice and its aggregation
+        summary["outputs"] = {name: side.tied[0] for name, side in sides.items()}
+        summary["output_counts"] = {
+            c: sum(choice == c for choice in summary["outputs"].values()) for c in OUTPUT_CHOICES
+        }
+        summary["output_aggregation"] = {name: side.to_dict() for name, side in sides.items()}
     summary["aggregation"] = {
         "summary": combined.summary,
         "rule": AGGREGATION_RULE,
-        "indifferent_layers": combined.indifferent_layers,
+        "indifferent_layers": metadata["indifferent_layers"],
         "layers": {layer.name: layer.to_dict() for layer in combined.layers},
     }
     summary["best_trial"] = {
@@ -255,7 +345,9 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
     if len(batch_sizes) > 1:
         for bs in batch_sizes:
             group = [t for t in ok if t.batch_size == bs]
-            group_layers = layers if bs == target_batch_size else _aggregate(group)[0]
+            group_layers, _, group_sides = (
+                (layers, combined, sides) if bs == target_batch_size else _aggregate(group)
+            )
             by_batch_size[bs] = {
                 "trials": len(group),
                 "trial_ids": [t.trial_id for t in group],
@@ -265,7 +357,15 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
                 # Per layer (network order): its final-epoch ratios averaged over the trials
                 # of this batch size, the cells of the UI's layers x batch sizes heatmap.
                 "layers": {
-                    layer.name: {"mean": dict(layer.mean_ratios), "var": dict(layer.var_ratios)}
+                    layer.name: {
+                        "mean": dict(layer.mean_ratios),
+                        "var": dict(layer.var_ratios),
+                        **(
+                            {"output": dict(group_sides[layer.name].ratios)}
+                            if layer.name in group_sides
+                            else {}
+                        ),
+                    }
                     for layer in group_layers
                 },
             }

@@ -19,18 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from service.vocabulary import ArtifactKind
-from sn_core import NORMALIZERS, NormalizerPlan, plan_torch_layers
+from sn_core import NormalizerPlan
+from sn_core.vocabulary import MEMBER_LABELS, OUTPUT_CHOICES, STATISTIC_MEMBERS
 
-from .recommend import Recommendation
+from .recommend import Recommendation, layer_outputs, torch_layers
 from .results import EpochRecord, TrialOutcome
 
 __all__ = ["CSV_COLUMNS", "COLORS", "plot_ratios", "write_report"]
 
-COLORS = {"in": "tab:blue", "ln": "tab:orange", "bn": "tab:green", "gn": "tab:red"}
+COLORS = {
+    "in": "tab:blue", "ln": "tab:orange", "bn": "tab:green", "gn": "tab:red", "rms": "tab:purple",
+}  # fmt: skip
+# The output ratios' columns (out_norm, out_dyt, out_none) are empty for layers without
+# point-wise members.
 CSV_COLUMNS = (
     ["trial_id", "seed", "batch_size", "epoch", "layer"]
-    + [f"mean_{k}" for k in NORMALIZERS]
-    + [f"var_{k}" for k in NORMALIZERS]
+    + [f"mean_{k}" for k in STATISTIC_MEMBERS]
+    + [f"var_{k}" for k in STATISTIC_MEMBERS]
+    + [f"out_{k}" for k in OUTPUT_CHOICES]
     + ["mean_fixed", "var_fixed"]
 )
 
@@ -95,10 +101,13 @@ def _rows(trial: TrialOutcome, record: EpochRecord) -> list[dict[str, Any]]:
         }
         for role in ("mean", "var"):
             values = ratios[role]
-            for kind in NORMALIZERS:
+            for kind in STATISTIC_MEMBERS:
                 row[f"{role}_{kind}"] = float(values[kind]) if kind in values else ""
             fixed = ratios.get("fixed", {}).get(role)
             row[f"{role}_fixed"] = "" if fixed is None else int(bool(fixed))
+        output = ratios.get("output") or {}
+        for choice in OUTPUT_CHOICES:
+            row[f"out_{choice}"] = float(output[choice]) if choice in output else ""
         rows.append(row)
     return rows
 
@@ -141,8 +150,9 @@ def write_report(
         "spec": spec,
         "recommendation": {
             **recommendation.to_dict(),
-            # Layer name -> the torch layer apply_plan builds for it (sn_core's rule, in words).
-            "torch_layers": plan_torch_layers(search_plan),
+            # Layer name -> the torch layer apply_plan builds for it (sn_core's rule, in words;
+            # DynamicTanh or Identity where the output choice is point-wise).
+            "torch_layers": torch_layers(search_plan, layer_outputs(recommendation.to_dict())),
         },
         "trials": [_trial_summary(t, used) for t in outcomes],
         "verification": verification,
@@ -188,7 +198,7 @@ def plot_ratios(
 
     ``layers`` is a list of (name, mean_ratios, var_ratios), a ``NormalizerPlan`` or a
     ``switch_ratios``-style mapping. Colours are fixed per normalizer (IN blue, LN orange, BN
-    green, GN red). Written as PNG with the Agg backend.
+    green, GN red, RMS purple). Written as PNG with the Agg backend.
     """
     import matplotlib
 
@@ -197,7 +207,7 @@ def plot_ratios(
 
     rows = _as_rows(layers)
     present = {k for _, mean, var in rows for k in (*mean, *var)}
-    kinds = [k for k in NORMALIZERS if k in present]
+    kinds = [k for k in STATISTIC_MEMBERS if k in present]
     n = len(rows)
     width = min(max(8.0, 0.3 * n + 2.0), 30.0)
     fig, axes = plt.subplots(2, 1, figsize=(width, 6.5), sharex=True)
@@ -213,7 +223,7 @@ def plot_ratios(
                     bottom=bottom,
                     width=0.85,
                     color=COLORS[kind],
-                    label=kind.upper(),
+                    label=MEMBER_LABELS[kind],
                     edgecolor="white",
                     linewidth=0.3,
                 )

@@ -18,6 +18,9 @@ class LayerRatios(TypedDict):
     mean: dict[str, float]  # {normalizer: ratio}, over the layer's pool
     var: dict[str, float]
     fixed: dict[str, bool]  # {"mean": bool, "var": bool}: that choice is one-hot for good
+    # {"norm": r, "dyt": r, "none": r} over the output choices of a layer with point-wise
+    # members (sn_core.vocabulary.OUTPUT_CHOICES); absent for the others.
+    output: NotRequired[dict[str, float]]
 
 
 class EpochRecord(TypedDict):

@@ -115,18 +115,23 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_s
 
 
 def _ratio_snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        name: {"mean": info["mean"], "var": info["var"], "fixed": info["fixed"]}
-        for name, info in sn_core.switch_ratios(model).items()
-    }
+    """Per SN layer its mean and variance ratios, which are fixed, and its output ratios when
+    its pool has point-wise members (``worker.results.LayerRatios``)."""
+    snapshot = {}
+    for name, info in sn_core.switch_ratios(model).items():
+        entry = {"mean": info["mean"], "var": info["var"], "fixed": info["fixed"]}
+        if info.get("output"):
+            entry["output"] = info["output"]
+        snapshot[name] = entry
+    return snapshot
 
 
 def _finite_ratios(ratios: dict[str, Any]) -> bool:
     return all(
         math.isfinite(p)
         for info in ratios.values()
-        for role in ("mean", "var")
-        for p in info[role].values()
+        for role in ("mean", "var", "output")
+        for p in (info.get(role) or {}).values()
     )
 
 

@@ -52,11 +52,15 @@ __all__ = [
 
 PLAN = "plan"
 SN = "sn"
-UNIFORM = ("bn", "gn", "ln", "in")  # also their preference order on ties
+# Every pool member can be a uniform baseline; also their preference order on ties.
+UNIFORM = ("bn", "gn", "ln", "in", "rms", "none", "dyt")
 COST_ORDER = (*UNIFORM, PLAN)  # cheapest first
-# What each costs at inference: BN folds into the convolution (0); GN, LN and IN are one standard
-# layer each (1); a per-layer plan may need SelectedNorm and is one more thing to maintain (2).
-COST_CLASS = {"bn": 0, "gn": 1, "ln": 1, "in": 1, PLAN: 2}
+# What each costs at inference: BN folds into the convolution and "none" is the identity (0);
+# GN, LN, IN, RMS and DyT are one layer each (1); a per-layer plan may need SelectedNorm and is
+# one more thing to maintain (2).
+COST_CLASS = {"bn": 0, "none": 0, "gn": 1, "ln": 1, "in": 1, "rms": 1, "dyt": 1, PLAN: 2}
+# How a uniform baseline is named in words (the others: all-<NAME>).
+_BASELINE_LABELS = {"dyt": "all-DyT", "none": "no-norm"}
 CONFIDENCE = 0.95
 REASONS = (
     "plan_better",  # the plan beats every baseline that matters: use it
@@ -78,7 +82,7 @@ def label(config: str, *, short: bool = False) -> str:
         return "plan" if short else "the per-layer plan"
     if config == SN:
         return "SN model" if short else "the SN model (search, annealed)"
-    return f"all-{config.upper()}"
+    return _BASELINE_LABELS.get(config, f"all-{config.upper()}")
 
 
 @dataclass(frozen=True)

@@ -28,8 +28,8 @@ from api.presenters import trial_out
 from api.routes.jobs import JOB_RESPONSES, JobId
 from api.schemas import MetricHistory, MetricPoint, RatioHistory, RatioPoint, TrialOut, TrialRatios
 from service import history, repositories, submissions
+from service.ratio_columns import layer_ratios
 from service.vocabulary import FINISHED_JOB_STATUSES
-from sn_core.vocabulary import NORMALIZERS
 
 router = APIRouter(prefix="/jobs/{job_id}", tags=["history"])
 
@@ -52,13 +52,15 @@ def list_trials(job_id: JobId, user: CurrentUser, session: SessionDep) -> list[T
 
 
 def _snapshot_point(row) -> RatioPoint:
+    ratios = layer_ratios(row, keep_null_normalizers=True)
     return RatioPoint(
         step=row.step,
         epoch=row.epoch,
         layer_index=row.layer_index,
         layer=row.layer,
-        mean={norm: getattr(row, f"mean_{norm}") for norm in NORMALIZERS},
-        var={norm: getattr(row, f"var_{norm}") for norm in NORMALIZERS},
+        mean=ratios["mean"],
+        var=ratios["var"],
+        output=ratios.get("output"),
         mean_fixed=row.mean_fixed,
         var_fixed=row.var_fixed,
     )

@@ -193,6 +193,12 @@ class RatioSnapshot(Base):
     var_ln: Mapped[float | None] = mapped_column(REAL)
     var_bn: Mapped[float | None] = mapped_column(REAL)
     var_gn: Mapped[float | None] = mapped_column(REAL)
+    mean_rms: Mapped[float | None] = mapped_column(REAL)  # migration 0008
+    var_rms: Mapped[float | None] = mapped_column(REAL)
+    # The output ratios of a layer with point-wise members (sn_core.vocabulary.OUTPUT_CHOICES).
+    out_norm: Mapped[float | None] = mapped_column(REAL)
+    out_dyt: Mapped[float | None] = mapped_column(REAL)
+    out_none: Mapped[float | None] = mapped_column(REAL)
     mean_fixed: Mapped[bool] = mapped_column(Boolean, default=False)
     var_fixed: Mapped[bool] = mapped_column(Boolean, default=False)
 

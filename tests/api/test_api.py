@@ -495,6 +495,127 @@ def test_ratio_history_cursor_filters_and_downsampling(api_client, alice, factor
     assert wrong_trial.status_code == 404
 
 
+def test_ratio_history_has_rms_and_output_ratios_where_recorded(api_client, alice, factory):
+    """mean/var gain rms when a layer has it, ``output`` when it has point-wise members (null
+    otherwise); the CSV has their columns after the older ones."""
+    job_id = submit(api_client, alice).json()["id"]
+    with factory() as session, session.begin():
+        trial = repositories.upsert_trial(
+            session,
+            job_id=job_id,
+            ray_trial_id="t-members",
+            variant="sn",
+            config={},
+            status="RUNNING",
+            epochs_budget=1,
+        )
+        members = {
+            "mean_ln": 0.5,
+            "mean_rms": 0.5,
+            "var_ln": 0.25,
+            "var_rms": 0.75,
+            "out_norm": 0.5,
+            "out_dyt": 0.25,
+            "out_none": 0.25,
+        }
+        nulls = {key: None for key in ("mean_in", "mean_bn", "var_in", "var_bn")}
+        repositories.insert_snapshots(
+            session,
+            [
+                snapshot_row(trial.id, 1, 0, layer="blocks.0.norm", **nulls, **members),
+                snapshot_row(trial.id, 1, 1, layer="head.bn"),
+            ],
+        )
+    answer = api_client.get(f"{API}/jobs/{job_id}/ratios", headers=alice).json()
+    tokens, plain = answer["trials"][0]["points"]
+    assert tokens["mean"] == {"in": None, "ln": 0.5, "bn": None, "gn": None, "rms": 0.5}
+    assert tokens["var"]["rms"] == 0.75
+    assert tokens["output"] == {"norm": 0.5, "dyt": 0.25, "none": 0.25}
+    assert "rms" not in plain["mean"] and plain["output"] is None
+    csv_text = api_client.get(f"{API}/jobs/{job_id}/ratios.csv", headers=alice).text
+    header, first, second = csv_text.strip().splitlines()
+    columns = header.split(",")
+    assert columns[6:] == [
+        "mean_in",
+        "mean_ln",
+        "mean_bn",
+        "mean_gn",
+        "var_in",
+        "var_ln",
+        "var_bn",
+        "var_gn",
+        "mean_rms",
+        "var_rms",
+        "out_norm",
+        "out_dyt",
+        "out_none",
+        "mean_fixed",
+        "var_fixed",
+    ]
+    row = dict(zip(columns, first.split(","), strict=True))
+    assert (row["mean_rms"], row["out_dyt"], row["mean_bn"]) == ("0.5", "0.25", "")
+    assert dict(zip(columns, second.split(","), strict=True))["out_norm"] == ""
+    set_status(factory, job_id, "succeeded")  # off alice's quota of queued jobs
+
+
+@pytest.mark.e2e
+def test_a_real_ln_rms_trial_reaches_the_history_api_and_the_recommendation(
+    api_client, alice, factory
+):
+    """A real SN trial over pool [ln, rms] (cnn1d on MNIST-1D, the trainable's epoch loop
+    without Ray), recorded by the worker's DatabaseRecorder: the API's points carry rms ratios
+    that sum to 1 with ln's, and the recommendation reads the same records."""
+    from worker.data import load_dataset
+    from worker.db_recorder import DatabaseRecorder
+    from worker.recommend import recommend
+    from worker.results import TrialOutcome
+    from worker.trainable import TrialTraining
+
+    payload = tiny_spec(
+        model={"arch": "cnn1d", "kwargs": {"channels": 8, "depth": 2}},
+        dataset={"kind": "mnist1d", "num_samples": 200},
+        search={"pool": ["ln", "rms"], "stop_when_stable": {"enabled": False}},
+        verify={"enabled": False},
+    )
+    job_id = submit(api_client, alice, payload).json()["id"]
+    spec = JobSpec.model_validate(payload)
+    training = TrialTraining(
+        spec, load_dataset(spec.dataset), variant="sn", seed=0, batch_size=50, lr=0.05, epochs=2
+    )
+    recorder = DatabaseRecorder(factory, job_id=job_id, batch_size=1)
+    recorder.trial_started("t-rms", {"variant": "sn", "epochs": 2, "trial": {"seed": 0}})
+    records = list(training.epochs())
+    for record in records:
+        recorder.trial_result("t-rms", record)
+    recorder.trial_finished("t-rms", "TERMINATED")
+
+    (trial,) = api_client.get(f"{API}/jobs/{job_id}/ratios", headers=alice).json()["trials"]
+    points = trial["points"]
+    assert {p["step"] for p in points} == {1, 2} and points
+    for point in points:
+        assert point["mean"]["in"] is None and point["output"] is None
+        assert point["mean"]["ln"] + point["mean"]["rms"] == pytest.approx(1.0, abs=1e-5)
+    final = records[-1]["ratios"]
+    assert [p["var"]["rms"] for p in points if p["step"] == 2] == pytest.approx(
+        [r["var"]["rms"] for r in final.values()], abs=1e-6
+    )
+    outcome = TrialOutcome(
+        trial_id="t-rms", seed=0, batch_size=50, lr=0.05, effective_lr=None,
+        status="TERMINATED", epochs_used=2, epochs_budget=2, val_accuracy=None,
+        history=recorder.trials()["t-rms"]["history"],
+        plan=sn_core_plan(training), error=None,
+    )  # fmt: skip
+    rec = recommend([outcome], target_batch_size=50)
+    assert {layer.mean for layer in rec.plan} <= {"ln", "rms"} and len(rec.plan) == len(final)
+    set_status(factory, job_id, "succeeded")  # off alice's quota of queued jobs
+
+
+def sn_core_plan(training) -> dict:
+    import sn_core
+
+    return sn_core.plan_from_model(training.model).to_dict()
+
+
 def test_pick_steps_keeps_first_and_last_evenly():
     assert pick_steps(list(range(1, 11)), 20) == list(range(1, 11))
     assert pick_steps(list(range(1, 11)), 1) == [10]
@@ -773,6 +894,20 @@ def test_vocabulary_is_what_the_ui_reads_and_is_documented(api_client, alice):
         "normalizers": [
             {"name": "in", "label": "IN"}, {"name": "ln", "label": "LN"},
             {"name": "bn", "label": "BN"}, {"name": "gn", "label": "GN"},
+            {"name": "rms", "label": "RMS"},
+        ],
+        "members": [
+            {"name": "in", "label": "IN", "kind": "statistics"},
+            {"name": "ln", "label": "LN", "kind": "statistics"},
+            {"name": "bn", "label": "BN", "kind": "statistics"},
+            {"name": "gn", "label": "GN", "kind": "statistics"},
+            {"name": "rms", "label": "RMS", "kind": "statistics"},
+            {"name": "dyt", "label": "DyT", "kind": "pointwise"},
+            {"name": "none", "label": "none", "kind": "pointwise"},
+        ],
+        "output_choices": [
+            {"name": "norm", "label": "norm"}, {"name": "dyt", "label": "DyT"},
+            {"name": "none", "label": "none"},
         ],
     }  # fmt: skip
     # The names it gives are the ones the other routes speak.

@@ -104,7 +104,8 @@ def test_the_vocabulary_types_the_answers(client):
     assert vocabulary.statuses == list(JobStatus)
     assert set(vocabulary.finished_statuses) == FINISHED_JOB_STATUSES
     assert vocabulary.artifact_kinds == list(ArtifactKind)
-    assert [n.name for n in vocabulary.normalizers] == ["in", "ln", "bn", "gn"]
+    assert [n.name for n in vocabulary.normalizers] == ["in", "ln", "bn", "gn", "rms"]
+    assert [m.name for m in vocabulary.members if m.kind == "pointwise"] == ["dyt", "none"]
     job = client.submit(tiny_spec())
     assert job.status is JobStatus.queued and job.events[0].to_status is JobStatus.queued
     assert [j.id for j in client.list_jobs(status=JobStatus.queued).items] == [job.id]

@@ -229,3 +229,50 @@ def test_bn_trend_table_shows_bns_share_growing_with_the_batch_final_epoch_label
     assert text.index(row4) < text.index(row64)
     no_bn = {"8": {"mean_ratio": {"ln": 1.0}, "var_ratio": {"ln": 1.0}, "choices": {}}}
     assert bn_trend_table(no_bn) is None  # BN not in the pool: nothing to trend
+
+
+def test_recommendation_and_ratio_tables_show_rms_and_output_choices():
+    from rich.console import Console
+
+    from cli.render import baseline_label, ratio_rows_table, recommendation_table
+
+    def shown(renderable) -> str:
+        console = Console(width=300, record=True)
+        console.print(renderable)
+        return console.export_text()
+
+    layers = [
+        {"name": "a", "mean": "rms", "var": "rms", "confidence": 1.0},
+        {"name": "b", "mean": "ln", "var": "ln", "confidence": 1.0, "output": "none"},
+        {"name": "c", "mean": "bn", "var": "bn", "confidence": 1.0},
+    ]
+    recommendation = {
+        "plan": {"layers": layers, "metadata": {"trials": 2}},
+        "summary": {"outputs": {"a": "dyt", "b": "none"}},
+        "torch_layers": {"a": "DynamicTanh(8)", "b": "Identity", "c": "BatchNorm2d(8)"},
+    }
+    lines = shown(recommendation_table(recommendation)).splitlines()
+    rows = {line.split("│")[1].strip(): line for line in lines if line.count("│") > 3}
+    header = next(
+        line
+        for line in shown(recommendation_table(recommendation)).splitlines()
+        if "┃ layer" in line
+    )
+    assert "output" in header and "torch layer" in header
+    assert "DyT" in rows["a"] and "DynamicTanh(8)" in rows["a"] and "rms" in rows["a"]
+    assert "none" in rows["b"] and "Identity" in rows["b"]
+    assert "│ -" in rows["c"] and "BatchNorm2d(8)" in rows["c"]
+    plain = shown(recommendation_table({"plan": {"layers": layers[2:]}}))
+    assert "output" not in plain and "torch layer" not in plain
+
+    ratios = {
+        "t.norm": {"mean": {"ln": 0.3, "rms": 0.7}, "var": {"ln": 0.4, "rms": 0.6},
+                   "output": {"norm": 0.1, "dyt": 0.8, "none": 0.1}},
+        "head.bn": {"mean": {"bn": 1.0, "rms": 0.0}, "var": {"bn": 1.0, "rms": 0.0}},
+    }  # fmt: skip
+    text = shown(ratio_rows_table(ratios))
+    assert "mean RMS" in text and "out DyT" in text
+    assert "rms/rms -> dyt" in text and "bn/bn" in text
+    assert [baseline_label(b) for b in ("bn", "rms", "dyt", "none")] == [
+        "all-BN", "all-RMS", "all-DyT", "no-norm",
+    ]  # fmt: skip

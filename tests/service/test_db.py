@@ -32,8 +32,9 @@ from service.db.models import (
     Trial,
     User,
 )
+from service.ratio_columns import RATIO_COLUMNS
 from service.vocabulary import JobStatus
-from sn_core.vocabulary import NORMALIZERS
+from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 from tests.support.factories import make_user
 
 TABLES = {
@@ -181,11 +182,12 @@ def test_every_job_status_is_stored_and_read_back(pg_session):
         assert job.status == status and type(job.status) is str
 
 
-def test_snapshots_have_a_mean_and_a_var_column_per_normalizer():
+def test_snapshots_have_a_column_per_statistics_member_and_output_choice():
     columns = set(RatioSnapshot.__table__.columns.keys())
-    assert {c for c in columns if c.startswith(("mean_", "var_"))} == {
-        f"{part}_{norm}" for part in ("mean", "var") for norm in NORMALIZERS
-    } | {"mean_fixed", "var_fixed"}
+    assert {c for c in columns if c.startswith(("mean_", "var_", "out_"))} == {
+        f"{part}_{norm}" for part in ("mean", "var") for norm in STATISTIC_MEMBERS
+    } | {f"out_{choice}" for choice in OUTPUT_CHOICES} | {"mean_fixed", "var_fixed"}
+    assert set(RATIO_COLUMNS) == columns & set(RATIO_COLUMNS) and len(RATIO_COLUMNS) == 13
 
 
 def test_sqlite_downgrade_to_base_and_upgrade_again(sqlite_url):
@@ -322,6 +324,45 @@ def test_migration_0006_adds_an_optional_job_name_and_downgrades(backend, tmp_pa
             command.downgrade(config, "0005")
             assert "name" not in {c["name"] for c in inspect(engine).get_columns("jobs")}
             command.upgrade(config, "head")
+            assert_models_match_migrations(engine)
+        finally:
+            engine.dispose()
+
+
+@pytest.mark.parametrize("backend", ["postgres", "sqlite"])
+def test_migration_0008_adds_nullable_member_ratios_and_downgrades(backend, tmp_path):
+    """0008: rms and output ratios; a downgrade drops them and keeps the snapshots, and the
+    snapshots from before an upgrade have none (NULL)."""
+    new = {"mean_rms", "var_rms", "out_norm", "out_dyt", "out_none"}
+    with migrated_database(backend, tmp_path) as url:
+        config = alembic_config(url)
+        engine = make_engine(url)
+        try:
+            with Session(engine) as session, session.begin():
+                job = populate(session)
+                trial = session.scalars(select(Trial).where(Trial.job_id == job.id)).one()
+                row = snapshot(trial, 300, 0)
+                row.mean_rms, row.out_norm, row.out_dyt = 0.25, 0.75, 0.25
+                session.add(row)
+            with engine.connect() as connection:
+                query = text(
+                    "SELECT mean_rms, out_norm, out_dyt FROM ratio_snapshots WHERE step = 300"
+                )
+                assert connection.execute(query).one() == (0.25, 0.75, 0.25)
+            command.downgrade(config, "0007")
+            assert not new & {c["name"] for c in inspect(engine).get_columns("ratio_snapshots")}
+            command.upgrade(config, "0008")
+            columns = {c["name"]: c for c in inspect(engine).get_columns("ratio_snapshots")}
+            assert all(columns[name]["nullable"] for name in new)
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    text(
+                        "SELECT mean_bn, mean_rms, var_rms, out_norm, out_dyt, out_none "
+                        "FROM ratio_snapshots"
+                    )
+                ).all()
+            assert len(rows) == len(STEPS) * len(LAYERS) + 1
+            assert {(round(row[0], 3), *row[1:]) for row in rows} == {(0.5, *[None] * 5)}
             assert_models_match_migrations(engine)
         finally:
             engine.dispose()

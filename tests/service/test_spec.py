@@ -153,3 +153,43 @@ def test_settings_split_data_roots_from_environment(monkeypatch, tmp_path):
     settings = Settings()
     assert [p.name for p in settings.data_roots] == ["a", "b", "c"]
     assert settings.ray_address == "ray://head:10001"
+
+
+def test_pool_and_baselines_take_every_pool_member():
+    import service.spec as spec_module
+    from sn_core.vocabulary import POOL_MEMBERS
+
+    assert spec_module.PoolMember.__args__ == POOL_MEMBERS
+    spec = JobSpec.model_validate(
+        {
+            **MINIMAL,
+            "search": {"pool": ["ln", "rms", "dyt", "none"]},
+            "verify": {"baselines": ["rms"]},
+        }
+    )
+    assert spec.search.pool == ["ln", "rms", "dyt", "none"]
+    assert spec.verify.baselines == ["rms"]
+
+
+def test_pool_needs_a_statistics_member():
+    lines = errors_of({**MINIMAL, "search": {"pool": ["dyt", "none"]}})
+    assert len(lines) == 1 and lines[0].startswith("search.pool: "), lines
+    assert "no statistics member" in lines[0]
+
+
+def test_token_layouts_refuse_gn_naming_each_item(monkeypatch):
+    import service.spec as spec_module
+
+    monkeypatch.setitem(spec_module.ARCH_LAYOUTS, "resnet20", "tokens")
+    lines = errors_of(
+        {**MINIMAL, "search": {"pool": ["ln", "gn"]}, "verify": {"baselines": ["gn", "rms"]}}
+    )
+    assert [line.split(":")[0] for line in lines] == ["search.pool.1", "verify.baselines.0"]
+    assert all("cannot compute 'gn'" in line for line in lines)
+    # Unset baselines take the layout's default (no gn for tokens); channel models keep bn, gn.
+    ok = JobSpec.model_validate({**MINIMAL, "search": {"pool": ["ln", "rms", "dyt"]}})
+    assert ok.verify.baselines == ["ln", "rms"]
+    assert JobSpec.model_validate({**MINIMAL, "model": {"arch": "vgg_small"}}).verify.baselines == [
+        "bn",
+        "gn",
+    ]

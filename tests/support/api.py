@@ -73,6 +73,7 @@ def snapshot_row(trial_id: int, step: int, layer_index: int, **overrides) -> dic
         "var_ln": 0.25,
         "var_bn": 0.25,
         "var_gn": None,
+        **{name: None for name in ("mean_rms", "var_rms", "out_norm", "out_dyt", "out_none")},
         "mean_fixed": False,
         "var_fixed": True,
     }

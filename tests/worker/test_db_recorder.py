@@ -323,3 +323,35 @@ def test_a_compile_fallback_is_a_job_event(sqlite_factory):
         notes = [e.message for e in events if e.message]
     assert notes == [f"trial a: {fallback}"]
     assert [r["epoch"] for r in recorder.trials()["a"]["history"]] == [1, 2]
+
+
+def test_rms_and_output_ratios_round_trip(factory):
+    """A layer mixing ln and rms with point-wise members (its output ratios in the
+    ``sn_core.switch_ratios`` shape) reads back as recorded; a layer without them has no
+    ``output``."""
+    rng = random.Random(1)
+    rec = record(rng, 0, 1)
+    rec["ratios"] = {
+        "blocks.0.norm": {
+            "mean": ratio(rng, ("ln", "rms")),
+            "var": ratio(rng, ("ln", "rms")),
+            "output": ratio(rng, ("norm", "dyt", "none")),
+            "fixed": {"mean": False, "var": True},
+        },
+        "head.norm": {
+            "mean": ratio(rng, ("bn", "rms")),
+            "var": ratio(rng, ("bn", "rms")),
+            "fixed": {"mean": False, "var": False},
+        },
+    }
+    recorder = DatabaseRecorder(factory, job_id=new_job(factory), batch_size=1)
+    recorder.trial_started("trial_0", config(0))
+    recorder.trial_result("trial_0", rec)
+    recorder.trial_finished("trial_0", "TERMINATED")
+    (history,) = [t["history"] for t in recorder.trials().values()]
+    assert history[0]["ratios"] == rec["ratios"]
+    with factory() as session:
+        rows = {s.layer: s for s in session.scalars(select(RatioSnapshot))}
+    assert rows["blocks.0.norm"].mean_rms == rec["ratios"]["blocks.0.norm"]["mean"]["rms"]
+    assert rows["blocks.0.norm"].out_dyt == rec["ratios"]["blocks.0.norm"]["output"]["dyt"]
+    assert rows["head.norm"].out_norm is None and rows["head.norm"].mean_ln is None

@@ -314,3 +314,64 @@ def test_plot_ratios_many_layers_with_gn(tmp_path):
         layers.append((f"stage{i // 20}.block{i % 20}.downsample.norm", ratios, ratios))
     path = plot_ratios(layers, tmp_path / "many.png", title="60 layers")
     _check_png(path, min_width=1500)
+
+
+def _members_trial(trial_id, seed, outputs):
+    """A cnn1d SN trial over pool (ln, rms), one-hot rms/rms, with synthetic output ratios per
+    layer index (``outputs``: {i: {"norm": r, "dyt": r, "none": r}}) in its last record."""
+    model = sn_core.convert_to_switchnorm(
+        sn_core.build_model("cnn1d", num_classes=10, in_channels=1), pool=("ln", "rms")
+    )
+    for _, layer in sn_core.switch_layers(model):
+        layer.fix("rms", "rms")
+    ratios = _record_ratios(model)
+    for i, name in enumerate(ratios):
+        if i in outputs:
+            ratios[name]["output"] = outputs[i]
+    return TrialOutcome(
+        trial_id=trial_id, seed=seed, batch_size=16, lr=0.1, effective_lr=None,
+        status="TERMINATED", epochs_used=1, epochs_budget=1, val_accuracy=0.5,
+        history=[{"epoch": 1, "val_accuracy": 0.5, "ratios": ratios}],
+        plan=sn_core.plan_from_model(model).to_dict(), error=None,
+    )  # fmt: skip
+
+
+def test_output_ratios_give_each_layer_its_output_choice_and_torch_layer():
+    """rms statistics are recommended like the others; output ratios are averaged over the
+    trials: a clear winner is the layer's output, an undecided layer keeps "norm"; a point-wise
+    choice becomes DynamicTanh / Identity in the report's torch layers."""
+    from worker.recommend import LayerChoice as RecommendChoice
+    from worker.recommend import torch_layers
+
+    dyt = {"norm": 0.1, "dyt": 0.8, "none": 0.1}
+    split = {"norm": 0.35, "dyt": 0.3, "none": 0.35}
+    trials = [_members_trial(t, t, {0: dyt, 1: split, 2: {"norm": 0.9, "dyt": 0.05, "none": 0.05}})
+              for t in (0, 1)]  # fmt: skip
+    names = list(trials[0].final_ratios)
+    if "output" not in RecommendChoice.__dataclass_fields__:
+        with pytest.raises(ValueError, match=f"layer {names[0]!r}.*'dyt' output"):
+            recommend(trials, target_batch_size=16)
+        keep = [_members_trial(t, t, {1: split}) for t in (0, 1)]
+        rec = recommend(keep, target_batch_size=16)
+        assert rec.summary["outputs"] == {names[1]: "norm"}  # tied norm/none: keeps the norm
+    else:
+        rec = recommend(trials, target_batch_size=16)
+        assert rec.summary["outputs"] == {names[0]: "dyt", names[1]: "norm", names[2]: "norm"}
+        assert rec.plan.layers[0].output == "dyt"
+    assert names[1] in rec.plan.metadata["indifferent_layers"]
+    assert {layer.choice for layer in rec.plan} == {"rms/rms"}
+    assert rec.summary["mean_counts"] == {"ln": 0, "rms": len(names)}
+    described = torch_layers(rec.plan, {names[0]: "dyt", names[2]: "none"})
+    width = rec.plan.layers[0].num_features
+    assert described[names[0]] == f"DynamicTanh({width})" and described[names[2]] == "Identity"
+    assert described[names[1]] == plan_torch_layers(rec.plan)[names[1]]
+
+
+def test_ratios_csv_has_rms_and_output_columns(tmp_path):
+    from worker.report import write_ratios_csv
+
+    trial = _members_trial("M", 0, {0: {"norm": 0.25, "dyt": 0.5, "none": 0.25}})
+    with write_ratios_csv(tmp_path / "r.csv", [trial]).open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert float(rows[0]["mean_rms"]) == 1.0 and rows[0]["mean_in"] == ""
+    assert (rows[0]["out_dyt"], rows[1]["out_dyt"]) == ("0.5", "")

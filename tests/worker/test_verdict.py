@@ -98,7 +98,7 @@ def test_a_cheaper_baseline_within_noise_wins_over_a_slightly_better_one():
     assert v.chosen == "bn"
     assert "all-GN scores +0.2 points more, within noise" in v.text
     assert "BN folds into the convolution" in v.text
-    assert COST_ORDER == ("bn", "gn", "ln", "in", "plan")
+    assert COST_ORDER == ("bn", "gn", "ln", "in", "rms", "none", "dyt", "plan")
 
 
 def test_between_baselines_of_the_same_cost_the_better_mean_wins():

@@ -1,27 +1,47 @@
 // SVG charts built as one string per update (no per-point DOM nodes with listeners): stacked
 // ratio bars per SN layer (the SN papers' figure), a layer's ratio evolution over steps, and the
-// per-layer mean/variance divergence. Colours of the normalizers are fixed everywhere.
+// per-layer mean/variance divergence. Colours of the normalizers and of the output choices
+// (a layer with point-wise members mixes its normalized output with DyT and the identity by a
+// third ratio vector, "output") are fixed everywhere.
 
 import { integerTicks } from "./ticks.js";
 import { esc } from "./util.js";
-import { NORM_LABELS, NORMS } from "./vocabulary.js";
+import { NORM_LABELS, NORMS, OUTPUT_LABELS, OUTPUTS } from "./vocabulary.js";
 
-export { NORM_LABELS, NORMS };
-export const NORM_COLORS = { in: "#4e79a7", ln: "#f28e2b", bn: "#59a14f", gn: "#b07aa1" };
+export { NORM_LABELS, NORMS, OUTPUT_LABELS, OUTPUTS };
+export const NORM_COLORS = {
+  in: "#4e79a7", ln: "#f28e2b", bn: "#59a14f", gn: "#b07aa1", rms: "#76b7b2",
+};
+export const OUTPUT_COLORS = { norm: "#9c9c9c", dyt: "#edc948", none: "#e15759" };
 
 const FONT = 11;
 
-export function legendHtml(norms = NORMS) {
-  return `<div class="legend">${norms.map((n) =>
+/** The keys, labels and colours of one part of a snapshot: "mean"/"var" (the normalizers) or
+ * "output" (the output choices). */
+export function partScale(part) {
+  return part === "output"
+    ? { keys: OUTPUTS, labels: OUTPUT_LABELS, colors: OUTPUT_COLORS }
+    : { keys: NORMS, labels: NORM_LABELS, colors: NORM_COLORS };
+}
+
+/** Whether any of ``points`` (snapshots) has output ratios (a pool with point-wise members). */
+export function hasOutput(points) {
+  return points.some((p) => p.output && Object.keys(p.output).length);
+}
+
+export function legendHtml(norms = NORMS, part = "mean") {
+  const { labels, colors } = partScale(part);
+  return `<div class="legend" data-part="${part === "output" ? "output" : "norms"}">${norms.map((n) =>
     `<span class="legend-item"><svg width="12" height="12" aria-hidden="true"><rect width="12"
-      height="12" rx="2" fill="${NORM_COLORS[n]}"/></svg>${NORM_LABELS[n]}</span>`).join("")}</div>`;
+      height="12" rx="2" fill="${colors[n]}"/></svg>${labels[n]}</span>`).join("")}</div>`;
 }
 
 function fmt(v) { return v === null || v === undefined ? "–" : Number(v).toFixed(3); }
 
-export function ratiosText(ratios) {
-  return NORMS.filter((n) => ratios?.[n] !== null && ratios?.[n] !== undefined)
-    .map((n) => `${NORM_LABELS[n]} ${fmt(ratios[n])}`).join(" · ");
+export function ratiosText(ratios, part = "mean") {
+  const { keys, labels } = partScale(part);
+  return keys.filter((n) => ratios?.[n] !== null && ratios?.[n] !== undefined)
+    .map((n) => `${labels[n]} ${fmt(ratios[n])}`).join(" · ");
 }
 
 function yAxis(x0, y0, h, w, ticks = [0, 0.25, 0.5, 0.75, 1], fmtTick = (t) => t.toFixed(2)) {
@@ -56,10 +76,11 @@ function xLabels(layers, x0, y, step) {
 }
 
 /**
- * Stacked bars, one per layer (network order), of one part ("mean" or "var") of the newest
- * snapshot of each layer: ``layers`` = [{layer, layer_index, mean: {in, ln, ...}, var: {...},
- * mean_fixed, var_fixed}]. Each layer's group is <g data-testid="layer-bar" data-layer=...>
- * with one <rect data-norm=...> per normalizer of its pool.
+ * Stacked bars, one per layer (network order), of one part ("mean", "var" or "output") of the
+ * newest snapshot of each layer: ``layers`` = [{layer, layer_index, mean: {in, ln, ...}, var:
+ * {...}, output: {norm, dyt, none} | null, mean_fixed, var_fixed}]. Each layer's group is
+ * <g data-testid="layer-bar" data-layer=...> with one <rect data-norm=...> per member of its
+ * pool (a layer without output ratios has no bar in the output chart).
  */
 export function ratioBarsSvg(layers, { part, testid, selected = null, title = "", width = null }) {
   const n = layers.length;
@@ -69,24 +90,25 @@ export function ratioBarsSvg(layers, { part, testid, selected = null, title = ""
   const W = m.l + plotW + m.r;
   const H = m.t + h + m.b;
   const out = [];
+  const { keys, colors } = partScale(part);
   layers.forEach((layer, i) => {
     const ratios = layer[part] || {};
     const x = (m.l + i * step + (step - bar) / 2).toFixed(2);
     let y = m.t + h;
     const fixed = layer[`${part}_fixed`];
     const rects = [];
-    for (const norm of NORMS) {
+    for (const norm of keys) {
       const v = ratios[norm];
       if (v === null || v === undefined) continue;
       const hh = Math.max(0, v) * h;
       y -= hh;
       rects.push(`<rect data-norm="${norm}" data-value="${v}" x="${x}" y="${y.toFixed(2)}"
-        width="${bar.toFixed(2)}" height="${hh.toFixed(2)}" fill="${NORM_COLORS[norm]}"/>`);
+        width="${bar.toFixed(2)}" height="${hh.toFixed(2)}" fill="${colors[norm]}"/>`);
     }
     const cls = `layer-bar${layer.layer === selected ? " selected" : ""}${fixed ? " fixed" : ""}`;
     out.push(`<g data-testid="layer-bar" data-layer="${esc(layer.layer)}" data-index="${i}"
       class="${cls}"><title>#${layer.layer_index} ${esc(layer.layer)} (${part})${fixed ? ", fixed" : ""}
-${ratiosText(ratios)}</title>${rects.join("")}</g>`);
+${ratiosText(ratios, part)}</title>${rects.join("")}</g>`);
   });
   return `<svg data-testid="${testid}" class="chart ratio-chart" viewBox="0 0 ${W} ${H}"
     width="100%" preserveAspectRatio="xMinYMin meet" role="img" aria-label="${esc(title)}" data-part="${part}"
@@ -174,7 +196,8 @@ export function decimatedLine(points, part, norm, xOf, yOf) {
 
 /**
  * A layer's ratios over steps: two panels (mean above, variance below), one line per normalizer
- * of its pool, a dashed mark where the part became fixed. ``points`` ascending by step. A hover
+ * of its pool, a dashed mark where the part became fixed; a third panel of its output ratios
+ * when the layer has point-wise members. ``points`` ascending by step. A hover
  * guide (one delegated listener, see attachEvolutionHover) reads ``data-*`` of the SVG.
  */
 export function evolutionSvg(points, { layer, testid = "layer-evolution-chart", width = null } = {}) {
@@ -183,7 +206,8 @@ export function evolutionSvg(points, { layer, testid = "layer-evolution-chart", 
   const ph = 130;
   const gap = 34;
   const plotW = W - m.l - m.r;
-  const H = m.t + ph * 2 + gap + m.b;
+  const output = hasOutput(points);
+  const H = m.t + ph * (output ? 3 : 2) + gap * (output ? 2 : 1) + m.b;
   if (!points.length) {
     return `<svg data-testid="${testid}" class="chart evolution-chart" viewBox="0 0 ${W} 60"
       width="100%" preserveAspectRatio="xMinYMin meet" data-points="0"><text class="muted-text" x="${m.l}" y="30">
@@ -194,21 +218,24 @@ export function evolutionSvg(points, { layer, testid = "layer-evolution-chart", 
   const span = Math.max(1, s1 - s0);
   const xOf = (s) => m.l + ((s - s0) / span) * plotW;
   const panels = [["mean", m.t], ["var", m.t + ph + gap]];
+  if (output) panels.push(["output", m.t + 2 * (ph + gap)]);
+  const titles = { mean: "mean", var: "variance", output: "output" };
   const parts = panels.map(([part, top]) => {
     const lines = [];
-    for (const norm of NORMS) {
+    const { keys, colors } = partScale(part);
+    for (const norm of keys) {
       const coords = decimatedLine(points, part, norm, xOf, (v) => top + ph - v * ph);
       if (coords.length) {
-        lines.push(`<polyline data-norm="${norm}" class="line" fill="none"
-          stroke="${NORM_COLORS[norm]}" points="${coords.join(" ")}"/>`);
+        lines.push(`<polyline data-norm="${norm}" data-part="${part}" class="line" fill="none"
+          stroke="${colors[norm]}" points="${coords.join(" ")}"/>`);
       }
     }
     const fixedAt = points.find((p) => p[`${part}_fixed`]);
     const mark = fixedAt ? `<line class="fixed-mark" x1="${xOf(fixedAt.step).toFixed(1)}"
       x2="${xOf(fixedAt.step).toFixed(1)}" y1="${top}" y2="${top + ph}"/><text class="tick"
       x="${xOf(fixedAt.step).toFixed(1)}" y="${top - 3}" text-anchor="middle">fixed</text>` : "";
-    return `<text class="chart-title" x="${m.l}" y="${top - 6}">${part === "mean" ? "mean" :
-      "variance"} ratios</text>${yAxis(m.l, top, ph, plotW, [0, 0.5, 1])}${mark}${lines.join("")}`;
+    return `<text class="chart-title" x="${m.l}" y="${top - 6}">${titles[part]} ratios</text>${
+      yAxis(m.l, top, ph, plotW, [0, 0.5, 1])}${mark}${lines.join("")}`;
   });
   // Steps are integers: ticks at a nice step, each labelled once (ticks.js).
   const ticks = integerTicks(s0, s1, 8).ticks.map((s) => `<text class="tick"
@@ -266,7 +293,7 @@ export function attachEvolutionHover(container, getPoints) {
     const text = hover.querySelector("text");
     text.setAttribute("x", Math.min(x, x1 - 330).toFixed(1));
     text.textContent = `step ${p.step} (epoch ${p.epoch}) · mean ${ratiosText(p.mean)} · var ${
-      ratiosText(p.var)}`;
+      ratiosText(p.var)}${p.output ? ` · output ${ratiosText(p.output, "output")}` : ""}`;
     hover.setAttribute("visibility", "visible");
   });
   container.addEventListener("mouseleave", () => {

@@ -1,7 +1,7 @@
 // The job page's skeleton (page-job.js fills it in and keeps it live). Every data-testid here is
 // a stable hook of the browser tests.
 
-import { legendHtml, NORMS } from "./charts.js";
+import { legendHtml, NORMS, OUTPUTS } from "./charts.js";
 import { METRICS } from "./curves.js";
 import { esc, progressHtml } from "./util.js";
 
@@ -101,12 +101,14 @@ export function jobPageHtml(jobId) {
       </div>
       <div class="toolbar small">
         ${legendHtml(NORMS)}
+        <span id="output-legend" hidden>${legendHtml(OUTPUTS, "output")}</span>
         <span class="spacer"></span>
         <span class="muted" id="step-info"></span>
       </div>
       <div class="charts" id="bar-charts">
         <div class="chart-box" id="chart-mean"><p class="muted">No ratios yet.</p></div>
         <div class="chart-box" id="chart-var"></div>
+        <div class="chart-box" id="chart-output" hidden></div>
         <div class="chart-box" id="chart-divergence"></div>
       </div>
       <p class="muted small">Newest step of the selected trial; each bar is one SN layer in
@@ -131,7 +133,7 @@ export function jobPageHtml(jobId) {
       <div class="table-wrap">
         <table class="table" data-testid="recommendation-table">
           <thead><tr><th class="num">#</th><th>Layer</th><th>Mean</th><th>Variance</th>
-            <th class="num">Confidence</th><th>Torch layer</th><th>Mean ratios</th>
+            <th>Output</th><th class="num">Confidence</th><th>Torch layer</th><th>Mean ratios</th>
             <th>Variance ratios</th></tr></thead>
           <tbody id="recommendation-body"></tbody>
         </table>

@@ -10,7 +10,7 @@
 
 import { ApiError, download, reportError, request } from "./api.js";
 import {
-  attachEvolutionHover, divergenceSvg, evolutionSvg, ratioBarsSvg, ratiosText,
+  attachEvolutionHover, divergenceSvg, evolutionSvg, hasOutput, ratioBarsSvg, ratiosText,
 } from "./charts.js";
 import { finalByTrial, METRICS } from "./curves.js";
 import {
@@ -328,6 +328,13 @@ export function render(root, [jobId]) {
         selected, title: "mean ratios", width: boxWidth("#chart-mean") });
       $("#chart-var").innerHTML = ratioBarsSvg(layers, { part: "var", testid: "ratio-chart-var",
         selected, title: "variance ratios", width: boxWidth("#chart-var") });
+      // Output ratios: only a pool with point-wise members (dyt, none) has them.
+      const output = hasOutput(layers);
+      $("#chart-output").hidden = !output;
+      $("#output-legend").hidden = !output;
+      $("#chart-output").innerHTML = output ? ratioBarsSvg(layers, { part: "output",
+        testid: "ratio-chart-output", selected, title: "output ratios",
+        width: boxWidth("#chart-output") }) : "";
       $("#chart-divergence").innerHTML = divergenceSvg(layers, { selected,
         width: boxWidth("#chart-divergence") });
       updateLayerOptions(layers);
@@ -393,7 +400,8 @@ export function render(root, [jobId]) {
       const last = points.at(-1);
       $("#evolution-info").textContent = last ? `${layer}: ${points.length} steps${
         downsampled ? " (evenly downsampled)" : ""}; newest step ${last.step}: mean ${
-        ratiosText(last.mean)}; variance ${ratiosText(last.var)}` : "";
+        ratiosText(last.mean)}; variance ${ratiosText(last.var)}${last.output
+        ? `; output ${ratiosText(last.output, "output")}` : ""}` : "";
     });
   }
 

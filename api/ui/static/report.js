@@ -1,23 +1,37 @@
 // A succeeded job's report.json as table rows: the recommendation (one row per planned layer,
 // with the torch layer it becomes, as the worker wrote it: recommendation.torch_layers, computed
-// by sn_core itself; "–" in reports from before that field) and the verification (each model
-// trained from scratch).
+// by sn_core itself; "–" in reports from before that field), the layer's output choice where
+// its pool has point-wise members (the normalized output, DyT or none: the torch layer says
+// what it becomes) and the verification (each model trained from scratch).
 
-import { ratiosText } from "./charts.js";
+import { NORM_LABELS, OUTPUT_LABELS, ratiosText } from "./charts.js";
 import { esc, fmtNum, fmtPct } from "./util.js";
 
 function normTag(norm) {
-  return `<span class="norm norm-${esc(norm)}">${esc(String(norm).toUpperCase())}</span>`;
+  return `<span class="norm norm-${esc(norm)}">${esc(NORM_LABELS[norm] ?? String(norm).toUpperCase())}</span>`;
+}
+
+/** A layer's output choice: the plan's ``output`` or the summary's ``outputs`` (the worker's
+ * recommendation); null for a layer without point-wise members. */
+export function layerOutput(layer, outputs) {
+  return layer.output ?? outputs?.[layer.name] ?? null;
+}
+
+function outputCell(output) {
+  if (output === null) return '<td class="muted" data-testid="output">–</td>';
+  return `<td data-testid="output" data-output="${esc(output)}"><span class="output output-${
+    esc(output)}">${esc(OUTPUT_LABELS[output] ?? output)}</span></td>`;
 }
 
 // A layer the trials left undecided (resolved by the aggregation rule) and a confidence that a
 // single trial cannot measure are said in words.
-function recommendationRow(layer, index, torchLayers, indifferent, singleTrial) {
+function recommendationRow(layer, index, torchLayers, indifferent, singleTrial, outputs) {
   const note = indifferent.has(layer.name)
     ? ' <span class="small muted" data-testid="indifferent">indifferent</span>' : "";
   return `<tr data-testid="recommendation-row" data-layer="${esc(layer.name)}">
     <td class="num">${index}</td><td class="mono">${esc(layer.name)}${note}</td>
     <td>${normTag(layer.mean)}</td><td>${normTag(layer.var)}</td>
+    ${outputCell(layerOutput(layer, outputs))}
     <td class="num">${singleTrial ? "1 trial" : fmtNum(layer.confidence, 2)}</td>
     <td class="mono" data-testid="torch-layer">${esc(torchLayers?.[layer.name] ?? "–")}</td>
     <td class="small">${esc(ratiosText(layer.mean_ratios))}</td>
@@ -58,7 +72,8 @@ export function reportHtml(report) {
       rec.target_batch_size ?? "–"} · from ${(rec.trial_ids || []).length} trial(s)${
       indifferent.size ? ` · ${indifferent.size} indifferent: ${aggregation.rule}` : ""}`,
     recommendationRows: layers
-      .map((layer, i) => recommendationRow(layer, i, rec.torch_layers, indifferent, singleTrial))
+      .map((layer, i) => recommendationRow(layer, i, rec.torch_layers, indifferent, singleTrial,
+        rec.summary?.outputs))
       .join(""),
     verificationInfo: verification
       ? `The recommended plan and the uniform baselines trained from scratch: ${

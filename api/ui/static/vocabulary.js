@@ -1,5 +1,7 @@
-// The API's vocabulary (GET /api/v1/vocabulary): job statuses, artifact kinds and normalizers
-// with their labels. The UI keeps no copy of these names: app.js loads them once, after login
+// The API's vocabulary (GET /api/v1/vocabulary): job statuses, artifact kinds, the statistics
+// normalizers (the keys of a snapshot's mean and var), the output choices (the keys of its
+// output: the normalized output, then the point-wise members) and every pool member, with
+// their labels. The UI keeps no copy of these names: app.js loads them once, after login
 // (the route needs a token), before it renders a page; the pages read the containers below.
 
 import { request } from "./api.js";
@@ -10,6 +12,9 @@ export const ACTIVE_STATUSES = new Set(); // the statuses that are not finished
 export const ARTIFACT_KINDS = [];
 export const NORMS = [];
 export const NORM_LABELS = {};
+export const OUTPUTS = [];
+export const OUTPUT_LABELS = {};
+export const MEMBERS = []; // [{name, label, kind: "statistics" | "pointwise"}]
 
 let loaded = false;
 let pending = null;
@@ -27,6 +32,12 @@ export function setVocabulary(vocabulary) {
   NORMS.splice(0, NORMS.length, ...vocabulary.normalizers.map((n) => n.name));
   for (const key of Object.keys(NORM_LABELS)) delete NORM_LABELS[key];
   for (const n of vocabulary.normalizers) NORM_LABELS[n.name] = n.label;
+  // An API from before the point-wise members has neither list: no output ratios to show.
+  const outputs = vocabulary.output_choices || [];
+  OUTPUTS.splice(0, OUTPUTS.length, ...outputs.map((n) => n.name));
+  for (const key of Object.keys(OUTPUT_LABELS)) delete OUTPUT_LABELS[key];
+  for (const n of outputs) OUTPUT_LABELS[n.name] = n.label;
+  MEMBERS.splice(0, MEMBERS.length, ...(vocabulary.members || []));
   loaded = true;
 }
 
