@@ -55,12 +55,14 @@ TEXT_DEFAULT_CONTEXT = 64
 TEXT_DEFAULT_MAX_CHARS = 1_000_000
 TEXT_MAX_CHARS = 20_000_000
 # Language models: the architectures whose output is a next-token distribution at every position
-# (their jobs measure validation perplexity), and the token normalizers each transformer can mix
-# (a causal model: per-token statistics only; the others would let later tokens leak into earlier
-# ones). ``sn_core.zoo`` models say the same (``token_pool_members``; a test keeps them in sync).
+# (their jobs measure validation perplexity), and the token normalizers a job may mix in each
+# transformer: the per-token ones, LN and RMS. A causal model can compute nothing else (BN and IN
+# over tokens would let later tokens leak into earlier ones); a ViT computes BN and IN over tokens
+# too (``token_pool_members`` of the zoo model), but no torch layer is what a token layer fixed to
+# them finalizes to (``sn_core.finalize.token_norm``), so a job could not verify or export them.
 LANGUAGE_MODELS = ("char_lm",)
 TOKEN_POOL_MEMBERS: dict[str, tuple[str, ...]] = {
-    "vit": ("in", "ln", "bn", "rms"),
+    "vit": ("ln", "rms"),
     "char_lm": ("ln", "rms"),
 }
 # The baselines a transformer's verification trains by default: the norms it has a token form of.
