@@ -71,7 +71,14 @@ class JobResult(BaseModel):
     label: str = Field(examples=["plan"])
     verified: bool
     reason: str = Field(description="The verdict's reason code (worker.verdict.REASONS).")
-    accuracy: float | None = Field(description="Mean validation accuracy (a fraction).")
+    accuracy: float | None = Field(
+        description="Mean validation accuracy (a fraction); null for a language model."
+    )
+    perplexity: float | None = Field(
+        default=None,
+        description="A language model's mean validation perplexity (lower is better); null "
+        "for classifiers.",
+    )
     std: float | None = Field(description="Sample std over the seeds; null below 2.")
     n: int = Field(description="Seeds (verified) or search trials (not verified) averaged.")
     accuracy_kind: str = Field(

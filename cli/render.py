@@ -200,10 +200,12 @@ def verification_table(verification: dict) -> Table:
         title=f"Verification: {verification['epochs']} epochs, batch {verification['batch_size']}, "
         f"seeds {verification['seeds']} ({metric})"
     )
-    for column in ("model", "final-epoch val acc (mean)", "std", "seeds"):
+    perplexity = verification.get("metric_name") == "perplexity"
+    key, heading = ("val_perplexity", "val ppl") if perplexity else ("val_accuracy", "val acc")
+    for column in ("model", f"final-epoch {heading} (mean)", "std", "seeds"):
         table.add_column(column)
     for row in verification["results"].values():
-        accuracy, std = row["val_accuracy"], row.get("std")
+        accuracy, std = row.get(key), row.get("std")
         table.add_row(
             row["label"],
             "-" if accuracy is None else f"{accuracy:.3f}",

@@ -31,6 +31,7 @@ SPEC_VERSION = 1
 # registered under the ``normsearch.models`` entry-point group are accepted too: their names are
 # read from package metadata, without importing torch.
 BUILTIN_ARCHS = (
+    "char_lm",
     "cnn1d",
     "mlp",
     "mobilenetv2",
@@ -42,6 +43,7 @@ BUILTIN_ARCHS = (
     "resnet56",
     "vgg11",
     "vgg_small",
+    "vit",
 )
 # What a spec's search.pool and verify.baselines may name (sn_core.vocabulary.POOL_MEMBERS):
 # statistics members (in, ln, bn, gn, rms) and point-wise members (dyt, none).
@@ -56,10 +58,32 @@ LAYOUT_MEMBERS: dict[str, tuple[str, ...]] = {
 # The layout of each built-in architecture's norms; a token model (ViT, a character LM) adds
 # itself here as "tokens". A plug-in (not listed) is checked by the worker, when it builds it.
 ARCH_LAYOUTS: dict[str, str] = {arch: "channels" for arch in BUILTIN_ARCHS}
+ARCH_LAYOUTS.update({"vit": "tokens", "char_lm": "tokens"})
 # verify.baselines when a spec leaves it out: all-BN and all-GN for CNNs (VerifySpec's default),
 # all-LN and all-RMS for token models (their practice, and gn is not theirs).
 LAYOUT_BASELINES: dict[str, list[str]] = {"channels": ["bn", "gn"], "tokens": ["ln", "rms"]}
 FILE_DATASETS = ("image_folder", "cifar", "npz")
+# Kinds that may read a file from the data roots; ``text`` reads its built-in corpus without one.
+PATH_DATASETS = (*FILE_DATASETS, "text")
+# Character-level text (``worker.data.text``): windows of ``context_length`` characters; with no
+# path, the Python standard library's own sources (the built-in corpus, on every machine).
+TEXT_MAX_CONTEXT = 4096
+TEXT_DEFAULT_CONTEXT = 64
+TEXT_DEFAULT_MAX_CHARS = 1_000_000
+TEXT_MAX_CHARS = 20_000_000
+# Language models: the architectures whose output is a next-token distribution at every position
+# (their jobs measure validation perplexity), and the token normalizers a job may mix in each
+# transformer: the per-token ones, LN and RMS. A causal model can compute nothing else (BN and IN
+# over tokens would let later tokens leak into earlier ones); a ViT computes BN and IN over tokens
+# too (``token_pool_members`` of the zoo model), but no torch layer is what a token layer fixed to
+# them finalizes to (``sn_core.finalize.token_norm``), so a job could not verify or export them.
+LANGUAGE_MODELS = ("char_lm",)
+TOKEN_POOL_MEMBERS: dict[str, tuple[str, ...]] = {
+    "vit": ("ln", "rms", *POINTWISE_MEMBERS),
+    "char_lm": ("ln", "rms", *POINTWISE_MEMBERS),
+}
+# The baselines a transformer's verification trains by default: the norms it has a token form of.
+TOKEN_MODEL_BASELINES = ["ln", "rms"]
 # Generated kinds: samples per kind by default and at most (MNIST-1D is generated in Python, about
 # 0.3 ms a sample: the limit keeps a job's data generation under a minute). Its default is the
 # size of the published MNIST-1D dataset.
@@ -85,6 +109,13 @@ Flag = Annotated[bool, Strict()]
 # builders' signatures. A plug-in's arguments are checked by the worker, when it builds the model.
 _RESNET_KWARGS = {"small_input": Flag, "width": SizeArg, "zero_init_residual": Flag}
 _CIFAR_RESNET_KWARGS = {"zero_init_residual": Flag}
+_TRANSFORMER_KWARGS = {
+    "dim": Annotated[int, Strict(), Field(ge=1, le=4096)],
+    "depth": Annotated[int, Strict(), Field(ge=1, le=64)],
+    "heads": Annotated[int, Strict(), Field(ge=1, le=64)],
+    "mlp_ratio": Annotated[float, Field(gt=0.0, le=16.0)],
+    "qk_norm": Flag,
+}
 ARCH_KWARGS: dict[str, dict[str, Any]] = {
     "cnn1d": {
         "channels": SizeArg,
@@ -110,6 +141,17 @@ ARCH_KWARGS: dict[str, dict[str, Any]] = {
     "resnet56": _CIFAR_RESNET_KWARGS,
     "vgg11": {"width": SizeArg, "small_input": Flag},
     "vgg_small": {"width": SizeArg},
+    "vit": {
+        "input_size": Annotated[int, Strict(), Field(ge=1, le=1024)],
+        "spatial_dims": Annotated[int, Strict(), Field(ge=1, le=2)],
+        "patch_size": Annotated[int, Strict(), Field(ge=1, le=1024)],
+        **_TRANSFORMER_KWARGS,
+        "pool": Literal["mean", "cls"],
+    },
+    "char_lm": {
+        "context": Annotated[int, Strict(), Field(ge=1, le=TEXT_MAX_CONTEXT)],
+        **_TRANSFORMER_KWARGS,
+    },
 }
 _KWARGS_MODELS = {
     arch: create_model(
@@ -119,6 +161,27 @@ _KWARGS_MODELS = {
     )
     for arch, fields in ARCH_KWARGS.items()
 }
+
+
+def _located(field: str, message: str, *where: str) -> ValidationError:
+    """A ValidationError at ``(*where, field)``: a model validator's plain ValueError would be
+    located at the whole model, and the 422 would not name the field."""
+    return ValidationError.from_exception_data(
+        "JobSpec",
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("invalid_setting", message),
+                loc=(*where, field),
+                input=None,
+            )
+        ],
+    )
+
+
+def token_baselines(arch: str) -> tuple[str, ...]:
+    """The uniform baselines a transformer builds: the norms with a token form (LN, RMSNorm)
+    that the spec's vocabulary names."""
+    return tuple(m for m in ("ln", "rms", "dyt") if m in TOKEN_POOL_MEMBERS[arch])
 
 
 def json_depth(value: Any) -> int:
@@ -231,9 +294,14 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    kind: Literal["digits", "synthetic", "mnist1d", "image_folder", "cifar", "npz"]
+    kind: Literal["digits", "synthetic", "mnist1d", "image_folder", "cifar", "npz", "text"]
     path: str | None = Field(
-        default=None, description="For image_folder, cifar and npz: inside a configured data root."
+        default=None,
+        description=(
+            "For image_folder, cifar and npz: inside a configured data root. For text: a UTF-8 "
+            "file inside a data root, or none for the built-in corpus (the Python standard "
+            "library's sources)."
+        ),
     )
     image_size: int | None = Field(
         default=None, ge=4, le=1024, description="Resize images to this side (file datasets)."
@@ -254,14 +322,52 @@ class DatasetSpec(_Strict):
     num_classes: int = Field(
         default=10, ge=2, le=100_000, description="synthetic: classes (mnist1d: always 10)."
     )
+    context_length: int | None = Field(
+        default=None,
+        ge=1,
+        le=TEXT_MAX_CONTEXT,
+        description=f"text: characters per training window (default {TEXT_DEFAULT_CONTEXT}).",
+    )
+    max_chars: int | None = Field(
+        default=None,
+        ge=1_000,
+        le=TEXT_MAX_CHARS,
+        description=(
+            f"text: characters read at most, from the start (default {TEXT_DEFAULT_MAX_CHARS:,})."
+        ),
+    )
 
     @model_validator(mode="after")
     def _path_matches_kind(self) -> DatasetSpec:
         if self.kind in FILE_DATASETS and not self.path:
             raise ValueError(f"dataset kind {self.kind!r} needs a path")
-        if self.kind not in FILE_DATASETS and self.path:
+        if self.kind not in PATH_DATASETS and self.path:
             raise ValueError(f"dataset kind {self.kind!r} takes no path")
         return self
+
+    @model_validator(mode="after")
+    def _text_settings(self) -> DatasetSpec:
+        text = self.kind == "text"
+        for name in ("context_length", "max_chars"):
+            if not text and getattr(self, name) is not None:
+                raise _located(name, f"{name} applies to dataset kind 'text' only")
+        if text and self.image_size is not None:
+            raise _located("image_size", "dataset kind 'text' holds characters; no image_size")
+        if text and self.num_samples is not None:
+            raise _located(
+                "num_samples", "dataset kind 'text' has as many windows as its text holds"
+            )
+        return self
+
+    @property
+    def context(self) -> int:
+        """text: ``context_length`` or its default."""
+        return self.context_length or TEXT_DEFAULT_CONTEXT
+
+    @property
+    def chars(self) -> int:
+        """text: ``max_chars`` or its default."""
+        return self.max_chars or TEXT_DEFAULT_MAX_CHARS
 
     @model_validator(mode="after")
     def _mnist1d_settings(self) -> DatasetSpec:
@@ -539,6 +645,75 @@ class JobSpec(_Strict):
             raise ValidationError.from_exception_data(type(self).__name__, details)
         return self
 
+    def _token_model_defaults(cls, data: Any) -> Any:
+        """A transformer's defaults where the spec leaves them out: its token members as the
+        pool and ``TOKEN_MODEL_BASELINES`` as the baselines (the CNN defaults, BN and GN, have
+        no token form)."""
+        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+            return data
+        arch = str(data["model"].get("arch", "")).strip().lower()
+        if arch not in TOKEN_POOL_MEMBERS:
+            return data
+        data = dict(data)
+        for section, name, default in (
+            ("search", "pool", [m for m in TOKEN_POOL_MEMBERS[arch] if m in STATISTIC_MEMBERS]),
+            ("verify", "baselines", list(TOKEN_MODEL_BASELINES)),
+        ):
+            part = data.get(section)
+            if part is None or (isinstance(part, dict) and name not in part):
+                data[section] = {**(part or {}), name: default}
+        return data
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> JobSpec:
+        """A language model trains on text and text trains a language model (a classifier has
+        no next-character target); a transformer mixes and compares only norms it computes."""
+        arch, kind = self.model.arch, self.dataset.kind
+        if (arch in LANGUAGE_MODELS) != (kind == "text"):
+            raise _located(
+                "kind",
+                f"model {arch!r} cannot train on dataset kind {kind!r}: the language models "
+                f"({', '.join(LANGUAGE_MODELS)}) train on kind 'text', and only they do",
+                "dataset",
+            )
+        context = self.model.kwargs.get("context")
+        if arch in LANGUAGE_MODELS and isinstance(context, int) and context < self.dataset.context:
+            raise _located(
+                "context",
+                f"{arch} context {context} is shorter than dataset.context_length "
+                f"{self.dataset.context}; leave it out to take the dataset's",
+                "model",
+                "kwargs",
+            )
+        members = TOKEN_POOL_MEMBERS.get(arch)
+        if members is None:
+            return self
+        refused = [m for m in self.search.pool if m not in members]
+        if refused:
+            why = " (causal: per-token statistics only)" if arch in LANGUAGE_MODELS else ""
+            raise _located(
+                "pool",
+                f"model {arch!r} cannot mix {refused} over its tokens{why}; it takes: "
+                f"{', '.join(members)}",
+                "search",
+            )
+        baselines = token_baselines(arch)
+        refused = [b for b in self.verify.baselines if b not in baselines]
+        if refused:
+            raise _located(
+                "baselines",
+                f"model {arch!r} has no uniform {refused} baseline (no token form); it takes: "
+                f"{', '.join(baselines)}",
+                "verify",
+            )
+        return self
+
+    @property
+    def metric(self) -> str:
+        """What the job's trials are judged by: "perplexity" (lower is better) for a language
+        model, "accuracy" (higher is better) for a classifier (``worker.metrics``)."""
+        return "perplexity" if self.model.arch in LANGUAGE_MODELS else "accuracy"
+
     @model_validator(mode="after")
     def _target_batch_in_trials(self) -> JobSpec:
         target = self.search.target_batch_size
@@ -642,7 +817,9 @@ class JobSpec(_Strict):
 
 # The dataset fields that mean something for some kinds only: the kinds each applies to.
 DATASET_FIELD_KINDS: dict[str, tuple[str, ...]] = {
-    "path": FILE_DATASETS,
+    "path": PATH_DATASETS,
+    "context_length": ("text",),
+    "max_chars": ("text",),
     "image_size": ("digits", "synthetic", *FILE_DATASETS),  # mnist1d: sequences, no images
     "num_samples": ("synthetic", "mnist1d"),
     "num_classes": ("synthetic",),

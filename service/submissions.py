@@ -21,7 +21,7 @@ from service.db.models import Artifact, Job, User
 from service.errors import Conflict, Forbidden, NotFound
 from service.limits import check_spec_limits
 from service.settings import Settings
-from service.spec import FILE_DATASETS, JobSpec
+from service.spec import PATH_DATASETS, JobSpec
 from service.vocabulary import FINISHED_JOB_STATUSES, JobStatus
 
 RETRY_UNSENT_REASON = "retry not queued: the task broker was unavailable"
@@ -30,7 +30,7 @@ RETRY_UNSENT_REASON = "retry not queued: the task broker was unavailable"
 def check_spec_paths(spec: JobSpec, *, data_roots: Sequence[Path]) -> None:
     """A file dataset's path must resolve inside the data roots and exist: checked before
     queueing, so a bad path is a 422 naming ``dataset.path``, never a failed job."""
-    if spec.dataset.kind in FILE_DATASETS and spec.dataset.path:
+    if spec.dataset.kind in PATH_DATASETS and spec.dataset.path:
         paths.resolve_data_path(spec.dataset.path, data_roots)
 
 

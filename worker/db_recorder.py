@@ -141,6 +141,11 @@ class DatabaseRecorder:
                 best.get("val_accuracy") is None or accuracy > best["val_accuracy"]
             ):
                 best.update(val_accuracy=float(accuracy), epoch=epoch)
+            ppl = record.get("val_perplexity")
+            if ppl is not None and (
+                best.get("val_perplexity") is None or ppl < best["val_perplexity"]
+            ):
+                best["val_perplexity"] = float(ppl)
             self._dirty.add(db_id)
             if (
                 len(self._snapshots) + len(self._metrics) >= self.batch_size

@@ -42,6 +42,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.instancenorm import _InstanceNorm
 
 import sn_core
+from service.metrics import ACCURACY, PERPLEXITY, Metric, metric_for
 from service.spec import JobSpec
 
 from .data import LoadedDataset
@@ -55,7 +56,7 @@ from .models import (
 )
 from .recommend import Recommendation
 from .results import TrialOutcome
-from .trainable import evaluate, load_checkpoint_state
+from .trainable import evaluate, load_checkpoint_state, perplexity
 from .verdict import UNIFORM, label
 
 __all__ = [
@@ -310,8 +311,17 @@ def run_state(run: TrialOutcome) -> tuple[dict, dict]:
     return load_checkpoint_state(Path(run.checkpoint_dir))
 
 
-def _val_accuracy(model: nn.Module, data: LoadedDataset) -> float:
-    return evaluate(model, data.x_val, data.y_val, torch.device("cpu"))[1]
+def _evaluated(model: nn.Module, data: LoadedDataset, spec: JobSpec) -> dict[str, Any]:
+    """The finalized model's validation accuracy (a language model's: next-token), and for a
+    language model its validation perplexity too."""
+    loss, accuracy = evaluate(model, data.x_val, data.y_val, torch.device("cpu"))
+    info: dict[str, Any] = {
+        "val_accuracy": accuracy,
+        "accuracy": "validation accuracy of this model, evaluated after finalization",
+    }
+    if spec.metric == PERPLEXITY.name:
+        info["val_perplexity"] = perplexity(loss)
+    return info
 
 
 def _search_model(spec: JobSpec, data: LoadedDataset, trial: TrialOutcome) -> nn.Module:
@@ -326,23 +336,25 @@ def _best_trial(recommendation: Recommendation, outcomes: list[TrialOutcome]) ->
     return next(o for o in outcomes if o.trial_id == recommendation.best_trial)
 
 
-def _best_run(config: str, runs: list[TrialOutcome]) -> tuple[TrialOutcome, dict[int, float]]:
-    """The finished run of ``config`` with the highest final-epoch validation accuracy (ties:
-    the lowest seed), and every finished seed's accuracy."""
+def _best_run(
+    config: str, runs: list[TrialOutcome], metric: Metric = ACCURACY
+) -> tuple[TrialOutcome, dict[int, float]]:
+    """The finished run of ``config`` with the best final-epoch validation ``metric`` (ties:
+    the lowest seed), and every finished seed's value."""
     done = [
         o
         for o in runs
         if o.variant == config
         and o.status == "TERMINATED"
-        and o.val_accuracy is not None
+        and o.metric_value(metric) is not None
         and o.checkpoint_dir
     ]
     if not done:
         raise RuntimeError(
             f"the verdict chose {label(config)} but none of its verification runs left a checkpoint"
         )
-    best = max(done, key=lambda o: (o.val_accuracy, -o.seed))
-    return best, {o.seed: float(o.val_accuracy) for o in sorted(done, key=lambda o: o.seed)}
+    best = max(done, key=lambda o: (metric.score(o.metric_value(metric)), -o.seed))
+    return best, {o.seed: o.metric_value(metric) for o in sorted(done, key=lambda o: o.seed)}
 
 
 def export_checkpoint(
@@ -360,7 +372,8 @@ def export_checkpoint(
     the module docstring); returns its metadata (also stored in its plan.json)."""
     info: dict[str, Any] = {"artifact": "checkpoint", **choice.metadata()}
     if choice.verified:
-        run, per_seed = _best_run(choice.config, verification_outcomes)
+        metric = metric_for(spec.metric)
+        run, per_seed = _best_run(choice.config, verification_outcomes, metric)
         state, _ = run_state(run)
         model = _skeleton(spec, data, plan)
         load_run_weights(model, state["model"])
@@ -375,8 +388,16 @@ def export_checkpoint(
                 "final-epoch validation accuracy of this run, the highest of the configuration's "
                 f"{len(per_seed)} finished seed(s) ({seeds})"
             ),
-            "val_accuracy_per_seed": {str(seed): acc for seed, acc in per_seed.items()},
+            f"{metric.key}_per_seed": {str(seed): acc for seed, acc in per_seed.items()},
         }
+        if metric is not ACCURACY:
+            info |= {
+                metric.key: run.val_perplexity,
+                "accuracy": (
+                    f"final-epoch {metric.label} of this run, the best of the configuration's "
+                    f"{len(per_seed)} finished seed(s) ({seeds}); val_accuracy: next-token"
+                ),
+            }
     else:
         trial = _best_trial(recommendation, search_outcomes)
         model = sn_core.finalize(_search_model(spec, data, trial), plan)
@@ -388,8 +409,7 @@ def export_checkpoint(
             "trial_id": trial.trial_id,
             "seed": trial.seed,
             "epochs": trial.epochs_used,
-            "val_accuracy": _val_accuracy(model, data),
-            "accuracy": "validation accuracy of this model, evaluated after finalization",
+            **_evaluated(model, data, spec),
             "search_trial_val_accuracy": trial.val_accuracy,
         }
     model, fold = fold_for_export(model, spec.export.fold_batchnorm)
@@ -422,8 +442,7 @@ def export_search_checkpoint(
         "trial_id": trial.trial_id,
         "seed": trial.seed,
         "epochs": trial.epochs_used,
-        "val_accuracy": _val_accuracy(model, data),
-        "accuracy": "validation accuracy of this model, evaluated after finalization",
+        **_evaluated(model, data, spec),
         "search_trial_val_accuracy": trial.val_accuracy,
         "batchnorm_folded": False,
     }

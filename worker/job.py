@@ -22,6 +22,7 @@ from typing import Any
 
 import sn_core
 from service.limits import ModelLimits
+from service.metrics import ACCURACY, Metric, metric_for
 from service.spec import JobSpec
 from service.storage import ExperimentStorage, probe
 from sn_core.surgery import SOURCE_NORM_TYPES
@@ -135,6 +136,7 @@ def check_model_size(spec: JobSpec, data: LoadedDataset, limits: ModelLimits) ->
             input_shape=tuple(data.x_train.shape[1:]),
             num_classes=data.num_classes,
             in_channels=data.in_channels,
+            input_dtype=data.x_train.dtype,
         )
     except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
         raise ModelSpecError(
@@ -188,14 +190,16 @@ def check_searchable(
     return len(layers)
 
 
-def recommend_or_explain(outcomes: list[TrialOutcome], target_batch_size: int) -> Recommendation:
+def recommend_or_explain(
+    outcomes: list[TrialOutcome], target_batch_size: int, metric: Metric = ACCURACY
+) -> Recommendation:
     """``recommend``; when it has no successful trial to combine, ``TrialsFailed`` naming the
     first failed trial (by batch size, lr, seed) with its exception type and message."""
     failed = [o for o in outcomes if o.status != "TERMINATED"]
     for outcome in failed:
         log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
     try:
-        return recommend(outcomes, target_batch_size=target_batch_size)
+        return recommend(outcomes, target_batch_size=target_batch_size, metric=metric)
     except ValueError as exc:
         first = next((o for o in failed if o.error), None)
         if first is None:
@@ -293,7 +297,9 @@ def run_job(
         gpus=gpus,
     )
     raise_if_stopped(stop_event)
-    recommendation = recommend_or_explain(search.outcomes, spec.target_batch_size)
+    recommendation = recommend_or_explain(
+        search.outcomes, spec.target_batch_size, metric_for(spec.metric)
+    )
     raise_if_stopped(stop_event)
 
     verification, verification_outcomes = None, []
@@ -397,41 +403,50 @@ def verify(
         gpus=gpus,
     )
     lr = grid[0]["lr"] if grid else spec.lrs[0]
+    metric = metric_for(spec.metric)
     accuracies: dict[str, dict[int, float]] = {v: {} for v in variants}
     diverged: dict[str, list[int]] = {}
     for outcome in run.outcomes:
-        if outcome.counts_in_verification:
-            accuracies[outcome.variant][outcome.seed] = outcome.val_accuracy
+        # (a diverged language model has no perplexity: its seed drops out, said in ``missing``)
+        value = outcome.metric_value(metric)
+        if outcome.counts_in_verification and value is not None:
+            accuracies[outcome.variant][outcome.seed] = value
         if outcome.diverged:
             diverged.setdefault(outcome.variant, []).append(outcome.seed)
     # The SN model of each seed: its search trial at the verification's batch size and lr.
     accuracies[SN_VARIANT] = {
-        o.seed: o.val_accuracy
+        o.seed: value
         for o in outcomes
         if o.batch_size == batch
         and o.lr == lr
         and o.status == "TERMINATED"
-        and o.val_accuracy is not None
+        and (value := o.metric_value(metric)) is not None
     }
-    decided = verdict(accuracies, plan_uniform=uniform_normalizer(recommendation.plan))
+    decided = verdict(
+        accuracies, plan_uniform=uniform_normalizer(recommendation.plan), metric=metric
+    )
     rows = {}
     for variant in (SN_VARIANT, *variants):
         label = VERIFICATION_LABELS.get(variant, f"all-{variant.upper()} (from scratch)")
-        rows[variant] = _accuracy_row(decided.configs.get(variant), label)
+        rows[variant] = _accuracy_row(decided.configs.get(variant), label, metric)
         if diverged.get(variant):  # in the label too, so every table that shows it says so
             seeds = sorted(diverged[variant])
             rows[variant]["diverged_seeds"] = seeds
             seeds_text = ", ".join(map(str, seeds))
-            rows[variant]["label"] += f"; diverged: seed {seeds_text} (counted at its accuracy)"
+            counted = "its accuracy" if metric is ACCURACY else "its perplexity, if finite"
+            rows[variant]["label"] += f"; diverged: seed {seeds_text} (counted at {counted})"
     summary = {
         "epochs": spec.verify_epochs,
         "batch_size": batch,
         "lr": lr,
         "seeds": list(seeds),
-        "metric": "final-epoch validation accuracy: mean and sample std over seeds",
+        "metric": f"final-epoch {metric.label}: mean and sample std over seeds",
         "results": rows,
         "verdict": decided.to_dict(),
     }
+    if metric is not ACCURACY:  # a classifier's summary reads as it always has
+        summary["metric_name"] = metric.name
+        summary["higher_is_better"] = metric.higher_is_better
     return summary, run.outcomes
 
 
@@ -452,15 +467,18 @@ VERIFICATION_LABELS = {
 }
 
 
-def _accuracy_row(stats: ConfigStats | None, label: str) -> dict[str, Any]:
+def _accuracy_row(
+    stats: ConfigStats | None, label: str, metric: Metric = ACCURACY
+) -> dict[str, Any]:
     """One verification row: mean, sample std (None below 2 seeds) and the per-seed values in
-    seed order, for the CLI, the report and the UI."""
+    seed order, for the CLI, the report and the UI; the mean under the metric's record key
+    (``val_accuracy``, or ``val_perplexity`` for a language model)."""
     if stats is None:
-        return {"label": label, "val_accuracy": None, "std": None, "n": 0, "per_seed": []}
+        return {"label": label, metric.key: None, "std": None, "n": 0, "per_seed": []}
     seeds = sorted(stats.per_seed)
     return {
         "label": label,
-        "val_accuracy": stats.mean,
+        metric.key: stats.mean,
         "std": stats.std,
         "n": stats.n,
         "seeds": seeds,

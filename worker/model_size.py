@@ -37,19 +37,30 @@ class ModelSize:
 
 
 def measure_model(
-    spec: JobSpec, *, input_shape: tuple[int, ...], num_classes: int, in_channels: int
+    spec: JobSpec,
+    *,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    in_channels: int,
+    input_dtype: torch.dtype = torch.float32,
 ) -> ModelSize:
     """Parameters and estimated activation memory of one training step of ``spec``'s model at
-    its largest batch size. Raises what the builder or the forward pass raises (a bad argument,
-    an input the model does not take)."""
+    its largest batch size (``input_dtype``: int64 for a language model's character ids).
+    Raises what the builder or the forward pass raises (a bad argument, an input the model does
+    not take)."""
     batch = max(spec.batch_sizes)
     with torch.device("meta"):
         model = zoo_model(spec, num_classes, in_channels)
     params = sum(p.numel() for p in model.parameters())
-    return ModelSize(params, _activation_bytes(model, batch, input_shape), batch)
+    return ModelSize(params, _activation_bytes(model, batch, input_shape, input_dtype), batch)
 
 
-def _activation_bytes(model: nn.Module, batch: int, input_shape: tuple[int, ...]) -> int | None:
+def _activation_bytes(
+    model: nn.Module,
+    batch: int,
+    input_shape: tuple[int, ...],
+    input_dtype: torch.dtype = torch.float32,
+) -> int | None:
     """Bytes of the estimate in the module docstring; None when the model does not run on the
     meta device (an operation without a meta kernel): the real build then says what is wrong,
     or the model trains unmeasured."""
@@ -64,7 +75,7 @@ def _activation_bytes(model: nn.Module, batch: int, input_shape: tuple[int, ...]
     hooks = [m.register_forward_hook(count) for m in leaves if not getattr(m, "inplace", False)]
     try:
         model.train()
-        model(torch.empty((batch, *input_shape), device="meta"))
+        model(torch.empty((batch, *input_shape), device="meta", dtype=input_dtype))
     except Exception:  # noqa: BLE001 - an estimate only: the real build reports the error
         return None
     finally:

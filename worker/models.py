@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import sn_core
-from service.spec import JobSpec
+from service.spec import LANGUAGE_MODELS, JobSpec
 from sn_core.vocabulary import POINTWISE_MEMBERS, STATISTIC_MEMBERS
 
 SN_VARIANT = "sn"  # the searched model; plan and baseline variants are named below
@@ -27,14 +27,40 @@ POINTWISE_STATISTIC = "ln"
 
 
 def zoo_model(spec: JobSpec, num_classes: int, in_channels: int, norm_layer=None) -> nn.Module:
-    """The spec's zoo model with its plain norms (``norm_layer``: the builder's default)."""
+    """The spec's zoo model with its plain norms (``norm_layer``: the builder's default). A
+    language model's context defaults to the text dataset's ``context_length``."""
     return sn_core.build_model(
         spec.model.arch,
         num_classes=spec.model.num_classes or num_classes,
         in_channels=spec.model.in_channels or in_channels,
         norm_layer=norm_layer,
-        **spec.model.kwargs,
+        **model_kwargs(spec),
     )
+
+
+def model_kwargs(spec: JobSpec) -> dict[str, Any]:
+    """The builder's keyword arguments: ``spec.model.kwargs`` plus the defaults the data sets."""
+    kwargs = dict(spec.model.kwargs)
+    if spec.model.arch in LANGUAGE_MODELS:
+        kwargs.setdefault("context", spec.dataset.context)
+    return kwargs
+
+
+def token_pool(spec: JobSpec, model: nn.Module) -> tuple[str, ...] | None:
+    """The normalizers the token layers (LayerNorm, RMSNorm) of ``model`` mix: the spec's pool
+    for a model that names the token members it can mix (``token_pool_members``: the zoo's
+    transformers); None, which leaves them plain, for any other model (a plug-in's LayerNorm
+    stays as it is)."""
+    members = getattr(model, "token_pool_members", None)
+    if members is None:
+        return None
+    pool = tuple(m for m in spec.search.pool if m in members)
+    if len(pool) != len(spec.search.pool):
+        raise ValueError(
+            f"search.pool {list(spec.search.pool)}: {spec.model.arch} mixes only "
+            f"{', '.join(members)} over its tokens"
+        )
+    return pool
 
 
 def build_variant(
@@ -56,9 +82,7 @@ def build_variant(
             pool=tuple(spec.search.pool),
             tied=spec.search.tied,
             example_input=example_input,
-            # LayerNorm/RMSNorm stay as they are: the service's pools and ratio history cover
-            # the channel-first members only (token layers are sn_core's, not yet the service's)
-            token_pool=None,
+            token_pool=token_pool(spec, model),
         )
     if variant == PLAN_VARIANT:
         if plan is None:
@@ -127,5 +151,5 @@ def model_spec(spec: JobSpec, *, num_classes: int, in_channels: int) -> dict[str
         "arch": spec.model.arch,
         "num_classes": spec.model.num_classes or num_classes,
         "in_channels": spec.model.in_channels or in_channels,
-        "kwargs": dict(spec.model.kwargs),
+        "kwargs": model_kwargs(spec),
     }

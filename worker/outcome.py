@@ -4,13 +4,16 @@ The worker computes it once, when the job succeeds, from what report.json holds:
 chosen configuration with its final-epoch validation accuracy (mean and sample std over the
 verification's seeds), or without a verification the search's trials at the target batch size.
 Every accuracy says which epoch it is (the final one) and how sure it is (std over the seeds, or
-"1 seed: no interval"), so the list never shows a bare number.
+"1 seed: no interval"), so the list never shows a bare number. A language model's result is its
+validation perplexity instead (``perplexity``; ``accuracy`` null), written "ppl 4.12 ± ...".
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from service.metrics import ACCURACY, Metric
 
 from .recommend import Recommendation
 from .results import TrialOutcome
@@ -35,12 +38,15 @@ def result_text(result: dict[str, Any]) -> str:
     epoch)", "search plan, not verified: 0.97 ± ... (2 trials, final epoch)"."""
     label, accuracy, std, n = result["label"], result["accuracy"], result["std"], result["n"]
     unit = "seed" if result["verified"] else "trial"
+    prefix, what = "", "accuracy"
+    if "perplexity" in result:  # a language model: lower is better
+        accuracy, prefix, what = result["perplexity"], "ppl ", "perplexity"
     if accuracy is None:
-        return f"{label}: no accuracy"
+        return f"{label}: no {what}"
     if n < 2 or std is None:
-        spread = f"{accuracy:.3f} (1 {unit}: no interval, {result['accuracy_kind']})"
+        spread = f"{prefix}{accuracy:.3f} (1 {unit}: no interval, {result['accuracy_kind']})"
     else:
-        spread = f"{accuracy:.3f} ± {std:.3f} ({n} {unit}s, {result['accuracy_kind']})"
+        spread = f"{prefix}{accuracy:.3f} ± {std:.3f} ({n} {unit}s, {result['accuracy_kind']})"
     return f"{label} {spread}" if result["verified"] else f"{label}, not verified: {spread}"
 
 
@@ -53,19 +59,23 @@ def _result(
     n: int,
     verified: bool,
     reason: str,
+    metric: Metric = ACCURACY,
 ) -> dict[str, Any]:
+    """``accuracy``: the metric's mean (a language model's perplexity goes to ``perplexity``)."""
     result = {
         "configuration": configuration,
         "label": label,
         "verified": verified,
         "reason": reason,
-        "accuracy": accuracy,
+        "accuracy": accuracy if metric is ACCURACY else None,
         "std": std,
         "n": n,
         "accuracy_kind": ACCURACY_KIND,
-        "metric": "validation accuracy: mean and sample std over "
+        "metric": f"{metric.label}: mean and sample std over "
         + ("the verification's seeds" if verified else "the search trials at the target batch"),
     }
+    if metric is not ACCURACY:
+        result["perplexity"] = accuracy
     result["text"] = result_text(result)
     return result
 
@@ -74,6 +84,8 @@ def job_result(
     verification: dict[str, Any] | None,
     recommendation: Recommendation,
     outcomes: list[TrialOutcome],
+    *,
+    metric: Metric = ACCURACY,
 ) -> dict[str, Any]:
     """The result of a succeeded job (plain JSON data with ``text``, its short form).
 
@@ -93,6 +105,7 @@ def job_result(
             n=int(stats.get("n") or 0),
             verified=True,
             reason=decided.get("reason", ""),
+            metric=metric,
         )
     if decided:
         result = _result(
@@ -103,11 +116,12 @@ def job_result(
             n=0,
             verified=True,
             reason=decided["reason"],
+            metric=metric,
         )
         result["text"] = f"no verdict: {decided.get('text') or decided['reason']}"
         return result
     used = set(recommendation.trial_ids)
-    values = [o.val_accuracy for o in outcomes if o.trial_id in used]
+    values = [o.metric_value(metric) for o in outcomes if o.trial_id in used]
     accuracy, std = _mean_std(values)
     return _result(
         configuration="search_plan",
@@ -117,4 +131,5 @@ def job_result(
         n=sum(v is not None and math.isfinite(v) for v in values),
         verified=False,
         reason="not_verified",
+        metric=metric,
     )

@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from service.metrics import ACCURACY, Metric
 from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
 from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 
@@ -211,11 +212,13 @@ def torch_layers(plan: NormalizerPlan, outputs: dict[str, str]) -> dict[str, str
     return described
 
 
-def _final_accuracy(trial: TrialOutcome) -> float:
-    acc = trial.val_accuracy
-    if acc is None and trial.history:
-        acc = trial.history[-1]["val_accuracy"]
-    return float(acc) if acc is not None and math.isfinite(acc) else -math.inf
+def _final_score(trial: TrialOutcome, metric: Metric = ACCURACY) -> float:
+    """Its final value of ``metric`` as a higher-is-better score (-inf without one)."""
+    value = trial.metric_value(metric)
+    if value is None and trial.history:
+        last = trial.history[-1].get(metric.key)
+        value = float(last) if last is not None and math.isfinite(last) else None
+    return metric.score(value) if value is not None else -math.inf
 
 
 def _kinds(layers: list[LayerChoice]) -> list[str]:
@@ -289,7 +292,9 @@ class Recommendation:
         }
 
 
-def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recommendation:
+def recommend(
+    outcomes: list[TrialOutcome], *, target_batch_size: int, metric: Metric = ACCURACY
+) -> Recommendation:
     """Combine the successful trials of ``target_batch_size`` into one ``Recommendation``.
 
     Raises ValueError when no trial of that batch size succeeded, or when the trials' plans
@@ -318,7 +323,8 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
     }
     plan = NormalizerPlan(layers=tuple(layers), metadata=metadata)
     best = min(
-        enumerate(trials), key=lambda it: (-_final_accuracy(it[1]), it[1].epochs_used, it[0])
+        enumerate(trials),
+        key=lambda it: (-_final_score(it[1], metric), it[1].epochs_used, it[0]),
     )[1]
     summary = _summary(layers, plan)
     if sides:  # layers with point-wise members: their output choice and its aggregation
@@ -339,6 +345,8 @@ def recommend(outcomes: list[TrialOutcome], *, target_batch_size: int) -> Recomm
         "val_accuracy": best.val_accuracy,
         "epochs_used": best.epochs_used,
     }
+    if metric is not ACCURACY:
+        summary["best_trial"][metric.key] = best.metric_value(metric)
 
     by_batch_size: dict[int, dict[str, Any]] = {}
     batch_sizes = sorted({t.batch_size for t in ok})

@@ -78,6 +78,7 @@ def _trial_summary(trial: TrialOutcome, used: set[str]) -> dict[str, Any]:
         "epochs_used": trial.epochs_used,
         "epochs_budget": trial.epochs_budget,
         "val_accuracy": trial.val_accuracy,
+        **({"val_perplexity": trial.val_perplexity} if trial.val_perplexity is not None else {}),
         "error": trial.error,
         "used": trial.trial_id in used,
         "choices": choices,

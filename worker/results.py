@@ -8,8 +8,11 @@ Everything here is JSON-serializable.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, NotRequired, TypedDict
+
+from service.metrics import Metric
 
 
 class LayerRatios(TypedDict):
@@ -47,6 +50,9 @@ class EpochRecord(TypedDict):
     # (step, loss, learning rate, what to change); the epoch was cut short there and the model
     # evaluated as it was (``worker.trainable.TrialTraining.epochs``).
     diverged: NotRequired[str]
+    # A language model's validation perplexity, exp of ``val_loss`` (its mean token loss; None
+    # when that is not finite); its ``val_accuracy`` is then the next-token accuracy.
+    val_perplexity: NotRequired[float | None]
     # The Ray node the epoch was trained on (``ray.get_runtime_context().get_node_id()``): set
     # by the Ray trainable, absent from ``normsearch demo``'s records (no Ray).
     node_id: NotRequired[str]
@@ -56,7 +62,7 @@ class EpochRecord(TypedDict):
 
 
 # Spelled out: with postponed annotations a TypedDict cannot tell NotRequired keys apart.
-OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged", "node_id", "compile_fallback")
+OPTIONAL_EPOCH_KEYS: tuple[str, ...] = ("diverged", "node_id", "compile_fallback", "val_perplexity")
 EPOCH_KEYS: tuple[str, ...] = tuple(
     key for key in EpochRecord.__annotations__ if key not in OPTIONAL_EPOCH_KEYS
 )  # in every record
@@ -95,6 +101,8 @@ class TrialOutcome:
     # run keeps its measured accuracy, a loss for its configuration rather than a dropped seed.
     diverged: str | None = None
     checkpoint: Any = field(default=None, repr=False, compare=False)
+    # A language model's final validation perplexity (its last record's); None for classifiers.
+    val_perplexity: float | None = None
 
     def __post_init__(self) -> None:
         if self.effective_lr is None:
@@ -108,6 +116,11 @@ class TrialOutcome:
         return self.val_accuracy is not None and (
             self.status == "TERMINATED" or bool(self.diverged)
         )
+
+    def metric_value(self, metric: Metric) -> float | None:
+        """Its final value of ``metric`` (``service.metrics``): accuracy or perplexity."""
+        value = getattr(self, metric.key)
+        return float(value) if value is not None and math.isfinite(value) else None
 
     @property
     def final_ratios(self) -> dict[str, LayerRatios]:

@@ -393,6 +393,8 @@ def _tune_config(spec: JobSpec, epochs: int, use_scheduler: bool):
         scheduler = ASHAScheduler(
             time_attr="epoch", max_t=epochs, grace_period=max(1, epochs // 4), reduction_factor=2
         )
+    # ASHA ranks by validation accuracy, a language model's next-token accuracy included: it is
+    # finite in every record, where a diverged model has no perplexity (None).
     return tune.TuneConfig(metric="val_accuracy", mode="max", scheduler=scheduler)
 
 
@@ -457,6 +459,7 @@ def _collect(results, history: MemoryRecorder, storage: ExperimentStorage) -> li
                 epochs_used=int(last.get("epoch", 0)),
                 epochs_budget=int(config.get("epochs", 0)),
                 val_accuracy=last.get("val_accuracy"),
+                val_perplexity=last.get("val_perplexity"),
                 history=history,
                 variant=str(trial.get("variant", config.get("variant", "sn"))),
                 plan=plan,

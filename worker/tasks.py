@@ -35,6 +35,7 @@ from service import jobs
 from service.celery_app import SEARCH_TASK
 from service.db import make_engine, make_session_factory
 from service.limits import ModelLimits
+from service.metrics import metric_for
 from service.settings import Settings, get_settings
 from service.spec import JobSpec
 from service.storage import StorageError, open_storage
@@ -132,7 +133,12 @@ def _run(
                 files.append(jobs.ArtifactFile(kind, path))
         recorder.close()  # every snapshot is in before the job reads as succeeded
         # The jobs list's short result: the verdict's configuration, final-epoch accuracy.
-        summary = job_result(result.verification, result.recommendation, result.outcomes)
+        summary = job_result(
+            result.verification,
+            result.recommendation,
+            result.outcomes,
+            metric=metric_for(result.spec.metric),
+        )
         with factory() as session, session.begin():
             jobs.finish_job(session, job_id=job_id, files=files, result=summary)
         log.info("job %s: succeeded", job_id)

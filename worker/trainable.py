@@ -101,17 +101,38 @@ def _on_device(*tensors: torch.Tensor, device: torch.device) -> tuple[torch.Tens
     return tuple(t.to(device) for t in tensors)
 
 
+def token_loss(logits: torch.Tensor, y: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross entropy of class logits (N, K) against labels (N,), or of a language model's
+    (N, T, V) logits against (N, T) next-token targets over every position."""
+    if y.dim() == 2:
+        return nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction=reduction)
+    return nn.functional.cross_entropy(logits, y, reduction=reduction)
+
+
+# Above this mean token loss the perplexity would overflow a float: recorded as None.
+MAX_LOG_PERPLEXITY = 700.0
+
+
+def perplexity(mean_token_loss: float) -> float | None:
+    """exp of the mean token cross entropy (nats); None when not finite."""
+    if not math.isfinite(mean_token_loss) or mean_token_loss > MAX_LOG_PERPLEXITY:
+        return None
+    return math.exp(mean_token_loss)
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, device, batch_size=512):
-    """(mean cross-entropy, accuracy) of ``model`` on (x, y)."""
+    """(mean cross-entropy, accuracy) of ``model`` on (x, y); for (N, T) token targets both are
+    per token (the accuracy of the next-token argmax)."""
     model.eval()
     loss_sum, correct = 0.0, 0
+    count = y.numel()
     for start in range(0, len(x), batch_size):
         xb, yb = x[start : start + batch_size].to(device), y[start : start + batch_size].to(device)
         logits = model(xb).float()
-        loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        correct += int((logits.argmax(1) == yb).sum())
-    return loss_sum / max(len(x), 1), correct / max(len(x), 1)
+        loss_sum += float(token_loss(logits, yb, reduction="sum"))
+        correct += int((logits.argmax(-1) == yb).sum())
+    return loss_sum / max(count, 1), correct / max(count, 1)
 
 
 def _ratio_snapshot(model: nn.Module) -> dict[str, Any]:
@@ -252,8 +273,8 @@ class TrialTraining:
         spec, model, optimizer, device = self.spec, self.model, self.optimizer, self.device
         batch_size, epochs, total_steps = self.batch_size, self.epochs_budget, self.total_steps
         last_step = self.steps_per_epoch - 1
-        loss_fn = nn.CrossEntropyLoss()
         x_train, y_train = self.x_train, self.y_train
+        yb_is_tokens = y_train.dim() == 2  # a language model: next-token targets, perplexity
         for epoch in range(self.epoch, epochs):
             epoch_started = time.perf_counter()
             model.train()
@@ -271,7 +292,7 @@ class TrialTraining:
                 optimizer.zero_grad(set_to_none=True)
                 with record_function(PHASES["forward"]):
                     with torch.autocast(device.type, enabled=self.use_amp):
-                        loss = loss_fn(self._on_net(operator.call, xb), yb)
+                        loss = token_loss(self._on_net(operator.call, xb), yb)
                     value = loss.item()
                 if not math.isfinite(value):
                     diverged = self._divergence(value, epoch, i, optimizer)
@@ -328,6 +349,8 @@ class TrialTraining:
                 done=done,
                 train_seconds=train_seconds,
             )
+            if yb_is_tokens:
+                record["val_perplexity"] = perplexity(val_loss)
             if diverged is not None:
                 record["diverged"] = diverged
             if self.compile_fallback is not None:

@@ -23,6 +23,12 @@ tolerance is added on top: with the usual 2-5 verification seeds the interval is
 and the cost order settles every doubt in favour of the cheaper layer. With one common seed there
 is no interval: the verdict takes the highest accuracy on that seed (ties by the cost order),
 reason ``"single_seed"``, and claims no confidence.
+
+The metric. A classifier's verdict compares final validation accuracies (differences in
+percentage points); a language model's compares final validation perplexities, lower being better,
+through ``service.metrics``'s score ``-ln(perplexity)``: its differences are log-perplexity points,
+100 x ln(ppl_baseline / ppl_config), about the percentage by which the perplexity is lower. The
+statistics (``ConfigStats``) stay in the metric's own values (mean perplexity, its std).
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scipy import stats
+
+from service.metrics import ACCURACY, Metric
 
 __all__ = [
     "CONFIDENCE",
@@ -87,7 +95,8 @@ def label(config: str, *, short: bool = False) -> str:
 
 @dataclass(frozen=True)
 class ConfigStats:
-    """One configuration's final validation accuracies (fractions in [0, 1]) over its seeds."""
+    """One configuration's final validation metric (accuracies: fractions in [0, 1]; or
+    perplexities) over its seeds."""
 
     config: str
     n: int
@@ -108,7 +117,8 @@ class ConfigStats:
 
 @dataclass(frozen=True)
 class PairedDiff:
-    """``config`` minus ``baseline`` over common seeds, in accuracy points (percent)."""
+    """``config`` minus ``baseline`` over common seeds, in points: 100 x the difference of the
+    metric's higher-is-better score (accuracy points, or log-perplexity points)."""
 
     config: str
     baseline: str
@@ -160,9 +170,10 @@ class Verdict:
     configs: dict[str, ConfigStats]
     comparisons: list[PairedDiff] = field(default_factory=list)
     confidence: float = CONFIDENCE
+    metric: Metric = ACCURACY
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "chosen": self.chosen,
             "chosen_label": label(self.chosen) if self.chosen else None,
             "reason": self.reason,
@@ -173,6 +184,11 @@ class Verdict:
             "configs": {c: s.to_dict() for c, s in self.configs.items()},
             "comparisons": [c.to_dict() for c in self.comparisons],
         }
+        if self.metric is not ACCURACY:  # a classifier's verdict reads as it always has
+            data["metric"] = self.metric.name
+            data["higher_is_better"] = self.metric.higher_is_better
+            data["points"] = self.metric.points
+        return data
 
 
 def paired_difference(
@@ -219,7 +235,9 @@ def _stats(config: str, per_seed: dict[int, float]) -> ConfigStats:
     return ConfigStats(config, len(per_seed), mean, std, dict(sorted(per_seed.items())))
 
 
-def _validated(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, dict[int, float]]:
+def _validated(
+    accuracies: Mapping[str, Mapping[int, float]], metric: Metric = ACCURACY
+) -> dict[str, dict[int, float]]:
     known = {PLAN, SN, *UNIFORM}
     out: dict[str, dict[int, float]] = {}
     for config, per_seed in accuracies.items():
@@ -230,9 +248,11 @@ def _validated(accuracies: Mapping[str, Mapping[int, float]]) -> dict[str, dict[
             if isinstance(seed, bool) or not isinstance(seed, int):
                 raise ValueError(f"{config}: seed {seed!r} is not an integer")
             if isinstance(acc, bool) or not isinstance(acc, int | float):
-                raise ValueError(f"{config} seed {seed}: accuracy {acc!r} is not a number")
-            if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
-                raise ValueError(f"{config} seed {seed}: accuracy {acc!r} is not in [0, 1]")
+                raise ValueError(f"{config} seed {seed}: {metric.name} {acc!r} is not a number")
+            try:
+                metric.check(acc)
+            except ValueError as error:
+                raise ValueError(f"{config} seed {seed}: {error}") from None
             clean[seed] = float(acc)
         out[config] = clean
     return out
@@ -266,14 +286,18 @@ def verdict(
     *,
     confidence: float = CONFIDENCE,
     plan_uniform: str | None = None,
+    metric: Metric = ACCURACY,
 ) -> Verdict:
     """The statistics and the decision (see the module docstring) for ``accuracies``:
     configuration -> {seed: final validation accuracy in [0, 1]}, one entry per finished run.
     ``plan_uniform``: the normalizer the plan uses in every layer (mean and variance), if one
     does; when the verdict picks that baseline, the words say the search found it.
-    Raises ValueError on unknown configurations or accuracies outside [0, 1]."""
-    data = _validated(accuracies)
-    configs = {c: _stats(c, s) for c, s in data.items()}
+    ``metric``: what the values are (``service.metrics``; default accuracy); the decision
+    compares their scores. Raises ValueError on unknown configurations or impossible values."""
+    raw = _validated(accuracies, metric)
+    configs = {c: _stats(c, s) for c, s in raw.items()}
+    data = {c: {s: metric.score(v) for s, v in per_seed.items()} for c, per_seed in raw.items()}
+    points = metric.points
     finished = [c for c in COST_ORDER if data.get(c)]  # decision candidates, cheapest first
     all_seeds = sorted({s for c in finished for s in data[c]})
     missing = {c: [s for s in all_seeds if s not in data[c]] for c in finished}
@@ -284,7 +308,7 @@ def verdict(
         if missing and common:
             gaps = "; ".join(f"{label(c)} lacks {_list(s)}" for c, s in missing.items())
             text += f". Paired on the common {_list(common)} only ({gaps})"
-        return Verdict(chosen, reason, text, common, missing, configs, comps, confidence)
+        return Verdict(chosen, reason, text, common, missing, configs, comps, confidence, metric)
 
     if not finished:
         return done(None, "no_results", "no verification run finished: nothing to compare", [])
@@ -322,7 +346,7 @@ def verdict(
         if PLAN in finished:
             ref = best_uniform if top == PLAN else top
             d = diff(PLAN, ref)
-            text += f" (the plan: {_num(d.mean_points, True)} points against {label(ref)})"
+            text += f" (the plan: {_num(d.mean_points, True)} {points} against {label(ref)})"
         return done(top, "single_seed", text, comps)
 
     beaten_by: dict[str, PairedDiff] = {}
@@ -346,7 +370,7 @@ def verdict(
     if chosen == PLAN:
         d = diff(PLAN, best_uniform)
         text = (
-            f"use the per-layer plan: {_num(d.mean_points, True)} points over "
+            f"use the per-layer plan: {_num(d.mean_points, True)} {points} over "
             f"{label(best_uniform)}, the best uniform baseline ({_ci(d)}; {n})"
         )
         return done(PLAN, "plan_better", text, comps)
@@ -356,20 +380,20 @@ def verdict(
         reason = "plan_is_baseline"
         text = (
             f"use {label(chosen)}: the search chose {chosen.upper()} for every layer, so the plan "
-            f"is {label(chosen)} itself (trained twice: {_num(d.mean_points, True)} points, "
+            f"is {label(chosen)} itself (trained twice: {_num(d.mean_points, True)} {points}, "
             f"{_ci(d)}; {n})"
         )
     elif PLAN in finished:
         d = diff(PLAN, chosen)
         reason = "plan_worse" if d.worse else "within_noise"
         how = "worse" if d.worse else "not better, within noise"
-        text = f"use {label(chosen)}: the plan is {how} ({_num(d.mean_points, True)} points, "
+        text = f"use {label(chosen)}: the plan is {how} ({_num(d.mean_points, True)} {points}, "
         text += f"{_ci(d)}; {n})"
     else:
         reason, text = "no_plan", f"the per-layer plan has no finished run; use {label(chosen)}"
     if best_uniform != chosen and (d := diff(best_uniform, chosen)).mean_points >= 0.05:
         text += (
-            f"; {label(best_uniform)} scores {_num(d.mean_points, True)} points more, within "
+            f"; {label(best_uniform)} scores {_num(d.mean_points, True)} {points} more, within "
             f"noise ({_ci(d)})"
         )
         if COST_CLASS[best_uniform] > COST_CLASS[chosen]:
@@ -384,6 +408,6 @@ def verdict(
             d = mine if (mine := diff(chosen, c)).better else beaten_by[c]
             text += (
                 f"; {label(d.config)} beats the cheaper {label(c)} by "
-                f"{_num(d.mean_points, True)} points ({_ci(d)})"
+                f"{_num(d.mean_points, True)} {points} ({_ci(d)})"
             )
     return done(chosen, reason, text, comps)

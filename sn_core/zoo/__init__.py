@@ -4,7 +4,16 @@ Importing this package registers the built-in architectures; plug-ins from the
 ``normsearch.models`` entry-point group are loaded on demand (see ``registry``).
 """
 
-from sn_core.zoo import cnn1d, mlp, mobilenet, resnet, resnet_cifar, vgg  # noqa: F401  (registers)
+from sn_core.zoo import (  # noqa: F401  (registers)
+    char_lm,
+    cnn1d,
+    mlp,
+    mobilenet,
+    resnet,
+    resnet_cifar,
+    vgg,
+    vit,
+)
 from sn_core.zoo.registry import (
     MODELS,
     build_model,

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from service.limits import SpecLimitExceeded, check_spec_limits, env_var, spec_limit_violations
 from service.settings import Settings
-from service.spec import ARCH_KWARGS, JobSpec, format_validation_error, json_depth
+from service.spec import ARCH_KWARGS, LANGUAGE_MODELS, JobSpec, format_validation_error, json_depth
 from sn_core.zoo import get_model_builder
 from tests.support.api import tiny_spec
 
@@ -47,7 +47,8 @@ def test_builtin_defaults_pass_their_own_kwargs_check():
             for name, p in signature.parameters.items()
             if p.kind is p.KEYWORD_ONLY
         }
-        JobSpec.model_validate({**MINIMAL, "model": {"arch": arch, "kwargs": defaults}})
+        dataset = {"kind": "text"} if arch in LANGUAGE_MODELS else MINIMAL["dataset"]
+        JobSpec.model_validate({"dataset": dataset, "model": {"arch": arch, "kwargs": defaults}})
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,8 @@
 
 Kinds: ``digits`` (scikit-learn), ``synthetic`` (procedural), ``mnist1d`` (the ``mnist1d``
 package's generator, offline), ``image_folder`` (Pillow), ``cifar`` (python-version pickles,
-restricted unpickler) and ``npz`` (``allow_pickle=False``).
+restricted unpickler), ``npz`` (``allow_pickle=False``) and ``text`` (the characters of a
+UTF-8 file or of the built-in corpus, the Python standard library's sources).
 File paths are confined to the caller's data roots. Every user-facing problem is a DatasetError.
 """
 

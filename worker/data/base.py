@@ -33,7 +33,9 @@ class LoadedDataset:
 
     Images are float32 ``N x C x H x W``; sequences (MNIST-1D) float32 ``N x C x L`` and flat
     feature data float32 ``N x F``, both with ``image_size is None`` (flat data: ``in_channels``
-    1). Labels are int64 in ``0..num_classes-1``.
+    1). Labels are int64 in ``0..num_classes-1``. Text (``worker.data.text``) is int64 ``N x T``
+    character ids with int64 ``N x T`` targets (the next character at every position), and
+    ``num_classes`` the vocabulary size.
     """
 
     x_train: torch.Tensor

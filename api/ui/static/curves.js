@@ -9,6 +9,7 @@ import { trialConfig } from "./job-data.js";
 export const METRICS = {
   val_accuracy: { label: "validation accuracy", accuracy: true },
   val_loss: { label: "validation loss", accuracy: false },
+  val_perplexity: { label: "validation perplexity (language models)", accuracy: false },
   train_loss: { label: "training loss", accuracy: false },
 };
 export const SEARCH_VARIANT = "sn";

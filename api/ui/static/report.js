@@ -39,13 +39,21 @@ function recommendationRow(layer, index, torchLayers, indifferent, singleTrial, 
   </tr>`;
 }
 
-function verificationRow([key, row], best) {
-  const acc = row.val_accuracy;
+// A language model's verification is in validation perplexity (lower is better), a classifier's
+// in accuracy (worker/job.py: the row's key is the metric's, metric_name says which).
+function rowMetric(verification) {
+  return verification?.metric_name === "perplexity"
+    ? { key: "val_perplexity", fmt: (v) => fmtNum(v, 3), lower: true }
+    : { key: "val_accuracy", fmt: (v) => fmtPct(v, 2), lower: false };
+}
+
+function verificationRow([key, row], best, metric) {
+  const acc = row[metric.key];
   const isBest = acc !== null && acc !== undefined && acc === best;
   return `<tr data-testid="verification-row" data-key="${esc(key)}" class="${isBest ? "best" : ""}">
     <td>${esc(row.label)}</td><td class="mono">${esc(key)}</td>
-    <td class="num">${acc === null || acc === undefined ? "–" : fmtPct(acc, 2)}</td>
-    <td class="num">${row.std === null || row.std === undefined ? "–" : fmtPct(row.std, 2)}</td>
+    <td class="num">${acc === null || acc === undefined ? "–" : metric.fmt(acc)}</td>
+    <td class="num">${row.std === null || row.std === undefined ? "–" : metric.fmt(row.std)}</td>
     <td class="num">${(row.seeds || []).join(", ") || (row.per_seed || []).length}</td></tr>`;
 }
 
@@ -62,7 +70,9 @@ export function reportHtml(report) {
   const layers = rec.plan?.layers || [];
   const verification = report.verification;
   const results = Object.entries(verification?.results || {});
-  const best = Math.max(...results.map(([, r]) => r.val_accuracy ?? -1));
+  const metric = rowMetric(verification);
+  const values = results.map(([, r]) => r[metric.key]).filter((v) => v !== null && v !== undefined);
+  const best = metric.lower ? Math.min(...values) : Math.max(...values);
   const aggregation = rec.summary?.aggregation;
   const indifferent = new Set(aggregation?.indifferent_layers || []);
   const singleTrial = rec.plan?.metadata?.trials === 1;
@@ -79,8 +89,9 @@ export function reportHtml(report) {
       ? `The recommended plan and the uniform baselines trained from scratch: ${
         verification.epochs} epochs, batch size ${verification.batch_size}, seeds ${
         (verification.seeds || []).join(", ")}; the SN row is the search's own annealed trial. ${
-        verification.metric ? `Accuracy: ${verification.metric}.` : ""}`
+        verification.metric ? `${metric.lower ? "Perplexity" : "Accuracy"}: ${
+          verification.metric}.` : ""}`
       : "No verification was run for this job.",
-    verificationRows: results.map((entry) => verificationRow(entry, best)).join(""),
+    verificationRows: results.map((entry) => verificationRow(entry, best, metric)).join(""),
   };
 }
