@@ -645,6 +645,8 @@ class JobSpec(_Strict):
             raise ValidationError.from_exception_data(type(self).__name__, details)
         return self
 
+    @model_validator(mode="before")
+    @classmethod
     def _token_model_defaults(cls, data: Any) -> Any:
         """A transformer's defaults where the spec leaves them out: its token members as the
         pool and ``TOKEN_MODEL_BASELINES`` as the baselines (the CNN defaults, BN and GN, have

@@ -54,7 +54,7 @@ def token_pool(spec: JobSpec, model: nn.Module) -> tuple[str, ...] | None:
     members = getattr(model, "token_pool_members", None)
     if members is None:
         return None
-    pool = tuple(m for m in spec.search.pool if m in members)
+    pool = tuple(m for m in spec.search.pool if m in members or m in POINTWISE_MEMBERS)
     if len(pool) != len(spec.search.pool):
         raise ValueError(
             f"search.pool {list(spec.search.pool)}: {spec.model.arch} mixes only "
@@ -114,12 +114,15 @@ def baseline_plan(
     statistic = POINTWISE_STATISTIC if point_wise else member
     if statistic not in STATISTIC_MEMBERS:
         raise ValueError(f"unknown baseline {member!r}")
+    model = zoo_model(spec, num_classes, in_channels)
+    converts_tokens = getattr(model, "token_pool_members", None) is not None
     searched = sn_core.convert_to_switchnorm(
-        zoo_model(spec, num_classes, in_channels),
+        model,
         pool=(statistic,),
         tied=spec.search.tied,
         example_input=example_input,
-        token_pool=None,  # as the search's model (build_variant)
+        # as the search's model (build_variant): a transformer's token layers, a plug-in's not
+        token_pool=(statistic,) if converts_tokens else None,
     )
     plan = sn_core.plan_from_model(searched, metadata=metadata)
     if not point_wise:
@@ -129,7 +132,8 @@ def baseline_plan(
             f"baseline {member!r} needs sn_core's point-wise members (LayerChoice.output); "
             "this sn_core has none"
         )
-    layers = tuple(dataclasses.replace(layer, output=member) for layer in plan)
+    alpha = sn_core.pointwise.DEFAULT_DYT_ALPHA0 if member == "dyt" else None
+    layers = tuple(dataclasses.replace(layer, output=member, dyt_alpha=alpha) for layer in plan)
     return sn_core.NormalizerPlan(layers, dict(plan.metadata))
 
 

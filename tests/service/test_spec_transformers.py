@@ -20,8 +20,8 @@ def _errors(payload: dict) -> list[str]:
 def test_transformer_defaults_and_metric():
     lm, vit = JobSpec.model_validate(LM), JobSpec.model_validate(VIT)
     assert lm.metric == "perplexity" and vit.metric == "accuracy"
-    assert lm.search.pool == ["ln"] and lm.verify.baselines == ["ln"]  # causal: per-token
-    assert vit.search.pool == ["ln"] and vit.verify.baselines == ["ln"]
+    assert lm.search.pool == ["ln", "rms"] and lm.verify.baselines == ["ln", "rms"]
+    assert vit.search.pool == ["ln", "rms"] and vit.verify.baselines == ["ln", "rms"]
     assert lm.dataset.context == 64 and lm.dataset.path is None
     assert JobSpec.model_validate(applicable_dump(lm)) == lm
     assert "context_length" not in applicable_dump(vit)["dataset"]
