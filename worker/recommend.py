@@ -28,6 +28,7 @@ from typing import Any
 
 from service.metrics import ACCURACY, Metric
 from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
+from sn_core.pointwise import DEFAULT_DYT_ALPHA0
 from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 
 from .aggregate import AGREEMENT_MIN, MARGIN_MIN, Aggregate, SideAggregate, aggregate, output_side
@@ -184,6 +185,8 @@ def _layer_choice(output: SideAggregate | None, **fields: Any) -> LayerChoice:
         extra: dict[str, Any] = {"output": choice}
         if "output_ratios" in _LAYER_FIELDS:
             extra["output_ratios"] = dict(output.ratios)
+        if choice == "dyt":  # the plan's DynamicTanh starts where the searched layers did
+            extra["dyt_alpha"] = DEFAULT_DYT_ALPHA0
         return LayerChoice(**fields, **extra)
     if choice != "norm":
         raise ValueError(

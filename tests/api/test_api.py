@@ -345,6 +345,7 @@ def test_the_jobs_list_carries_each_succeeded_jobs_result(api_client, api_settin
     items = {j["id"]: j for j in api_client.get(f"{API}/jobs", headers=dave).json()["items"]}
     shown = dict(items[done]["result"])
     assert shown.pop("text") == result["text"] and shown["accuracy_kind"] == "final epoch"
+    assert shown.pop("perplexity", None) is None  # a classifier's job: accuracy only
     assert shown == {k: v for k, v in result.items() if k not in ("text", "metric")}
     assert items[failed]["result"] is None and items[failed]["error"].startswith("ValueError")
     assert items[older]["result"] is None and items[odd]["result"] is None

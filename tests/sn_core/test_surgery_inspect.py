@@ -64,7 +64,8 @@ def _randomize_norms(model: nn.Module) -> None:
                 m.num_batches_tracked.fill_(7)
 
 
-@pytest.mark.parametrize("arch", list_models())
+# The token models (vit, char_lm) have BN-free token layers: tests/sn_core/test_zoo_transformers.py.
+@pytest.mark.parametrize("arch", [a for a in list_models() if a not in ("vit", "char_lm")])
 def test_zoo_model_converts_and_bn_choice_reproduces_batchnorm(arch):
     assert arch in ZOO_CONFIG, "add new architectures to ZOO_CONFIG"
     kwargs, size = ZOO_CONFIG[arch]

@@ -340,7 +340,6 @@ def test_output_ratios_give_each_layer_its_output_choice_and_torch_layer():
     """rms statistics are recommended like the others; output ratios are averaged over the
     trials: a clear winner is the layer's output, an undecided layer keeps "norm"; a point-wise
     choice becomes DynamicTanh / Identity in the report's torch layers."""
-    from worker.recommend import LayerChoice as RecommendChoice
     from worker.recommend import torch_layers
 
     dyt = {"norm": 0.1, "dyt": 0.8, "none": 0.1}
@@ -348,18 +347,11 @@ def test_output_ratios_give_each_layer_its_output_choice_and_torch_layer():
     trials = [_members_trial(t, t, {0: dyt, 1: split, 2: {"norm": 0.9, "dyt": 0.05, "none": 0.05}})
               for t in (0, 1)]  # fmt: skip
     names = list(trials[0].final_ratios)
-    if "output" not in RecommendChoice.__dataclass_fields__:
-        with pytest.raises(ValueError, match=f"layer {names[0]!r}.*'dyt' output"):
-            recommend(trials, target_batch_size=16)
-        keep = [_members_trial(t, t, {1: split}) for t in (0, 1)]
-        rec = recommend(keep, target_batch_size=16)
-        assert rec.summary["outputs"] == {names[1]: "norm"}  # tied norm/none: keeps the norm
-    else:
-        rec = recommend(trials, target_batch_size=16)
-        assert rec.summary["outputs"] == {names[0]: "dyt", names[1]: "norm", names[2]: "norm"}
-        assert rec.plan.layers[0].output == "dyt"
+    rec = recommend(trials, target_batch_size=16)
+    assert rec.summary["outputs"] == {names[0]: "dyt", names[1]: "norm", names[2]: "norm"}
+    assert rec.plan.layers[0].output == "dyt" and rec.plan.layers[0].dyt_alpha == 0.5
     assert names[1] in rec.plan.metadata["indifferent_layers"]
-    assert {layer.choice for layer in rec.plan} == {"rms/rms"}
+    assert {layer.choice for layer in rec.plan} == {"dyt", "rms/rms"}  # choice: the output
     assert rec.summary["mean_counts"] == {"ln": 0, "rms": len(names)}
     described = torch_layers(rec.plan, {names[0]: "dyt", names[2]: "none"})
     width = rec.plan.layers[0].num_features
