@@ -660,6 +660,8 @@ class JobSpec(_Strict):
         for section, name, default in (
             ("search", "pool", [m for m in TOKEN_POOL_MEMBERS[arch] if m in STATISTIC_MEMBERS]),
             ("verify", "baselines", list(TOKEN_MODEL_BASELINES)),
+            # tied: a token layer finalizes only to (ln, ln) or (rms, rms), never a mixed pair
+            ("search", "tied", True),
         ):
             part = data.get(section)
             if part is None or (isinstance(part, dict) and name not in part):
@@ -690,6 +692,15 @@ class JobSpec(_Strict):
         members = TOKEN_POOL_MEMBERS.get(arch)
         if members is None:
             return self
+        statistics = [m for m in self.search.pool if m in STATISTIC_MEMBERS]
+        if not self.search.tied and len(statistics) > 1:
+            raise _located(
+                "tied",
+                f"model {arch!r} mixes {statistics} with untied mean and variance ratios, but a "
+                "token layer finalizes only to one normalizer for both (nn.LayerNorm, nn.RMSNorm):"
+                " leave search.tied out or set it true",
+                "search",
+            )
         refused = [m for m in self.search.pool if m not in members]
         if refused:
             why = " (causal: per-token statistics only)" if arch in LANGUAGE_MODELS else ""

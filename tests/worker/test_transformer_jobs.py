@@ -53,7 +53,7 @@ def test_char_lm_job_reports_validation_perplexity(tmp_path):
         },
         tmp_path,
     )
-    assert spec.metric == "perplexity" and spec.verify.baselines == ["ln"]
+    assert spec.metric == "perplexity" and spec.verify.baselines == ["ln", "rms"]
     search = [o for o in result.outcomes if o.variant == "sn"]
     assert all(o.status == "TERMINATED" for o in search)
     for outcome in search:
