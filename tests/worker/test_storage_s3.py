@@ -147,7 +147,10 @@ def test_a_killed_drivers_experiment_resumes_from_the_uri(s3, tmp_path):
     )
     try:  # kill it once the experiment state in the bucket knows the trial's first checkpoint
         deadline = time.monotonic() + 120
-        while not _state_knows(s3, "killed/s", "checkpoint_000000"):
+        while not (
+            _state_knows(s3, "killed/s", "checkpoint_000000")
+            and any("/checkpoint_000000/" in f for f in s3.files("killed/s"))
+        ):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, s3.files("killed/s")
             time.sleep(0.2)
