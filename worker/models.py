@@ -127,11 +127,6 @@ def baseline_plan(
     plan = sn_core.plan_from_model(searched, metadata=metadata)
     if not point_wise:
         return plan
-    if "output" not in {f.name for f in dataclasses.fields(sn_core.LayerChoice)}:
-        raise ValueError(
-            f"baseline {member!r} needs sn_core's point-wise members (LayerChoice.output); "
-            "this sn_core has none"
-        )
     alpha = sn_core.pointwise.DEFAULT_DYT_ALPHA0 if member == "dyt" else None
     layers = tuple(dataclasses.replace(layer, output=member, dyt_alpha=alpha) for layer in plan)
     return sn_core.NormalizerPlan(layers, dict(plan.metadata))

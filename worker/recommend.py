@@ -46,7 +46,6 @@ __all__ = [
 
 # The torch layer a point-wise output choice becomes (sn_core's DynamicTanh, torch's Identity).
 OUTPUT_TORCH_LAYERS = {"dyt": "DynamicTanh", "none": "Identity"}
-_LAYER_FIELDS = set(LayerChoice.__dataclass_fields__)
 
 _RATIO_EPS = 1e-8  # the clamp of sn_core.switch_ratios' divergence
 # How a layer the trials left undecided is resolved (worker.aggregate), in the report's words.
@@ -175,25 +174,13 @@ def _aggregate(
 
 
 def _layer_choice(output: SideAggregate | None, **fields: Any) -> LayerChoice:
-    """The plan entry; its ``output`` choice where the layer has output ratios. Until sn_core's
-    LayerChoice has an ``output`` field a plan can only say "norm": a point-wise choice is an
-    error, not silently a norm layer."""
+    """The plan entry; its ``output`` choice (and ratios) where the layer has output ratios."""
     if output is None:
         return LayerChoice(**fields)
     choice = output.tied[0]
-    if "output" in _LAYER_FIELDS:
-        extra: dict[str, Any] = {"output": choice}
-        if "output_ratios" in _LAYER_FIELDS:
-            extra["output_ratios"] = dict(output.ratios)
-        if choice == "dyt":  # the plan's DynamicTanh starts where the searched layers did
-            extra["dyt_alpha"] = DEFAULT_DYT_ALPHA0
-        return LayerChoice(**fields, **extra)
-    if choice != "norm":
-        raise ValueError(
-            f"layer {fields['name']!r}: the search chose the {choice!r} output, which this "
-            "sn_core's plans cannot express (LayerChoice has no output field)"
-        )
-    return LayerChoice(**fields)
+    # A dyt layer's DynamicTanh starts where the searched layers did.
+    alpha = DEFAULT_DYT_ALPHA0 if choice == "dyt" else None
+    return LayerChoice(**fields, output=choice, output_ratios=dict(output.ratios), dyt_alpha=alpha)
 
 
 def layer_outputs(recommendation_dict: dict[str, Any]) -> dict[str, str]:
