@@ -3,7 +3,7 @@
 Plain script::
 
     python bench/sn_network.py [--arch resnet20] [--batch 64 8] [--size 32] [--threads 2]
-                               [--compiled]
+                               [--compiled] [--memory]
 
 Per-layer figures (``bench/sn_layer.py``) isolate the normalization; this measures what a user
 pays per training step and per inference batch when every norm layer of a zoo model is SN, and
@@ -16,6 +16,9 @@ their ratio to BN and, for the fixed model, the interquartile range of its per-r
 and prints a second table, compiled against eager; each compiled model's compilation (its first
 train step and first evaluation, the time until they return) is reported on its own and kept out
 of the step times.
+
+``--memory`` measures each model's training memory in a fresh process (``memory_child``): the
+bytes autograd saves for backward in a train step and the growth of the peak resident set.
 """
 
 from __future__ import annotations
@@ -38,6 +41,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--compiled", action="store_true", help="also each model under torch.compile (inductor)"
     )
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="also peak training memory per model (each in a fresh process)",
+    )
+    parser.add_argument(
+        "--memory-child", nargs=2, metavar=("MODEL", "BATCH"), help=argparse.SUPPRESS
+    )
     return parser.parse_args(argv)
 
 
@@ -51,24 +62,11 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int, compiled
     import torch
     from torch import nn
 
-    import sn_core
-
-    models = {"bn": sn_core.build_model(arch, num_classes=10, in_channels=3)}
-    models["sn"] = sn_core.convert_to_switchnorm(
-        sn_core.build_model(arch, num_classes=10, in_channels=3)
-    )
     from sn_core.functional import kernel, use_kernel
 
+    models = build_models(arch, MODELS)
     if kernel() == "native":  # the same SN model on the Python mixture, for the ratio
-        models["sn-python"] = sn_core.convert_to_switchnorm(
-            sn_core.build_model(arch, num_classes=10, in_channels=3)
-        )
-    models["fixed"] = sn_core.convert_to_switchnorm(
-        sn_core.build_model(arch, num_classes=10, in_channels=3)
-    )
-    for layer in models["fixed"].modules():
-        if isinstance(layer, sn_core.SwitchNorm):
-            layer.fix("bn", "bn")
+        models["sn-python"] = build_models(arch, ("sn",))["sn"]
     names = tuple(name for name in ("bn", "sn", "sn-python", "fixed") if name in models)
     if compiled:
         import copy
@@ -131,12 +129,116 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int, compiled
     return {"phases": out, "compile_s": compile_s}
 
 
+def build_models(arch: str, names) -> dict:
+    """The zoo model with BatchNorm2d ("bn"), every norm layer SN ("sn"), or SN fixed to BN."""
+    import sn_core
+
+    models = {}
+    for name in names:
+        model = sn_core.build_model(arch, num_classes=10, in_channels=3)
+        if name != "bn":
+            model = sn_core.convert_to_switchnorm(model)
+        if name == "fixed":
+            for layer in model.modules():
+                if isinstance(layer, sn_core.SwitchNorm):
+                    layer.fix("bn", "bn")
+        models[name] = model
+    return models
+
+
+def memory_child(arch: str, name: str, batch: int, size: int) -> dict:
+    """One model's training memory, measured in this (fresh) process: the bytes autograd saves
+    for backward in one training step (unique storages: the activations a step holds at its
+    peak, input included) and the growth of the peak resident set over five SGD steps beyond what
+    the process held once the model and its input were built."""
+    import resource
+
+    import torch
+    from torch import nn
+
+    model = build_models(arch, (name,))[name].train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, size, size)
+    target = torch.randint(0, 10, (batch,))
+    before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    for step in range(5):
+        optimizer.zero_grad(set_to_none=True)
+        if step == 0:
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = nn.functional.cross_entropy(model(x), target)
+        else:
+            loss = nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        optimizer.step()
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "saved_bytes": sum(storages.values()),
+        "peak_growth_bytes": (peak_kib - before_kib) * 1024,
+    }
+
+
+def measure_memory(arch: str, batch: int, size: int, threads: int) -> dict:
+    """``memory_child`` of each model, each in its own process (a peak resident set is per
+    process and never goes down)."""
+    import json
+    import subprocess
+
+    out = {}
+    for name in MODELS:
+        command = [sys.executable, os.path.abspath(__file__), "--arch", arch, "--size", str(size)]
+        command += ["--threads", str(threads), "--memory-child", name, str(batch)]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def print_memory(arch: str, size: int, rows) -> None:
+    print(
+        f"\n### Peak training memory ({arch}, {size}x{size}x3, SGD with momentum)\n\n"
+        "saved = bytes autograd keeps for backward in one train step (unique storages, input "
+        "included: the activations at the step's peak); peak growth = growth of the process's "
+        "peak resident set over 5 train steps after the model and input were built (each model "
+        "in a fresh process; includes gradients, optimizer state and allocator slack).\n"
+    )
+    print(
+        "| batch | saved BN MB | saved SN / BN | saved fixed / BN | peak growth BN MB "
+        "| peak growth SN / BN | fixed / BN |\n|---:|---:|---:|---:|---:|---:|---:|"
+    )
+
+    def ratio(a: int, b: int) -> str:
+        return f"{a / b:.2f}x" if b > 0 else "n/a (BN's peak did not grow)"
+
+    for batch, memory in rows:
+        bn, sn, fixed = (memory[name] for name in MODELS)
+        print(
+            f"| {batch} | {bn['saved_bytes'] / 1e6:.1f} "
+            f"| **{sn['saved_bytes'] / bn['saved_bytes']:.2f}x** "
+            f"| {fixed['saved_bytes'] / bn['saved_bytes']:.2f}x "
+            f"| {bn['peak_growth_bytes'] / 1e6:.1f} "
+            f"| **{ratio(sn['peak_growth_bytes'], bn['peak_growth_bytes'])}** "
+            f"| {ratio(fixed['peak_growth_bytes'], bn['peak_growth_bytes'])} |"
+        )
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.memory_child:
+        import json
+
+        name, batch = args.memory_child
+        print(json.dumps(memory_child(args.arch, name, int(batch), args.size)))
+        return 0
     torch.manual_seed(0)
     from sn_core.functional import kernel
 
@@ -175,6 +277,9 @@ def main(argv=None) -> int:
             )
     if args.compiled:
         print_compiled(compiled_rows)
+    if args.memory:
+        rows = [(b, measure_memory(args.arch, b, args.size, args.threads)) for b in args.batch]
+        print_memory(args.arch, args.size, rows)
     return 0
 
 
