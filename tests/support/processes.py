@@ -155,6 +155,26 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
+def descendants(roots: list[int]) -> list[int]:
+    """Every live process below ``roots`` in the process tree (Linux /proc), children first
+    listed after their parents."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], list(roots)
+    while queue:
+        for child in children.get(queue.pop(), []):
+            if child not in found and child not in roots:
+                found.append(child)
+                queue.append(child)
+    return found
+
+
 def group_members(pgid: int) -> list[int]:
     """Live (not zombie) processes of the process group ``pgid`` (Linux /proc)."""
     members = []
@@ -208,14 +228,6 @@ class RayNode:
     process: subprocess.Popen
     log_path: Path
 
-    def raylet_pid(self) -> int:
-        """The pid of this node's raylet (a member of its process group)."""
-        for pid in group_members(self.process.pid):
-            with contextlib.suppress(OSError):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet":
-                    return pid
-        pytest.fail(f"node {self.name} has no raylet:\n{tail(self.log_path)}")
-
     def wait_started(self, timeout_s: float = 90.0) -> None:
         """Wait until `ray start` says the node runs (it has registered with the head): read
         from its log, cheaper than a driver asking the head."""
@@ -228,7 +240,14 @@ class RayNode:
             time.sleep(0.2)
 
     def kill(self, timeout: float = 30.0) -> None:
-        """kill -9 the node's whole process group, as a lost machine; waits until it is gone."""
+        """kill -9 the node's whole process group and every descendant of it (the trial
+        workers its raylet forked, whatever their group), as a lost machine at once; waits
+        until the group is gone. Killing the raylet alone left its worker running a trial for
+        a moment: on a fast machine that worker reported the trial's last epochs first."""
+        members = group_members(self.process.pid)
+        for pid in [*descendants(members), *members]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         _signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait()
         _wait_group_gone(self.process.pid, timeout)

@@ -7,9 +7,10 @@ driver joins it by ``RAY_ADDRESS``, as in docker-compose.yml) and two worker nod
   trainable and shown by ``GET /jobs/{id}/trials``), every epoch of every trial recorded once;
 - ``resources.gpus_per_trial: 0.25`` packs four trials onto the one declared GPU at the same time
   (`ray start --num-gpus 1` declares a GPU without one: the trials train on the CPU);
-- a worker node whose raylet is killed mid-trial: Ray declares it dead (the head's health check
-  tuned to ~1.5 s), Tune restarts the trial from its last checkpoint on the surviving node, the
-  job's events say so, the history has no gap and no duplicate and the job succeeds;
+- a worker node killed mid-trial (its raylet and its trial's worker): Ray declares it dead
+  (the head's health check tuned to ~1.5 s), Tune restarts the trial from its last checkpoint
+  on the surviving node, the job's events say so, the history has no gap and no duplicate and
+  the job succeeds;
 - the driver lost (the Celery worker killed -9 mid-trial): the reaper requeues the job and a new
   worker joins the cluster and resumes the run (attempt 2, complete history). These two last,
   on the one worker node the node loss leaves.
@@ -21,9 +22,7 @@ which is machine-wide).
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import time
 from collections.abc import Callable, Iterator
 
@@ -248,7 +247,7 @@ def test_a_lost_node_restarts_its_trial_from_its_checkpoint_on_the_other_node(
     wait_for(first_epoch, "the trial's first epoch", worker)
     (trial,) = trials(api_client, headers, job_id)
     lost_id, lost = trial["node_id"], node_names[trial["node_id"]]
-    os.kill(cluster.node(lost).raylet_pid(), signal.SIGKILL)
+    cluster.node(lost).kill()  # the machine lost: its raylet and its trial's worker
     assert trial["epochs_used"] < epochs, "the trial finished before its node was killed"
 
     job = finished_job(api_client, headers, job_id, worker)

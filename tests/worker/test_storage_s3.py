@@ -35,6 +35,7 @@ from worker.data import load_dataset
 from worker.job import run_job, write_job_report
 from worker.recorder import MemoryRecorder
 from worker.search import run_trials, trial_grid
+from worker.trainable import META_FILE, PLAN_FILE, STATE_FILE
 
 pytestmark = pytest.mark.e2e
 
@@ -145,11 +146,15 @@ def test_a_killed_drivers_experiment_resumes_from_the_uri(s3, tmp_path):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    try:  # kill it once the experiment state in the bucket knows the trial's first checkpoint
+    # Kill it once the experiment state in the bucket knows the trial's first checkpoint and
+    # every file of that checkpoint is there (one file uploaded of three raced the kill in CI:
+    # the resumed trial then started over).
+    first = {f"/checkpoint_000000/{name}" for name in (STATE_FILE, META_FILE, PLAN_FILE)}
+    try:
         deadline = time.monotonic() + 120
         while not (
             _state_knows(s3, "killed/s", "checkpoint_000000")
-            and any("/checkpoint_000000/" in f for f in s3.files("killed/s"))
+            and all(any(f.endswith(end) for f in s3.files("killed/s")) for end in first)
         ):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
             assert time.monotonic() < deadline, s3.files("killed/s")
