@@ -153,8 +153,10 @@ def build_layers(channels: int):
     }
 
 
-def saved_bytes(layer, x) -> int:
-    """Bytes of the unique storages the layer's forward saves for backward."""
+def saved_bytes(forward) -> int:
+    """Bytes of the unique storages autograd saves for backward while ``forward()`` runs (the
+    activations a training step holds at its peak; bench/sn_network.py measures whole models
+    with it too)."""
     import torch
 
     storages: dict[int, int] = {}
@@ -164,10 +166,9 @@ def saved_bytes(layer, x) -> int:
         storages[storage.data_ptr()] = storage.nbytes()
         return t
 
-    layer.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
-    del y
+        out = forward()
+    del out
     return sum(storages.values())
 
 
@@ -238,7 +239,7 @@ def bench_shape(shape, repeat: int, warmup: int, seed: int, budget_s: float) -> 
         result["layers"][name] = {
             "fwd_bwd_ms": statistics.median(times[group][name]["fwd_bwd"]) * 1e3,
             "eval_ms": statistics.median(times[group][name]["eval"]) * 1e3,
-            "saved_bytes": saved_bytes(layer, x),
+            "saved_bytes": saved_bytes(functools.partial(layer.train(), x)),
         }
     sn, bn, ref = (result["layers"][k] for k in ("SwitchNorm2d", "BatchNorm2d", "Reference"))
     sn_beside_reference = statistics.median(times["naive"]["SwitchNorm2d"]["fwd_bwd"]) * 1e3
