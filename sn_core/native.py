@@ -1,9 +1,10 @@
-"""Build and load the compiled SN CPU kernel (sn_core/csrc/switch_norm.cpp).
+"""Build and load the compiled SN CPU kernels (sn_core/csrc: switch_norm.cpp, token_norm.cpp).
 
-``python -m sn_core.native`` compiles the one translation unit with the C++ compiler and torch's
-headers (``torch.utils.cpp_extension.include_paths``; no ninja, no CUDA) into
-``sn_core/csrc/build/``. The file name carries a digest of the source, torch's version and the
-flags, so a stale library is never loaded: a changed source or torch simply means "not built".
+``python -m sn_core.native`` compiles the translation units into one library with the C++
+compiler and torch's headers (``torch.utils.cpp_extension.include_paths``; no ninja, no CUDA)
+into ``sn_core/csrc/build/``. The file name carries a digest of the sources (the shared header
+included), torch's version and the flags, so a stale library is never loaded: a changed source or
+torch simply means "not built".
 Without a compiler the step logs one line and exits 0: the Python mixture is the fallback.
 
 ``load()`` registers ``torch.ops.normsearch_cpu`` at first use; when the library is absent or
@@ -28,8 +29,11 @@ __all__ = ["KIND_CODES", "available", "build", "library_path", "load", "main"]
 
 log = logging.getLogger("sn_core.native")
 
-SOURCE = Path(__file__).parent / "csrc" / "switch_norm.cpp"
-BUILD_DIR = SOURCE.parent / "build"
+CSRC = Path(__file__).parent / "csrc"
+# Compiled together into one library: the channel-first kernel and the token kernel.
+SOURCES = (CSRC / "switch_norm.cpp", CSRC / "token_norm.cpp")
+DIGESTED = (*SOURCES, CSRC / "rows.h")  # what the library's name depends on
+BUILD_DIR = CSRC / "build"
 # The enum Kind of the source.
 KIND_CODES = {"in": 0, "ln": 1, "bn": 2, "gn": 3, "rms": 4}
 FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fopenmp", "-w")
@@ -50,7 +54,9 @@ def _compile_args() -> list[str]:
 
 def library_path(build_dir: Path | None = None) -> Path:
     """Where the library for this source, torch and flags lives (built or not)."""
-    digest = hashlib.sha256(SOURCE.read_bytes() if SOURCE.exists() else b"")
+    digest = hashlib.sha256()
+    for path in DIGESTED:
+        digest.update(path.read_bytes() if path.exists() else b"")
     digest.update(f"{torch.__version__}|{' '.join(FLAGS)}".encode())
     return Path(build_dir or BUILD_DIR) / f"libnormsearch_cpu-{digest.hexdigest()[:16]}.so"
 
@@ -68,7 +74,7 @@ def build(cxx: str | None = None, build_dir: Path | None = None) -> Path | None:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
     os.close(fd)
-    command = [compiler, str(SOURCE), "-o", tmp, *_compile_args()]
+    command = [compiler, *map(str, SOURCES), "-o", tmp, *_compile_args()]
     try:
         done = subprocess.run(command, capture_output=True, text=True)
     except OSError as error:

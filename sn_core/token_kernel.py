@@ -8,12 +8,20 @@ passes; the backward is written out from the per-token sums ``sum_c(g)`` and ``s
 (``g = dy * weight``) and needs only ``t``: ``x - m = t / R + (M - m)``. Autograd of the
 generic graph keeps three full-size tensors and runs many more passes
 (docs/sn-spec.md section 8).
+
+On CPU (float32, float64) with the native kernel selected (``sn_core.functional.kernel()``) both
+directions are one C++ call each (``torch.ops.normsearch_cpu.token_forward`` / ``_backward``,
+sn_core/csrc/token_norm.cpp): the moments and the output in two passes over x, the two row sums
+and dx in two more, x and four doubles per token saved. Under ``torch.compile`` the torch version
+below runs (Dynamo traces it; the C++ op has no fake kernel).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from . import native
 
 __all__ = ["PER_TOKEN_KINDS", "per_token_mixture"]
 
@@ -102,6 +110,52 @@ class _PerTokenMixture(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None
 
 
+class _NativePerTokenMixture(torch.autograd.Function):
+    """The same function on the compiled CPU kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean_ratios, var_ratios, codes, eps):
+        y, stats = torch.ops.normsearch_cpu.token_forward(
+            x, weight, bias, mean_ratios, var_ratios, codes, eps
+        )
+        ctx.codes = codes
+        ctx.save_for_backward(x, stats, weight, mean_ratios, var_ratios)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dy):
+        x, stats, weight, mean_ratios, var_ratios = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        flags = [needs[0], needs[1], needs[2], needs[3] or needs[4]]
+        grad_x, grad_w, grad_b, grad_mr, grad_vr = torch.ops.normsearch_cpu.token_backward(
+            dy, x, stats, weight, mean_ratios, var_ratios, ctx.codes, flags
+        )
+        return (
+            grad_x if needs[0] else None,
+            grad_w if needs[1] else None,
+            grad_b if needs[2] else None,
+            grad_mr if needs[3] else None,
+            grad_vr if needs[4] else None,
+            None,
+            None,
+        )
+
+
+_CODES: dict[tuple[str, ...], list[int]] = {}
+
+
+def _native_applies(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+    """CPU float32/float64, the native backend selected and loaded, not being compiled."""
+    from .functional import kernel
+
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if any(p is not None and p.dtype != x.dtype for p in (weight, bias)):
+        return False
+    return not torch.compiler.is_compiling() and kernel() == "native"
+
+
 def per_token_mixture(
     x: Tensor,
     weight: Tensor | None,
@@ -114,6 +168,14 @@ def per_token_mixture(
     """SN over the last dimension of ``x`` for a pool of per-token kinds (``PER_TOKEN_KINDS``)."""
     x = x.contiguous()
     inputs = (x, weight, bias, mean_ratios, var_ratios)
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
+    if _native_applies(x, weight, bias):
+        codes = _CODES.get(kinds)
+        if codes is None:
+            codes = _CODES[kinds] = [native.KIND_CODES[kind] for kind in kinds]
+        if grad:
+            return _NativePerTokenMixture.apply(*inputs, codes, eps)
+        return torch.ops.normsearch_cpu.token_forward(*inputs, codes, eps)[0]
+    if grad:
         return _PerTokenMixture.apply(*inputs, kinds, eps)
     return _forward(*inputs, kinds, eps)[0]

@@ -1,5 +1,6 @@
 """sn_core.token_kernel: the hand-written per-token (ln, rms) mixture equals the generic
-autograd path in outputs and every gradient, and stays finite."""
+autograd path in outputs and every gradient, and stays finite, on both backends (``sn_kernel``:
+the torch function and the compiled C++ kernel of sn_core/csrc/token_norm.cpp)."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _run(layer, path, x, upstream):
         (("ln",), {}),
     ],
 )
-def test_kernel_equals_the_generic_path(pool, kwargs):
+def test_kernel_equals_the_generic_path(pool, kwargs, sn_kernel):
     layer = _layer(pool, **kwargs)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 4, 6, generator=gen, dtype=F64) * 3 + 2
@@ -54,7 +55,36 @@ def test_kernel_equals_the_generic_path(pool, kwargs):
         assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_kernel_gradcheck():
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_the_selected_backend_runs_in_training_and_inference(sn_kernel, dtype):
+    layer = _layer(("ln", "rms"), dtype=dtype)
+    x = torch.randn(4, 5, 6, dtype=dtype, requires_grad=True)
+    expected = "_NativePerTokenMixture" if sn_kernel == "native" else "_PerTokenMixture"
+    assert type(layer(x).grad_fn).__name__ == expected + "Backward"
+    with torch.no_grad():
+        inference = layer(x)
+    assert_close(inference, layer._generic_mixture_forward(x, layer.pool, None).detach())
+
+
+def test_the_native_kernel_threads_split_tokens_like_one_thread(sn_kernel):
+    """Per-thread column sums (dweight, dbias) and ratio sums add up to the one-thread result."""
+    layer = _layer(("ln", "rms"))
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(64, 300, 6, generator=gen, dtype=F64)  # many tokens: several tasks
+    upstream = torch.randn(x.shape, generator=gen, dtype=F64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _run(layer, layer, x, upstream)
+        torch.set_num_threads(max(2, threads))
+        many = _run(layer, layer, x, upstream)
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(one, many, strict=True):
+        assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_gradcheck(sn_kernel):
     layer = _layer(("ln", "rms"))
     names = [name for name, _ in layer.named_parameters()]
     x = torch.randn(2, 3, 6, dtype=F64, generator=torch.Generator().manual_seed(2))
@@ -70,7 +100,7 @@ def test_kernel_gradcheck():
 
 
 @pytest.mark.parametrize("fill", [0.0, 5.0, 1e4])
-def test_kernel_constant_and_large_mean_rows(fill):
+def test_kernel_constant_and_large_mean_rows(fill, sn_kernel):
     """Constant tokens (variance 0) give finite outputs and gradients; float32 with a large
     mean agrees with float64 (the centred rows come from the layer-norm kernel)."""
     layer = _layer(("ln", "rms"))
