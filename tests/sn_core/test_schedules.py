@@ -265,3 +265,42 @@ def test_ddp_training_with_fixing_mid_run_stays_in_sync():
     for key, value in first["params"].items():
         torch.testing.assert_close(second["params"][key], value, rtol=0, atol=0, msg=key)
     assert math.isfinite(float(first["params"]["fc.weight"].sum()))
+
+
+@pytest.mark.parametrize("method", ["sparsestmax", "temperature"])
+def test_the_controller_reads_every_choice_as_its_layer_computes_it(method):
+    """The controller's batched read (one ratio call per group of same-sized choices) gives each
+    choice the top ratio and argmax of the layer's own soft ratios: pools of different sizes,
+    tied and untied layers, point-wise output choices, each layer at its own radius."""
+    from sn_core.schedules import _top_ratios
+    from sn_core.tokens import SwitchNormTokens
+
+    model = nn.Sequential(
+        SwitchNorm2d(4, pool=("in", "ln", "bn")),
+        SwitchNorm2d(4, pool=("ln", "bn"), tied=True),
+        SwitchNorm2d(4, pool=("in", "ln", "bn", "gn"), groups=2),
+        SwitchNormTokens(4, pool=("ln", "rms", "dyt", "none"), tied=True),
+    )
+    controller = SparsityController(model, method, 0.0, 0.6)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for _, layer in controller.layers:
+            for logits in (layer.mean_weight, layer.var_weight, layer.output_weight):
+                if logits is not None:
+                    logits.copy_(torch.randn(logits.shape, generator=gen))
+    controller.step(0.2)
+    layers = [layer for _, layer in controller.layers]
+    layers[0].radius = 0.3  # rows at different radii in one call
+    pending, expected = [], []
+    for layer in layers:
+        mean, var = layer.soft_ratios()
+        choices = [("tied", mean)] if layer.tied else [("mean", mean), ("var", var)]
+        if layer.output_choices:
+            choices.append(("output", layer.soft_output_ratios()))
+        for which, ratios in choices:
+            pending.append(("layer", layer, which))
+            expected.append((ratios.max().item(), float(ratios.argmax())))
+    got = _top_ratios(pending)
+    for (top, index), (want_top, want_index) in zip(got, expected, strict=True):
+        assert index == want_index
+        assert top == pytest.approx(want_top, abs=1e-6)
