@@ -24,6 +24,7 @@ _EXPORTS = {
     "MixtureNorm": "layers",
     "NormalizerPlan": "plan",
     "RadiusSchedule": "schedules",
+    "RatioBank": "ratio_bank",
     "SelectedNorm": "selected",
     "SparsityController": "schedules",
     "SparsityStatus": "schedules",

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from .functional import MixtureConfig, switch_norm
 from .pointwise import DEFAULT_DYT_ALPHA0, dynamic_tanh
+from .ratio_bank import take_banked
 from .sparsity import RATIO_FUNCTIONS, compute_ratios
 from .vocabulary import POINTWISE_MEMBERS, POOL_MEMBERS, STATISTIC_MEMBERS
 
@@ -381,6 +382,7 @@ class SwitchNorm(MixtureNorm):
         self.register_buffer("var_choice", torch.tensor(-1, dtype=torch.long, device=device))
         self._fixed: tuple[int | None, int | None] = (None, None)
         self._onehot_cache: dict = {}
+        self._banked: dict | None = None  # rows a RatioBank computed for this forward
         self._init_output(pointwise, dyt_alpha0, device, dtype)
         self.reset_parameters()
 
@@ -455,6 +457,9 @@ class SwitchNorm(MixtureNorm):
         """Output ratios over ``output_choices`` from their logits, ignoring a fixed choice."""
         if self.output_weight is None:
             return None
+        banked = take_banked(self, "output")
+        if banked is not None:
+            return banked
         return compute_ratios(
             self.ratio_fn, self.output_weight, **self._schedule_values("output_radius"),
         )  # fmt: skip
@@ -477,6 +482,11 @@ class SwitchNorm(MixtureNorm):
 
     def soft_ratios(self) -> tuple[Tensor, Tensor]:
         """Ratios from the logits under the current ratio function, ignoring fixed choices."""
+        mean = take_banked(self, "mean")  # computed with every layer's by a RatioBank
+        if mean is not None:
+            var = mean if self.tied else take_banked(self, "var")
+            if var is not None:
+                return mean, var
         kw = self._schedule_values()
         if self.tied:
             mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
@@ -549,9 +559,13 @@ class SwitchNorm(MixtureNorm):
             return self.soft_ratios()
         kw = self._schedule_values()
         if mean is None:
-            mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
+            mean = take_banked(self, "mean")
+            if mean is None:
+                mean = compute_ratios(self.ratio_fn, self.mean_weight, **kw)
         if var is None:
-            var = compute_ratios(self.ratio_fn, self.var_logits, **kw)
+            var = take_banked(self, "var")
+            if var is None:
+                var = compute_ratios(self.ratio_fn, self.var_logits, **kw)
         return mean, var
 
     # ------------------------------------------------------------------------------ output

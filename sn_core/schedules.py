@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from .inspect import switch_layers
 from .layers import SwitchNorm
+from .ratio_bank import RatioBank
 from .sparsity import compute_ratios, onehot_radius
 
 __all__ = [
@@ -199,6 +200,8 @@ class SparsityController:
         fix_threshold: a free choice is fixed once its top ratio is >= ``1 - fix_threshold``
             (for "temperature" at least 1e-3 is used: softmax never reaches one-hot exactly).
         final_radius, initial_temperature, final_temperature: schedule settings.
+        batch_ratios: register a ``RatioBank`` on ``model`` (its free layers' ratios computed
+            in one batched call per forward; same values). ``close()`` removes it.
 
     Call ``step(progress)`` after every optimizer step (``progress`` = steps done / total steps) or
     once per epoch. It reads the ratios of the free layers (one host sync per call; forward itself
@@ -218,6 +221,7 @@ class SparsityController:
         final_radius: float | None = None,
         initial_temperature: float = 1.0,
         final_temperature: float = 0.01,
+        batch_ratios: bool = True,
     ) -> None:
         if method not in SPARSITY_METHODS:
             raise ValueError(f"method must be one of {SPARSITY_METHODS}, got {method!r}")
@@ -232,6 +236,8 @@ class SparsityController:
             self.start, self.end, initial_temperature, final_temperature
         )
         self.layers = switch_layers(model)
+        # The free layers' ratios in one call per forward of the model (sn_core.ratio_bank).
+        self.bank = RatioBank(model) if batch_ratios else None
         self.progress: float | None = None
         if method != "none":
             for _, layer in self.layers:
@@ -312,6 +318,12 @@ class SparsityController:
                 layer.fix(mean=index)  # tied layers fix both together
             newly.append((name, which, layer.pool[index]))
         return self.status(newly)
+
+    def close(self) -> None:
+        """Remove the ratio bank's hooks from the model."""
+        if self.bank is not None:
+            self.bank.close()
+            self.bank = None
 
     def state_dict(self) -> dict[str, Any]:
         return {
