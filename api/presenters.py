@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from api.schemas import ArtifactOut, JobDetail, JobEventOut, JobResult, JobSummary, TrialOut
 from service.db.models import Job, Trial
+from service.spec import metric_of
 
 
 def _target_batch_size(spec: dict[str, Any]) -> int | None:
@@ -50,6 +51,7 @@ def job_summary(job: Job) -> JobSummary:
         attempts=job.attempts or 0,
         run=job.run,
         arch=str((spec.get("model") or {}).get("arch", "?")),
+        metric=metric_of(str((spec.get("model") or {}).get("arch", ""))),
         dataset=_dataset_label(spec),
         target_batch_size=_target_batch_size(spec),
         created_at=job.created_at,

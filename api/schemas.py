@@ -103,6 +103,11 @@ class JobSummary(_Out):
     attempts: int
     run: int = 1
     arch: str
+    metric: Literal["accuracy", "perplexity"] = Field(
+        default="accuracy",
+        description="What its trials are judged by: validation accuracy (a classifier) or "
+        "validation perplexity (a language model, lower is better).",
+    )
     dataset: str
     target_batch_size: int | None
     created_at: datetime

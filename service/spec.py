@@ -78,6 +78,15 @@ TEXT_MAX_CHARS = 20_000_000
 # too (``token_pool_members`` of the zoo model), but no torch layer is what a token layer fixed to
 # them finalizes to (``sn_core.finalize.token_norm``), so a job could not verify or export them.
 LANGUAGE_MODELS = ("char_lm",)
+
+
+def metric_of(arch: str) -> str:
+    """What a job of model ``arch`` is judged by: "perplexity" (lower is better) for a language
+    model, "accuracy" (higher is better) for a classifier (``service.metrics``). A function of the
+    arch alone, so that a stored spec's ``model.arch`` says it without validating the spec."""
+    return "perplexity" if arch in LANGUAGE_MODELS else "accuracy"
+
+
 TOKEN_POOL_MEMBERS: dict[str, tuple[str, ...]] = {
     "vit": ("ln", "rms", *POINTWISE_MEMBERS),
     "char_lm": ("ln", "rms", *POINTWISE_MEMBERS),
@@ -725,7 +734,7 @@ class JobSpec(_Strict):
     def metric(self) -> str:
         """What the job's trials are judged by: "perplexity" (lower is better) for a language
         model, "accuracy" (higher is better) for a classifier (``worker.metrics``)."""
-        return "perplexity" if self.model.arch in LANGUAGE_MODELS else "accuracy"
+        return metric_of(self.model.arch)
 
     @model_validator(mode="after")
     def _target_batch_in_trials(self) -> JobSpec:

@@ -193,11 +193,21 @@ def describe_norm(module: nn.Module) -> str:
     return name
 
 
-def plan_torch_layers(plan: NormalizerPlan, *, variance: str = "population") -> dict[str, str]:
-    """Per plan layer, the torch layer ``apply_plan`` builds for it (``concrete_norm`` with the
-    plan's num_features, dims and groups), in words (``describe_norm``). A layer without
-    ``dims`` is described as ``concrete_norm(dims=None)`` builds it; ``variance`` is that of
-    the SN layers the plan came from (the service trains with "population")."""
+def plan_torch_layers(
+    plan: NormalizerPlan, *, variance: str = "population", model: nn.Module | None = None
+) -> dict[str, str]:
+    """Per plan layer, the torch layer ``apply_plan`` builds for it, in words (``describe_norm``).
+
+    With ``model`` (the network the plan is for: its plain or SN form), the layers
+    ``apply_plan(model, plan)`` builds: a token layer (LayerNorm, RMSNorm, SwitchNormTokens)
+    becomes ``token_norm``'s ``LayerNorm(C)`` or ``RMSNorm(C)``, which the plan alone does not
+    say. Without one, ``concrete_norm`` with the plan's num_features, dims and groups (a layer
+    without ``dims`` as ``concrete_norm(dims=None)`` builds it), as for a convolutional
+    network; ``variance`` is that of the SN layers the plan came from (the service trains with
+    "population")."""
+    if model is not None:
+        built = dict(apply_plan(model, plan).named_modules())
+        return {layer.name: describe_norm(built[layer.name]) for layer in plan}
     return {
         layer.name: describe_norm(
             concrete_norm(

@@ -39,8 +39,8 @@ from .export import (
     export_search_checkpoint,
 )
 from .model_size import measure_model, size_problems
-from .models import PLAN_VARIANT, SN_VARIANT, build_for_data
-from .recommend import Recommendation, recommend
+from .models import PLAN_VARIANT, SN_VARIANT, build_for_data, zoo_model
+from .recommend import Recommendation, layer_outputs, recommend, torch_layers
 from .recorder import Recorder
 from .report import write_report
 from .results import TrialOutcome
@@ -93,6 +93,9 @@ class JobResult:
     outputs: dict[str, Any] = field(default_factory=dict)
     verification_outcomes: list[TrialOutcome] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Layer -> the torch layer the search's plan becomes in the job's network (report.json's
+    # recommendation.torch_layers); None: told from the plan alone.
+    torch_layers: dict[str, str] | None = None
 
 
 def spec_fingerprint(spec: JobSpec) -> str:
@@ -327,6 +330,11 @@ def run_job(
         plan=plan,
         outputs={"plan": plan.metadata},
         verification_outcomes=verification_outcomes,
+        torch_layers=torch_layers(
+            recommendation.plan,
+            layer_outputs(recommendation.to_dict()),
+            model=zoo_model(spec, data.num_classes, data.in_channels),
+        ),
     )
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -366,6 +374,7 @@ def write_job_report(
         plan=result.plan,
         outputs=result.outputs,
         extra={"dataset": result.dataset, **(extra or {})},
+        described=result.torch_layers,
     )
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.metrics import ACCURACY, Metric
 from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
@@ -33,6 +33,9 @@ from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
 
 from .aggregate import AGREEMENT_MIN, MARGIN_MIN, Aggregate, SideAggregate, aggregate, output_side
 from .results import LayerRatios, TrialOutcome
+
+if TYPE_CHECKING:
+    from torch import nn
 
 __all__ = [
     "OUTPUT_TORCH_LAYERS",
@@ -189,10 +192,14 @@ def layer_outputs(recommendation_dict: dict[str, Any]) -> dict[str, str]:
     return dict((recommendation_dict.get("summary") or {}).get("outputs") or {})
 
 
-def torch_layers(plan: NormalizerPlan, outputs: dict[str, str]) -> dict[str, str]:
-    """Per plan layer the torch layer it becomes: sn_core's ``plan_torch_layers``, except where
-    the output choice is point-wise (``DynamicTanh(C)`` or ``Identity``)."""
-    described = plan_torch_layers(plan)
+def torch_layers(
+    plan: NormalizerPlan, outputs: dict[str, str], model: nn.Module | None = None
+) -> dict[str, str]:
+    """Per plan layer the torch layer it becomes: sn_core's ``plan_torch_layers`` (in ``model``,
+    the job's network, when given: a transformer's token layers become LayerNorm or RMSNorm,
+    which the plan alone does not say), except where the output choice is point-wise
+    (``DynamicTanh(C)`` or ``Identity``)."""
+    described = plan_torch_layers(plan, model=model)
     for layer in plan:
         choice = outputs.get(layer.name, "norm")
         if choice == "dyt":

@@ -132,11 +132,14 @@ def write_report(
     plan: NormalizerPlan | None = None,
     outputs: dict | None = None,
     extra: dict | None = None,
+    described: dict[str, str] | None = None,
 ) -> dict[ArtifactKind, Path]:
     """Write the search's output files into ``out_dir`` (created if needed); returns their paths
     by kind: plan_json, plan_yaml (``plan``, default the recommended plan), search_plan_json
     (the recommended plan), report_json, ratios_csv, ratios_png. ``outputs``: the downloads'
-    metadata (``worker.job.JobResult.outputs``), kept in the report."""
+    metadata (``worker.job.JobResult.outputs``), kept in the report. ``described``: the
+    recommendation's torch layers as built in the job's network (``JobResult.torch_layers``);
+    without it they are told from the plan alone."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     search_plan = recommendation.plan
@@ -153,7 +156,8 @@ def write_report(
             **recommendation.to_dict(),
             # Layer name -> the torch layer apply_plan builds for it (sn_core's rule, in words;
             # DynamicTanh or Identity where the output choice is point-wise).
-            "torch_layers": torch_layers(search_plan, layer_outputs(recommendation.to_dict())),
+            "torch_layers": described
+            or torch_layers(search_plan, layer_outputs(recommendation.to_dict())),
         },
         "trials": [_trial_summary(t, used) for t in outcomes],
         "verification": verification,

@@ -135,7 +135,7 @@ def test_submit_queues_the_job_and_sends_its_task_after_the_commit(api_client, a
     job = response.json()
     assert response.headers["location"].endswith(f"{API}/jobs/{job['id']}")
     assert job["status"] == "queued" and job["progress"] == 0
-    assert job["arch"] == "resnet20" and job["dataset"] == "digits"
+    assert job["arch"] == "resnet20" and job["dataset"] == "digits" and job["metric"] == "accuracy"
     assert job["target_batch_size"] == 128
     assert [(e["from_status"], e["to_status"]) for e in job["events"]] == [(None, "queued")]
     assert queue.llen("normsearch.search") == before + 1

@@ -356,3 +356,22 @@ def test_soft_token_mixture_matches_its_definition_including_ratio_gradients():
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(layer.mean_weight.grad, mean_logits.grad, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(layer.var_weight.grad, var_logits.grad, rtol=1e-9, atol=1e-9)
+
+
+def test_plan_torch_layers_in_a_model_names_the_token_layers_apply_plan_builds():
+    """The plan alone describes an (ln, ln) choice as a convolutional network's GroupNorm(1, C);
+    in the network it is for, a token layer's is the LayerNorm apply_plan builds there."""
+    from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
+
+    model = nn.Sequential(nn.LayerNorm(8), nn.LayerNorm(8), nn.BatchNorm1d(8))
+    plan = NormalizerPlan(
+        [
+            LayerChoice(name="0", mean="ln", var="ln", num_features=8, pool=("ln", "rms")),
+            LayerChoice(name="1", mean="rms", var="rms", num_features=8, pool=("ln", "rms")),
+            LayerChoice(name="2", mean="ln", var="ln", num_features=8, pool=("bn", "ln")),
+        ]
+    )
+    described = plan_torch_layers(plan, model=model)
+    assert described == {"0": "LayerNorm(8)", "1": "RMSNormWithBias(8)", "2": "GroupNorm(1, 8)"}
+    assert plan_torch_layers(plan)["0"] == "GroupNorm(1, 8)"  # without the model: conv layout
+    assert type(model[0]) is nn.LayerNorm  # the model itself is left as it was

@@ -389,7 +389,7 @@ def check_curves_and_heatmap(page, api, job_id: str, layers: list[str]) -> None:
     table = page.get_by_test_id("trials-table")
     expect(table).to_contain_text("Final-epoch val. acc.")
     expect(table).to_contain_text("Best-epoch val. acc.")
-    finals = table.get_by_test_id("trial-final-acc").all_inner_texts()
+    finals = table.get_by_test_id("trial-final").all_inner_texts()
     assert len(finals) == len(trials) and all("(ep " in f for f in finals), finals
     # Another metric: the same lines, a loss axis.
     page.get_by_test_id("metric-select").select_option("val_loss")
@@ -691,3 +691,136 @@ def test_the_editor_takes_yaml_and_a_name_and_templates_offer_fields_that_apply(
         expect(row.get_by_test_id("job-name")).to_have_text("yaml from the editor")
     finally:
         api.post(f"/jobs/{job_id}/cancel")
+
+
+# -- 8. a language model: judged by perplexity, token normalizers ----------------------------
+
+# The smallest char_lm job that trains every pooled member: a statistics pair (LN, RMS) and a
+# point-wise member (DyT), tied, over the first 20,000 characters of the built-in corpus; two
+# batch sizes, so that the heatmap of a pool without BN is drawn.
+CHAR_LM_SPEC = {
+    "model": {"arch": "char_lm", "kwargs": {"dim": 32, "depth": 1, "heads": 2}},
+    "dataset": {"kind": "text", "max_chars": 20_000, "context_length": 32},
+    "training": {"epochs": 2, "batch_size": 32, "optimizer": "adamw", "lr": 3e-3},
+    "search": {
+        "pool": ["ln", "rms", "dyt"],
+        "sparsity": {"end": 0.5},
+        "stop_when_stable": {"enabled": False},
+        "trials": {"seeds": [0], "batch_sizes": [16, 32]},
+    },
+    "verify": {"enabled": True, "epochs": 1, "baselines": ["ln"]},
+}
+TOKEN_TORCH_LAYER = re.compile(r"^(LayerNorm|RMSNorm|RMSNormWithBias|DynamicTanh)\(\d+\)$")
+PERPLEXITY_CELL = re.compile(r"^\d+\.\d\d \(ep \d+\)$")  # a number, not a percentage
+
+
+def attribute_values(locator, attribute: str) -> list[str]:
+    return locator.evaluate_all(f"nodes => nodes.map(n => n.getAttribute('{attribute}'))")
+
+
+def test_a_char_lm_job_shows_perplexity_and_its_token_normalizers(logged_in, base_url, api):
+    page = logged_in
+    submitted = api.post("/jobs", json=CHAR_LM_SPEC)
+    assert submitted.status_code == 201, submitted.text
+    job_id = submitted.json()["id"]
+    assert submitted.json()["metric"] == "perplexity"
+    page.goto(job_url(base_url, job_id))
+    watch_until_finished(page, api, job_id)
+    report = api.get(f"/jobs/{job_id}/report").json()
+    layers = [layer["name"] for layer in report["recommendation"]["plan"]["layers"]]
+    assert layers, report["recommendation"]
+
+    # Trials: final- and best-epoch validation perplexity, never accuracy.
+    table = page.get_by_test_id("trials-table")
+    trials = api.get(f"/jobs/{job_id}/trials").json()
+    expect(table.get_by_test_id("trial-row")).to_have_count(len(trials))
+    expect(table.get_by_test_id("trials-final-head")).to_contain_text("Final-epoch val. ppl")
+    expect(table.get_by_test_id("trials-best-head")).to_contain_text("Best-epoch val. ppl")
+    expect(table.locator("thead")).not_to_contain_text("acc")
+    for hook in ("trial-final", "trial-best"):
+        cells = table.get_by_test_id(hook)
+        assert set(attribute_values(cells, "data-metric")) == {"perplexity"}, hook
+        texts = [t.strip() for t in cells.all_inner_texts()]
+        assert len(texts) == len(trials) and all(PERPLEXITY_CELL.match(t) for t in texts), texts
+
+    # Curves: validation perplexity first, one line per search trial, final and best epoch.
+    expect(page.get_by_test_id("metric-select")).to_have_value("val_perplexity")
+    curves = page.get_by_test_id("search-curves")
+    expect(curves).to_have_attribute("aria-label", re.compile("validation perplexity"))
+    expect(curves).to_have_attribute("data-lines", "2")
+    legend = page.get_by_test_id("search-curves-legend").locator("li")
+    expect(legend).to_have_count(2)
+    for text in legend.all_inner_texts():
+        assert "final-epoch" in text and "%" not in text, text
+    expect(page.get_by_test_id("config-curves")).to_have_attribute(
+        "aria-label", re.compile("validation perplexity")
+    )
+
+    # Ratio charts: per layer, the tied statistics pair (LN, RMS) and the output choices (the
+    # normalized output, DyT); the legends name the pool's members, not BN.
+    for chart, members in (
+        ("ratio-chart-mean", {"ln", "rms"}),
+        ("ratio-chart-var", {"ln", "rms"}),
+        ("ratio-chart-output", {"norm", "dyt"}),
+    ):
+        bars = page.get_by_test_id(chart).get_by_test_id("layer-bar")
+        expect(bars).to_have_count(len(layers))
+        assert sorted(attribute_values(bars, "data-layer")) == sorted(layers), chart
+        for i in range(bars.count()):
+            norms = attribute_values(bars.nth(i).locator("rect[data-norm]"), "data-norm")
+            assert set(norms) == members and len(norms) == len(members), (chart, i, norms)
+    norm_legend = page.locator("#norm-legend")
+    expect(norm_legend).to_contain_text("LN")
+    expect(norm_legend).to_contain_text("RMS")
+    expect(norm_legend).not_to_contain_text("BN")
+    expect(page.locator("#output-legend")).to_be_visible()
+    expect(page.locator("#output-legend")).to_contain_text("DyT")
+
+    # Recommendation: the torch layer each choice becomes, as the worker wrote it; every layer's
+    # output choice and ratios.
+    rows = page.get_by_test_id("recommendation-table").get_by_test_id("recommendation-row")
+    expect(rows).to_have_count(len(layers))
+    written = report["recommendation"]["torch_layers"]
+    shown = {}
+    for i in range(rows.count()):
+        row = rows.nth(i)
+        shown[row.get_attribute("data-layer")] = row.get_by_test_id("torch-layer").inner_text()
+        assert row.get_by_test_id("output").get_attribute("data-output") in {"norm", "dyt"}
+        ratios = row.get_by_test_id("output-ratios").inner_text()
+        assert "norm" in ratios and "DyT" in ratios, ratios
+    assert shown == written, shown
+    assert all(TOKEN_TORCH_LAYER.match(layer) for layer in shown.values()), shown
+
+    # Verification and verdict in perplexity.
+    verification = report["verification"]
+    assert verification["metric_name"] == "perplexity"
+    expect(page.get_by_test_id("verification-metric")).to_have_text("Final-epoch val. ppl (mean)")
+    expect(page.locator("#verification-info")).to_contain_text("Perplexity:")
+    keys = attribute_values(page.get_by_test_id("verification-row"), "data-key")
+    assert set(keys) == set(verification["results"]) and "ln" in keys, keys
+    expect(page.get_by_test_id("verification-table").locator("tbody")).not_to_contain_text("%")
+    verdict = verification["verdict"]
+    assert verdict["metric"] == "perplexity" and "perplexity" in verdict["text"], verdict
+    expect(page.get_by_test_id("verdict")).to_have_text(f"Verdict: {verdict['text']}")
+
+    # No BN in the pool: the heatmap shows LN's share (its first normalizer), and says so.
+    by_batch = report["recommendation"]["by_batch_size"]
+    expect(page.get_by_test_id("batch-trend")).to_contain_text(
+        "no BN in the pool: coloured by LN, its first normalizer"
+    )
+    cells = page.get_by_test_id("batch-heatmap").get_by_test_id("heatmap-cell")
+    expect(cells).to_have_count(len(layers) * 2)
+    for batch in ("16", "32"):
+        cell = page.get_by_test_id("batch-heatmap").locator(
+            f'[data-testid="heatmap-cell"][data-layer="{layers[0]}"][data-batch="{batch}"]'
+        )
+        ln = by_batch[batch]["layers"][layers[0]]["mean"]["ln"]
+        assert float(cell.get_attribute("data-value")) == pytest.approx(ln, abs=1e-9)
+    screenshot(page, "job-char-lm")
+
+    # The jobs list: the worker's result line, a perplexity.
+    result = api.get(f"/jobs/{job_id}").json()["result"]
+    assert result["perplexity"] and "ppl" in result["text"], result
+    page.goto(f"{base_url}/#/jobs")
+    row = page.locator(f'[data-testid="job-row"][data-job-id="{job_id}"]')
+    expect(row.get_by_test_id("job-result")).to_have_text(result["text"])

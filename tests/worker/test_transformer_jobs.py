@@ -69,6 +69,11 @@ def test_char_lm_job_reports_validation_perplexity(tmp_path):
     assert decided["configs"]["ln"]["mean"] == pytest.approx(
         verification["results"]["ln"]["val_perplexity"]
     )
+    # Each token layer's torch layer as apply_plan builds it in the char_lm (not the GroupNorm a
+    # convolutional network's (ln, ln) becomes).
+    described = report["recommendation"]["torch_layers"]
+    assert list(described) == list(result.recommendation.plan.names)
+    assert set(described.values()) <= {"LayerNorm(16)", "RMSNormWithBias(16)"}, described
     summary = job_result(result.verification, result.recommendation, result.outcomes, metric=_ppl())
     assert summary["accuracy"] is None and summary["perplexity"] > 1
     assert "ppl" in summary["text"]

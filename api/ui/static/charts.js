@@ -24,6 +24,17 @@ export function partScale(part) {
     : { keys: NORMS, labels: NORM_LABELS, colors: NORM_COLORS };
 }
 
+/** The keys of ``part`` that a job's ``pool`` (its spec's search.pool) has, in the canonical
+ * order: its statistics members for "mean"/"var"; for "output", the normalized output and its
+ * point-wise members (none without them). Every key without a pool (a spec that names none). */
+export function pooledKeys(part, pool) {
+  const { keys } = partScale(part);
+  if (!Array.isArray(pool)) return [...keys];
+  if (part !== "output") return keys.filter((key) => pool.includes(key));
+  const pointwise = keys.filter((key) => pool.includes(key));
+  return pointwise.length ? keys.filter((key) => key === "norm" || pool.includes(key)) : [];
+}
+
 /** Whether any of ``points`` (snapshots) has output ratios (a pool with point-wise members). */
 export function hasOutput(points) {
   return points.some((p) => p.output && Object.keys(p.output).length);

@@ -1,17 +1,25 @@
 // Training curves of a job, as data: the stored per-epoch metrics (GET /jobs/{id}/metrics: one
 // point per trial, epoch and metric) turned into one line per search trial and, for the
 // verification, one line per configuration (plan, all-BN, ...) = the mean over its seeds at
-// each epoch, with each seed kept for thin lines. Every accuracy summary says which epoch it is:
-// final (the last epoch trained) or best (the highest over the epochs).
+// each epoch, with each seed kept for thin lines. Every summary says which epoch it is:
+// final (the last epoch trained) or best (the highest accuracy, the lowest loss or perplexity).
 
 import { trialConfig } from "./job-data.js";
 
 export const METRICS = {
   val_accuracy: { label: "validation accuracy", accuracy: true },
   val_loss: { label: "validation loss", accuracy: false },
-  val_perplexity: { label: "validation perplexity (language models)", accuracy: false },
+  val_perplexity: { label: "validation perplexity", accuracy: false },
   train_loss: { label: "training loss", accuracy: false },
 };
+
+/** The curves a job offers, its judged metric first (``judged``: metric.js's): a classifier has
+ * no perplexity; a language model has all four (its accuracy is next-character accuracy). */
+export function curveMetrics(judged) {
+  const rest = Object.keys(METRICS).filter((name) => name !== judged.key);
+  return [judged.key, ...(judged.name === "perplexity" ? rest : rest.filter(
+    (name) => name !== "val_perplexity"))];
+}
 export const SEARCH_VARIANT = "sn";
 
 /** {trial_id: [{epoch, value}] ascending by epoch} of one metric (the newest value of an epoch
@@ -96,13 +104,6 @@ export function meanLine(seeds) {
   }
   return [...sums].sort((a, b) => a[0] - b[0])
     .map(([epoch, s]) => ({ epoch, value: s.total / s.n, n: s.n }));
-}
-
-/** The final-epoch value of each trial's line: Map trial_id -> {epoch, value}. */
-export function finalByTrial(points, metric = "val_accuracy") {
-  const out = new Map();
-  for (const [trial, line] of pointsByTrial(points, metric)) out.set(trial, line.at(-1));
-  return out;
 }
 
 /** The x and y ranges of the lines: {epochs: [lo, hi], values: [lo, hi]} (null when empty). */

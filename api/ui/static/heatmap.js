@@ -3,7 +3,8 @@
 // that layer's final-epoch ratios averaged over the batch size's trials (report.json's
 // recommendation.by_batch_size[bs].layers, worker/recommend.py) and labelled with the chosen
 // pair. The SN paper's finding, BN's share growing with the batch, reads as the cells getting
-// darker from left to right.
+// darker from left to right. A pool without BN (a transformer's: LN, RMS, DyT) is coloured by
+// its first pooled normalizer instead, and the caption says so (shareNorm).
 
 import { esc } from "./util.js";
 
@@ -45,6 +46,14 @@ export function heatmapModel(byBatchSize, { part = "mean", norm = "bn" } = {}) {
     })),
     complete: entries.length > 0 && entries.every(([, row]) => row.layers),
   };
+}
+
+/** The normalizer whose share colours the cells: {norm, fallback}. BN when the pool has it (or
+ * no pool is known: a report from before pools were recorded), else the first of ``pooled``
+ * (the pool's statistics members in canonical order), with ``fallback`` true. */
+export function shareNorm(pooled) {
+  if (!pooled.length || pooled.includes("bn")) return { norm: "bn", fallback: false };
+  return { norm: pooled[0], fallback: true };
 }
 
 /** "#rrggbb" between white (share 0) and ``color`` (share 1). */

@@ -4,13 +4,11 @@
 // best epoch's, and the layers x batch sizes heatmap of a succeeded job's report. The data rules
 // are in curves.js and heatmap.js; page-job.js decides when to draw.
 
-import { NORM_COLORS, NORM_LABELS, NORMS } from "./charts.js";
+import { NORM_COLORS, NORM_LABELS, pooledKeys } from "./charts.js";
 import { configurationSeries, finalAndBest, METRICS, searchSeries } from "./curves.js";
-import { heatmapModel, heatmapSvg, trendText } from "./heatmap.js";
+import { heatmapModel, heatmapSvg, shareNorm, trendText } from "./heatmap.js";
 import { lineChartSvg, lineColor } from "./line-chart.js";
 import { esc, fmtPct } from "./util.js";
-
-const HEATMAP_NORM = "bn"; // the SN paper's finding is about BN's share
 
 /** The pixel width a chart is drawn at (null while its card is hidden: the chart's default). */
 function boxWidth(root, sel) {
@@ -73,13 +71,15 @@ export function drawCurveCharts(root, { trials, metrics, metric }) {
   $("#config-curves-legend").innerHTML = legend.join("");
 }
 
-/** The heatmap card of a succeeded job's ``report`` for ``part`` ("mean" or "var"). */
-export function drawBatchHeatmap(root, report, part) {
+/** The heatmap card of a succeeded job's ``report`` for ``part`` ("mean" or "var"); ``pool``:
+ * the job's search.pool (the cells show BN's share, or the first pooled normalizer's). */
+export function drawBatchHeatmap(root, report, part, pool = null) {
   const $ = (sel) => root.querySelector(sel);
   const byBatch = report.recommendation?.by_batch_size || {};
   $("#batch-card").hidden = false;
-  const norm = NORMS.includes(HEATMAP_NORM) ? HEATMAP_NORM : NORMS[0];
+  const { norm, fallback } = shareNorm(pooledKeys("mean", pool));
   const normLabel = NORM_LABELS[norm] ?? norm;
+  const why = fallback ? ` (no BN in the pool: coloured by ${normLabel}, its first normalizer)` : "";
   if (Object.keys(byBatch).length < 2) {
     const target = report.recommendation?.target_batch_size;
     $("#batch-trend").textContent = `One batch size searched${target ? ` (${target})` : ""}: `
@@ -90,7 +90,7 @@ export function drawBatchHeatmap(root, report, part) {
     return;
   }
   const model = heatmapModel(byBatch, { part, norm });
-  $("#batch-trend").textContent = `${trendText(model, normLabel, part)} (final-epoch ratios)`;
+  $("#batch-trend").textContent = `${trendText(model, normLabel, part)} (final-epoch ratios)${why}`;
   $("#chart-heatmap").innerHTML = heatmapSvg(model, {
     color: NORM_COLORS[norm] ?? "#59a14f", normLabel, part, width: boxWidth(root, "#chart-heatmap"),
     title: `${normLabel} share of each layer's ${part === "mean" ? "mean" : "variance"} ratios`,

@@ -2,8 +2,29 @@
 // a stable hook of the browser tests.
 
 import { legendHtml, NORMS, OUTPUTS } from "./charts.js";
-import { METRICS } from "./curves.js";
+import { curveMetrics, METRICS } from "./curves.js";
+import { judgedMetric } from "./metric.js";
 import { esc, progressHtml } from "./util.js";
+
+/** The trials table's head for a job judged by ``judged`` (metric.js): its final-epoch and
+ * best-epoch columns name that metric. */
+export function trialsHeadHtml(judged) {
+  const best = judged.higherIsBetter ? "highest" : "lowest";
+  return `<th>Trial</th><th>Variant</th><th>Status</th><th class="num">Seed</th>
+    <th class="num">Batch</th>
+    <th class="num" title="base lr scaled to the batch size (training.lr_scaling)">
+      lr (effective)</th>
+    <th class="num" data-testid="trials-final-head" title="${esc(judged.label)} of the last epoch trained">
+      Final-epoch ${esc(judged.short)}</th>
+    <th class="num" data-testid="trials-best-head" title="the ${best} ${esc(judged.label)} over the epochs, and its epoch">
+      Best-epoch ${esc(judged.short)}</th><th class="num">Epochs</th>`;
+}
+
+/** The curve choices of a job judged by ``judged``, its metric first (selected). */
+export function metricOptionsHtml(judged) {
+  return curveMetrics(judged).map((name) =>
+    `<option value="${name}">${esc(METRICS[name].label)}</option>`).join("");
+}
 
 export function jobPageHtml(jobId) {
   return `
@@ -53,14 +74,7 @@ export function jobPageHtml(jobId) {
         <h2>Trials</h2>
         <div class="table-wrap">
           <table class="table" data-testid="trials-table">
-            <thead><tr><th>Trial</th><th>Variant</th><th>Status</th><th class="num">Seed</th>
-              <th class="num">Batch</th>
-              <th class="num" title="base lr scaled to the batch size (training.lr_scaling)">
-                lr (effective)</th>
-              <th class="num" title="validation accuracy of the last epoch trained">
-                Final-epoch val. acc.</th>
-              <th class="num" title="the highest validation accuracy over the epochs, and its epoch">
-                Best-epoch val. acc.</th><th class="num">Epochs</th></tr></thead>
+            <thead><tr id="trials-head">${trialsHeadHtml(judgedMetric())}</tr></thead>
             <tbody id="trials-body"><tr class="empty"><td colspan="9">No trials yet.</td></tr></tbody>
           </table>
         </div>
@@ -72,8 +86,7 @@ export function jobPageHtml(jobId) {
         <span class="spacer"></span>
         <label>Metric
           <select data-testid="metric-select" id="metric-select">
-            ${Object.entries(METRICS).map(([name, m]) =>
-    `<option value="${name}">${esc(m.label)}</option>`).join("")}
+            ${metricOptionsHtml(judgedMetric())}
           </select>
         </label>
       </div>
@@ -100,7 +113,7 @@ export function jobPageHtml(jobId) {
         </label>
       </div>
       <div class="toolbar small">
-        ${legendHtml(NORMS)}
+        <span id="norm-legend">${legendHtml(NORMS)}</span>
         <span id="output-legend" hidden>${legendHtml(OUTPUTS, "output")}</span>
         <span class="spacer"></span>
         <span class="muted" id="step-info"></span>
@@ -134,14 +147,15 @@ export function jobPageHtml(jobId) {
         <table class="table" data-testid="recommendation-table">
           <thead><tr><th class="num">#</th><th>Layer</th><th>Mean</th><th>Variance</th>
             <th>Output</th><th class="num">Confidence</th><th>Torch layer</th><th>Mean ratios</th>
-            <th>Variance ratios</th></tr></thead>
+            <th>Variance ratios</th><th>Output ratios</th></tr></thead>
           <tbody id="recommendation-body"></tbody>
         </table>
       </div>
       <h2>Verification</h2>
       <p class="muted" id="verification-info"></p>
       <table class="table" data-testid="verification-table">
-        <thead><tr><th>Model</th><th>Key</th><th class="num">Final-epoch val. accuracy (mean)</th>
+        <thead><tr><th>Model</th><th>Key</th><th class="num" data-testid="verification-metric"
+          id="verification-metric">Final-epoch ${esc(judgedMetric().short)} (mean)</th>
           <th class="num">Std (over seeds)</th><th class="num">Seeds</th></tr></thead>
         <tbody id="verification-body"></tbody>
       </table>

@@ -10,20 +10,22 @@
 
 import { ApiError, download, reportError, request } from "./api.js";
 import {
-  attachEvolutionHover, divergenceSvg, evolutionSvg, hasOutput, ratioBarsSvg, ratiosText,
+  attachEvolutionHover, divergenceSvg, evolutionSvg, hasOutput, legendHtml, pooledKeys,
+  ratioBarsSvg, ratiosText,
 } from "./charts.js";
-import { finalByTrial, METRICS } from "./curves.js";
+import { METRICS, pointsByTrial } from "./curves.js";
 import {
   defaultTrial, extendHistory, lastEventId, orderedLayers, ratiosNews, stepInfo, trialConfig,
   trialLr,
 } from "./job-data.js";
 import { drawBatchHeatmap, drawCurveCharts } from "./page-job-results.js";
-import { jobPageHtml } from "./page-job-view.js";
+import { jobPageHtml, metricOptionsHtml, trialsHeadHtml } from "./page-job-view.js";
+import { judgedMetric, trialValues } from "./metric.js";
 import { reportHtml } from "./report.js";
 import { followEvents } from "./sse.js";
 import { installTooltip } from "./tooltip.js";
 import {
-  artifactFileName, esc, fmtBytes, fmtDate, fmtDuration, fmtLr, fmtPct, progressHtml,
+  artifactFileName, esc, fmtBytes, fmtDate, fmtDuration, fmtLr, progressHtml,
   serial, showNotice, statusBadge, throttle,
 } from "./util.js";
 import { ACTIVE_STATUSES, FINISHED_STATUSES } from "./vocabulary.js";
@@ -52,7 +54,9 @@ export function render(root, [jobId]) {
     reportFor: null, // the run whose report is shown
     report: null,
     metrics: [], // every trial's per-epoch metric points (GET /metrics)
-    metric: "val_accuracy", // the curves shown
+    judged: null, // what the job is judged by (metric.js), once the job is loaded
+    metric: "val_accuracy", // the curves shown: the judged metric's until the user picks one
+    metricPicked: false,
     streamState: "",
     gen: 0, // bumped when the trial selection resets; older answers are dropped
   };
@@ -141,10 +145,29 @@ export function render(root, [jobId]) {
     list.insertAdjacentHTML("beforeend", html);
   }
 
+  // A language model is judged by perplexity, and its pool (search.pool) is not the classifiers'
+  // default: the trials table, the curve choices and the legends follow the job.
+  function adoptJob(job) {
+    const judged = judgedMetric(job.metric);
+    if (state.judged?.name !== judged.name) {
+      state.judged = judged;
+      $("#trials-head").innerHTML = trialsHeadHtml(judged);
+      metricSelect.innerHTML = metricOptionsHtml(judged);
+      if (!state.metricPicked) state.metric = judged.key;
+      metricSelect.value = state.metric;
+      drawTrials();
+      drawCurves();
+    }
+    const pool = job.spec?.search?.pool ?? null;
+    $("#norm-legend").innerHTML = legendHtml(pooledKeys("mean", pool));
+    $("#output-legend").innerHTML = legendHtml(pooledKeys("output", pool), "output");
+  }
+
   async function loadJob() {
     const job = await request(base, { signal });
     if (!alive) return;
     state.job = job;
+    adoptJob(job);
     drawHead();
     addEvents(job.events || []);
     if (job.status === "succeeded" && state.reportFor !== job.run) loadReport();
@@ -222,23 +245,21 @@ export function render(root, [jobId]) {
 
   function drawTrials() {
     const body = $("#trials-body");
-    const finals = finalByTrial(state.metrics, "val_accuracy");
+    const judged = state.judged ?? judgedMetric();
+    const lines = pointsByTrial(state.metrics, judged.key);
+    const shown = (p) => (p ? `${judged.fmt(p.value)}${p.epoch ? ` (ep ${p.epoch})` : ""}` : "–");
     body.innerHTML = state.trials.length ? state.trials.map((t) => {
       const { seed, batch } = trialConfig(t);
       const lr = trialLr(t);
-      const best = t.best_metrics?.val_accuracy;
-      const bestEpoch = t.best_metrics?.epoch;
-      const final = finals.get(t.id);
+      const { final, best } = trialValues(lines.get(t.id), t.best_metrics, judged);
       return `<tr data-testid="trial-row" data-trial-id="${t.id}" data-variant="${esc(t.variant)}"
         class="${t.id === state.trialId ? "selected" : ""}">
         <td class="mono" title="${esc(t.ray_trial_id)}">#${t.number}</td><td>${esc(t.variant)}</td>
         <td>${statusBadge(t.status.toLowerCase(), "trial-status")}</td>
         <td class="num">${seed ?? "–"}</td><td class="num">${batch ?? "–"}</td>
         <td class="num" data-testid="trial-lr" title="base lr ${fmtLr(lr.base)}">${fmtLr(lr.effective)}</td>
-        <td class="num" data-testid="trial-final-acc">${final ? `${fmtPct(final.value, 1)} (ep ${
-  final.epoch})` : "–"}</td>
-        <td class="num" data-testid="trial-best-acc">${best === undefined || best === null ? "–" : `${
-  fmtPct(best, 1)}${bestEpoch ? ` (ep ${bestEpoch})` : ""}`}</td>
+        <td class="num" data-testid="trial-final" data-metric="${judged.name}">${shown(final)}</td>
+        <td class="num" data-testid="trial-best" data-metric="${judged.name}">${shown(best)}</td>
         <td class="num">${t.epochs_used} / ${t.epochs_budget}</td></tr>`;
     }).join("") : `<tr class="empty"><td colspan="9">No trials yet.</td></tr>`;
 
@@ -293,7 +314,9 @@ export function render(root, [jobId]) {
   }
 
   function drawHeatmap() {
-    if (state.report) drawBatchHeatmap(root, state.report, heatmapPart.value);
+    if (state.report) {
+      drawBatchHeatmap(root, state.report, heatmapPart.value, state.job?.spec?.search?.pool);
+    }
   }
 
   // ------------------------------------------------------------------ ratios: newest step
@@ -426,12 +449,13 @@ export function render(root, [jobId]) {
 
   function drawReport(report) {
     const { verdictText, recommendationInfo, recommendationRows, verificationInfo,
-      verificationRows } = reportHtml(report);
+      verificationHead, verificationRows } = reportHtml(report);
     $("#verdict").textContent = verdictText;
     $("#verdict").hidden = !verdictText;
     $("#recommendation-info").textContent = recommendationInfo;
     $("#recommendation-body").innerHTML = recommendationRows;
     $("#verification-info").textContent = verificationInfo;
+    $("#verification-metric").textContent = verificationHead;
     $("#verification-body").innerHTML = verificationRows;
     $("#results-card").hidden = false;
   }
@@ -504,6 +528,7 @@ export function render(root, [jobId]) {
   layerSelect.addEventListener("change", () => selectLayer(layerSelect.value));
   metricSelect.addEventListener("change", () => {
     state.metric = metricSelect.value;
+    state.metricPicked = true;
     drawCurves();
   });
   heatmapPart.addEventListener("change", drawHeatmap);

@@ -42,7 +42,7 @@ export function render(root) {
         <thead><tr>
           <th>Name</th><th>Status</th><th>Progress</th><th>Model</th><th>Dataset</th>
           <th class="num">Target batch</th>
-          <th title="the configuration the verdict chose and its final-epoch validation accuracy">
+          <th title="the configuration the verdict chose and its final-epoch validation accuracy (a language model: perplexity)">
             Result</th><th class="num" title="start to finish (to now while it runs)">Duration</th>
           <th>Created</th><th>Id</th>
         </tr></thead>

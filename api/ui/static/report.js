@@ -2,10 +2,12 @@
 // with the torch layer it becomes, as the worker wrote it: recommendation.torch_layers, computed
 // by sn_core itself; "–" in reports from before that field), the layer's output choice where
 // its pool has point-wise members (the normalized output, DyT or none: the torch layer says
-// what it becomes) and the verification (each model trained from scratch).
+// what it becomes) with its output ratios, and the verification (each model trained from
+// scratch) in the metric the job is judged by (metric.js).
 
 import { NORM_LABELS, OUTPUT_LABELS, ratiosText } from "./charts.js";
-import { esc, fmtNum, fmtPct } from "./util.js";
+import { judgedMetric } from "./metric.js";
+import { esc, fmtNum } from "./util.js";
 
 function normTag(norm) {
   return `<span class="norm norm-${esc(norm)}">${esc(NORM_LABELS[norm] ?? String(norm).toUpperCase())}</span>`;
@@ -36,24 +38,19 @@ function recommendationRow(layer, index, torchLayers, indifferent, singleTrial, 
     <td class="mono" data-testid="torch-layer">${esc(torchLayers?.[layer.name] ?? "–")}</td>
     <td class="small">${esc(ratiosText(layer.mean_ratios))}</td>
     <td class="small">${esc(ratiosText(layer.var_ratios))}</td>
+    <td class="small" data-testid="output-ratios">${
+  esc(ratiosText(layer.output_ratios, "output") || "–")}</td>
   </tr>`;
 }
 
-// A language model's verification is in validation perplexity (lower is better), a classifier's
-// in accuracy (worker/job.py: the row's key is the metric's, metric_name says which).
-function rowMetric(verification) {
-  return verification?.metric_name === "perplexity"
-    ? { key: "val_perplexity", fmt: (v) => fmtNum(v, 3), lower: true }
-    : { key: "val_accuracy", fmt: (v) => fmtPct(v, 2), lower: false };
-}
-
 function verificationRow([key, row], best, metric) {
-  const acc = row[metric.key];
-  const isBest = acc !== null && acc !== undefined && acc === best;
+  const digits = metric.higherIsBetter ? 2 : 3; // accuracy in %, perplexity as it is
+  const cell = (v) => (v === null || v === undefined ? "–" : metric.fmt(v, digits));
+  const value = row[metric.key];
+  const isBest = value !== null && value !== undefined && value === best;
   return `<tr data-testid="verification-row" data-key="${esc(key)}" class="${isBest ? "best" : ""}">
     <td>${esc(row.label)}</td><td class="mono">${esc(key)}</td>
-    <td class="num">${acc === null || acc === undefined ? "–" : metric.fmt(acc)}</td>
-    <td class="num">${row.std === null || row.std === undefined ? "–" : metric.fmt(row.std)}</td>
+    <td class="num">${cell(value)}</td><td class="num">${cell(row.std)}</td>
     <td class="num">${(row.seeds || []).join(", ") || (row.per_seed || []).length}</td></tr>`;
 }
 
@@ -63,16 +60,18 @@ export function verdictText(report) {
   return verdict?.text ? `Verdict: ${verdict.text}` : "";
 }
 
-/** {verdictText, recommendationInfo, recommendationRows, verificationInfo, verificationRows}
- * (text, HTML). */
+/** {verdictText, recommendationInfo, recommendationRows, verificationInfo, verificationHead,
+ * verificationRows} (text, HTML). A language model's verification is in validation perplexity
+ * (lower is better), a classifier's in accuracy (worker/job.py: each row's key is the metric's,
+ * ``metric_name`` says which). */
 export function reportHtml(report) {
   const rec = report.recommendation || {};
   const layers = rec.plan?.layers || [];
   const verification = report.verification;
   const results = Object.entries(verification?.results || {});
-  const metric = rowMetric(verification);
+  const metric = judgedMetric(verification?.metric_name);
   const values = results.map(([, r]) => r[metric.key]).filter((v) => v !== null && v !== undefined);
-  const best = metric.lower ? Math.min(...values) : Math.max(...values);
+  const best = metric.higherIsBetter ? Math.max(...values) : Math.min(...values);
   const aggregation = rec.summary?.aggregation;
   const indifferent = new Set(aggregation?.indifferent_layers || []);
   const singleTrial = rec.plan?.metadata?.trials === 1;
@@ -89,9 +88,10 @@ export function reportHtml(report) {
       ? `The recommended plan and the uniform baselines trained from scratch: ${
         verification.epochs} epochs, batch size ${verification.batch_size}, seeds ${
         (verification.seeds || []).join(", ")}; the SN row is the search's own annealed trial. ${
-        verification.metric ? `${metric.lower ? "Perplexity" : "Accuracy"}: ${
+        verification.metric ? `${metric.higherIsBetter ? "Accuracy" : "Perplexity"}: ${
           verification.metric}.` : ""}`
       : "No verification was run for this job.",
+    verificationHead: `Final-epoch ${metric.short} (mean)`,
     verificationRows: results.map((entry) => verificationRow(entry, best, metric)).join(""),
   };
 }

@@ -7,7 +7,7 @@ import { describe, test } from "node:test";
 
 import "./browser-env.mjs";
 import {
-  configurationLabel, configurationSeries, finalAndBest, finalByTrial, meanLine, pointsByTrial,
+  configurationLabel, configurationSeries, finalAndBest, meanLine, pointsByTrial,
   searchSeries,
 } from "../../../api/ui/static/curves.js";
 import { lineChartSvg } from "../../../api/ui/static/line-chart.js";
@@ -62,7 +62,8 @@ describe("series", () => {
     const loss = pointsByTrial(POINTS, "val_loss").get(13);
     assert.deepEqual(finalAndBest(loss, false).best, { epoch: 2, value: 1.5 });
     assert.deepEqual(finalAndBest([]), { final: null, best: null });
-    assert.deepEqual(finalByTrial(POINTS).get(16), { epoch: 3, value: 0.8 });
+    assert.deepEqual(finalAndBest(pointsByTrial(POINTS, "val_accuracy").get(16)).final,
+      { epoch: 3, value: 0.8 });
   });
 });
 
