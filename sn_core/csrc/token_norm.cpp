@@ -42,6 +42,19 @@ constexpr int64_t LN = 1, RMS = 4;
   SN_CLONES void token_sums(const T* dy, const T* x, const T* w, int64_t len, T m, T r,       \
                             double* dw, double* db, double* s_g, double* s_gt) {               \
     T sg = 0, sgt = 0;                                                                         \
+    if (w != nullptr && dw != nullptr && db != nullptr) { /* the usual case: one pass */       \
+      _Pragma("omp simd reduction(+ : sg, sgt)") for (int64_t i = 0; i < len; ++i) {          \
+        const T t = (x[i] - m) * r;                                                            \
+        const T g = dy[i] * w[i];                                                              \
+        sg += g;                                                                               \
+        sgt += g * t;                                                                          \
+        dw[i] += dy[i] * t;                                                                    \
+        db[i] += dy[i];                                                                        \
+      }                                                                                        \
+      *s_g = sg;                                                                               \
+      *s_gt = sgt;                                                                             \
+      return;                                                                                  \
+    }                                                                                          \
     if (w != nullptr) {                                                                        \
       _Pragma("omp simd reduction(+ : sg, sgt)") for (int64_t i = 0; i < len; ++i) {          \
         const T g = dy[i] * w[i];                                                              \
