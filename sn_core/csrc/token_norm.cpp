@@ -7,7 +7,7 @@
 //   dL/dM = -R S_g,  dL/dV = -R^2 S_gt / 2,
 //   dx = R g + (a dL/dM - 2 b_ln dL/dV m) / C + 2 (b_ln + b_rms) dL/dV x / C,
 // the ratio gradients sum dL/dM mu_k and dL/dV sigma_k over tokens, and dweight / dbias sum
-// dy t / dy over tokens in per-thread column buffers. Saves x and four doubles per token (m, v,
+// dy t / dy over tokens in per-thread column buffers (x's dtype). Saves x and four doubles per token (m, v,
 // M, R). Registered as torch.ops.normsearch_cpu.token_{forward,backward}.
 
 #include <ATen/ATen.h>
@@ -40,7 +40,7 @@ constexpr int64_t LN = 1, RMS = 4;
   }                                                                                            \
   /* S_g, S_gt of one token; with dw/db (column sums, may be null) += dy t and dy. */          \
   SN_CLONES void token_sums(const T* dy, const T* x, const T* w, int64_t len, T m, T r,       \
-                            double* dw, double* db, double* s_g, double* s_gt) {               \
+                            T* dw, T* db, double* s_g, double* s_gt) {               \
     T sg = 0, sgt = 0;                                                                         \
     if (w != nullptr && dw != nullptr && db != nullptr) { /* the usual case: one pass */       \
       _Pragma("omp simd reduction(+ : sg, sgt)") for (int64_t i = 0; i < len; ++i) {          \
@@ -182,13 +182,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_bac
                   stats.numel() == 4 * rows,
               "normsearch_cpu: stats must be the (tokens, 4) float64 of token_forward");
   const double* st = stats.data_ptr<double>();
-  // Per-thread column buffers (dweight, dbias) and ratio sums, reduced after the loop.
+  // Per-thread column buffers (dweight, dbias; x's dtype, so the pass vectorizes as one type,
+  // as ATen's layer norm accumulates) and ratio sums (double), reduced after the loop.
   const int threads = at::get_num_threads();
-  std::vector<double> col_w(want_w ? threads * len : 0, 0.0), col_b(want_b ? threads * len : 0, 0.0);
   const size_t kinds_n = pool.kinds.size();
   std::vector<double> part_mr(threads * kinds_n, 0.0), part_vr(threads * kinds_n, 0.0);
   at::Tensor grad_x = needs[0] ? at::empty_like(x) : at::Tensor();
   const double inv_len = 1.0 / double(std::max<int64_t>(len, 1));
+  at::Tensor col_w = want_w ? at::zeros({threads, len}, x.options()) : at::Tensor();
+  at::Tensor col_b = want_b ? at::zeros({threads, len}, x.options()) : at::Tensor();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "normsearch_cpu_token_backward", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = dy.data_ptr<scalar_t>();
@@ -196,8 +198,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_bac
     scalar_t* dxp = needs[0] ? grad_x.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
       const int thread = at::get_thread_num();
-      double* dw = want_w ? col_w.data() + thread * len : nullptr;
-      double* db = want_b ? col_b.data() + thread * len : nullptr;
+      scalar_t* dw = want_w ? col_w.data_ptr<scalar_t>() + thread * len : nullptr;
+      scalar_t* db = want_b ? col_b.data_ptr<scalar_t>() + thread * len : nullptr;
       double* pm = part_mr.data() + thread * kinds_n;
       double* pv = part_vr.data() + thread * kinds_n;
       for (int64_t r = begin; r < end; ++r) {
@@ -225,12 +227,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_bac
       }
     });
   });
-  auto column_sum = [&](const std::vector<double>& cols) {
-    at::Tensor out = at::zeros({len}, x.options().dtype(at::kDouble));
-    double* o = out.data_ptr<double>();
-    for (int t = 0; t < threads; ++t)
-      for (int64_t i = 0; i < len; ++i) o[i] += cols[t * len + i];
-    return out.to(x.scalar_type());
+  // The per-thread partial sums, added in double.
+  auto column_sum = [&](const at::Tensor& cols) {
+    return cols.sum(0, false, at::kDouble).to(x.scalar_type());
   };
   at::Tensor grad_w = want_w ? column_sum(col_w) : at::Tensor();
   at::Tensor grad_b = want_b ? column_sum(col_b) : at::Tensor();
