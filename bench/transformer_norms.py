@@ -94,6 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--num-cpus", type=int, default=2, help="CPUs of the local Ray")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--keep", action="store_true", help="keep the temporary storage dir")
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="print the Markdown of an earlier run's --json; run nothing",
+    )
     args = parser.parse_args(argv)
     if len(set(args.alpha0)) != len(args.alpha0):
         parser.error(f"--alpha0 {args.alpha0}: a value appears twice")
@@ -254,7 +259,11 @@ def check_target(case: dict) -> tuple[str, str, bool]:
 
     best = max(uniform, key=mean_score)
     if best == chosen:
-        return target, f"{chosen} is the best uniform baseline", True
+        return (
+            target,
+            f"{chosen} chosen, the best uniform baseline ({metric_cell(case, best)})",
+            True,
+        )
     d = paired_difference(score(chosen), score(best), config=chosen, baseline=best)
     if d.ci_low_points is None:
         return (
@@ -351,6 +360,10 @@ def render(cases: list[dict], total_s: float) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        print(render(saved["cases"], saved["total_s"]))
+        return 0
     from worker.search import ensure_ray
 
     storage = Path(tempfile.mkdtemp(prefix="normsearch-transformers-"))

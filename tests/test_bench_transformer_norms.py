@@ -75,7 +75,12 @@ def test_the_target_compares_the_recommendation_with_the_best_uniform_paired(ben
     dyt = {"dyt@0.5": [0.60, 0.66, 0.64], "dyt@2": [0.80, 0.83, 0.82]}
     # LN is the best uniform baseline and the verdict's choice
     met = case({"plan": [0.88, 0.9, 0.89], "ln": [0.9, 0.91, 0.9], "rms": [0.89] * 3, **dyt}, "ln")
-    assert bench.check_target(met)[2] and "best uniform" in bench.check_target(met)[1]
+    assert bench.check_target(met) == (
+        "vit-digits: the final recommendation is within noise of the best uniform baseline "
+        "(LN, RMS, DyT at every alpha0) or better",
+        "ln chosen, the best uniform baseline (90.3 ± 0.6)",
+        True,
+    )
     # the plan chosen, within noise of LN (the paired interval contains 0)
     close = case({"plan": [0.91, 0.89, 0.905], "ln": [0.9, 0.9, 0.9], **dyt}, "plan")
     _, measured, ok = bench.check_target(close)
@@ -113,3 +118,13 @@ def test_render_says_what_the_figures_are(bench):
     assert "Indifferent layers: 1 of 2 (norm)" in text and "| norm | rms | 0.01 | yes |" in text
     assert "Verdict (ln): use ln" in text and "Total wall time: 10.0 min." in text
     assert text.count("| yes |") == 2 + 2  # two indifferent layers rows, two targets met
+
+
+def test_render_reprints_a_saved_run(bench, tmp_path, capsys):
+    import json
+
+    saved = {"cases": [case({"ln": [0.9, 0.91, 0.9]}, "ln")], "total_s": 60.0}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(saved))
+    assert bench.main(["--render", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == bench.render(saved["cases"], 60.0)
