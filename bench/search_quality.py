@@ -195,14 +195,9 @@ def final_choice_agreement(
     from worker.aggregate import plan_agreement
     from worker.job import uniform_normalizer
     from worker.models import PLAN_VARIANT
-    from worker.recorder import MemoryRecorder
-    from worker.search import grid_point, run_trials
     from worker.verdict import verdict
 
-    measured: dict[str, dict[int, float]] = {}
-    for o in result.verification_outcomes:
-        if o.counts_in_verification:
-            measured.setdefault(o.variant, {})[o.seed] = o.val_accuracy
+    measured = verification_values(result.verification_outcomes)
     job_plan = _choices(result.recommendation.plan)
     finals, verdicts = [], []
     for index, recommendation in enumerate(halves):
@@ -210,28 +205,12 @@ def final_choice_agreement(
         if choices == job_plan:
             plan_accuracy = measured.get(PLAN_VARIANT, {})
         else:
-            grid = [
-                grid_point(
-                    spec, seed=s, batch_size=batch_size, lr=spec.lrs[0], variant=PLAN_VARIANT
+            plan_accuracy = verification_values(
+                verification_runs(
+                    spec, data, PLAN_VARIANT, SEEDS, work_dir,
+                    name=f"verify-half{index}", plan=recommendation.plan.to_dict(),
                 )
-                for s in SEEDS
-            ]
-            with contextlib.redirect_stdout(sys.stderr):
-                run = run_trials(
-                    spec,
-                    data,
-                    name=f"verify-half{index}",
-                    storage_dir=work_dir,
-                    recorder=MemoryRecorder(),
-                    grid=grid,
-                    variant=PLAN_VARIANT,
-                    epochs=spec.verify_epochs,
-                    plan=recommendation.plan.to_dict(),
-                    use_scheduler=False,
-                )
-            plan_accuracy = {
-                o.seed: o.val_accuracy for o in run.outcomes if o.counts_in_verification
-            }
+            ).get(PLAN_VARIANT, {})  # fmt: skip
         accuracies = {k: v for k, v in measured.items() if k != PLAN_VARIANT}
         decided = verdict(
             {**accuracies, PLAN_VARIANT: plan_accuracy},
@@ -245,23 +224,65 @@ def final_choice_agreement(
     return {"agreement": plan_agreement(*finals), "verdicts": verdicts}
 
 
-def run_case_job(
-    case: Case, batch_size: int, storage: Path, dump: Path | None = None
-) -> dict[str, Any]:
+def verification_runs(
+    spec, data, variant: str, seeds, work_dir: Path, *, name: str, plan: dict | None = None
+) -> list:
+    """``variant`` (the plan, or a uniform baseline built from ``spec``) trained from scratch
+    on ``seeds`` as a job's verification trains it: the target batch size, the first lr, the
+    verification's epochs, no early stopping. Returns the trial outcomes."""
+    from worker.recorder import MemoryRecorder
+    from worker.search import grid_point, run_trials
+
+    batch = spec.target_batch_size
+    grid = [
+        grid_point(spec, seed=s, batch_size=batch, lr=spec.lrs[0], variant=variant) for s in seeds
+    ]
+    with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout is the report
+        run = run_trials(
+            spec, data, name=name, storage_dir=work_dir, recorder=MemoryRecorder(), grid=grid,
+            variant=variant, epochs=spec.verify_epochs, plan=plan, use_scheduler=False,
+        )  # fmt: skip
+    return run.outcomes
+
+
+def verification_values(outcomes, metric=None) -> dict[str, dict[int, float]]:
+    """Variant -> {seed: final value of ``metric`` (default accuracy)} of the runs that count
+    in a verification (``TrialOutcome.counts_in_verification``)."""
+    from service.metrics import ACCURACY
+
+    metric = metric or ACCURACY
+    values: dict[str, dict[int, float]] = {}
+    for o in outcomes:
+        value = o.metric_value(metric)
+        if o.counts_in_verification and value is not None:
+            values.setdefault(o.variant, {})[o.seed] = value
+    return values
+
+
+def run_whole_job(spec, storage: Path, work_dir: Path):
+    """One job through ``worker.job.run_job`` as the service runs it (in memory, on the local
+    Ray); returns its result, the loaded dataset and the wall time in seconds."""
     from worker.data import load_dataset
     from worker.job import run_job
     from worker.recorder import MemoryRecorder
 
-    spec = case_spec(case, batch_size)
-    log(f"{case.name} batch {batch_size}: {spec.training.epochs} epochs, seeds {list(SEEDS)} ...")
     start = time.perf_counter()
     data = load_dataset(spec.dataset, data_roots=[storage])
-    work_dir = storage / f"{case.name}-b{batch_size}"
     with contextlib.redirect_stdout(sys.stderr):  # Tune's tables; stdout is the report
         result = run_job(
             spec, data_roots=[storage], work_dir=work_dir, recorder=MemoryRecorder(), data=data
         )
-    wall = time.perf_counter() - start
+    return result, data, time.perf_counter() - start
+
+
+def run_case_job(
+    case: Case, batch_size: int, storage: Path, dump: Path | None = None
+) -> dict[str, Any]:
+    spec = case_spec(case, batch_size)
+    log(f"{case.name} batch {batch_size}: {spec.training.epochs} epochs, seeds {list(SEEDS)} ...")
+    start = time.perf_counter()
+    work_dir = storage / f"{case.name}-b{batch_size}"
+    result, data, wall = run_whole_job(spec, storage, work_dir)
     halves = half_recommendations(result.outcomes, batch_size)
     final = {"agreement": None, "verdicts": []}
     if spec.verify.enabled and halves is not None:

@@ -23,7 +23,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from sn_core.vocabulary import POINTWISE_MEMBERS, POOL_MEMBERS, STATISTIC_MEMBERS
+from sn_core.vocabulary import (
+    DEFAULT_DYT_ALPHA0,
+    POINTWISE_MEMBERS,
+    POOL_MEMBERS,
+    STATISTIC_MEMBERS,
+)
 
 SPEC_VERSION = 1
 
@@ -108,6 +113,10 @@ MAX_SEED = 2**32 - 1
 MAX_LIST = 64
 MAX_SIZE = 1 << 20  # the largest width, depth or length a model argument may name
 MAX_KWARGS_DEPTH = 4
+# model.dyt_alpha0's bounds: DyT's tanh(alpha * x) is linear below the lower one and a step above
+# the upper one, for unit-scale activations; past them alpha0 is a typo, not a setting.
+DYT_ALPHA0_MIN = 0.01
+DYT_ALPHA0_MAX = 10.0
 
 # Strict scalars (a flag is no 1, a width no "8" or 8.5); lists lax, so a tuple is a list.
 SizeArg = Annotated[int, Strict(), Field(ge=1, le=MAX_SIZE)]
@@ -244,6 +253,19 @@ class ModelSpec(_Strict):
     )
     in_channels: int | None = Field(
         default=None, ge=1, le=4096, description="Input channels; default: from the dataset."
+    )
+    dyt_alpha0: float = Field(
+        default=DEFAULT_DYT_ALPHA0,
+        ge=DYT_ALPHA0_MIN,
+        le=DYT_ALPHA0_MAX,
+        allow_inf_nan=False,
+        description=(
+            "Initial alpha of every DyT (gamma * tanh(alpha * x) + beta, alpha learnable): of the "
+            "searched model's dyt members, of the all-DyT baseline and of a recommended plan's "
+            f"DyT layers. {DYT_ALPHA0_MIN:g} to {DYT_ALPHA0_MAX:g}; default "
+            f"{DEFAULT_DYT_ALPHA0:g} (Zhu et al.). It matters at small scale: search it with one "
+            "job per value. Unused without dyt in search.pool or verify.baselines."
+        ),
     )
 
     @field_validator("arch")

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["DEFAULT_DYT_ALPHA0", "DynamicTanh", "dynamic_tanh"]
+from .vocabulary import DEFAULT_DYT_ALPHA0
 
-DEFAULT_DYT_ALPHA0 = 0.5
+__all__ = ["DEFAULT_DYT_ALPHA0", "DynamicTanh", "dynamic_tanh"]
 
 
 def _channel_view(t: Tensor, x: Tensor, channels_last: bool) -> Tensor:

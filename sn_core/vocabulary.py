@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Literal, get_args
 
 __all__ = [
+    "DEFAULT_DYT_ALPHA0",
     "MEMBER_LABELS",
     "NORMALIZERS",
     "NORMALIZER_LABELS",
@@ -36,6 +37,9 @@ NORMALIZER_LABELS: dict[Normalizer, str] = {name: name.upper() for name in NORMA
 STATISTIC_MEMBERS: tuple[str, ...] = (*NORMALIZERS, "rms")
 POINTWISE_MEMBERS: tuple[str, ...] = ("dyt", "none")
 POOL_MEMBERS: tuple[str, ...] = (*STATISTIC_MEMBERS, *POINTWISE_MEMBERS)
+# DyT's initial alpha when a job does not set one (``model.dyt_alpha0``): Zhu et al.'s default.
+# Here, torch-free, so the job spec's field defaults to the value sn_core's layers use.
+DEFAULT_DYT_ALPHA0 = 0.5
 #: The output ratios' names: the normalized output first, then the point-wise members.
 OUTPUT_CHOICES: tuple[str, ...] = ("norm", *POINTWISE_MEMBERS)
 MEMBER_LABELS: dict[str, str] = {

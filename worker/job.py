@@ -26,6 +26,7 @@ from service.metrics import ACCURACY, Metric, metric_for
 from service.spec import JobSpec
 from service.storage import ExperimentStorage, probe
 from sn_core.surgery import SOURCE_NORM_TYPES
+from sn_core.vocabulary import DEFAULT_DYT_ALPHA0
 
 from .cancellation import JobCancelled as JobCancelled  # raised by run_job
 from .cancellation import raise_if_stopped
@@ -194,7 +195,10 @@ def check_searchable(
 
 
 def recommend_or_explain(
-    outcomes: list[TrialOutcome], target_batch_size: int, metric: Metric = ACCURACY
+    outcomes: list[TrialOutcome],
+    target_batch_size: int,
+    metric: Metric = ACCURACY,
+    dyt_alpha0: float = DEFAULT_DYT_ALPHA0,
 ) -> Recommendation:
     """``recommend``; when it has no successful trial to combine, ``TrialsFailed`` naming the
     first failed trial (by batch size, lr, seed) with its exception type and message."""
@@ -202,7 +206,9 @@ def recommend_or_explain(
     for outcome in failed:
         log.warning("trial %s failed: %s", outcome.trial_id, outcome.error)
     try:
-        return recommend(outcomes, target_batch_size=target_batch_size, metric=metric)
+        return recommend(
+            outcomes, target_batch_size=target_batch_size, metric=metric, dyt_alpha0=dyt_alpha0
+        )
     except ValueError as exc:
         first = next((o for o in failed if o.error), None)
         if first is None:
@@ -301,7 +307,7 @@ def run_job(
     )
     raise_if_stopped(stop_event)
     recommendation = recommend_or_explain(
-        search.outcomes, spec.target_batch_size, metric_for(spec.metric)
+        search.outcomes, spec.target_batch_size, metric_for(spec.metric), spec.model.dyt_alpha0
     )
     raise_if_stopped(stop_event)
 

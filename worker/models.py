@@ -83,6 +83,7 @@ def build_variant(
             tied=spec.search.tied,
             example_input=example_input,
             token_pool=token_pool(spec, model),
+            dyt_alpha0=spec.model.dyt_alpha0,
         )
     if variant == PLAN_VARIANT:
         if plan is None:
@@ -108,7 +109,8 @@ def baseline_plan(
 ) -> sn_core.NormalizerPlan:
     """The uniform plan of ``member`` over the norm layers the search converts: (rms, rms)
     everywhere for "rms" (a SelectedNorm in channel layouts, nn.RMSNorm in token ones); for a
-    point-wise member (dyt, none) a plan whose every output is that member. Raises ValueError
+    point-wise member (dyt, none) a plan whose every output is that member (DyT's alpha starting at
+    ``model.dyt_alpha0``). Raises ValueError
     for a member sn_core cannot plan."""
     point_wise = member in POINTWISE_MEMBERS
     statistic = POINTWISE_STATISTIC if point_wise else member
@@ -127,9 +129,10 @@ def baseline_plan(
     plan = sn_core.plan_from_model(searched, metadata=metadata)
     if not point_wise:
         return plan
-    alpha = sn_core.pointwise.DEFAULT_DYT_ALPHA0 if member == "dyt" else None
+    alpha = spec.model.dyt_alpha0 if member == "dyt" else None
     layers = tuple(dataclasses.replace(layer, output=member, dyt_alpha=alpha) for layer in plan)
-    return sn_core.NormalizerPlan(layers, dict(plan.metadata))
+    extra = {"dyt_alpha0": alpha} if alpha is not None else {}
+    return sn_core.NormalizerPlan(layers, {**plan.metadata, **extra})
 
 
 def build_for_data(spec: JobSpec, variant: str, data, plan: dict[str, Any] | None = None):

@@ -28,8 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from service.metrics import ACCURACY, Metric
 from sn_core import LayerChoice, NormalizerPlan, plan_torch_layers
-from sn_core.pointwise import DEFAULT_DYT_ALPHA0
-from sn_core.vocabulary import OUTPUT_CHOICES, STATISTIC_MEMBERS
+from sn_core.vocabulary import DEFAULT_DYT_ALPHA0, OUTPUT_CHOICES, STATISTIC_MEMBERS
 
 from .aggregate import AGREEMENT_MIN, MARGIN_MIN, Aggregate, SideAggregate, aggregate, output_side
 from .results import LayerRatios, TrialOutcome
@@ -117,11 +116,11 @@ def _votes(trial: TrialOutcome) -> dict[str, _Vote]:
 
 
 def _aggregate(
-    trials: list[TrialOutcome],
+    trials: list[TrialOutcome], dyt_alpha0: float = DEFAULT_DYT_ALPHA0
 ) -> tuple[list[LayerChoice], Aggregate, dict[str, SideAggregate]]:
     """One LayerChoice per layer (network order) from trials of the same model, the
     aggregation behind the choices (agreement, margin, indifference, notes), and the output
-    side of each layer with output ratios."""
+    side of each layer with output ratios (a dyt layer's alpha starting at ``dyt_alpha0``)."""
     votes = [_votes(t) for t in trials]
     names = [entry["name"] for entry in trials[0].plan["layers"]]  # type: ignore[index]
     for trial, trial_votes in zip(trials, votes, strict=True):
@@ -160,6 +159,7 @@ def _aggregate(
         layers.append(
             _layer_choice(
                 side,
+                dyt_alpha0,
                 name=name,
                 mean=agg.mean,
                 var=agg.var,
@@ -176,13 +176,13 @@ def _aggregate(
     return layers, combined, sides
 
 
-def _layer_choice(output: SideAggregate | None, **fields: Any) -> LayerChoice:
+def _layer_choice(output: SideAggregate | None, dyt_alpha0: float, **fields: Any) -> LayerChoice:
     """The plan entry; its ``output`` choice (and ratios) where the layer has output ratios."""
     if output is None:
         return LayerChoice(**fields)
     choice = output.tied[0]
-    # A dyt layer's DynamicTanh starts where the searched layers did.
-    alpha = DEFAULT_DYT_ALPHA0 if choice == "dyt" else None
+    # A dyt layer's DynamicTanh starts where the searched layers did (the job's dyt_alpha0).
+    alpha = dyt_alpha0 if choice == "dyt" else None
     return LayerChoice(**fields, output=choice, output_ratios=dict(output.ratios), dyt_alpha=alpha)
 
 
@@ -290,9 +290,15 @@ class Recommendation:
 
 
 def recommend(
-    outcomes: list[TrialOutcome], *, target_batch_size: int, metric: Metric = ACCURACY
+    outcomes: list[TrialOutcome],
+    *,
+    target_batch_size: int,
+    metric: Metric = ACCURACY,
+    dyt_alpha0: float = DEFAULT_DYT_ALPHA0,
 ) -> Recommendation:
-    """Combine the successful trials of ``target_batch_size`` into one ``Recommendation``.
+    """Combine the successful trials of ``target_batch_size`` into one ``Recommendation``. A
+    layer recommended "dyt" starts its DyT at ``dyt_alpha0`` (the job's ``model.dyt_alpha0``,
+    where its searched layers started), recorded as its ``dyt_alpha``.
 
     Raises ValueError when no trial of that batch size succeeded, or when the trials' plans
     describe different models.
@@ -305,7 +311,7 @@ def recommend(
             f"no successful trial (status TERMINATED with a plan) at batch size "
             f"{target_batch_size}: {len(outcomes)} trial(s), successful batch sizes {seen}"
         )
-    layers, combined, sides = _aggregate(trials)
+    layers, combined, sides = _aggregate(trials, dyt_alpha0)
     metadata = {
         "target_batch_size": target_batch_size,
         "trials": len(trials),
@@ -318,6 +324,8 @@ def recommend(
         ],
         "rule": AGGREGATION_RULE,
     }
+    if any("dyt" in side.ratios for side in sides.values()):
+        metadata["dyt_alpha0"] = dyt_alpha0  # where the searched and the plan's DyTs start
     plan = NormalizerPlan(layers=tuple(layers), metadata=metadata)
     best = min(
         enumerate(trials),
@@ -351,7 +359,9 @@ def recommend(
         for bs in batch_sizes:
             group = [t for t in ok if t.batch_size == bs]
             group_layers, _, group_sides = (
-                (layers, combined, sides) if bs == target_batch_size else _aggregate(group)
+                (layers, combined, sides)
+                if bs == target_batch_size
+                else _aggregate(group, dyt_alpha0)
             )
             by_batch_size[bs] = {
                 "trials": len(group),

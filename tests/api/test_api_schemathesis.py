@@ -428,11 +428,15 @@ def api_schema(api_settings, seeded):
         # A spec passes JSON Schema long before it passes the spec's own validators (known
         # architecture, dataset path, ...): mix a valid one in, so submissions succeed too,
         # and the abusive ones (deep nesting, huge integers, a grid over the limits), which
-        # must be 4xx like any other bad body.
+        # must be 4xx like any other bad body. The valid spec is the first choice: Hypothesis
+        # tries the simplest draw (index 0) first, so each operation is reached with it
+        # whatever the schema; behind the generated body it was drawn only by the luck of the
+        # derandomized draws, which any change to the spec's schema reshuffles (a new field
+        # once left POST /spec/validate without a 200).
         operation = context.operation
         if operation.method.upper() != "POST" or operation.path not in SPEC_PATHS:
             return st.just(body)
-        return st.sampled_from([body, tiny_spec(epochs=1), *ABUSIVE_SPECS])
+        return st.sampled_from([tiny_spec(epochs=1), body, *ABUSIVE_SPECS])
 
     yield schema
     # schemathesis started the app's lifespan on its own event loop; end it (closes the engine).
