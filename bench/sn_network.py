@@ -133,7 +133,11 @@ def measure(arch: str, batch: int, size: int, repeat: int, warmup: int, compiled
 
 
 def build_models(arch: str, names) -> dict:
-    """The zoo model with BatchNorm2d ("bn"), every norm layer SN ("sn"), or SN fixed to BN."""
+    """The zoo model with BatchNorm2d ("bn"), every norm layer SN ("sn"), or SN fixed to BN.
+
+    The SN model is what a search trial trains mid-anneal: a ``SparsityController`` (sparsestmax,
+    the job spec's default) stepped to 30% of its window, no layer fixed yet, with its
+    ``RatioBank`` (every free layer's ratios in one batched call per forward)."""
     import sn_core
 
     models = {}
@@ -141,6 +145,10 @@ def build_models(arch: str, names) -> dict:
         model = sn_core.build_model(arch, num_classes=10, in_channels=3)
         if name != "bn":
             model = sn_core.convert_to_switchnorm(model)
+        if name == "sn":
+            controller = sn_core.SparsityController(model, "sparsestmax", 0.0, 0.6)
+            controller.step(0.18)
+            assert not any(None not in layer.fixed for _, layer in controller.layers)
         if name == "fixed":
             for layer in model.modules():
                 if isinstance(layer, sn_core.SwitchNorm):
@@ -247,7 +255,8 @@ def main(argv=None) -> int:
     print(
         f"## {args.arch}: SN against BatchNorm2d, torch {torch.__version__}, "
         f"{args.threads} threads, sn_core kernel {kernel()} "
-        "(SN python: the same SN model on the Python mixture)"
+        "(SN: a search trial mid-anneal, sparsestmax with its ratio bank; SN python: the same "
+        "SN model on the Python mixture)"
     )
     if args.memory_only:
         rows = [(b, measure_memory(args.arch, b, args.size, args.threads)) for b in args.batch]
