@@ -19,10 +19,11 @@ It prints Markdown: the epochs the early run used against the full budget (targe
 per-layer agreement of the two recommendations (``worker.recommend.recommend``; target >= 90% of
 layers with identical (mean, var) choices), both runs' validation accuracy (mean over trials of
 the last epoch's), training throughput (train images / median epoch ``train_seconds``, epochs after
-the first) of the full SN run against the BN baseline (target >= 0.7x), over all SN epochs and
-separately over the epochs that ended with some layer not yet fixed (those compute the whole
-mixture), and the wall time of each phase. Trials of one phase share the CPUs, so the timings of
-concurrent trials include that contention alike for SN and BN (same seeds, same concurrency).
+the first) of the full SN run against the BN baseline (targets >= 0.8x, and >= 0.95x once every
+layer is fixed), over all SN epochs, over the epochs that ended with some layer not yet fixed
+(those compute the whole mixture) and over those with every layer fixed, and the wall time of
+each phase. Trials of one phase share the CPUs, so the timings of concurrent trials include that
+contention alike for SN and BN (same seeds, same concurrency).
 """
 
 from __future__ import annotations
@@ -42,13 +43,15 @@ from typing import Any
 TARGETS = [
     ("early run epochs / full budget <= 30%", "early_epoch_fraction", "<=", 0.30),
     ("recommendations agree (mean, var) on >= 90% of layers", "layer_agreement", ">=", 0.90),
-    ("SN throughput >= 0.7x BN (all SN epochs after the first)", "sn_over_bn", ">=", 0.70),
+    # issue 12: a search trial at >= 0.8x a BN model's throughput, >= 0.95x once all fixed
+    ("SN throughput >= 0.8x BN (all SN epochs after the first)", "sn_over_bn", ">=", 0.80),
     (
-        "SN throughput >= 0.7x BN (mixture epochs only: some layer not fixed)",
+        "SN throughput >= 0.8x BN (mixture epochs only: some layer not fixed)",
         "sn_mixture_over_bn",
         ">=",
-        0.70,
+        0.80,
     ),
+    ("SN throughput >= 0.95x BN (epochs with every layer fixed)", "sn_fixed_over_bn", ">=", 0.95),
 ]
 
 
@@ -344,12 +347,13 @@ def main(argv=None) -> int:
         "layer_agreement": fmt(figures["layer_agreement"], ".1%"),
         "sn_over_bn": f"{fmt(figures['sn_over_bn'], '.2f')}x",
         "sn_mixture_over_bn": f"{fmt(figures['sn_mixture_over_bn'], '.2f')}x",
+        "sn_fixed_over_bn": f"{fmt(figures['sn_fixed_over_bn'], '.2f')}x",
     }
     for (label, key, op, bound), verdict in zip(TARGETS, verdicts, strict=True):
         bound_text = (
             f"{bound:.0%}"
             if key in ("early_epoch_fraction", "layer_agreement")
-            else (f"{bound:.1f}x")
+            else (f"{bound:.2f}x")
         )
         print(
             f"| {label} | {shown[key]} | {op} {bound_text} | "
