@@ -86,6 +86,14 @@ class RatioBank:
             model.register_forward_hook(self._drop),
         )
 
+    def __deepcopy__(self, memo) -> RatioBank:
+        """A copy of the model (``finalize`` and ``apply_plan`` deep-copy theirs) keeps a bank that
+        computes nothing: its SN layers may be replaced by torch layers there, and computing the
+        ratios of layers a model no longer holds would only cost time. Only speed is lost."""
+        clone = RatioBank.__new__(RatioBank)
+        clone.layers, clone._handles = [], ()
+        return clone
+
     def close(self) -> None:
         for handle in self._handles:
             handle.remove()

@@ -144,3 +144,19 @@ def test_the_controller_banks_by_default_and_close_removes_it():
     controller.close()
     assert not model._forward_pre_hooks and not model._forward_hooks
     assert SparsityController(model, batch_ratios=False).bank is None
+
+
+def test_a_copy_of_the_model_carries_a_bank_that_computes_nothing():
+    """finalize and apply_plan deep-copy the model: the copy must not keep computing the ratios
+    of SN layers it replaced (nor hold them alive)."""
+    model = _model("sparsestmax")
+    RatioBank(model)
+    finalized = sn_core.finalize(model)
+    hooks = list(finalized._forward_pre_hooks.values())
+    assert len(hooks) == 1 and hooks[0].__self__.layers == []
+    assert not sn_core.switch_layers(finalized)
+    copied = copy.deepcopy(model)
+    (bank,) = [hook.__self__ for hook in copied._forward_pre_hooks.values()]
+    assert bank.layers == []
+    y, _ = copied(torch.randn(3, 4, 5, 5, dtype=F64))  # still runs, layers compute their own
+    assert torch.isfinite(y).all()
