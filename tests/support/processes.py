@@ -155,17 +155,25 @@ def _signal_group(pgid: int, sig: int) -> None:
         os.killpg(pgid, sig)
 
 
-def descendants(roots: list[int]) -> list[int]:
-    """Every live process below ``roots`` in the process tree (Linux /proc), children first
-    listed after their parents."""
-    children: dict[int, list[int]] = {}
+def _live_processes() -> list[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every live (not zombie) process (Linux /proc)."""
+    found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+            found.append((int(stat.parent.name), int(fields[1]), int(fields[2])))
+    return found
+
+
+def descendants(roots: list[int]) -> list[int]:
+    """Every live process below ``roots`` in the process tree, children first listed after
+    their parents."""
+    children: dict[int, list[int]] = {}
+    for pid, parent, _ in _live_processes():
+        children.setdefault(parent, []).append(pid)
     found, queue = [], list(roots)
     while queue:
         for child in children.get(queue.pop(), []):
@@ -176,17 +184,8 @@ def descendants(roots: list[int]) -> list[int]:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of the process group ``pgid`` (Linux /proc)."""
-    members = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        state, group = fields[0], int(fields[2])
-        if group == pgid and state != "Z":
-            members.append(int(stat.parent.name))
-    return members
+    """Live (not zombie) processes of the process group ``pgid``."""
+    return [pid for pid, _, group in _live_processes() if group == pgid]
 
 
 def _wait_group_gone(pgid: int, timeout: float) -> None:
