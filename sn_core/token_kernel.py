@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import native
+from . import functional
 
 __all__ = ["PER_TOKEN_KINDS", "per_token_mixture"]
 
@@ -142,18 +142,12 @@ class _NativePerTokenMixture(torch.autograd.Function):
         )
 
 
-_CODES: dict[tuple[str, ...], list[int]] = {}
-
-
 def _native_applies(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
-    """CPU float32/float64, the native backend selected and loaded, not being compiled."""
-    from .functional import kernel
-
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+    """Where the channel-first kernel would run (``functional._native_applies``), with the
+    affine parameters in x's dtype, and not while being compiled (the op has no fake kernel)."""
+    if not functional._native_applies(x) or torch.compiler.is_compiling():
         return False
-    if any(p is not None and p.dtype != x.dtype for p in (weight, bias)):
-        return False
-    return not torch.compiler.is_compiling() and kernel() == "native"
+    return all(p is None or p.dtype == x.dtype for p in (weight, bias))
 
 
 def per_token_mixture(
@@ -170,9 +164,7 @@ def per_token_mixture(
     inputs = (x, weight, bias, mean_ratios, var_ratios)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
     if _native_applies(x, weight, bias):
-        codes = _CODES.get(kinds)
-        if codes is None:
-            codes = _CODES[kinds] = [native.KIND_CODES[kind] for kind in kinds]
+        codes = functional._kind_codes(kinds)
         if grad:
             return _NativePerTokenMixture.apply(*inputs, codes, eps)
         return torch.ops.normsearch_cpu.token_forward(*inputs, codes, eps)[0]
