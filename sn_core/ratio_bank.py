@@ -20,12 +20,14 @@ where ratios are computed, never their values (tested against the per-layer path
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import torch
 from torch import Tensor, nn
 
 from .sparsity import compute_ratios
 
-__all__ = ["RatioBank", "ratio_stamp", "take_banked"]
+__all__ = ["RatioBank", "grouped_ratios", "ratio_stamp", "take_banked"]
 
 
 def ratio_stamp(layer, which: str) -> tuple:
@@ -68,9 +70,34 @@ def _free_choices(layer) -> list[str]:
 
 
 def _logits(layer, which: str) -> Tensor:
+    """The logits of a ``which`` ("mean", "var", "output"; "tied" reads as "mean") choice."""
     if which == "output":
         return layer.output_weight
     return layer.var_logits if which == "var" else layer.mean_weight
+
+
+def grouped_ratios(choices: Sequence[tuple[object, str]]) -> Iterator[tuple[list[int], Tensor]]:
+    """The ratios of each ``(layer, which)`` choice as its layer's ratio function computes them,
+    one call per group of choices with the same ratio function, size, device and dtype (stacked
+    logits, radius and temperature per row): yields each group's indices into ``choices`` and
+    its ratios, one row per index, in that order. The bank and the ``SparsityController`` read
+    ratios through it."""
+    groups: dict[tuple, list[int]] = {}
+    for i, (layer, which) in enumerate(choices):
+        logits = _logits(layer, which)
+        key = (layer.ratio_fn, logits.shape[-1], logits.device, logits.dtype)
+        groups.setdefault(key, []).append(i)
+    for (ratio_fn, _, device, dtype), members in groups.items():
+        chosen = [choices[i] for i in members]
+        radius = [layer.output_radius if w == "output" else layer.radius for layer, w in chosen]
+        temperature = [[layer.temperature] for layer, _ in chosen]
+        ratios = compute_ratios(
+            ratio_fn,
+            torch.stack([_logits(layer, which) for layer, which in chosen]),
+            radius=torch.tensor(radius, dtype=dtype, device=device),
+            temperature=torch.tensor(temperature, dtype=dtype, device=device),
+        )
+        yield members, ratios
 
 
 class RatioBank:
@@ -107,27 +134,12 @@ class RatioBank:
     def _fill(self, module, args) -> None:
         if torch.compiler.is_compiling():
             return
-        groups: dict[tuple, list[tuple[object, str]]] = {}
+        choices = [(layer, which) for layer in self.layers for which in _free_choices(layer)]
         for layer in self.layers:
             layer._banked = None
-            for which in _free_choices(layer):
-                logits = _logits(layer, which)
-                key = (layer.ratio_fn, logits.shape[-1], logits.device, logits.dtype)
-                groups.setdefault(key, []).append((layer, which))
-        for (ratio_fn, _, device, dtype), members in groups.items():
-            logits = torch.stack([_logits(layer, which) for layer, which in members])
-            radius = [
-                layer.output_radius if which == "output" else layer.radius
-                for layer, which in members
-            ]
-            temperature = [[layer.temperature] for layer, _ in members]
-            ratios = compute_ratios(
-                ratio_fn,
-                logits,
-                radius=torch.tensor(radius, dtype=dtype, device=device),
-                temperature=torch.tensor(temperature, dtype=dtype, device=device),
-            )
-            for (layer, which), row in zip(members, ratios.unbind(0), strict=True):
+        for members, ratios in grouped_ratios(choices):
+            for i, row in zip(members, ratios.unbind(0), strict=True):
+                layer, which = choices[i]
                 if layer._banked is None:
                     layer._banked = {}
                 layer._banked[which] = (row, ratio_stamp(layer, which))

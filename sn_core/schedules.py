@@ -17,12 +17,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .inspect import switch_layers
 from .layers import SwitchNorm
-from .ratio_bank import RatioBank
-from .sparsity import compute_ratios, onehot_radius
+from .ratio_bank import RatioBank, grouped_ratios
+from .sparsity import onehot_radius
 
 __all__ = [
     "SPARSITY_METHODS",
@@ -153,36 +153,17 @@ def fraction_fixed(model: nn.Module) -> float:
     return fixed / total if total else 1.0
 
 
-def _ratio_request(layer: SwitchNorm, which: str) -> tuple[Tensor, float, float]:
-    """The logits of one free choice and the radius and temperature its ratio function uses."""
-    if which == "output":
-        return layer.output_weight, layer.output_radius, layer.temperature
-    logits = layer.var_weight if which == "var" else layer.mean_weight
-    return logits, layer.radius, layer.temperature
-
-
 def _top_ratios(pending: list[tuple[str, SwitchNorm, str]]) -> list[tuple[float, float]]:
-    """(top ratio, argmax) of each pending choice, as its layer's ratio function computes them.
-
-    The ratio functions work row-wise, so the choices with the same function, size and device
-    go through one call over their stacked logits (radius and temperature per row) and one host
-    transfer: per layer, their fixed cost (a few dozen small ops each) made the controller a
-    tenth of a small search trial."""
-    groups: dict[tuple, list[int]] = {}
-    requests = [_ratio_request(layer, which) for _, layer, which in pending]
-    for i, ((_, layer, _), (logits, _, _)) in enumerate(zip(pending, requests, strict=True)):
-        key = (layer.ratio_fn, logits.shape[-1], logits.device, logits.dtype)
-        groups.setdefault(key, []).append(i)
+    """(top ratio, argmax) of each pending choice, as its layer's ratio function computes them:
+    one ratio call and one host transfer per group of same-sized choices (``grouped_ratios``);
+    per layer, their fixed cost (a few dozen small ops each) made the controller a tenth of a
+    small search trial."""
     summary: list[tuple[float, float]] = [(0.0, 0.0)] * len(pending)
-    for (ratio_fn, _, device, dtype), members in groups.items():
-        logits = torch.stack([requests[i][0] for i in members])
-        radius = torch.tensor([requests[i][1] for i in members], dtype=dtype, device=device)
-        temperature = torch.tensor([[requests[i][2]] for i in members], dtype=dtype, device=device)
-        ratios = compute_ratios(ratio_fn, logits, radius=radius, temperature=temperature)
+    for members, ratios in grouped_ratios([(layer, which) for _, layer, which in pending]):
         top, index = ratios.max(-1)
-        pairs = torch.stack([top, index.to(dtype)], dim=-1).to(torch.float64).tolist()
-        for i, pair in zip(members, pairs, strict=True):
-            summary[i] = (pair[0], pair[1])
+        pairs = torch.stack([top, index.to(ratios.dtype)], dim=-1).to(torch.float64).tolist()
+        for i, (top_ratio, argmax) in zip(members, pairs, strict=True):
+            summary[i] = (top_ratio, argmax)
     return summary
 
 
