@@ -3,7 +3,7 @@
 Plain script::
 
     python bench/sn_network.py [--arch resnet20] [--batch 64 8] [--size 32] [--threads 2]
-                               [--compiled] [--memory]
+                               [--compiled] [--memory | --memory-only]
 
 Per-layer figures (``bench/sn_layer.py``) isolate the normalization; this measures what a user
 pays per training step and per inference batch when every norm layer of a zoo model is SN, and
@@ -17,8 +17,9 @@ and prints a second table, compiled against eager; each compiled model's compila
 train step and first evaluation, the time until they return) is reported on its own and kept out
 of the step times.
 
-``--memory`` measures each model's training memory in a fresh process (``memory_child``): the
-bytes autograd saves for backward in a train step and the growth of the peak resident set.
+``--memory`` (or ``--memory-only``, without the timings) measures each model's training memory in
+a fresh process (``memory_child``): the bytes autograd saves for backward in a train step and the
+peak resident set of building and training it, above what the process held after its imports.
 """
 
 from __future__ import annotations
