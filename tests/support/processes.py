@@ -238,15 +238,28 @@ class RayNode:
                 pytest.fail(f"Ray node {self.name} did not start:\n{tail(self.log_path)}")
             time.sleep(0.2)
 
-    def kill(self, timeout: float = 30.0) -> None:
-        """kill -9 the node's whole process group and every descendant of it (the trial
-        workers its raylet forked, whatever their group), as a lost machine at once; waits
-        until the group is gone. Killing the raylet alone left its worker running a trial for
-        a moment: on a fast machine that worker reported the trial's last epochs first."""
+    def _signal_tree(self, sig: int) -> None:
+        """``sig`` to the node's process group and every descendant of it (the trial workers
+        its raylet forked, whatever their group)."""
         members = group_members(self.process.pid)
         for pid in [*descendants(members), *members]:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, sig)
+
+    def lose(self, detection_s: float) -> None:
+        """The machine lost: every process of the node frozen at once (SIGSTOP) for
+        ``detection_s`` seconds, longer than the head takes to declare the node dead, then
+        killed. Frozen, a trial neither reports more epochs nor dies before Ray knows its node
+        is gone: killing the raylet alone let its worker finish the trial first, and killing
+        every process at once let the trial's death reach the driver before the node's."""
+        self._signal_tree(signal.SIGSTOP)
+        time.sleep(detection_s)
+        self.kill()
+
+    def kill(self, timeout: float = 30.0) -> None:
+        """kill -9 the node's whole process group and every descendant of it, as a lost
+        machine; waits until the group is gone."""
+        self._signal_tree(signal.SIGKILL)
         _signal_group(self.process.pid, signal.SIGKILL)
         self.process.wait()
         _wait_group_gone(self.process.pid, timeout)
