@@ -9,11 +9,12 @@ passes; the backward is written out from the per-token sums ``sum_c(g)`` and ``s
 generic graph keeps three full-size tensors and runs many more passes
 (docs/sn-spec.md section 8).
 
-On CPU (float32, float64) with the native kernel selected (``sn_core.functional.kernel()``) both
-directions are one C++ call each (``torch.ops.normsearch_cpu.token_forward`` / ``_backward``,
+On CPU (float32, float64) with the native kernel selected (``sn_core.functional.kernel()``) the
+layer is one C++ op whose autograd node is C++ too (``torch.ops.normsearch_cpu.token_mixture``,
 sn_core/csrc/token_norm.cpp): the moments and the output in two passes over x, the two row sums
-and dx in two more, x and four doubles per token saved. Under ``torch.compile`` the torch version
-below runs (Dynamo traces it; the C++ op has no fake kernel).
+and dx in two more, x and four doubles per token saved; given logits and a temperature it takes
+the ratios' softmax itself. Under ``torch.compile`` the torch version below runs (Dynamo traces
+it; the C++ op has no fake kernel).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor
 
 from . import functional
 
-__all__ = ["PER_TOKEN_KINDS", "per_token_mixture"]
+__all__ = ["PER_TOKEN_KINDS", "native_token_kernel_applies", "per_token_mixture"]
 
 PER_TOKEN_KINDS = frozenset({"ln", "rms"})
 
@@ -110,39 +111,7 @@ class _PerTokenMixture(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias, grad_mr, grad_vr, None, None
 
 
-class _NativePerTokenMixture(torch.autograd.Function):
-    """The same function on the compiled CPU kernel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, mean_ratios, var_ratios, codes, eps):
-        y, stats = torch.ops.normsearch_cpu.token_forward(
-            x, weight, bias, mean_ratios, var_ratios, codes, eps
-        )
-        ctx.codes = codes
-        ctx.save_for_backward(x, stats, weight, mean_ratios, var_ratios)
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dy):
-        x, stats, weight, mean_ratios, var_ratios = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        flags = [needs[0], needs[1], needs[2], needs[3] or needs[4]]
-        grad_x, grad_w, grad_b, grad_mr, grad_vr = torch.ops.normsearch_cpu.token_backward(
-            dy, x, stats, weight, mean_ratios, var_ratios, ctx.codes, flags
-        )
-        return (
-            grad_x if needs[0] else None,
-            grad_w if needs[1] else None,
-            grad_b if needs[2] else None,
-            grad_mr if needs[3] else None,
-            grad_vr if needs[4] else None,
-            None,
-            None,
-        )
-
-
-def _native_applies(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
+def native_token_kernel_applies(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> bool:
     """Where the channel-first kernel would run (``functional._native_applies``), with the
     affine parameters in x's dtype, and not while being compiled (the op has no fake kernel)."""
     if not functional._native_applies(x) or torch.compiler.is_compiling():
@@ -158,16 +127,23 @@ def per_token_mixture(
     var_ratios: Tensor,
     kinds: tuple[str, ...],
     eps: float,
+    temperature: float | None = None,
 ) -> Tensor:
-    """SN over the last dimension of ``x`` for a pool of per-token kinds (``PER_TOKEN_KINDS``)."""
+    """SN over the last dimension of ``x`` for a pool of per-token kinds (``PER_TOKEN_KINDS``).
+
+    With ``temperature`` the two ratio arguments are logits and the ratios are
+    ``softmax(logits / temperature)``: the native op takes that softmax inside its own node.
+    """
     x = x.contiguous()
-    inputs = (x, weight, bias, mean_ratios, var_ratios)
-    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs)
-    if _native_applies(x, weight, bias):
+    if native_token_kernel_applies(x, weight, bias):
         codes = functional._kind_codes(kinds)
-        if grad:
-            return _NativePerTokenMixture.apply(*inputs, codes, eps)
-        return torch.ops.normsearch_cpu.token_forward(*inputs, codes, eps)[0]
-    if grad:
+        return torch.ops.normsearch_cpu.token_mixture(
+            x, weight, bias, mean_ratios, var_ratios, codes, eps, temperature
+        )
+    if temperature is not None:
+        mean_ratios = torch.softmax(mean_ratios / temperature, dim=-1)
+        var_ratios = torch.softmax(var_ratios / temperature, dim=-1)
+    inputs = (x, weight, bias, mean_ratios, var_ratios)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
         return _PerTokenMixture.apply(*inputs, kinds, eps)
     return _forward(*inputs, kinds, eps)[0]

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from .layers import MixtureNorm, SwitchNorm
 from .pointwise import DEFAULT_DYT_ALPHA0
-from .token_kernel import PER_TOKEN_KINDS, per_token_mixture
+from .token_kernel import PER_TOKEN_KINDS, native_token_kernel_applies, per_token_mixture
 from .vocabulary import POINTWISE_MEMBERS
 
 __all__ = [
@@ -135,6 +135,10 @@ class SwitchNormTokens(SwitchNorm):
         if native == "ln":
             return F.layer_norm(x, (self.num_features,), self.weight, self.bias, self.eps)
         if native == "rms":
+            if native_token_kernel_applies(x, self.weight, self.bias):
+                # torch's CPU rms_norm is a composite of several passes: the kernel is one
+                mean, var = self._fixed_ratios
+                return per_token_mixture(x, self.weight, self.bias, mean, var, kinds, self.eps)
             y = F.rms_norm(x, (self.num_features,), self.weight, self.eps)
             return y if self.bias is None else y + self.bias
         if native == "bn" and mask is None:
@@ -145,11 +149,24 @@ class SwitchNormTokens(SwitchNorm):
 
     def _mixture_forward(self, x: Tensor, kinds: tuple[str, ...], mask: Tensor | None) -> Tensor:
         if PER_TOKEN_KINDS.issuperset(kinds):  # ln, rms: the hand-written kernel
-            mean_ratios, var_ratios = self._mixture()
+            temperature = self._softmax_temperature()
+            if temperature is not None:  # the kernel takes the logits' softmax itself
+                mean, var = self.mean_weight, self.var_logits
+            else:
+                mean, var = self._mixture()
             return per_token_mixture(
-                x, self.weight, self.bias, mean_ratios, var_ratios, kinds, self.eps
+                x, self.weight, self.bias, mean, var, kinds, self.eps, temperature
             )
         return self._generic_mixture_forward(x, kinds, mask)
+
+    def _softmax_temperature(self) -> float | None:
+        """The temperature when both ratio vectors are a plain softmax of the logits (free,
+        softmax or temperature ratio function, no rows banked, not compiling); else None."""
+        if self._fixed != (None, None) or self._banked or torch.compiler.is_compiling():
+            return None
+        if self.ratio_fn == "softmax":
+            return 1.0
+        return self.temperature if self.ratio_fn == "temperature" else None
 
     def _generic_mixture_forward(
         self, x: Tensor, kinds: tuple[str, ...], mask: Tensor | None

@@ -1,4 +1,5 @@
-// The token SN CPU kernel: a free token layer over a per-token pool (ln, rms) in one call each way.
+// The token SN CPU kernel: a free token layer over a per-token pool (ln, rms), one op with its
+// autograd node in C++.
 //
 // Same mathematics as sn_core/token_kernel.py (docs/sn-spec.md section 8). Per token (a row of C
 // channels) with moments m, v: M = sum_k a_k mu_k (ln: mu = m, rms: 0), V = sum_k b_k sigma_k
@@ -7,15 +8,19 @@
 //   dL/dM = -R S_g,  dL/dV = -R^2 S_gt / 2,
 //   dx = R g + (a dL/dM - 2 b_ln dL/dV m) / C + 2 (b_ln + b_rms) dL/dV x / C,
 // the ratio gradients sum dL/dM mu_k and dL/dV sigma_k over tokens, and dweight / dbias sum
-// dy t / dy over tokens in per-thread column buffers (x's dtype). Saves x and four doubles per token (m, v,
-// M, R). Registered as torch.ops.normsearch_cpu.token_{forward,backward}.
+// dy t / dy over tokens in per-thread column buffers (x's dtype). Saves x and four doubles per
+// token (m, v, M, R). The ratios (a, b) arrive as they are or as logits whose softmax the op takes
+// itself (a free layer's default: no softmax nodes, no Python in the step). Registered as
+// torch.ops.normsearch_cpu.token_mixture, with a CPU kernel (inference mode) and an Autograd one.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
 #include <array>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "rows.h"
@@ -88,17 +93,18 @@ constexpr int64_t LN = 1, RMS = 4;
 SN_TOKEN_KERNELS(float)
 SN_TOKEN_KERNELS(double)
 
-// The ratio sums of a pool: a (mean, ln members), b_ln and b_rms (variance).
+// The ratios of a pool and their sums: a (mean, ln members), b_ln and b_rms (variance).
 struct TokenPool {
   std::vector<int64_t> kinds;
   std::vector<double> mr, vr;
   double a = 0.0, b_ln = 0.0, b_rms = 0.0;
 
-  TokenPool(c10::IntArrayRef kinds_, const at::Tensor& mean_ratios, const at::Tensor& var_ratios)
-      : kinds(kinds_.vec()), mr(to_vector(mean_ratios)), vr(to_vector(var_ratios)) {
+  TokenPool(std::vector<int64_t> kinds_, std::vector<double> mean_ratios,
+            std::vector<double> var_ratios)
+      : kinds(std::move(kinds_)), mr(std::move(mean_ratios)), vr(std::move(var_ratios)) {
     TORCH_CHECK(!kinds.empty(), "normsearch_cpu: kinds is empty");
     TORCH_CHECK(mr.size() == kinds.size() && vr.size() == kinds.size(),
-                "normsearch_cpu: mean_ratios/var_ratios need one value per kind");
+                "normsearch_cpu: mean and variance ratios need one value per kind");
     for (size_t k = 0; k < kinds.size(); ++k) {
       TORCH_CHECK(kinds[k] == LN || kinds[k] == RMS,
                   "normsearch_cpu: a token pool mixes ln and rms only, got kind code ", kinds[k]);
@@ -111,6 +117,39 @@ struct TokenPool {
     }
   }
 };
+
+// softmax(logits / temperature) in double: K is 1-4, so a loop beats any ATen call.
+std::vector<double> softmax(std::vector<double> z, double temperature) {
+  TORCH_CHECK(temperature > 0.0, "normsearch_cpu: temperature must be > 0, got ", temperature);
+  double top = -std::numeric_limits<double>::infinity(), total = 0.0;
+  for (double& v : z) top = std::max(top, v /= temperature);
+  for (double& v : z) total += (v = std::exp(v - top));
+  for (double& v : z) v /= total;
+  return z;
+}
+
+// The ratios from the op's inputs: logits under a softmax when temperature is given, else as is.
+std::vector<double> ratios_of(const at::Tensor& values, std::optional<double> temperature) {
+  std::vector<double> v = to_vector(values);
+  return temperature.has_value() ? softmax(std::move(v), *temperature) : v;
+}
+
+// The gradient of the loss w.r.t. the inputs that gave `ratios`, from its gradient w.r.t. them:
+// through the softmax Jacobian (r_j (g_j - sum_k r_k g_k) / T) when they were logits.
+at::Tensor ratio_input_grad(std::vector<double> grad, const std::vector<double>& ratios,
+                            std::optional<double> temperature, const at::Tensor& like) {
+  if (temperature.has_value()) {
+    double dot = 0.0;
+    for (size_t k = 0; k < grad.size(); ++k) dot += ratios[k] * grad[k];
+    for (size_t k = 0; k < grad.size(); ++k) grad[k] = ratios[k] * (grad[k] - dot) / *temperature;
+  }
+  at::Tensor out = at::empty({int64_t(grad.size())}, like.options());
+  AT_DISPATCH_FLOATING_TYPES(out.scalar_type(), "normsearch_cpu_ratio_grad", [&] {
+    scalar_t* p = out.data_ptr<scalar_t>();
+    for (size_t k = 0; k < grad.size(); ++k) p[k] = static_cast<scalar_t>(grad[k]);
+  });
+  return out;
+}
 
 void check_tokens(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                   const std::optional<at::Tensor>& bias) {
@@ -132,14 +171,10 @@ const T* optional_data(const std::optional<at::Tensor>& t) {
 }
 
 // -> (y, stats): stats is (tokens, 4) float64: m, v, M, R per token.
-std::tuple<at::Tensor, at::Tensor> token_forward(const at::Tensor& x,
-                                                 const std::optional<at::Tensor>& weight,
-                                                 const std::optional<at::Tensor>& bias,
-                                                 const at::Tensor& mean_ratios,
-                                                 const at::Tensor& var_ratios,
-                                                 c10::IntArrayRef kinds, double eps) {
-  check_tokens(x, weight, bias);
-  const TokenPool pool(kinds, mean_ratios, var_ratios);
+std::tuple<at::Tensor, at::Tensor> forward_pass(const at::Tensor& x,
+                                                const std::optional<at::Tensor>& weight,
+                                                const std::optional<at::Tensor>& bias,
+                                                const TokenPool& pool, double eps) {
   const int64_t len = x.size(-1), rows = len > 0 ? x.numel() / len : 0;
   at::Tensor y = at::empty_like(x);
   at::Tensor stats = at::empty({rows, 4}, x.options().dtype(at::kDouble));
@@ -164,30 +199,26 @@ std::tuple<at::Tensor, at::Tensor> token_forward(const at::Tensor& x,
   return {y, stats};
 }
 
-// needs: (x, weight, bias, ratios) -> (dx, dweight, dbias, dmean_ratios, dvar_ratios); the
-// gradients not needed are undefined tensors.
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_backward(
-    const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& stats,
-    const std::optional<at::Tensor>& weight, const at::Tensor& mean_ratios,
-    const at::Tensor& var_ratios, c10::IntArrayRef kinds, std::array<bool, 4> needs) {
-  check_tokens(x, weight, std::nullopt);
-  TORCH_CHECK(grad_y.sizes() == x.sizes() && grad_y.scalar_type() == x.scalar_type(),
-              "normsearch_cpu: grad_y must match x");
-  const at::Tensor dy = grad_y.contiguous();
-  const TokenPool pool(kinds, mean_ratios, var_ratios);
+struct TokenGrads {
+  at::Tensor x, weight, bias;           // undefined where not wanted
+  std::vector<double> mean, var;        // w.r.t. the ratios; empty where not wanted
+};
+
+// wants: x, weight, bias, ratios.
+TokenGrads backward_pass(const at::Tensor& dy, const at::Tensor& x, const at::Tensor& stats,
+                         const std::optional<at::Tensor>& weight, const TokenPool& pool,
+                         std::array<bool, 4> wants) {
   const int64_t len = x.size(-1), rows = len > 0 ? x.numel() / len : 0;
   const bool has_weight = weight.has_value() && weight->defined();
-  const bool want_w = needs[1] && has_weight, want_b = needs[2], want_ratios = needs[3];
-  TORCH_CHECK(stats.scalar_type() == at::kDouble && stats.is_contiguous() &&
-                  stats.numel() == 4 * rows,
-              "normsearch_cpu: stats must be the (tokens, 4) float64 of token_forward");
+  const bool want_w = wants[1] && has_weight, want_b = wants[2], want_ratios = wants[3];
   const double* st = stats.data_ptr<double>();
   // Per-thread column buffers (dweight, dbias; x's dtype, so the pass vectorizes as one type,
   // as ATen's layer norm accumulates) and ratio sums (double), reduced after the loop.
   const int threads = at::get_num_threads();
   const size_t kinds_n = pool.kinds.size();
   std::vector<double> part_mr(threads * kinds_n, 0.0), part_vr(threads * kinds_n, 0.0);
-  at::Tensor grad_x = needs[0] ? at::empty_like(x) : at::Tensor();
+  TokenGrads grads;
+  if (wants[0]) grads.x = at::empty_like(x);
   const double inv_len = 1.0 / double(std::max<int64_t>(len, 1));
   at::Tensor col_w = want_w ? at::zeros({threads, len}, x.options()) : at::Tensor();
   at::Tensor col_b = want_b ? at::zeros({threads, len}, x.options()) : at::Tensor();
@@ -195,7 +226,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_bac
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const scalar_t* gp = dy.data_ptr<scalar_t>();
     const scalar_t* wp = optional_data<scalar_t>(weight);
-    scalar_t* dxp = needs[0] ? grad_x.data_ptr<scalar_t>() : nullptr;
+    scalar_t* dxp = wants[0] ? grads.x.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, rows, grain(len), [&](int64_t begin, int64_t end) {
       const int thread = at::get_thread_num();
       scalar_t* dw = want_w ? col_w.data_ptr<scalar_t>() + thread * len : nullptr;
@@ -231,35 +262,110 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> token_bac
   auto column_sum = [&](const at::Tensor& cols) {
     return cols.sum(0, false, at::kDouble).to(x.scalar_type());
   };
-  at::Tensor grad_w = want_w ? column_sum(col_w) : at::Tensor();
-  at::Tensor grad_b = want_b ? column_sum(col_b) : at::Tensor();
-  at::Tensor grad_mr, grad_vr;
+  if (want_w) grads.weight = column_sum(col_w);
+  if (want_b) grads.bias = column_sum(col_b);
   if (want_ratios) {
-    grad_mr = at::zeros({int64_t(kinds_n)}, mean_ratios.options().dtype(at::kDouble));
-    grad_vr = at::zeros({int64_t(kinds_n)}, var_ratios.options().dtype(at::kDouble));
-    double* gm = grad_mr.data_ptr<double>();
-    double* gv = grad_vr.data_ptr<double>();
+    grads.mean.assign(kinds_n, 0.0);
+    grads.var.assign(kinds_n, 0.0);
     for (int t = 0; t < threads; ++t)
-      for (size_t k = 0; k < kinds_n; ++k) gm[k] += part_mr[t * kinds_n + k], gv[k] += part_vr[t * kinds_n + k];
-    grad_mr = grad_mr.to(mean_ratios.scalar_type());
-    grad_vr = grad_vr.to(var_ratios.scalar_type());
+      for (size_t k = 0; k < kinds_n; ++k) {
+        grads.mean[k] += part_mr[t * kinds_n + k];
+        grads.var[k] += part_vr[t * kinds_n + k];
+      }
   }
-  return {grad_x, grad_w, grad_b, grad_mr, grad_vr};
+  return grads;
+}
+
+bool defined(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The op without autograd (inference mode, where the Autograd key is skipped).
+at::Tensor token_mixture_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                             const std::optional<at::Tensor>& bias, const at::Tensor& mean_in,
+                             const at::Tensor& var_in, c10::IntArrayRef kinds, double eps,
+                             std::optional<double> temperature) {
+  check_tokens(x, weight, bias);
+  const TokenPool pool(kinds.vec(), ratios_of(mean_in, temperature),
+                       ratios_of(var_in, temperature));
+  return std::get<0>(forward_pass(x, weight, bias, pool, eps));
+}
+
+// The autograd node of the op, in C++: no Python on either side of the step, and the ratios'
+// softmax (when the inputs are logits) inside it rather than two more nodes.
+class TokenMixture : public torch::autograd::Function<TokenMixture> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x,
+                            const std::optional<at::Tensor>& weight,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& mean_in,
+                            const at::Tensor& var_in, c10::IntArrayRef kinds, double eps,
+                            std::optional<double> temperature) {
+    check_tokens(x, weight, bias);
+    std::vector<double> mr = ratios_of(mean_in, temperature), vr = ratios_of(var_in, temperature);
+    const TokenPool pool(kinds.vec(), mr, vr);
+    auto [y, stats] = forward_pass(x, weight, bias, pool, eps);
+    ctx->save_for_backward({x, stats, weight.value_or(at::Tensor()), mean_in, var_in});
+    ctx->saved_data["kinds"] = kinds.vec();
+    ctx->saved_data["mean_ratios"] = mr;
+    ctx->saved_data["var_ratios"] = vr;
+    ctx->saved_data["temperature"] = temperature;
+    ctx->saved_data["has_weight"] = defined(weight);
+    ctx->saved_data["has_bias"] = defined(bias);
+    return y;
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_outputs) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "normsearch_cpu.token_mixture is once differentiable: no double backward "
+                "(create_graph=True)");
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor &x = saved[0], &stats = saved[1], &mean_in = saved[3], &var_in = saved[4];
+    const bool has_weight = ctx->saved_data["has_weight"].toBool();
+    const bool has_bias = ctx->saved_data["has_bias"].toBool();
+    const std::optional<at::Tensor> weight =
+        has_weight ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    const std::optional<double> temperature = ctx->saved_data["temperature"].toOptional<double>();
+    const std::vector<double> mr = ctx->saved_data["mean_ratios"].toDoubleVector();
+    const std::vector<double> vr = ctx->saved_data["var_ratios"].toDoubleVector();
+    const TokenPool pool(ctx->saved_data["kinds"].toIntVector(), mr, vr);
+    // Edges exist for the tensor inputs only: x, weight and bias where given, the two ratios.
+    size_t edge = 0;
+    const bool want_x = ctx->needs_input_grad(edge++);
+    const bool want_w = has_weight && ctx->needs_input_grad(edge++);
+    const bool want_b = has_bias && ctx->needs_input_grad(edge++);
+    const bool want_mean = ctx->needs_input_grad(edge++);
+    const bool want_var = ctx->needs_input_grad(edge++);
+    const at::Tensor dy = grad_outputs[0].contiguous();
+    TORCH_CHECK(dy.sizes() == x.sizes() && dy.scalar_type() == x.scalar_type(),
+                "normsearch_cpu: the output gradient must match x");
+    TokenGrads g = backward_pass(dy, x, stats, weight, pool,
+                                 {want_x, want_w, want_b, want_mean || want_var});
+    at::Tensor g_mean, g_var;
+    if (want_mean) g_mean = ratio_input_grad(g.mean, mr, temperature, mean_in);
+    if (want_var) g_var = ratio_input_grad(g.var, vr, temperature, var_in);
+    return {g.x, g.weight, g.bias, g_mean, g_var, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor token_mixture_autograd(const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                  const std::optional<at::Tensor>& bias,
+                                  const at::Tensor& mean_in, const at::Tensor& var_in,
+                                  c10::IntArrayRef kinds, double eps,
+                                  std::optional<double> temperature) {
+  return TokenMixture::apply(x, weight, bias, mean_in, var_in, kinds, eps, temperature);
 }
 
 }  // namespace
 
+// token_mixture(x, weight, bias, mean, var, kinds, eps, temperature): mean and var are the ratios
+// over kinds, or with a temperature the logits whose softmax(logits / temperature) they are.
 TORCH_LIBRARY_FRAGMENT(normsearch_cpu, m) {
   m.def(
-      "token_forward(Tensor x, Tensor? weight, Tensor? bias, Tensor mean_ratios, "
-      "Tensor var_ratios, int[] kinds, float eps) -> (Tensor, Tensor)");
-  m.def(
-      "token_backward(Tensor grad_y, Tensor x, Tensor stats, Tensor? weight, "
-      "Tensor mean_ratios, Tensor var_ratios, int[] kinds, bool[4] needs) "
-      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "token_mixture(Tensor x, Tensor? weight, Tensor? bias, Tensor mean, Tensor var, "
+      "int[] kinds, float eps, float? temperature=None) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(normsearch_cpu, CPU, m) {
-  m.impl("token_forward", &token_forward);
-  m.impl("token_backward", &token_backward);
+TORCH_LIBRARY_IMPL(normsearch_cpu, CPU, m) { m.impl("token_mixture", &token_mixture_cpu); }
+
+TORCH_LIBRARY_IMPL(normsearch_cpu, Autograd, m) {
+  m.impl("token_mixture", &token_mixture_autograd);
 }

@@ -59,8 +59,8 @@ def test_kernel_equals_the_generic_path(pool, kwargs, sn_kernel):
 def test_the_selected_backend_runs_in_training_and_inference(sn_kernel, dtype):
     layer = _layer(("ln", "rms"), dtype=dtype)
     x = torch.randn(4, 5, 6, dtype=dtype, requires_grad=True)
-    expected = "_NativePerTokenMixture" if sn_kernel == "native" else "_PerTokenMixture"
-    assert type(layer(x).grad_fn).__name__ == expected + "Backward"
+    expected = "TokenMixture" if sn_kernel == "native" else "_PerTokenMixtureBackward"
+    assert expected in layer(x).grad_fn.name()
     with torch.no_grad():
         inference = layer(x)
     assert_close(inference, layer._generic_mixture_forward(x, layer.pool, None).detach())
@@ -111,3 +111,51 @@ def test_kernel_constant_and_large_mean_rows(fill, sn_kernel):
     single = _layer(("ln", "rms"), dtype=torch.float32)
     low = _run(single, single, x.float(), torch.ones_like(x).float())
     assert_close(low[0], out[0].float(), rtol=1e-3, atol=1e-3)
+
+
+
+@pytest.mark.parametrize(
+    "ratio_fn, settings, fixed_mean",
+    [
+        ("softmax", {}, None),
+        ("temperature", {"temperature": 0.3}, None),
+        ("sparsestmax", {"radius": 0.2}, None),
+        ("softmax", {}, "ln"),
+    ],
+    ids=["softmax", "temperature", "sparsestmax", "mean-fixed"],
+)
+def test_every_ratio_function_gives_the_generic_paths_gradients(
+    ratio_fn, settings, fixed_mean, sn_kernel
+):
+    """Softmax and temperature layers hand the kernel their logits (the native op takes the
+    softmax itself); sparsestmax and partly fixed layers hand it ratios. Either way the output
+    and every gradient, the logits' included, equal the generic graph's."""
+    layer = _layer(("ln", "rms"), ratio_fn=ratio_fn)
+    for name, value in settings.items():
+        setattr(layer, name, value)
+    if fixed_mean is not None:
+        layer.fix(fixed_mean, None)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 4, 6, generator=gen, dtype=F64) * 2 - 1
+    upstream = torch.randn(x.shape, generator=gen, dtype=F64)
+    kernel = _run(layer, layer, x, upstream)
+    generic = _run(
+        layer, lambda t: layer._generic_mixture_forward(t, layer.pool, None), x, upstream
+    )
+    for a, b in zip(kernel, generic, strict=True):
+        assert_close(a, b, rtol=1e-12, atol=1e-12)
+    if fixed_mean is None:
+        assert layer.mean_weight.grad.abs().sum() > 0  # the logits did get a gradient
+
+
+def test_the_kernel_runs_in_inference_mode_and_refuses_double_backward(sn_kernel):
+    layer = _layer(("ln", "rms"))
+    x = torch.randn(2, 3, 6, dtype=F64, requires_grad=True)
+    expected = layer._generic_mixture_forward(x, layer.pool, None).detach()
+    with torch.inference_mode():
+        assert_close(layer(x.detach()), expected)
+    (grad,) = torch.autograd.grad(layer(x).sum(), x, create_graph=False)
+    assert torch.isfinite(grad).all()
+    if sn_kernel == "native":
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(layer(x).sum(), x, create_graph=True)
