@@ -113,7 +113,6 @@ def test_kernel_constant_and_large_mean_rows(fill, sn_kernel):
     assert_close(low[0], out[0].float(), rtol=1e-3, atol=1e-3)
 
 
-
 @pytest.mark.parametrize(
     "ratio_fn, settings, fixed_mean",
     [
