@@ -7,6 +7,7 @@ and the docs use (``job_spec_schema()``).
 
 from __future__ import annotations
 
+import copy
 import math
 from importlib.metadata import entry_points
 from typing import Annotated, Any, Literal
@@ -64,9 +65,19 @@ LAYOUT_MEMBERS: dict[str, tuple[str, ...]] = {
 # itself here as "tokens". A plug-in (not listed) is checked by the worker, when it builds it.
 ARCH_LAYOUTS: dict[str, str] = {arch: "channels" for arch in BUILTIN_ARCHS}
 ARCH_LAYOUTS.update({"vit": "tokens", "char_lm": "tokens"})
-# verify.baselines when a spec leaves it out: all-BN and all-GN for CNNs (VerifySpec's default),
-# all-LN and all-RMS for token models (their practice, and gn is not theirs).
-LAYOUT_BASELINES: dict[str, list[str]] = {"channels": ["bn", "gn"], "tokens": ["ln", "rms"]}
+# What a spec that leaves them out gets, by its model's layout, as (section, field) -> value.
+# CNNs verify against all-BN and all-GN (VerifySpec's default). Token models search their
+# per-token statistics, tied (a token layer finalizes to one normalizer for both ratios:
+# nn.LayerNorm or nn.RMSNorm, never a mixed pair), and verify against all-LN and all-RMS (their
+# practice; the CNN defaults have no token form).
+LAYOUT_DEFAULTS: dict[str, dict[tuple[str, str], Any]] = {
+    "channels": {("verify", "baselines"): ["bn", "gn"]},
+    "tokens": {
+        ("search", "pool"): ["ln", "rms"],
+        ("search", "tied"): True,
+        ("verify", "baselines"): ["ln", "rms"],
+    },
+}
 FILE_DATASETS = ("image_folder", "cifar", "npz")
 # Kinds that may read a file from the data roots; ``text`` reads its built-in corpus without one.
 PATH_DATASETS = (*FILE_DATASETS, "text")
@@ -96,8 +107,6 @@ TOKEN_POOL_MEMBERS: dict[str, tuple[str, ...]] = {
     "vit": ("ln", "rms", *POINTWISE_MEMBERS),
     "char_lm": ("ln", "rms", *POINTWISE_MEMBERS),
 }
-# The baselines a transformer's verification trains by default: the norms it has a token form of.
-TOKEN_MODEL_BASELINES = ["ln", "rms"]
 # Generated kinds: samples per kind by default and at most (MNIST-1D is generated in Python, about
 # 0.3 ms a sample: the limit keeps a job's data generation under a minute). Its default is the
 # size of the published MNIST-1D dataset.
@@ -634,16 +643,20 @@ class JobSpec(_Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _layout_default_baselines(cls, data: Any) -> Any:
-        """An unset ``verify.baselines`` is the model layout's (``LAYOUT_BASELINES``)."""
+    def _layout_defaults(cls, data: Any) -> Any:
+        """The fields a spec leaves out that its model's layout decides (``LAYOUT_DEFAULTS``)."""
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
             return data
-        verify = data.get("verify", {})
         arch = data["model"].get("arch")
         layout = ARCH_LAYOUTS.get(arch.strip().lower()) if isinstance(arch, str) else None
-        if layout is None or not isinstance(verify, dict) or "baselines" in verify:
+        if layout is None:
             return data
-        return {**data, "verify": {**verify, "baselines": list(LAYOUT_BASELINES[layout])}}
+        data = dict(data)
+        for (section, name), default in LAYOUT_DEFAULTS[layout].items():
+            part = data.get(section)
+            if part is None or (isinstance(part, dict) and name not in part):
+                data[section] = {**(part or {}), name: copy.deepcopy(default)}
+        return data
 
     @model_validator(mode="after")
     def _members_the_layout_computes(self) -> JobSpec:
@@ -675,29 +688,6 @@ class JobSpec(_Strict):
         if details:
             raise ValidationError.from_exception_data(type(self).__name__, details)
         return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _token_model_defaults(cls, data: Any) -> Any:
-        """A transformer's defaults where the spec leaves them out: its token members as the
-        pool and ``TOKEN_MODEL_BASELINES`` as the baselines (the CNN defaults, BN and GN, have
-        no token form)."""
-        if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-            return data
-        arch = str(data["model"].get("arch", "")).strip().lower()
-        if arch not in TOKEN_POOL_MEMBERS:
-            return data
-        data = dict(data)
-        for section, name, default in (
-            ("search", "pool", [m for m in TOKEN_POOL_MEMBERS[arch] if m in STATISTIC_MEMBERS]),
-            ("verify", "baselines", list(TOKEN_MODEL_BASELINES)),
-            # tied: a token layer finalizes only to (ln, ln) or (rms, rms), never a mixed pair
-            ("search", "tied", True),
-        ):
-            part = data.get(section)
-            if part is None or (isinstance(part, dict) and name not in part):
-                data[section] = {**(part or {}), name: default}
-        return data
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> JobSpec:
