@@ -70,7 +70,7 @@ js: $(NODE_STAMP)
 	node --test tests/ui/js/*.test.mjs
 
 test: lint browser js native
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 # The inner loop: lint, the JS tests and every Python test but the end-to-end and slow ones
 # (markers e2e and slow: real Ray searches, Celery workers, the embedded stack, the browser).
