@@ -211,11 +211,23 @@ print(json.dumps([{k: n[k] for k in ("NodeID", "Alive", "Resources")} for n in r
 
 def free_port() -> int:
     """A TCP port free on 127.0.0.1 now (the OS's choice)."""
-    import socket
+    return free_ports(1)[0]
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports free on 127.0.0.1 now: every socket stays bound until all
+    are chosen, so the OS cannot hand out one port twice (separate ``free_port`` calls can, and
+    once gave a Ray node the same port for two of its components)."""
+    import socket
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 @dataclass
@@ -347,7 +359,7 @@ def _node_args() -> list[str]:
         "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
     )  # fmt: skip
     return [
-        *(f"--{name}={free_port()}" for name in ports),
+        *(f"--{name}={port}" for name, port in zip(ports, free_ports(len(ports)), strict=True)),
         f"--object-store-memory={200 * 1024**2}",  # not 30% of the machine's memory per node
         "--disable-usage-stats",
     ]
