@@ -32,6 +32,16 @@ def _run(layer, path, x, upstream):
     return [y.detach(), x.grad, *grads]
 
 
+def _assert_kernel_equals_the_generic_path(layer, x, upstream):
+    """The layer's output and every gradient equal the generic autograd graph's (1e-12)."""
+    kernel = _run(layer, layer, x, upstream)
+    generic = _run(
+        layer, lambda t: layer._generic_mixture_forward(t, layer.pool, None), x, upstream
+    )
+    for a, b in zip(kernel, generic, strict=True):
+        assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     "pool, kwargs",
     [
@@ -47,12 +57,7 @@ def test_kernel_equals_the_generic_path(pool, kwargs, sn_kernel):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 4, 6, generator=gen, dtype=F64) * 3 + 2
     upstream = torch.randn(x.shape, generator=gen, dtype=F64)
-    kernel = _run(layer, layer, x, upstream)
-    generic = _run(
-        layer, lambda t: layer._generic_mixture_forward(t, layer.pool, None), x, upstream
-    )
-    for a, b in zip(kernel, generic, strict=True):
-        assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _assert_kernel_equals_the_generic_path(layer, x, upstream)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
@@ -137,12 +142,7 @@ def test_every_ratio_function_gives_the_generic_paths_gradients(
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(3, 4, 6, generator=gen, dtype=F64) * 2 - 1
     upstream = torch.randn(x.shape, generator=gen, dtype=F64)
-    kernel = _run(layer, layer, x, upstream)
-    generic = _run(
-        layer, lambda t: layer._generic_mixture_forward(t, layer.pool, None), x, upstream
-    )
-    for a, b in zip(kernel, generic, strict=True):
-        assert_close(a, b, rtol=1e-12, atol=1e-12)
+    _assert_kernel_equals_the_generic_path(layer, x, upstream)
     if fixed_mean is None:
         assert layer.mean_weight.grad.abs().sum() > 0  # the logits did get a gradient
 
